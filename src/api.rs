@@ -1,0 +1,529 @@
+//! The HTTP API (JSON). Paths and shapes here are a contract other tools rely on.
+//!
+//! Every error answers `{error, details: [{field, problem}]}`; the mapping from each
+//! layer's errors to status codes lives in one place, [`ApiError`]'s `IntoResponse`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::hlc::Version;
+use crate::metrics as m;
+use crate::users::{ImportOutcome, UserError, UserView, Users};
+use crate::validate::{self, Problem};
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub users: Arc<Users>,
+    pub metrics: PrometheusHandle,
+    /// SHA-256 of each accepted API key.
+    pub api_keys: Arc<Vec<[u8; 32]>>,
+    pub ready: Arc<AtomicBool>,
+    pub max_import_items: usize,
+}
+
+/// An error as the API reports it.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    details: Vec<Problem>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, details: Vec<Problem>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            details,
+        }
+    }
+
+    fn invalid(details: Vec<Problem>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", details)
+    }
+
+    fn not_found() -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", vec![])
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (
+            self.status,
+            Json(json!({"error": self.code, "details": self.details})),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED && self.code == "unauthorized" {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
+    }
+}
+
+impl From<UserError> for ApiError {
+    fn from(e: UserError) -> ApiError {
+        match e {
+            UserError::NotFound => ApiError::not_found(),
+            UserError::Invalid(d) => ApiError::invalid(d),
+            UserError::Conflict(d) => ApiError::new(StatusCode::CONFLICT, "conflict", d),
+            UserError::Merged(into) => ApiError::new(
+                StatusCode::CONFLICT,
+                "account_merged",
+                vec![Problem::new("id", format!("was merged into {into}"))],
+            ),
+            UserError::InvalidCredentials => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", vec![])
+            }
+            UserError::Forbidden("locked") => {
+                ApiError::new(StatusCode::FORBIDDEN, "account_locked", vec![])
+            }
+            UserError::Forbidden(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "account_disabled", vec![])
+            }
+            UserError::Unreadable => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "record_unreadable",
+                vec![],
+            ),
+            UserError::KeyUnavailable(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "key_unavailable", vec![])
+            }
+            other => {
+                tracing::error!(error = %other, "request failed");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", vec![])
+            }
+        }
+    }
+}
+
+/// A JSON request body: the right content type, within the size limit, and
+/// well-formed JSON. Its fields are checked by the `validate` functions.
+pub struct JsonBody(pub Value);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                let essence = v
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+                essence == "application/json" || essence.ends_with("+json")
+            })
+            .unwrap_or(false);
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                vec![Problem::new("content-type", "must be application/json")],
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    vec![Problem::new("body", "is larger than the configured limit")],
+                )
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_body",
+                    vec![Problem::new("body", e.body_text())],
+                )
+            }
+        })?;
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                vec![Problem::new("body", format!("is not valid JSON: {e}"))],
+            )
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct VersionJson {
+    ts: u64,
+    region: String,
+}
+
+impl From<&Version> for VersionJson {
+    fn from(v: &Version) -> Self {
+        VersionJson {
+            ts: v.ts(),
+            region: v.region.clone(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Written {
+    id: Uuid,
+    version: VersionJson,
+}
+
+fn rfc3339(ms: u64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn user_json(u: &UserView) -> Value {
+    let mut v = json!({
+        "id": u.id,
+        "email": u.email,
+        "phone": u.phone,
+        "status": u.status,
+        "profile": u.profile,
+        "version": VersionJson::from(&u.version),
+        "created_at": rfc3339(u.created_at_ms),
+        "updated_at": rfc3339(u.updated_at_ms),
+    });
+    if let Some(into) = u.merged_into {
+        v["merged_into"] = json!(into);
+    }
+    v
+}
+
+/// Runs a blocking store operation off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, UserError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(ApiError::from),
+        Err(e) => {
+            tracing::error!(error = %e, "blocking task failed");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                vec![],
+            ))
+        }
+    }
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::invalid(vec![Problem::new("id", "must be a UUID")]))
+}
+
+async fn create_user(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let input = validate::new_user(&body, s.users.min_password()).map_err(ApiError::invalid)?;
+    let users = s.users.clone();
+    let (id, version) = blocking(move || users.create(input)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Written {
+            id,
+            version: (&version).into(),
+        }),
+    )
+        .into_response())
+}
+
+async fn get_user(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let users = s.users.clone();
+    let view = blocking(move || users.get(&id)).await?;
+    Ok(Json(user_json(&view)))
+}
+
+async fn find_user(
+    State(s): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let params: HashMap<String, String> =
+        serde_urlencoded::from_str(query.as_deref().unwrap_or("")).map_err(|_| {
+            ApiError::invalid(vec![Problem::new("query", "is not a valid query string")])
+        })?;
+    let mut problems: Vec<Problem> = params
+        .keys()
+        .filter(|k| *k != "email" && *k != "phone")
+        .map(|k| Problem::new(k.clone(), "is not a known query parameter"))
+        .collect();
+    let email = params.get("email").cloned();
+    let phone = params.get("phone").cloned();
+    if email.is_some() == phone.is_some() {
+        problems.push(Problem::new("query", "give exactly one of email, phone"));
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::invalid(problems));
+    }
+    let users = s.users.clone();
+    let view = blocking(move || match (email, phone) {
+        (Some(e), _) => users.find_by_email(&e),
+        (_, Some(p)) => users.find_by_phone(&p),
+        _ => Err(UserError::NotFound),
+    })
+    .await?;
+    Ok(Json(user_json(&view)))
+}
+
+async fn patch_user(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Written>, ApiError> {
+    let id = parse_id(&id);
+    let patch = validate::user_patch(&body);
+    let (id, patch) = merge_problems(id, patch)?;
+    let users = s.users.clone();
+    let version = blocking(move || users.update(&id, patch)).await?;
+    Ok(Json(Written {
+        id,
+        version: (&version).into(),
+    }))
+}
+
+/// Reports a bad id and a bad body together.
+fn merge_problems<T>(
+    id: Result<Uuid, ApiError>,
+    body: Result<T, Vec<Problem>>,
+) -> Result<(Uuid, T), ApiError> {
+    match (id, body) {
+        (Ok(id), Ok(b)) => Ok((id, b)),
+        (id, body) => {
+            let mut details = id.err().map(|e| e.details).unwrap_or_default();
+            details.extend(body.err().unwrap_or_default());
+            Err(ApiError::invalid(details))
+        }
+    }
+}
+
+async fn put_password(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<StatusCode, ApiError> {
+    let (id, password) = merge_problems(
+        parse_id(&id),
+        validate::new_password(&body, s.users.min_password()),
+    )?;
+    let users = s.users.clone();
+    blocking(move || users.set_password(&id, &password)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn put_status(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let (id, status) = merge_problems(parse_id(&id), validate::new_status(&body))?;
+    let users = s.users.clone();
+    let version = blocking(move || users.set_status(&id, status)).await?;
+    let name = match status {
+        validate::SettableStatus::Active => "active",
+        validate::SettableStatus::Locked => "locked",
+        validate::SettableStatus::Disabled => "disabled",
+    };
+    Ok(Json(
+        json!({"id": id, "status": name, "version": VersionJson::from(&version)}),
+    ))
+}
+
+async fn delete_user(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    let users = s.users.clone();
+    blocking(move || users.delete(&id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn login(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let req = validate::login(&body).map_err(ApiError::invalid)?;
+    let users = s.users.clone();
+    let id = blocking(move || users.login(&req.login, &req.password)).await?;
+    Ok(Json(json!({"user_id": id})))
+}
+
+async fn import(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let items = validate::import(&body, s.max_import_items).map_err(ApiError::invalid)?;
+    let users = s.users.clone();
+    let results = blocking(move || users.import(items)).await?;
+    Ok(Json(Value::Array(
+        results
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                json!({
+                    "index": i,
+                    "id": r.id,
+                    "outcome": match r.outcome { ImportOutcome::Created => "created", ImportOutcome::Merged => "merged" },
+                })
+            })
+            .collect(),
+    )))
+}
+
+async fn digest(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let users = s.users.clone();
+    let (count, digest) = blocking(move || users.digest()).await?;
+    Ok(Json(
+        json!({"count": count, "digest": digest, "region": s.users.region()}),
+    ))
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    if s.ready.load(Ordering::SeqCst) {
+        Json(json!({"status": "ready", "region": s.users.region()})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready"})),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics_text(State(s): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Accepts `Authorization: Bearer <key>` whose SHA-256 is configured.
+async fn require_api_key(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let ok = presented.is_some_and(|key| {
+        let hash = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+        // Compare against every configured key so timing does not tell which matched.
+        s.api_keys.iter().fold(false, |found, k| {
+            found | crate::crypto::ct_eq(hash.as_ref(), k)
+        })
+    });
+    if !ok {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            vec![Problem::new(
+                "authorization",
+                "a valid 'Bearer <api key>' is required",
+            )],
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Counts and times every request by route template (never the raw path, which
+/// holds user ids).
+async fn track(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_string();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!(m::HTTP_REQUESTS_TOTAL, "route" => route.clone(), "method" => method, "status" => status)
+        .increment(1);
+    metrics::histogram!(m::HTTP_REQUEST_DURATION_SECONDS, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found()
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", vec![])
+}
+
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let v1 = Router::new()
+        .route("/v1/users", post(create_user).get(find_user))
+        .route("/v1/users/import", post(import))
+        .route(
+            "/v1/users/{id}",
+            get(get_user).patch(patch_user).delete(delete_user),
+        )
+        .route("/v1/users/{id}/password", put(put_password))
+        .route("/v1/users/{id}/status", put(put_status))
+        .route("/v1/login", post(login))
+        .route("/v1/admin/digest", get(digest))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .merge(v1)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(track))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}

@@ -1,0 +1,368 @@
+//! Node configuration: a TOML file read in two steps.
+//!
+//! [`RawConfig`] is the file as written (every section optional, unknown keys
+//! refused); [`RawConfig::validate`] checks the rules that span fields and returns the
+//! immutable [`Config`] the node runs with. Every default works for `authsync demo`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration was refused. The message always names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parse config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        problem: problem.into(),
+    }
+}
+
+/// The configuration file as written.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// This node's region, e.g. `eu-west`. Lower-case letters, digits and dashes.
+    pub region: String,
+    /// RocksDB directory; created when missing.
+    pub data_dir: PathBuf,
+    /// The region's keyring file (written by `authsync keys init`, mode 0600).
+    pub keyring: PathBuf,
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// API keys accepted from callers, stored as SHA-256 hashes.
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyConfig>,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub clock: ClockConfig,
+    #[serde(default)]
+    pub passwords: PasswordConfig,
+    #[serde(default)]
+    pub keys: KeysConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address the API listens on. Default `127.0.0.1:8080`; port 0 picks a free port.
+    pub listen: String,
+    /// Largest accepted request body. Default 64 KiB.
+    pub max_body_bytes: usize,
+    /// Most items in one `POST /v1/users/import`. Default 1000.
+    pub max_import_items: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 64 * 1024,
+            max_import_items: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// A label for logs and metrics; never the key itself.
+    pub name: String,
+    /// Hex SHA-256 of the key as callers send it.
+    pub sha256: String,
+}
+
+/// When a write counts as durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WalSync {
+    /// fsync the write-ahead log before acknowledging (survives power loss). Default.
+    Always,
+    /// Leave the WAL in the OS page cache (survives a process crash, not power loss).
+    Never,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub wal_sync: WalSync,
+    /// RocksDB block cache size. Default 64 MiB.
+    pub block_cache_mb: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            wal_sync: WalSync::Always,
+            block_cache_mb: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClockConfig {
+    /// How far ahead of local time a received timestamp may be. Default 500 ms.
+    pub max_skew_ms: u64,
+}
+
+impl Default for ClockConfig {
+    fn default() -> Self {
+        ClockConfig { max_skew_ms: 500 }
+    }
+}
+
+/// The algorithm for new password hashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum PasswordAlgorithm {
+    /// Argon2id, m=19 MiB, t=2, p=1 (OWASP). Default.
+    #[serde(rename = "argon2id")]
+    Argon2id,
+    /// PBKDF2-HMAC-SHA256, 600,000 iterations (OWASP).
+    #[serde(rename = "pbkdf2-sha256")]
+    Pbkdf2Sha256,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PasswordConfig {
+    pub algorithm: PasswordAlgorithm,
+    /// Shortest accepted password, in characters. Default 8 (NIST SP 800-63B).
+    pub min_length: usize,
+}
+
+impl Default for PasswordConfig {
+    fn default() -> Self {
+        PasswordConfig {
+            algorithm: PasswordAlgorithm::Argon2id,
+            min_length: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// How often the keyring file is checked for a new version (rotation). Default 5 s.
+    pub reload_interval_ms: u64,
+    /// How often the re-wrap task looks for records under an older master key. Default 10 s.
+    pub rewrap_interval_ms: u64,
+    /// Records re-wrapped per round at most. Default 500.
+    pub rewrap_batch: usize,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        KeysConfig {
+            reload_interval_ms: 5_000,
+            rewrap_interval_ms: 10_000,
+            rewrap_batch: 500,
+        }
+    }
+}
+
+/// A validated configuration; build one with [`RawConfig::validate`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub region: String,
+    pub data_dir: PathBuf,
+    pub keyring: PathBuf,
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub max_import_items: usize,
+    /// (name, SHA-256 of the key).
+    pub api_keys: Vec<(String, [u8; 32])>,
+    pub storage: StorageConfig,
+    pub clock: ClockConfig,
+    pub passwords: PasswordConfig,
+    pub keys: KeysConfig,
+}
+
+/// Region names are used in topic names, key ids and metric labels.
+pub fn check_region_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a region name (1-32 of a-z, 0-9 and '-', not starting or ending with '-')"
+        ))
+    }
+}
+
+impl RawConfig {
+    pub fn load(path: &Path) -> Result<RawConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        RawConfig::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<RawConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        check_region_name(&self.region).map_err(|p| invalid("region", p))?;
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        if self.keyring.as_os_str().is_empty() {
+            return Err(invalid("keyring", "must not be empty"));
+        }
+        let listen: SocketAddr = self.http.listen.parse().map_err(|_| {
+            invalid(
+                "http.listen",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:8080",
+                    self.http.listen
+                ),
+            )
+        })?;
+        if !(1024..=16 * 1024 * 1024).contains(&self.http.max_body_bytes) {
+            return Err(invalid(
+                "http.max_body_bytes",
+                "must be between 1024 and 16777216",
+            ));
+        }
+        if !(1..=100_000).contains(&self.http.max_import_items) {
+            return Err(invalid(
+                "http.max_import_items",
+                "must be between 1 and 100000",
+            ));
+        }
+        if self.api_keys.is_empty() {
+            return Err(invalid(
+                "api_keys",
+                "at least one key is required (see `authsync keys api-key`)",
+            ));
+        }
+        let mut api_keys = Vec::with_capacity(self.api_keys.len());
+        for (i, key) in self.api_keys.iter().enumerate() {
+            if key.name.trim().is_empty() {
+                return Err(invalid(&format!("api_keys[{i}].name"), "must not be empty"));
+            }
+            let mut hash = [0u8; 32];
+            hex::decode_to_slice(key.sha256.trim(), &mut hash).map_err(|_| {
+                invalid(
+                    &format!("api_keys[{i}].sha256"),
+                    "must be 64 hex digits (the SHA-256 of the key)",
+                )
+            })?;
+            api_keys.push((key.name.clone(), hash));
+        }
+        if self.storage.block_cache_mb == 0 {
+            return Err(invalid("storage.block_cache_mb", "must be at least 1"));
+        }
+        if self.clock.max_skew_ms == 0 || self.clock.max_skew_ms > 3_600_000 {
+            return Err(invalid(
+                "clock.max_skew_ms",
+                "must be between 1 and 3600000",
+            ));
+        }
+        if !(8..=64).contains(&self.passwords.min_length) {
+            return Err(invalid("passwords.min_length", "must be between 8 and 64"));
+        }
+        if self.keys.reload_interval_ms < 100 {
+            return Err(invalid("keys.reload_interval_ms", "must be at least 100"));
+        }
+        if self.keys.rewrap_interval_ms < 100 {
+            return Err(invalid("keys.rewrap_interval_ms", "must be at least 100"));
+        }
+        if self.keys.rewrap_batch == 0 {
+            return Err(invalid("keys.rewrap_batch", "must be at least 1"));
+        }
+        Ok(Config {
+            region: self.region,
+            data_dir: self.data_dir,
+            keyring: self.keyring,
+            listen,
+            max_body_bytes: self.http.max_body_bytes,
+            max_import_items: self.http.max_import_items,
+            api_keys,
+            storage: self.storage,
+            clock: self.clock,
+            passwords: self.passwords,
+            keys: self.keys,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+region = "eu-west"
+data_dir = "/tmp/x"
+keyring = "/tmp/k.json"
+[[api_keys]]
+name = "ops"
+sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+"#;
+
+    #[test]
+    fn defaults_fill_every_section() {
+        let cfg = RawConfig::parse(GOOD).unwrap().validate().unwrap();
+        assert_eq!(cfg.listen.port(), 8080);
+        assert_eq!(cfg.storage.wal_sync, WalSync::Always);
+        assert_eq!(cfg.clock.max_skew_ms, 500);
+        assert_eq!(cfg.passwords.algorithm, PasswordAlgorithm::Argon2id);
+    }
+
+    #[test]
+    fn shipped_examples_are_valid() {
+        for region in ["af-south", "eu-west", "us-east"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("config/{region}.toml"));
+            let cfg = RawConfig::load(&path).unwrap().validate().unwrap();
+            assert_eq!(cfg.region, region);
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = RawConfig::parse(&format!("{GOOD}\n[http]\nlisten_addr = \"x\"\n")).unwrap_err();
+        assert!(err.contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn cross_field_rules_name_the_key() {
+        let mut raw = RawConfig::parse(GOOD).unwrap();
+        raw.http.listen = "nowhere".into();
+        let err = raw.validate().unwrap_err().to_string();
+        assert!(err.contains("http.listen"), "{err}");
+
+        let mut raw = RawConfig::parse(GOOD).unwrap();
+        raw.api_keys[0].sha256 = "abc".into();
+        let err = raw.validate().unwrap_err().to_string();
+        assert!(err.contains("api_keys[0].sha256"), "{err}");
+
+        let mut raw = RawConfig::parse(GOOD).unwrap();
+        raw.region = "EU West".into();
+        let err = raw.validate().unwrap_err().to_string();
+        assert!(err.starts_with("invalid config: region"), "{err}");
+    }
+}

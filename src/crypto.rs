@@ -1,0 +1,533 @@
+//! Envelope encryption of personal data, and blind indexes.
+//!
+//! Sealing a record:
+//! 1. a fresh 256-bit data key from the system RNG;
+//! 2. HKDF-SHA256 splits it into an AES-256 encryption key and an HMAC-SHA256 key;
+//! 3. the `Info` message is encrypted with AES-256-CBC (PKCS#7, random IV);
+//! 4. HMAC-SHA256 over (associated data ‖ IV ‖ ciphertext) — encrypt-then-MAC;
+//! 5. the data key is wrapped with AES-256-GCM under the active master key of every
+//!    region, each wrap bound to the record id, region and key id.
+//!
+//! The associated data covers every field of the record that is stored outside the
+//! ciphertext (id, version, format, status, index hashes, password hash, timestamps,
+//! merge target, and the id of every wrapped key), so changing any stored byte makes
+//! opening fail. Opening checks the MAC in constant time before touching the padding,
+//! and every failure after the key lookup is the same [`CryptoError::Integrity`].
+//!
+//! Blind indexes are HMAC-SHA256 of the normalised value, full length, with one key per
+//! field derived by HKDF from the keyring's index key.
+
+use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, BlockEncryptMut, KeyIvInit};
+use prost::Message;
+use ring::aead::{self, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use ring::hkdf::{Salt, HKDF_SHA256};
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
+
+use crate::hlc::Version;
+use crate::keys::{key_id, Keyring};
+use crate::proto;
+
+/// The envelope layout described above.
+pub const ENVELOPE_FORMAT: u32 = 1;
+
+const IV_LEN: usize = 16;
+const MAC_LEN: usize = 32;
+const NONCE_LEN: usize = 12;
+
+type Aes256CbcEnc = cbc::Encryptor<aes::Aes256>;
+type Aes256CbcDec = cbc::Decryptor<aes::Aes256>;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CryptoError {
+    /// The record, its envelope or a wrapped key was altered or is malformed. Kept
+    /// deliberately uninformative.
+    #[error("record failed its integrity check")]
+    Integrity,
+    /// The envelope holds no data key for this region (written while this region's key
+    /// was unavailable); the key recovery sweeper re-wraps it.
+    #[error("record has no data key wrapped for region {0}")]
+    NoKeyForRegion(String),
+    /// Wrapped under a master key version this keyring does not hold.
+    #[error("master key {0} is not in this region's keyring")]
+    UnknownMasterKey(String),
+    #[error("no wrapping key for region {0}")]
+    NoWrappingKey(String),
+    #[error("system random number generator failed")]
+    Random,
+}
+
+fn random<const N: usize>() -> Result<[u8; N], CryptoError> {
+    let mut out = [0u8; N];
+    SystemRandom::new()
+        .fill(&mut out)
+        .map_err(|_| CryptoError::Random)?;
+    Ok(out)
+}
+
+/// Constant-time equality of two byte strings (lengths are not secret).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+/// HKDF-SHA256 expand of `ikm` with a fixed label.
+fn derive(ikm: &[u8], label: &[u8]) -> Zeroizing<[u8; 32]> {
+    let mut out = Zeroizing::new([0u8; 32]);
+    Salt::new(HKDF_SHA256, b"authsync")
+        .extract(ikm)
+        .expand(&[label], HKDF_SHA256)
+        .and_then(|okm| okm.fill(out.as_mut()))
+        .expect("HKDF-SHA256 yields 32 bytes");
+    out
+}
+
+fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// The canonical associated data of a record: everything stored outside the
+/// ciphertext, length-prefixed so no two records share an encoding.
+pub fn associated_data(r: &proto::Record) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    put(&mut out, b"authsync/record");
+    put(&mut out, &r.id);
+    let version = r
+        .version
+        .as_ref()
+        .map(Version::from_proto)
+        .unwrap_or_else(|| Version {
+            physical_ms: 0,
+            logical: 0,
+            region: String::new(),
+        });
+    version.encode_into(&mut out);
+    let format = r.info.as_ref().map(|e| e.format).unwrap_or(0);
+    out.extend_from_slice(&format.to_be_bytes());
+    out.extend_from_slice(&r.status.to_be_bytes());
+    put(&mut out, &r.email_index);
+    put(&mut out, &r.phone_index);
+    put(&mut out, r.secret.as_bytes());
+    out.push(u8::from(r.tombstone));
+    out.extend_from_slice(&r.created_at_ms.to_be_bytes());
+    out.extend_from_slice(&r.updated_at_ms.to_be_bytes());
+    put(&mut out, &r.merged_into);
+    let keys = r.info.as_ref().map(|e| e.keys.as_slice()).unwrap_or(&[]);
+    out.extend_from_slice(&(keys.len() as u32).to_be_bytes());
+    for k in keys {
+        put(&mut out, k.region.as_bytes());
+        put(&mut out, k.key_id.as_bytes());
+        out.extend_from_slice(&k.key_version.to_be_bytes());
+    }
+    out
+}
+
+fn wrap_aad(record_id: &[u8], region: &str, key_id: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    put(&mut out, b"authsync/wrap");
+    put(&mut out, record_id);
+    put(&mut out, region.as_bytes());
+    put(&mut out, key_id.as_bytes());
+    out
+}
+
+fn mac_input(aad: &[u8], iv: &[u8], ct: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(aad.len() + iv.len() + ct.len() + 8);
+    out.extend_from_slice(&(aad.len() as u64).to_be_bytes());
+    out.extend_from_slice(aad);
+    out.extend_from_slice(iv);
+    out.extend_from_slice(ct);
+    out
+}
+
+struct DataKey(Zeroizing<[u8; 32]>);
+
+impl DataKey {
+    fn fresh() -> Result<DataKey, CryptoError> {
+        Ok(DataKey(Zeroizing::new(random::<32>()?)))
+    }
+    fn enc_key(&self) -> Zeroizing<[u8; 32]> {
+        derive(self.0.as_ref(), b"authsync/v1/envelope/enc")
+    }
+    fn mac_key(&self) -> hmac::Key {
+        hmac::Key::new(
+            hmac::HMAC_SHA256,
+            derive(self.0.as_ref(), b"authsync/v1/envelope/mac").as_ref(),
+        )
+    }
+}
+
+fn gcm_key(key: &[u8; 32]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("32-byte AES-256-GCM key"))
+}
+
+/// Wraps `dk` for each of `regions` with that region's active key. A region whose key
+/// the keyring lacks is reported, so the caller decides whether that is fatal.
+fn wrap_all(
+    dk: &DataKey,
+    record_id: &[u8],
+    keyring: &Keyring,
+    regions: &[String],
+) -> Result<Vec<proto::WrappedKey>, CryptoError> {
+    let mut out = Vec::with_capacity(regions.len());
+    for region in regions {
+        let master = keyring
+            .active_key(region)
+            .ok_or_else(|| CryptoError::NoWrappingKey(region.clone()))?;
+        let id = master.key_id();
+        let nonce = random::<NONCE_LEN>()?;
+        let mut buf = dk.0.to_vec();
+        gcm_key(&master.key)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(wrap_aad(record_id, region, &id)),
+                &mut buf,
+            )
+            .map_err(|_| CryptoError::Integrity)?;
+        out.push(proto::WrappedKey {
+            region: region.clone(),
+            key_id: id,
+            key_version: master.version,
+            nonce: nonce.to_vec(),
+            ciphertext: buf,
+        });
+    }
+    Ok(out)
+}
+
+fn unwrap_own(record: &proto::Record, keyring: &Keyring) -> Result<DataKey, CryptoError> {
+    let env = record.info.as_ref().ok_or(CryptoError::Integrity)?;
+    let owner = keyring.owner();
+    let wrapped = env
+        .keys
+        .iter()
+        .find(|k| k.region == owner)
+        .ok_or_else(|| CryptoError::NoKeyForRegion(owner.to_string()))?;
+    let master = keyring
+        .own_key(wrapped.key_version)
+        .ok_or_else(|| CryptoError::UnknownMasterKey(key_id(owner, wrapped.key_version)))?;
+    if wrapped.key_id != master.key_id() || wrapped.nonce.len() != NONCE_LEN {
+        return Err(CryptoError::Integrity);
+    }
+    let nonce: [u8; NONCE_LEN] = wrapped
+        .nonce
+        .as_slice()
+        .try_into()
+        .map_err(|_| CryptoError::Integrity)?;
+    let mut buf = Zeroizing::new(wrapped.ciphertext.clone());
+    let plain = gcm_key(&master.key)
+        .open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            aead::Aad::from(wrap_aad(&record.id, owner, &wrapped.key_id)),
+            buf.as_mut_slice(),
+        )
+        .map_err(|_| CryptoError::Integrity)?;
+    let key: [u8; 32] = plain.try_into().map_err(|_| CryptoError::Integrity)?;
+    Ok(DataKey(Zeroizing::new(key)))
+}
+
+/// Seals `info` into `record` with a fresh data key wrapped for `regions`. Every other
+/// field of `record` must already hold its final value: they are bound into the MAC.
+pub fn seal(
+    record: &mut proto::Record,
+    info: &proto::Info,
+    keyring: &Keyring,
+    regions: &[String],
+) -> Result<(), CryptoError> {
+    let dk = DataKey::fresh()?;
+    let keys = wrap_all(&dk, &record.id, keyring, regions)?;
+    let iv = random::<IV_LEN>()?;
+    let plain = Zeroizing::new(info.encode_to_vec());
+    let ct = Aes256CbcEnc::new(dk.enc_key().as_ref().into(), &iv.into())
+        .encrypt_padded_vec_mut::<Pkcs7>(&plain);
+    record.info = Some(proto::Envelope {
+        format: ENVELOPE_FORMAT,
+        iv: iv.to_vec(),
+        ciphertext: ct,
+        mac: Vec::new(),
+        keys,
+    });
+    finish_mac(record, &dk);
+    Ok(())
+}
+
+fn finish_mac(record: &mut proto::Record, dk: &DataKey) {
+    let aad = associated_data(record);
+    let env = record.info.as_mut().expect("envelope set before MAC");
+    let tag = hmac::sign(&dk.mac_key(), &mac_input(&aad, &env.iv, &env.ciphertext));
+    env.mac = tag.as_ref().to_vec();
+}
+
+/// Opens the envelope of `record` with this region's key.
+pub fn open(record: &proto::Record, keyring: &Keyring) -> Result<proto::Info, CryptoError> {
+    let dk = unwrap_own(record, keyring)?;
+    let env = record.info.as_ref().ok_or(CryptoError::Integrity)?;
+    if env.format != ENVELOPE_FORMAT || env.iv.len() != IV_LEN || env.mac.len() != MAC_LEN {
+        return Err(CryptoError::Integrity);
+    }
+    let aad = associated_data(record);
+    // Constant-time comparison, and before any padding is looked at.
+    hmac::verify(
+        &dk.mac_key(),
+        &mac_input(&aad, &env.iv, &env.ciphertext),
+        &env.mac,
+    )
+    .map_err(|_| CryptoError::Integrity)?;
+    let iv: [u8; IV_LEN] = env
+        .iv
+        .as_slice()
+        .try_into()
+        .map_err(|_| CryptoError::Integrity)?;
+    let plain = Zeroizing::new(
+        Aes256CbcDec::new(dk.enc_key().as_ref().into(), &iv.into())
+            .decrypt_padded_vec_mut::<Pkcs7>(&env.ciphertext)
+            .map_err(|_| CryptoError::Integrity)?,
+    );
+    proto::Info::decode(plain.as_slice()).map_err(|_| CryptoError::Integrity)
+}
+
+/// Re-wraps the record's existing data key for `regions` under their active keys and
+/// renews the MAC for the record's current fields. The ciphertext is left as it is:
+/// no personal data is decrypted or re-encrypted. Every field but the envelope must
+/// already hold its final value (a new version, typically).
+pub fn rewrap(
+    record: &mut proto::Record,
+    keyring: &Keyring,
+    regions: &[String],
+) -> Result<(), CryptoError> {
+    let dk = unwrap_own(record, keyring)?;
+    let keys = wrap_all(&dk, &record.id, keyring, regions)?;
+    record.info.as_mut().ok_or(CryptoError::Integrity)?.keys = keys;
+    finish_mac(record, &dk);
+    Ok(())
+}
+
+/// Authenticates whole records, tombstones included, with a key every region holds.
+pub struct RecordMac {
+    key: hmac::Key,
+}
+
+impl RecordMac {
+    pub fn new(index_key: &[u8; 32]) -> RecordMac {
+        RecordMac {
+            key: hmac::Key::new(
+                hmac::HMAC_SHA256,
+                derive(index_key, b"authsync/v1/record-mac").as_ref(),
+            ),
+        }
+    }
+
+    /// Sets `record_mac` over every other field of the record.
+    pub fn sign(&self, record: &mut proto::Record) {
+        record.record_mac.clear();
+        let tag = hmac::sign(&self.key, &record.encode_to_vec());
+        record.record_mac = tag.as_ref().to_vec();
+    }
+
+    /// Checks `record_mac` in constant time.
+    pub fn verify(&self, record: &proto::Record) -> Result<(), CryptoError> {
+        let mut unsigned = record.clone();
+        let tag = std::mem::take(&mut unsigned.record_mac);
+        hmac::verify(&self.key, &unsigned.encode_to_vec(), &tag).map_err(|_| CryptoError::Integrity)
+    }
+}
+
+/// Blind index keys, one per searchable field.
+pub struct BlindIndex {
+    email: hmac::Key,
+    phone: hmac::Key,
+}
+
+impl BlindIndex {
+    pub fn new(index_key: &[u8; 32]) -> BlindIndex {
+        BlindIndex {
+            email: hmac::Key::new(
+                hmac::HMAC_SHA256,
+                derive(index_key, b"authsync/v1/blind-index/email").as_ref(),
+            ),
+            phone: hmac::Key::new(
+                hmac::HMAC_SHA256,
+                derive(index_key, b"authsync/v1/blind-index/phone").as_ref(),
+            ),
+        }
+    }
+
+    /// Index of a normalised email.
+    pub fn email(&self, normalised: &str) -> [u8; 32] {
+        tag32(&self.email, normalised)
+    }
+
+    /// Index of an E.164 phone number.
+    pub fn phone(&self, normalised: &str) -> [u8; 32] {
+        tag32(&self.phone, normalised)
+    }
+}
+
+fn tag32(key: &hmac::Key, value: &str) -> [u8; 32] {
+    let tag = hmac::sign(key, value.as_bytes());
+    tag.as_ref().try_into().expect("HMAC-SHA256 is 32 bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys;
+
+    fn regions() -> Vec<String> {
+        vec!["af-south".into(), "eu-west".into(), "us-east".into()]
+    }
+
+    fn sample() -> (proto::Record, proto::Info) {
+        let record = proto::Record {
+            id: vec![7; 16],
+            version: Some(proto::Version {
+                physical_ms: 1_700_000_000_000,
+                logical: 3,
+                region: "eu-west".into(),
+            }),
+            status: proto::Status::Active as i32,
+            email_index: vec![1; 32],
+            secret: "$argon2id$v=19$...".into(),
+            created_at_ms: 1,
+            updated_at_ms: 2,
+            ..Default::default()
+        };
+        let mut info = proto::Info {
+            email: "ada@example.com".into(),
+            phone: "+14155552671".into(),
+            ..Default::default()
+        };
+        info.profile.insert("given_name".into(), "Ada".into());
+        (record, info)
+    }
+
+    #[test]
+    fn every_region_opens_what_one_region_sealed() {
+        let rings = keys::init(&regions()).unwrap();
+        let (mut record, info) = sample();
+        seal(&mut record, &info, &rings[1], &regions()).unwrap();
+        for ring in &rings {
+            assert_eq!(open(&record, ring).unwrap(), info, "{}", ring.owner());
+        }
+        let ct = &record.info.as_ref().unwrap().ciphertext;
+        assert!(!ct.windows(3).any(|w| w == b"Ada"));
+    }
+
+    #[test]
+    fn each_seal_uses_a_fresh_data_key_and_iv() {
+        let rings = keys::init(&regions()).unwrap();
+        let (mut a, info) = sample();
+        let mut b = a.clone();
+        seal(&mut a, &info, &rings[0], &regions()).unwrap();
+        seal(&mut b, &info, &rings[0], &regions()).unwrap();
+        let (ea, eb) = (a.info.unwrap(), b.info.unwrap());
+        assert_ne!(ea.iv, eb.iv);
+        assert_ne!(ea.ciphertext, eb.ciphertext);
+        assert_ne!(ea.keys[0].ciphertext, eb.keys[0].ciphertext);
+    }
+
+    #[test]
+    fn changing_any_bound_field_fails_with_one_error() {
+        let rings = keys::init(&regions()).unwrap();
+        let (mut record, info) = sample();
+        seal(&mut record, &info, &rings[0], &regions()).unwrap();
+        let mut cases: Vec<proto::Record> = Vec::new();
+        let mut r = record.clone();
+        r.status = proto::Status::Locked as i32;
+        cases.push(r);
+        let mut r = record.clone();
+        r.version.as_mut().unwrap().logical += 1;
+        cases.push(r);
+        let mut r = record.clone();
+        r.email_index[0] ^= 1;
+        cases.push(r);
+        let mut r = record.clone();
+        r.secret.push('x');
+        cases.push(r);
+        let mut r = record.clone();
+        r.info.as_mut().unwrap().ciphertext[5] ^= 0x80;
+        cases.push(r);
+        let mut r = record.clone();
+        r.info.as_mut().unwrap().iv[0] ^= 1;
+        cases.push(r);
+        let mut r = record.clone();
+        r.info.as_mut().unwrap().keys[0].ciphertext[0] ^= 1;
+        cases.push(r);
+        let mut r = record.clone();
+        r.id[0] ^= 1;
+        cases.push(r);
+        for (i, case) in cases.iter().enumerate() {
+            assert_eq!(
+                open(case, &rings[0]),
+                Err(CryptoError::Integrity),
+                "case {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_region_without_its_wrapped_key_says_so() {
+        let rings = keys::init(&regions()).unwrap();
+        let (mut record, info) = sample();
+        seal(&mut record, &info, &rings[0], &regions()[..2]).unwrap();
+        assert_eq!(
+            open(&record, &rings[2]),
+            Err(CryptoError::NoKeyForRegion("us-east".into()))
+        );
+    }
+
+    #[test]
+    fn rewrap_moves_to_the_new_master_key_without_reencrypting() {
+        let mut rings = keys::init(&regions()).unwrap();
+        let (mut record, info) = sample();
+        seal(&mut record, &info, &rings[1], &regions()).unwrap();
+        let ct_before = record.info.as_ref().unwrap().ciphertext.clone();
+        rings[1].rotate().unwrap();
+        record.version.as_mut().unwrap().logical += 1;
+        rewrap(&mut record, &rings[1], &regions()).unwrap();
+        let env = record.info.as_ref().unwrap();
+        assert_eq!(env.ciphertext, ct_before);
+        let own = env.keys.iter().find(|k| k.region == "eu-west").unwrap();
+        assert_eq!(own.key_version, 2);
+        assert_eq!(open(&record, &rings[1]).unwrap(), info);
+        assert_eq!(open(&record, &rings[0]).unwrap(), info);
+    }
+
+    #[test]
+    fn record_mac_covers_tombstones_and_every_field() {
+        let rings = keys::init(&regions()).unwrap();
+        let mac = RecordMac::new(rings[0].index_key());
+        let mut tomb = proto::Record {
+            id: vec![1; 16],
+            version: Some(proto::Version {
+                physical_ms: 9,
+                logical: 0,
+                region: "eu-west".into(),
+            }),
+            tombstone: true,
+            ..Default::default()
+        };
+        mac.sign(&mut tomb);
+        RecordMac::new(rings[2].index_key()).verify(&tomb).unwrap();
+        let mut older = tomb.clone();
+        older.version.as_mut().unwrap().physical_ms = 8;
+        assert_eq!(mac.verify(&older), Err(CryptoError::Integrity));
+        let mut revived = tomb.clone();
+        revived.tombstone = false;
+        assert_eq!(mac.verify(&revived), Err(CryptoError::Integrity));
+    }
+
+    #[test]
+    fn blind_indexes_are_keyed_and_per_field() {
+        let rings = keys::init(&regions()).unwrap();
+        let a = BlindIndex::new(rings[0].index_key());
+        let b = BlindIndex::new(rings[2].index_key());
+        assert_eq!(a.email("ada@example.com"), b.email("ada@example.com"));
+        assert_ne!(a.email("+1415"), a.phone("+1415"));
+        let other = keys::init(&regions()).unwrap();
+        let c = BlindIndex::new(other[0].index_key());
+        assert_ne!(a.email("ada@example.com"), c.email("ada@example.com"));
+    }
+}

@@ -1,0 +1,36 @@
+//! authsync: a multi-region authentication store.
+//!
+//! # Layout
+//!
+//! - [`config`]: the node's TOML configuration, parsed then validated.
+//! - [`keys`]: keyrings — versioned master keys per region, blind-index key, pepper.
+//! - [`crypto`]: envelope encryption of personal data and blind indexes.
+//! - [`password`]: current (Argon2id, PBKDF2) and legacy password hashes.
+//! - [`hlc`]: the hybrid logical clock and record versions (last-writer-wins order).
+//! - [`store`]: RocksDB column families and the one-batch write path with its outbox.
+//! - [`users`]: the user service — every operation on records.
+//! - [`validate`]: request validation that reports every problem at once.
+//! - [`api`]: the HTTP API (axum), and the one place errors become status codes.
+//! - [`metrics`]: every metric name, described at start-up.
+//! - [`node`]: one region's node: start-up, background tasks, ordered shutdown.
+//! - [`demo`]: `authsync demo`, a node with no setup.
+//! - [`proto`]: the protobuf formats (`proto/authsync.proto`) of records and events.
+
+pub mod api;
+pub mod config;
+pub mod crypto;
+pub mod demo;
+pub mod hlc;
+pub mod keys;
+pub mod metrics;
+pub mod node;
+pub mod password;
+pub mod store;
+pub mod users;
+pub mod validate;
+
+/// Generated from `proto/authsync.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/authsync.v1.rs"));
+}

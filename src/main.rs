@@ -1,0 +1,190 @@
+//! The `authsync` command: parse the command line, load config, run.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use authsync::config::RawConfig;
+use authsync::demo::{self, DemoOptions};
+use authsync::keys;
+use authsync::node::Node;
+
+#[derive(Parser)]
+#[command(
+    name = "authsync",
+    version,
+    about = "Multi-region authentication store"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one region's node.
+    Node {
+        /// The node's TOML config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a node with no setup: generated keys, temporary data, a printed API key.
+    Demo {
+        /// Keep keys and data in this directory across restarts.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Use this API key instead of generating one.
+        #[arg(long)]
+        api_key: Option<String>,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: IpAddr,
+        /// Port of the first region.
+        #[arg(long, default_value_t = 8081)]
+        port: u16,
+    },
+    /// Manage keyrings and API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Write a keyring (mode 0600) for each region into a directory.
+    Init {
+        /// Comma-separated region names.
+        #[arg(long, value_delimiter = ',', required = true)]
+        regions: Vec<String>,
+        /// Directory for the keyring files.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace keyrings that already exist (their data becomes unreadable).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Add a new master key version for a region; older versions still decrypt.
+    Rotate {
+        #[arg(long)]
+        region: String,
+        /// Directory holding the keyrings; peers' copies of the wrapping key are updated.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Print a new random API key and the SHA-256 line for a node config.
+    ApiKey {
+        /// Name for the config entry.
+        #[arg(long, default_value = "default")]
+        name: String,
+    },
+}
+
+fn init_logging() {
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = EnvFilter::try_from_env("AUTHSYNC_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("AUTHSYNC_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Cancels the token on Ctrl-C or SIGTERM.
+fn stop_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "install SIGTERM handler");
+                    let _ = ctrl_c.await;
+                    token.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutdown requested");
+        token.cancel();
+    });
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Node { config } => {
+            let config = RawConfig::load(&config)?.validate()?;
+            let shutdown = CancellationToken::new();
+            stop_on_signals(shutdown.clone());
+            let region = config.region.clone();
+            let node = Node::start(config, shutdown).await?;
+            // One machine-readable line on stdout for supervisors and tests.
+            println!(
+                "authsync node region={region} listening on http://{}",
+                node.addr
+            );
+            node.wait().await;
+        }
+        Command::Demo {
+            data_dir,
+            api_key,
+            host,
+            port,
+        } => {
+            let shutdown = CancellationToken::new();
+            stop_on_signals(shutdown.clone());
+            demo::run(
+                DemoOptions {
+                    data_dir,
+                    api_key,
+                    host,
+                    base_port: port,
+                },
+                shutdown,
+            )
+            .await?;
+        }
+        Command::Keys(KeysCommand::Init {
+            regions,
+            out,
+            force,
+        }) => {
+            std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
+            for r in &regions {
+                let path = keys::keyring_path(&out, r);
+                if path.exists() && !force {
+                    anyhow::bail!("{} exists; pass --force to replace it", path.display());
+                }
+            }
+            for ring in keys::init(&regions)? {
+                let path = keys::keyring_path(&out, ring.owner());
+                ring.save(&path)?;
+                println!("wrote {}", path.display());
+            }
+        }
+        Command::Keys(KeysCommand::Rotate { region, dir }) => {
+            let version = keys::rotate_in_dir(&dir, &region)?;
+            println!(
+                "region {region}: master key v{version} is active; older versions decrypt only"
+            );
+        }
+        Command::Keys(KeysCommand::ApiKey { name }) => {
+            let key = demo::new_api_key()?;
+            println!("api key (give to the caller): {key}");
+            println!();
+            println!("[[api_keys]]");
+            println!("name = \"{name}\"");
+            println!("sha256 = \"{}\"", demo::sha256_hex(&key));
+        }
+    }
+    Ok(())
+}

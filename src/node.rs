@@ -1,0 +1,226 @@
+//! One region's node: open everything, serve, run background tasks, shut down in order.
+//!
+//! Start-up: keyring (refused if readable by others or owned by another region) →
+//! RocksDB → user service → HTTP listener. Shutdown (on the root cancellation token):
+//! stop accepting and finish in-flight requests, stop the background tasks, flush the
+//! WAL, close RocksDB.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::hlc::{Hlc, SystemClock};
+use crate::keys::Keyring;
+use crate::metrics as m;
+use crate::password::Passwords;
+use crate::store::{Store, StoreOptions};
+use crate::users::Users;
+
+/// A node that has bound its listener and is serving.
+pub struct Node {
+    pub addr: SocketAddr,
+    pub users: Arc<Users>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Node {
+    /// Opens the node's state and starts serving on the configured address.
+    pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Node> {
+        let keyring = Keyring::load(&config.keyring).context("load keyring")?;
+        if keyring.owner() != config.region {
+            bail!(
+                "keyring {} belongs to region {}, but this node is region {}",
+                config.keyring.display(),
+                keyring.owner(),
+                config.region
+            );
+        }
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("create data directory {}", config.data_dir.display()))?;
+        let store = Arc::new(
+            Store::open(
+                &config.data_dir,
+                &StoreOptions {
+                    wal_sync: config.storage.wal_sync,
+                    block_cache_bytes: config.storage.block_cache_mb << 20,
+                },
+            )
+            .with_context(|| format!("open store at {}", config.data_dir.display()))?,
+        );
+        let passwords = Passwords::new(config.passwords.algorithm, keyring.pepper())
+            .context("set up password hashing")?;
+        let hlc = Arc::new(Hlc::new(
+            config.region.clone(),
+            config.clock.max_skew_ms,
+            Box::new(SystemClock),
+        ));
+        let active = keyring
+            .active_key(keyring.owner())
+            .map(|k| k.version)
+            .unwrap_or(0);
+        let users = Arc::new(Users::new(
+            store,
+            keyring,
+            passwords,
+            hlc,
+            config.passwords.min_length,
+        ));
+        let metrics = m::install(&config.region);
+        metrics::gauge!(m::KEYRING_ACTIVE_VERSION).set(f64::from(active));
+
+        let ready = Arc::new(AtomicBool::new(false));
+        let state = AppState {
+            users: users.clone(),
+            metrics: metrics.clone(),
+            api_keys: Arc::new(config.api_keys.iter().map(|(_, h)| *h).collect()),
+            ready: ready.clone(),
+            max_import_items: config.max_import_items,
+        };
+        let app = api::router(state, config.max_body_bytes);
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listen on {}", config.listen))?;
+        let addr = listener.local_addr().context("read listener address")?;
+
+        let tracker = TaskTracker::new();
+        let http_stop = shutdown.child_token();
+        tracker.spawn({
+            let ready = ready.clone();
+            async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        http_stop.cancelled().await;
+                        ready.store(false, Ordering::SeqCst);
+                    })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "HTTP server stopped");
+                }
+            }
+        });
+        tracker.spawn(metrics_upkeep(metrics, shutdown.child_token()));
+        tracker.spawn(reload_keyring(
+            users.clone(),
+            config.keyring.clone(),
+            Duration::from_millis(config.keys.reload_interval_ms),
+            shutdown.child_token(),
+        ));
+        tracker.spawn(rewrap_loop(
+            users.clone(),
+            Duration::from_millis(config.keys.rewrap_interval_ms),
+            config.keys.rewrap_batch,
+            shutdown.child_token(),
+        ));
+        tracker.close();
+        ready.store(true, Ordering::SeqCst);
+        metrics::gauge!(m::NODE_UP).set(1.0);
+        tracing::info!(region = %config.region, %addr, "node serving");
+        Ok(Node {
+            addr,
+            users,
+            shutdown,
+            tracker,
+        })
+    }
+
+    /// Waits until shutdown is requested and every task has finished, then makes the
+    /// WAL durable before RocksDB closes.
+    pub async fn wait(self) {
+        self.shutdown.cancelled().await;
+        self.tracker.wait().await;
+        metrics::gauge!(m::NODE_UP).set(0.0);
+        let users = self.users.clone();
+        let flushed = tokio::task::spawn_blocking(move || users.store().flush()).await;
+        match flushed {
+            Ok(Ok(())) => tracing::info!("store flushed; node stopped"),
+            Ok(Err(e)) => tracing::error!(error = %e, "flush store at shutdown"),
+            Err(e) => tracing::error!(error = %e, "flush task failed"),
+        }
+    }
+}
+
+async fn metrics_upkeep(
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => handle.run_upkeep(),
+        }
+    }
+}
+
+/// Picks up a rotated keyring without a restart.
+async fn reload_keyring(
+    users: Arc<Users>,
+    path: std::path::PathBuf,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen: Option<SystemTime> = modified(&path);
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = modified(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let outcome = match Keyring::load(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|k| {
+                let active = k.active_key(k.owner()).map(|k| k.version).unwrap_or(0);
+                users.replace_keyring(k).map(|()| active)
+            }) {
+            Ok(active) => {
+                metrics::gauge!(m::KEYRING_ACTIVE_VERSION).set(f64::from(active));
+                tracing::info!(active_version = active, "keyring reloaded");
+                "ok"
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload keyring; keeping the current one");
+                "error"
+            }
+        };
+        metrics::counter!(m::KEYRING_RELOADS_TOTAL, "outcome" => outcome).increment(1);
+    }
+}
+
+/// Moves records to the current master keys in bounded rounds, with no downtime.
+async fn rewrap_loop(users: Arc<Users>, every: Duration, batch: usize, stop: CancellationToken) {
+    let mut cursor = None;
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let u = users.clone();
+        let at = cursor;
+        match tokio::task::spawn_blocking(move || u.rewrap_round(at, batch)).await {
+            Ok(Ok((_, rewrapped, next))) => {
+                if rewrapped > 0 {
+                    tracing::info!(rewrapped, "re-wrapped data keys under current master keys");
+                }
+                cursor = next;
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "re-wrap round"),
+            Err(e) => tracing::error!(error = %e, "re-wrap task failed"),
+        }
+    }
+}

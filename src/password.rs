@@ -1,0 +1,500 @@
+//! Password hashing: current hashes, legacy hashes, and the pepper.
+//!
+//! New hashes are PHC strings over the *peppered* password, HMAC-SHA256(pepper,
+//! password): a stolen database without the keyring cannot be attacked offline.
+//! Argon2id at the OWASP parameters (m=19 MiB, t=2, p=1) is the default; PBKDF2-HMAC-
+//! SHA256 at 600,000 iterations can be chosen instead. A verified hash whose algorithm
+//! or cost differs from the configured one is flagged for rehash.
+//!
+//! Legacy hashes imported from older systems are verified against the raw password
+//! (those systems had no pepper) and replaced by a current hash on the first good
+//! login.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::{Algorithm, Argon2, Params};
+use base64::engine::general_purpose::{STANDARD as B64, STANDARD_NO_PAD as B64_NOPAD};
+use base64::Engine as _;
+use md5::Digest as _;
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+use std::num::NonZeroU32;
+use zeroize::Zeroizing;
+
+use crate::config::PasswordAlgorithm;
+
+pub const ARGON2_M_KIB: u32 = 19 * 1024;
+pub const ARGON2_T: u32 = 2;
+pub const ARGON2_P: u32 = 1;
+pub const PBKDF2_ITERATIONS: u32 = 600_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordError {
+    #[error("hash the password: {0}")]
+    Hash(String),
+    #[error("system random number generator failed")]
+    Random,
+}
+
+/// Result of checking a password against a stored hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verified {
+    No,
+    Yes,
+    /// Correct, but stored with another algorithm or cost: store a new hash.
+    YesRehash,
+}
+
+/// Hashes and verifies current passwords.
+pub struct Passwords {
+    algorithm: PasswordAlgorithm,
+    pepper: hmac::Key,
+    /// A hash of a random password, verified when the login is unknown so that an
+    /// unknown login costs the same as a wrong password.
+    dummy: String,
+}
+
+impl Passwords {
+    pub fn new(
+        algorithm: PasswordAlgorithm,
+        pepper: &[u8; 32],
+    ) -> Result<Passwords, PasswordError> {
+        let mut p = Passwords {
+            algorithm,
+            pepper: hmac::Key::new(hmac::HMAC_SHA256, pepper),
+            dummy: String::new(),
+        };
+        let mut random = [0u8; 24];
+        SystemRandom::new()
+            .fill(&mut random)
+            .map_err(|_| PasswordError::Random)?;
+        p.dummy = p.hash(&B64.encode(random))?;
+        Ok(p)
+    }
+
+    pub fn algorithm(&self) -> PasswordAlgorithm {
+        self.algorithm
+    }
+
+    fn pepper(&self, password: &str) -> Zeroizing<Vec<u8>> {
+        // Hashers take bytes; the HMAC output is base64-encoded so PBKDF2 and Argon2
+        // both see printable input, as some verifiers elsewhere expect.
+        let tag = hmac::sign(&self.pepper, password.as_bytes());
+        Zeroizing::new(B64.encode(tag.as_ref()).into_bytes())
+    }
+
+    /// A PHC string for `password` with the configured algorithm.
+    pub fn hash(&self, password: &str) -> Result<String, PasswordError> {
+        let peppered = self.pepper(password);
+        let mut salt = [0u8; 16];
+        SystemRandom::new()
+            .fill(&mut salt)
+            .map_err(|_| PasswordError::Random)?;
+        match self.algorithm {
+            PasswordAlgorithm::Argon2id => {
+                let salt = SaltString::encode_b64(&salt)
+                    .map_err(|e| PasswordError::Hash(e.to_string()))?;
+                argon2_current()
+                    .hash_password(&peppered, &salt)
+                    .map(|h| h.to_string())
+                    .map_err(|e| PasswordError::Hash(e.to_string()))
+            }
+            PasswordAlgorithm::Pbkdf2Sha256 => {
+                let mut out = [0u8; 32];
+                ring::pbkdf2::derive(
+                    ring::pbkdf2::PBKDF2_HMAC_SHA256,
+                    NonZeroU32::new(PBKDF2_ITERATIONS).expect("non-zero"),
+                    &salt,
+                    &peppered,
+                    &mut out,
+                );
+                Ok(format!(
+                    "$pbkdf2-sha256$i={PBKDF2_ITERATIONS},l=32${}${}",
+                    B64_NOPAD.encode(salt),
+                    B64_NOPAD.encode(out)
+                ))
+            }
+        }
+    }
+
+    /// Checks `password` against a PHC string made by [`Passwords::hash`].
+    pub fn verify(&self, password: &str, phc: &str) -> Verified {
+        let peppered = self.pepper(password);
+        let (ok, current) = if phc.starts_with("$argon2id$") {
+            let ok = verify_argon2(&peppered, phc);
+            let current = self.algorithm == PasswordAlgorithm::Argon2id
+                && PasswordHash::new(phc)
+                    .ok()
+                    .and_then(|h| Params::try_from(&h).ok())
+                    .is_some_and(|p| {
+                        p.m_cost() == ARGON2_M_KIB
+                            && p.t_cost() == ARGON2_T
+                            && p.p_cost() == ARGON2_P
+                    });
+            (ok, current)
+        } else if phc.starts_with("$pbkdf2-sha256$") {
+            match verify_pbkdf2_phc(&peppered, phc) {
+                Some(iterations) => (
+                    true,
+                    self.algorithm == PasswordAlgorithm::Pbkdf2Sha256
+                        && iterations == PBKDF2_ITERATIONS,
+                ),
+                None => (false, false),
+            }
+        } else {
+            (false, false)
+        };
+        match (ok, current) {
+            (false, _) => Verified::No,
+            (true, true) => Verified::Yes,
+            (true, false) => Verified::YesRehash,
+        }
+    }
+
+    /// Spends the time of one verification on nothing, for unknown logins.
+    pub fn verify_dummy(&self, password: &str) {
+        let _ = self.verify(password, &self.dummy);
+    }
+}
+
+fn argon2_current() -> Argon2<'static> {
+    Argon2::new(
+        Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        Params::new(ARGON2_M_KIB, ARGON2_T, ARGON2_P, Some(32))
+            .expect("OWASP parameters are valid"),
+    )
+}
+
+fn verify_argon2(password: &[u8], phc: &str) -> bool {
+    match PasswordHash::new(phc) {
+        // The parameters come from the hash itself.
+        Ok(h) => Argon2::default().verify_password(password, &h).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Verifies `$pbkdf2-sha256$i=N[,l=L]$salt$hash` (standard base64, padding optional).
+/// Returns the iteration count on success.
+fn verify_pbkdf2_phc(password: &[u8], phc: &str) -> Option<u32> {
+    let mut parts = phc.split('$');
+    let (_, alg, params, salt, hash) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
+    if alg != "pbkdf2-sha256" || parts.next().is_some() {
+        return None;
+    }
+    let mut iterations = None;
+    for p in params.split(',') {
+        if let Some(v) = p.strip_prefix("i=") {
+            iterations = v.parse::<u32>().ok();
+        }
+    }
+    let iterations = iterations?;
+    let salt = decode_b64_any(salt)?;
+    let hash = decode_b64_any(hash)?;
+    verify_pbkdf2(password, iterations, &salt, &hash).then_some(iterations)
+}
+
+fn verify_pbkdf2(password: &[u8], iterations: u32, salt: &[u8], expected: &[u8]) -> bool {
+    // Bounded so an imported hash cannot make one login cost minutes.
+    if !(1..=10_000_000).contains(&iterations) || expected.is_empty() || expected.len() > 64 {
+        return false;
+    }
+    ring::pbkdf2::verify(
+        ring::pbkdf2::PBKDF2_HMAC_SHA256,
+        NonZeroU32::new(iterations).expect("checked above"),
+        salt,
+        password,
+        expected,
+    )
+    .is_ok()
+}
+
+fn decode_b64_any(s: &str) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
+    B64.decode(s)
+        .or_else(|_| B64_NOPAD.decode(s))
+        .or_else(|_| URL_SAFE.decode(s))
+        .or_else(|_| URL_SAFE_NO_PAD.decode(s))
+        // passlib's "adapted base64" uses '.' for '+'.
+        .or_else(|_| B64_NOPAD.decode(s.replace('.', "+")))
+        .ok()
+}
+
+/// Where a legacy salt was placed around the password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SaltPosition {
+    Prefix,
+    Suffix,
+}
+
+/// Legacy hash algorithms accepted by import.
+pub const LEGACY_ALGORITHMS: &[&str] = &[
+    "bcrypt",
+    "md5",
+    "sha1",
+    "sha256",
+    "pbkdf2-sha256",
+    "argon2id",
+];
+
+/// Checks that a legacy hash is well formed, so import can refuse it up front.
+pub fn check_legacy(algorithm: &str, hash: &str, salt: Option<&str>) -> Result<(), String> {
+    let hex_len = |n: usize| -> Result<(), String> {
+        if hash.len() == n && hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(())
+        } else {
+            Err(format!("must be {n} hex digits for {algorithm}"))
+        }
+    };
+    match algorithm {
+        "bcrypt" => {
+            if salt.is_some() {
+                return Err("bcrypt hashes carry their own salt".into());
+            }
+            hash.parse::<bcrypt::HashParts>()
+                .map(|_| ())
+                .map_err(|_| "not a bcrypt hash ($2a$/$2b$/$2y$)".into())
+        }
+        "md5" => hex_len(32),
+        "sha1" => hex_len(40),
+        "sha256" => hex_len(64),
+        "pbkdf2-sha256" => {
+            if parse_django_pbkdf2(hash).is_some()
+                || hash.starts_with("$pbkdf2-sha256$") && hash.split('$').count() == 5
+            {
+                Ok(())
+            } else {
+                Err("not a pbkdf2-sha256 hash ($pbkdf2-sha256$i=N$salt$hash or pbkdf2_sha256$N$salt$hash)".into())
+            }
+        }
+        "argon2id" => match PasswordHash::new(hash) {
+            Ok(h) if h.algorithm.as_str() == "argon2id" => Ok(()),
+            _ => Err("not an argon2id PHC string".into()),
+        },
+        other => Err(format!(
+            "unsupported algorithm {other:?}; one of {}",
+            LEGACY_ALGORITHMS.join(", ")
+        )),
+    }
+}
+
+fn parse_django_pbkdf2(hash: &str) -> Option<(u32, &str, &str)> {
+    let mut parts = hash.split('$');
+    let (alg, iter, salt, digest) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if alg != "pbkdf2_sha256" || parts.next().is_some() {
+        return None;
+    }
+    Some((iter.parse().ok()?, salt, digest))
+}
+
+/// Verifies `password` against a legacy hash. Digest comparisons are constant time.
+pub fn verify_legacy(
+    algorithm: &str,
+    hash: &str,
+    salt: Option<&str>,
+    position: SaltPosition,
+    password: &str,
+) -> bool {
+    let salted = |pw: &str| -> Zeroizing<Vec<u8>> {
+        let s = salt.unwrap_or("");
+        Zeroizing::new(match position {
+            SaltPosition::Prefix => [s.as_bytes(), pw.as_bytes()].concat(),
+            SaltPosition::Suffix => [pw.as_bytes(), s.as_bytes()].concat(),
+        })
+    };
+    let hex_eq = |digest: &[u8]| -> bool {
+        match hex::decode(hash) {
+            Ok(expected) => crate::crypto::ct_eq(digest, &expected),
+            Err(_) => false,
+        }
+    };
+    match algorithm {
+        "bcrypt" => bcrypt::verify(password, hash).unwrap_or(false),
+        "md5" => hex_eq(&md5::Md5::digest(salted(password).as_slice())),
+        "sha1" => hex_eq(&sha1::Sha1::digest(salted(password).as_slice())),
+        "sha256" => hex_eq(ring::digest::digest(&ring::digest::SHA256, &salted(password)).as_ref()),
+        "pbkdf2-sha256" => {
+            if let Some((iterations, salt, digest)) = parse_django_pbkdf2(hash) {
+                match B64.decode(digest) {
+                    Ok(expected) => {
+                        verify_pbkdf2(password.as_bytes(), iterations, salt.as_bytes(), &expected)
+                    }
+                    Err(_) => false,
+                }
+            } else {
+                verify_pbkdf2_phc(password.as_bytes(), hash).is_some()
+            }
+        }
+        "argon2id" => verify_argon2(password.as_bytes(), hash),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn passwords(alg: PasswordAlgorithm) -> Passwords {
+        Passwords::new(alg, &[9u8; 32]).unwrap()
+    }
+
+    #[test]
+    fn argon2id_hashes_verify_and_use_owasp_parameters() {
+        let p = passwords(PasswordAlgorithm::Argon2id);
+        let h = p.hash("correct horse battery").unwrap();
+        assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
+        assert_eq!(p.verify("correct horse battery", &h), Verified::Yes);
+        assert_eq!(p.verify("correct horse batterx", &h), Verified::No);
+    }
+
+    #[test]
+    fn the_pepper_is_part_of_the_hash() {
+        let p = passwords(PasswordAlgorithm::Argon2id);
+        let other = Passwords::new(PasswordAlgorithm::Argon2id, &[8u8; 32]).unwrap();
+        let h = p.hash("correct horse battery").unwrap();
+        assert_eq!(other.verify("correct horse battery", &h), Verified::No);
+    }
+
+    #[test]
+    fn pbkdf2_hashes_verify_and_switching_algorithm_asks_for_rehash() {
+        let p = passwords(PasswordAlgorithm::Pbkdf2Sha256);
+        let h = p.hash("correct horse battery").unwrap();
+        assert!(h.starts_with("$pbkdf2-sha256$i=600000,l=32$"), "{h}");
+        assert_eq!(p.verify("correct horse battery", &h), Verified::Yes);
+        let argon = Passwords::new(PasswordAlgorithm::Argon2id, &[9u8; 32]).unwrap();
+        assert_eq!(
+            argon.verify("correct horse battery", &h),
+            Verified::YesRehash
+        );
+    }
+
+    #[test]
+    fn legacy_digests_verify_with_salt_in_either_position() {
+        let md5_plain = hex::encode(md5::Md5::digest(b"hunter22"));
+        assert!(verify_legacy(
+            "md5",
+            &md5_plain,
+            None,
+            SaltPosition::Prefix,
+            "hunter22"
+        ));
+        assert!(!verify_legacy(
+            "md5",
+            &md5_plain,
+            None,
+            SaltPosition::Prefix,
+            "hunter23"
+        ));
+        let sha1_salted = hex::encode(sha1::Sha1::digest(b"NaClhunter22"));
+        assert!(verify_legacy(
+            "sha1",
+            &sha1_salted,
+            Some("NaCl"),
+            SaltPosition::Prefix,
+            "hunter22"
+        ));
+        let sha256_suffix =
+            hex::encode(ring::digest::digest(&ring::digest::SHA256, b"hunter22NaCl"));
+        assert!(verify_legacy(
+            "sha256",
+            &sha256_suffix,
+            Some("NaCl"),
+            SaltPosition::Suffix,
+            "hunter22"
+        ));
+        assert!(!verify_legacy(
+            "sha256",
+            &sha256_suffix,
+            Some("NaCl"),
+            SaltPosition::Prefix,
+            "hunter22"
+        ));
+    }
+
+    #[test]
+    fn legacy_bcrypt_pbkdf2_and_argon2_verify() {
+        let b = bcrypt::hash("hunter22", 4).unwrap();
+        check_legacy("bcrypt", &b, None).unwrap();
+        assert!(verify_legacy(
+            "bcrypt",
+            &b,
+            None,
+            SaltPosition::Prefix,
+            "hunter22"
+        ));
+        assert!(!verify_legacy(
+            "bcrypt",
+            &b,
+            None,
+            SaltPosition::Prefix,
+            "hunter2"
+        ));
+
+        let mut out = [0u8; 32];
+        ring::pbkdf2::derive(
+            ring::pbkdf2::PBKDF2_HMAC_SHA256,
+            NonZeroU32::new(1000).unwrap(),
+            b"saltsalt",
+            b"hunter22",
+            &mut out,
+        );
+        let django = format!("pbkdf2_sha256$1000$saltsalt${}", B64.encode(out));
+        check_legacy("pbkdf2-sha256", &django, None).unwrap();
+        assert!(verify_legacy(
+            "pbkdf2-sha256",
+            &django,
+            None,
+            SaltPosition::Prefix,
+            "hunter22"
+        ));
+        let phc = format!(
+            "$pbkdf2-sha256$i=1000${}${}",
+            B64_NOPAD.encode(b"saltsalt"),
+            B64_NOPAD.encode(out)
+        );
+        assert!(verify_legacy(
+            "pbkdf2-sha256",
+            &phc,
+            None,
+            SaltPosition::Prefix,
+            "hunter22"
+        ));
+        assert!(!verify_legacy(
+            "pbkdf2-sha256",
+            &phc,
+            None,
+            SaltPosition::Prefix,
+            "hunter2"
+        ));
+
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let a = Argon2::default()
+            .hash_password(b"hunter22", &salt)
+            .unwrap()
+            .to_string();
+        check_legacy("argon2id", &a, None).unwrap();
+        assert!(verify_legacy(
+            "argon2id",
+            &a,
+            None,
+            SaltPosition::Prefix,
+            "hunter22"
+        ));
+    }
+
+    #[test]
+    fn malformed_legacy_hashes_are_refused_up_front() {
+        assert!(check_legacy("md5", "xyz", None).is_err());
+        assert!(check_legacy("sha256", &"a".repeat(63), None).is_err());
+        assert!(check_legacy("bcrypt", "$2b$nope", None).is_err());
+        assert!(check_legacy("crc32", "abcd", None)
+            .unwrap_err()
+            .contains("unsupported"));
+    }
+}

@@ -1,0 +1,885 @@
+//! The user service: every operation on user records as one region performs it.
+//!
+//! Each change follows the same path: take the store locks of the user id and of
+//! every index value being claimed, read the current record, decide, give the new
+//! state a fresh HLC version, seal its personal data with a fresh data key for every
+//! region, and commit record + index entries + outbox event in one durable batch.
+//! Methods are synchronous (RocksDB and password hashing block); the API calls them
+//! on the blocking pool.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::RwLock;
+use uuid::Uuid;
+
+use crate::crypto::{self, BlindIndex, CryptoError, RecordMac};
+use crate::hlc::{Hlc, Version};
+use crate::keys::Keyring;
+use crate::metrics as m;
+use crate::password::{self, Passwords, SaltPosition, Verified};
+use crate::proto::{self, Status};
+use crate::store::{record_version, IndexField, Store, StoreError};
+use crate::validate::{
+    normalize_email, normalize_phone, Change, ImportItem, NewUser, Problem, SettableStatus,
+    UserPatch,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("user not found")]
+    NotFound,
+    #[error("invalid request")]
+    Invalid(Vec<Problem>),
+    #[error("already taken")]
+    Conflict(Vec<Problem>),
+    #[error("account was merged into {0}")]
+    Merged(Uuid),
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("account is {0}")]
+    Forbidden(&'static str),
+    /// Integrity failure: deliberately says nothing more.
+    #[error("record is unreadable")]
+    Unreadable,
+    #[error("no key to open this record in region {0} yet")]
+    KeyUnavailable(String),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("crypto: {0}")]
+    Crypto(CryptoError),
+    #[error("password hashing: {0}")]
+    Password(#[from] password::PasswordError),
+}
+
+/// A record as the API shows it.
+#[derive(Debug, Clone)]
+pub struct UserView {
+    pub id: Uuid,
+    pub email: String,
+    pub phone: Option<String>,
+    pub status: &'static str,
+    pub profile: BTreeMap<String, String>,
+    pub version: Version,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub merged_into: Option<Uuid>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportOutcome {
+    Created,
+    Merged,
+}
+
+#[derive(Debug, Clone)]
+pub struct ImportResult {
+    pub id: Uuid,
+    pub outcome: ImportOutcome,
+}
+
+pub fn status_name(status: i32) -> &'static str {
+    match Status::try_from(status) {
+        Ok(Status::Active) => "active",
+        Ok(Status::Locked) => "locked",
+        Ok(Status::Disabled) => "disabled",
+        Ok(Status::Merged) => "merged",
+        _ => "unknown",
+    }
+}
+
+fn id_bytes(id: &Uuid) -> [u8; 16] {
+    *id.as_bytes()
+}
+
+/// Attempts at a lock-then-read cycle whose lock set depended on a read.
+const LOCK_RETRIES: usize = 8;
+
+pub struct Users {
+    region: String,
+    store: Arc<Store>,
+    keyring: RwLock<Arc<Keyring>>,
+    index: BlindIndex,
+    record_mac: RecordMac,
+    passwords: Passwords,
+    hlc: Arc<Hlc>,
+    min_password: usize,
+}
+
+impl Users {
+    pub fn new(
+        store: Arc<Store>,
+        keyring: Keyring,
+        passwords: Passwords,
+        hlc: Arc<Hlc>,
+        min_password: usize,
+    ) -> Users {
+        Users {
+            region: keyring.owner().to_string(),
+            index: BlindIndex::new(keyring.index_key()),
+            record_mac: RecordMac::new(keyring.index_key()),
+            keyring: RwLock::new(Arc::new(keyring)),
+            store,
+            passwords,
+            hlc,
+            min_password,
+        }
+    }
+
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn min_password(&self) -> usize {
+        self.min_password
+    }
+
+    pub fn keyring(&self) -> Arc<Keyring> {
+        self.keyring.read().clone()
+    }
+
+    /// Swaps in a reloaded keyring (after a rotation). It must belong to the same
+    /// region and deployment: the index key and pepper cannot change under a running
+    /// node, or every lookup and login would silently fail.
+    pub fn replace_keyring(&self, new: Keyring) -> Result<(), String> {
+        let current = self.keyring();
+        if new.owner() != current.owner() {
+            return Err(format!(
+                "keyring owner changed from {} to {}",
+                current.owner(),
+                new.owner()
+            ));
+        }
+        if !new.shares_secrets_with(&current) {
+            return Err(
+                "keyring index key or pepper changed; restart with a migration instead".into(),
+            );
+        }
+        *self.keyring.write() = Arc::new(new);
+        Ok(())
+    }
+
+    fn wrap_regions(keyring: &Keyring) -> Vec<String> {
+        keyring.regions().map(str::to_string).collect()
+    }
+
+    pub fn email_index(&self, normalised: &str) -> [u8; 32] {
+        self.index.email(normalised)
+    }
+
+    pub fn phone_index(&self, normalised: &str) -> [u8; 32] {
+        self.index.phone(normalised)
+    }
+
+    fn open_info(&self, record: &proto::Record) -> Result<proto::Info, UserError> {
+        crypto::open(record, &self.keyring()).map_err(|e| {
+            let reason = match &e {
+                CryptoError::Integrity => "integrity",
+                CryptoError::NoKeyForRegion(_) => "no_key",
+                CryptoError::UnknownMasterKey(_) => "unknown_key",
+                _ => "other",
+            };
+            metrics::counter!(m::RECORDS_UNREADABLE_TOTAL, "reason" => reason).increment(1);
+            match e {
+                CryptoError::NoKeyForRegion(r) | CryptoError::UnknownMasterKey(r) => {
+                    UserError::KeyUnavailable(r)
+                }
+                CryptoError::Integrity => UserError::Unreadable,
+                other => UserError::Crypto(other),
+            }
+        })
+    }
+
+    /// The stored record, authenticated: corrupt or tampered bytes give the one
+    /// generic [`UserError::Unreadable`] and count in the metric.
+    fn get_record(&self, id: &Uuid) -> Result<Option<proto::Record>, UserError> {
+        let unreadable = || {
+            metrics::counter!(m::RECORDS_UNREADABLE_TOTAL, "reason" => "integrity").increment(1);
+            UserError::Unreadable
+        };
+        match self.store.get(&id_bytes(id)) {
+            Ok(Some(record)) => {
+                self.record_mac.verify(&record).map_err(|_| unreadable())?;
+                Ok(Some(record))
+            }
+            Ok(None) => Ok(None),
+            Err(StoreError::Corrupt { .. }) => Err(unreadable()),
+            Err(other) => Err(UserError::Store(other)),
+        }
+    }
+
+    /// The live record under `id`: tombstones are not found.
+    fn load_live(&self, id: &Uuid) -> Result<proto::Record, UserError> {
+        match self.get_record(id)? {
+            Some(r) if !r.tombstone => Ok(r),
+            _ => Err(UserError::NotFound),
+        }
+    }
+
+    /// Like [`Users::load_live`], refusing merged accounts for changes.
+    fn load_changeable(&self, id: &Uuid) -> Result<proto::Record, UserError> {
+        let r = self.load_live(id)?;
+        if r.status == Status::Merged as i32 {
+            let into = Uuid::from_slice(&r.merged_into).unwrap_or_default();
+            return Err(UserError::Merged(into));
+        }
+        Ok(r)
+    }
+
+    /// Gives `record` a new version, seals `info` into it and commits it.
+    fn commit(
+        &self,
+        previous: Option<&proto::Record>,
+        mut record: proto::Record,
+        info: &proto::Info,
+        kind: &'static str,
+    ) -> Result<Version, UserError> {
+        let version = self.hlc.tick();
+        record.version = Some(version.to_proto());
+        record.updated_at_ms = version.physical_ms;
+        if previous.is_none() {
+            record.created_at_ms = version.physical_ms;
+        }
+        let keyring = self.keyring();
+        crypto::seal(&mut record, info, &keyring, &Self::wrap_regions(&keyring))
+            .map_err(UserError::Crypto)?;
+        self.commit_sealed(previous, &mut record, kind)?;
+        Ok(version)
+    }
+
+    fn commit_sealed(
+        &self,
+        previous: Option<&proto::Record>,
+        record: &mut proto::Record,
+        kind: &'static str,
+    ) -> Result<(), UserError> {
+        self.record_mac.sign(record);
+        let started = Instant::now();
+        self.store.commit(previous, record, true)?;
+        metrics::histogram!(m::STORE_COMMIT_DURATION_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!(m::STORE_COMMITS_TOTAL, "kind" => kind).increment(1);
+        metrics::counter!(m::OUTBOX_EVENTS_TOTAL).increment(1);
+        Ok(())
+    }
+
+    fn hash_password(&self, password: &str) -> Result<String, UserError> {
+        let started = Instant::now();
+        let h = self.passwords.hash(password)?;
+        metrics::histogram!(m::PASSWORD_HASH_DURATION_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        Ok(h)
+    }
+
+    fn verify_password(&self, password: &str, phc: &str) -> Verified {
+        let started = Instant::now();
+        let v = self.passwords.verify(password, phc);
+        metrics::histogram!(m::PASSWORD_HASH_DURATION_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        v
+    }
+
+    /// Who holds an index value now, other than `except`.
+    fn taken(
+        &self,
+        field: IndexField,
+        hash: &[u8],
+        except: Option<&Uuid>,
+    ) -> Result<bool, UserError> {
+        Ok(match self.store.lookup(field, hash)? {
+            Some(owner) => except.is_none_or(|e| *e.as_bytes() != owner),
+            None => false,
+        })
+    }
+
+    pub fn create(&self, input: NewUser) -> Result<(Uuid, Version), UserError> {
+        let secret = self.hash_password(&input.password)?;
+        let email_idx = self.index.email(&input.email);
+        let phone_idx = input.phone.as_deref().map(|p| self.index.phone(p));
+        let id = Uuid::new_v4();
+        let mut keys: Vec<&[u8]> = vec![id.as_bytes(), &email_idx];
+        if let Some(p) = &phone_idx {
+            keys.push(p);
+        }
+        let _locked = self.store.lock(&keys);
+        let mut conflicts = Vec::new();
+        if self.taken(IndexField::Email, &email_idx, None)? {
+            conflicts.push(Problem::new("email", "is already taken"));
+        }
+        if let Some(p) = &phone_idx {
+            if self.taken(IndexField::Phone, p, None)? {
+                conflicts.push(Problem::new("phone", "is already taken"));
+            }
+        }
+        if !conflicts.is_empty() {
+            return Err(UserError::Conflict(conflicts));
+        }
+        let record = proto::Record {
+            id: id.as_bytes().to_vec(),
+            status: Status::Active as i32,
+            email_index: email_idx.to_vec(),
+            phone_index: phone_idx.map(|p| p.to_vec()).unwrap_or_default(),
+            secret,
+            ..Default::default()
+        };
+        let info = proto::Info {
+            email: input.email,
+            phone: input.phone.unwrap_or_default(),
+            profile: input.profile,
+            ..Default::default()
+        };
+        let version = self.commit(None, record, &info, "create")?;
+        Ok((id, version))
+    }
+
+    fn view(&self, record: &proto::Record) -> Result<UserView, UserError> {
+        let info = self.open_info(record)?;
+        Ok(UserView {
+            id: Uuid::from_slice(&record.id).map_err(|_| UserError::Unreadable)?,
+            email: info.email,
+            phone: (!info.phone.is_empty()).then_some(info.phone),
+            status: status_name(record.status),
+            profile: info.profile,
+            version: record_version(record),
+            created_at_ms: record.created_at_ms,
+            updated_at_ms: record.updated_at_ms,
+            merged_into: Uuid::from_slice(&record.merged_into).ok(),
+        })
+    }
+
+    pub fn get(&self, id: &Uuid) -> Result<UserView, UserError> {
+        let record = self.load_live(id)?;
+        self.view(&record)
+    }
+
+    /// The live account that holds a normalised email or phone.
+    fn find_record(
+        &self,
+        field: IndexField,
+        hash: &[u8; 32],
+    ) -> Result<Option<proto::Record>, UserError> {
+        let Some(id) = self.store.lookup(field, hash)? else {
+            return Ok(None);
+        };
+        let Some(record) = self.get_record(&Uuid::from_bytes(id))? else {
+            return Ok(None);
+        };
+        let holds = match field {
+            IndexField::Email => record.email_index.as_slice() == hash,
+            IndexField::Phone => record.phone_index.as_slice() == hash,
+        };
+        // An index entry whose record no longer holds the value is stale or forged.
+        if !holds || record.tombstone || record.status == Status::Merged as i32 {
+            return Ok(None);
+        }
+        Ok(Some(record))
+    }
+
+    pub fn find_by_email(&self, raw: &str) -> Result<UserView, UserError> {
+        let email =
+            normalize_email(raw).map_err(|p| UserError::Invalid(vec![Problem::new("email", p)]))?;
+        match self.find_record(IndexField::Email, &self.index.email(&email))? {
+            Some(r) => self.view(&r),
+            None => Err(UserError::NotFound),
+        }
+    }
+
+    pub fn find_by_phone(&self, raw: &str) -> Result<UserView, UserError> {
+        let phone =
+            normalize_phone(raw).map_err(|p| UserError::Invalid(vec![Problem::new("phone", p)]))?;
+        match self.find_record(IndexField::Phone, &self.index.phone(&phone))? {
+            Some(r) => self.view(&r),
+            None => Err(UserError::NotFound),
+        }
+    }
+
+    pub fn update(&self, id: &Uuid, patch: UserPatch) -> Result<Version, UserError> {
+        let email_idx = patch.email.as_deref().map(|e| self.index.email(e));
+        let phone_idx = match &patch.phone {
+            Change::Set(p) => Some(self.index.phone(p)),
+            _ => None,
+        };
+        let mut keys: Vec<&[u8]> = vec![id.as_bytes()];
+        keys.extend(email_idx.iter().map(|h| h.as_slice()));
+        keys.extend(phone_idx.iter().map(|h| h.as_slice()));
+        let _locked = self.store.lock(&keys);
+        let previous = self.load_changeable(id)?;
+        let mut info = self.open_info(&previous)?;
+        let mut conflicts = Vec::new();
+        if let Some(h) = &email_idx {
+            if self.taken(IndexField::Email, h, Some(id))? {
+                conflicts.push(Problem::new("email", "is already taken"));
+            }
+        }
+        if let Some(h) = &phone_idx {
+            if self.taken(IndexField::Phone, h, Some(id))? {
+                conflicts.push(Problem::new("phone", "is already taken"));
+            }
+        }
+        if !conflicts.is_empty() {
+            return Err(UserError::Conflict(conflicts));
+        }
+        let mut record = previous.clone();
+        if let (Some(email), Some(h)) = (patch.email, email_idx) {
+            info.email = email;
+            record.email_index = h.to_vec();
+        }
+        match patch.phone {
+            Change::Keep => {}
+            Change::Clear => {
+                info.phone.clear();
+                record.phone_index.clear();
+            }
+            Change::Set(p) => {
+                info.phone = p;
+                record.phone_index = phone_idx.expect("hashed above").to_vec();
+            }
+        }
+        for (k, v) in patch.profile {
+            match v {
+                Some(v) => info.profile.insert(k, v),
+                None => info.profile.remove(&k),
+            };
+        }
+        self.commit(Some(&previous), record, &info, "update")
+    }
+
+    pub fn set_password(&self, id: &Uuid, password: &str) -> Result<Version, UserError> {
+        let secret = self.hash_password(password)?;
+        let _locked = self.store.lock(&[id.as_bytes()]);
+        let previous = self.load_changeable(id)?;
+        let mut info = self.open_info(&previous)?;
+        // A new password supersedes every imported one.
+        info.old_hashes.clear();
+        let mut record = previous.clone();
+        record.secret = secret;
+        self.commit(Some(&previous), record, &info, "password")
+    }
+
+    pub fn set_status(&self, id: &Uuid, status: SettableStatus) -> Result<Version, UserError> {
+        let _locked = self.store.lock(&[id.as_bytes()]);
+        let previous = self.load_changeable(id)?;
+        let info = self.open_info(&previous)?;
+        let mut record = previous.clone();
+        record.status = match status {
+            SettableStatus::Active => Status::Active,
+            SettableStatus::Locked => Status::Locked,
+            SettableStatus::Disabled => Status::Disabled,
+        } as i32;
+        self.commit(Some(&previous), record, &info, "status")
+    }
+
+    /// Replaces the record by a tombstone: id and version only. Personal data, wrapped
+    /// keys, password hashes and index entries are gone from the current state.
+    pub fn delete(&self, id: &Uuid) -> Result<Version, UserError> {
+        let _locked = self.store.lock(&[id.as_bytes()]);
+        let previous = match self.get_record(id)? {
+            Some(r) if !r.tombstone => r,
+            _ => return Err(UserError::NotFound),
+        };
+        let version = self.hlc.tick();
+        let mut tombstone = proto::Record {
+            id: id.as_bytes().to_vec(),
+            version: Some(version.to_proto()),
+            tombstone: true,
+            ..Default::default()
+        };
+        self.commit_sealed(Some(&previous), &mut tombstone, "delete")?;
+        Ok(version)
+    }
+
+    /// Checks a login (email or phone) and password. Unknown logins and wrong
+    /// passwords give the same error after the same hashing work; a correct password
+    /// on a locked or disabled account is refused as such.
+    pub fn login(&self, login: &str, password: &str) -> Result<Uuid, UserError> {
+        let result = self.login_inner(login, password);
+        let outcome = match &result {
+            Ok(_) => "success",
+            Err(UserError::InvalidCredentials) => "invalid_credentials",
+            Err(UserError::Forbidden(_)) => "forbidden",
+            Err(_) => "error",
+        };
+        metrics::counter!(m::LOGINS_TOTAL, "outcome" => outcome).increment(1);
+        result
+    }
+
+    fn login_inner(&self, login: &str, password: &str) -> Result<Uuid, UserError> {
+        let record = if login.contains('@') {
+            match normalize_email(login) {
+                Ok(e) => self.find_record(IndexField::Email, &self.index.email(&e))?,
+                Err(_) => None,
+            }
+        } else {
+            match normalize_phone(login) {
+                Ok(p) => self.find_record(IndexField::Phone, &self.index.phone(&p))?,
+                Err(_) => None,
+            }
+        };
+        let Some(record) = record else {
+            self.passwords.verify_dummy(password);
+            return Err(UserError::InvalidCredentials);
+        };
+        let id = Uuid::from_slice(&record.id).map_err(|_| UserError::Unreadable)?;
+        let status_refusal = |r: &proto::Record| match Status::try_from(r.status) {
+            Ok(Status::Active) => None,
+            Ok(Status::Locked) => Some(UserError::Forbidden("locked")),
+            Ok(Status::Disabled) => Some(UserError::Forbidden("disabled")),
+            _ => Some(UserError::InvalidCredentials),
+        };
+        if !record.secret.is_empty() {
+            match self.verify_password(password, &record.secret) {
+                Verified::Yes => return status_refusal(&record).map_or(Ok(id), Err),
+                Verified::YesRehash => {
+                    if let Some(e) = status_refusal(&record) {
+                        return Err(e);
+                    }
+                    if let Err(e) = self.upgrade_password(&id, &record, password) {
+                        tracing::warn!(error = %e, "store rehashed password after login");
+                    }
+                    return Ok(id);
+                }
+                Verified::No => {}
+            }
+        }
+        // Legacy hashes imported from older systems.
+        let info = self.open_info(&record)?;
+        let matched = info.old_hashes.iter().any(|h| {
+            let position = if h.salt_suffix {
+                SaltPosition::Suffix
+            } else {
+                SaltPosition::Prefix
+            };
+            let salt = (!h.salt.is_empty()).then_some(h.salt.as_str());
+            password::verify_legacy(&h.algorithm, &h.hash, salt, position, password)
+        });
+        if !matched {
+            if record.secret.is_empty() {
+                // Same Argon2 work as a known account with a wrong password.
+                self.passwords.verify_dummy(password);
+            }
+            return Err(UserError::InvalidCredentials);
+        }
+        if let Some(e) = status_refusal(&record) {
+            return Err(e);
+        }
+        self.upgrade_password(&id, &record, password)?;
+        Ok(id)
+    }
+
+    /// Stores a current hash of a password just verified against an older one, and
+    /// drops the legacy hashes: they are no longer needed and weaker than the new one.
+    fn upgrade_password(
+        &self,
+        id: &Uuid,
+        seen: &proto::Record,
+        password: &str,
+    ) -> Result<(), UserError> {
+        let secret = self.hash_password(password)?;
+        let _locked = self.store.lock(&[id.as_bytes()]);
+        let previous = self.load_changeable(id)?;
+        if previous.version != seen.version {
+            // Changed meanwhile (a password change, say): that change stands.
+            return Ok(());
+        }
+        let mut info = self.open_info(&previous)?;
+        info.old_hashes.clear();
+        let mut record = previous.clone();
+        record.secret = secret;
+        self.commit(Some(&previous), record, &info, "password_upgrade")?;
+        metrics::counter!(m::PASSWORD_UPGRADES_TOTAL).increment(1);
+        Ok(())
+    }
+
+    /// Imports legacy accounts in order. An item whose email (or else phone) belongs
+    /// to an account already here is merged into it: missing profile fields are
+    /// added (existing values win), the legacy hash joins `old_hashes`, a phone the
+    /// account lacks is taken if free. Items are validated by the caller first.
+    pub fn import(&self, items: Vec<ImportItem>) -> Result<Vec<ImportResult>, UserError> {
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            let r = self.import_one(item)?;
+            metrics::counter!(
+                m::IMPORT_ITEMS_TOTAL,
+                "outcome" => match r.outcome { ImportOutcome::Created => "created", ImportOutcome::Merged => "merged" }
+            )
+            .increment(1);
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    fn import_one(&self, item: ImportItem) -> Result<ImportResult, UserError> {
+        let email_idx = self.index.email(&item.email);
+        let phone_idx = item.phone.as_deref().map(|p| self.index.phone(p));
+        let legacy = proto::LegacyHash {
+            algorithm: item.legacy_hash.algorithm.clone(),
+            hash: item.legacy_hash.hash.clone(),
+            salt: item.legacy_hash.salt.clone().unwrap_or_default(),
+            source: item.source.clone(),
+            salt_suffix: item.legacy_hash.salt_position == SaltPosition::Suffix,
+        };
+        // The account to merge into is known only after a lookup, and its id must be
+        // locked too: lock, look up, and retry if the answer moved meanwhile.
+        let mut target: Option<[u8; 16]> = None;
+        for _ in 0..LOCK_RETRIES {
+            let mut keys: Vec<&[u8]> = vec![&email_idx];
+            if let Some(p) = &phone_idx {
+                keys.push(p);
+            }
+            if let Some(t) = &target {
+                keys.push(t);
+            }
+            let _locked = self.store.lock(&keys);
+            let by_email = self.find_record(IndexField::Email, &email_idx)?;
+            let by_phone = match (&by_email, &phone_idx) {
+                (None, Some(p)) => self.find_record(IndexField::Phone, p)?,
+                _ => None,
+            };
+            let existing = by_email.or(by_phone);
+            let existing_id = existing
+                .as_ref()
+                .and_then(|r| <[u8; 16]>::try_from(r.id.as_slice()).ok());
+            if existing_id != target {
+                target = existing_id;
+                continue;
+            }
+            return match existing {
+                None => {
+                    let id = Uuid::new_v4();
+                    let _id_lock = self.store.lock(&[id.as_bytes()]);
+                    let record = proto::Record {
+                        id: id.as_bytes().to_vec(),
+                        status: Status::Active as i32,
+                        email_index: email_idx.to_vec(),
+                        phone_index: phone_idx.map(|p| p.to_vec()).unwrap_or_default(),
+                        ..Default::default()
+                    };
+                    let info = proto::Info {
+                        email: item.email,
+                        phone: item.phone.unwrap_or_default(),
+                        profile: item.profile,
+                        old_hashes: vec![legacy],
+                        ..Default::default()
+                    };
+                    self.commit(None, record, &info, "import")?;
+                    Ok(ImportResult {
+                        id,
+                        outcome: ImportOutcome::Created,
+                    })
+                }
+                Some(previous) => {
+                    let id = Uuid::from_slice(&previous.id).map_err(|_| UserError::Unreadable)?;
+                    let mut info = self.open_info(&previous)?;
+                    let mut record = previous.clone();
+                    for (k, v) in item.profile {
+                        info.profile.entry(k).or_insert(v);
+                    }
+                    if !info.old_hashes.contains(&legacy) {
+                        info.old_hashes.push(legacy);
+                    }
+                    if info.email != item.email && !info.other_emails.contains(&item.email) {
+                        info.other_emails.push(item.email);
+                    }
+                    if let (Some(phone), Some(h)) = (item.phone, phone_idx) {
+                        if info.phone.is_empty() && !self.taken(IndexField::Phone, &h, Some(&id))? {
+                            info.phone = phone;
+                            record.phone_index = h.to_vec();
+                        } else if info.phone != phone && !info.other_phones.contains(&phone) {
+                            info.other_phones.push(phone);
+                        }
+                    }
+                    self.commit(Some(&previous), record, &info, "import_merge")?;
+                    Ok(ImportResult {
+                        id,
+                        outcome: ImportOutcome::Merged,
+                    })
+                }
+            };
+        }
+        Err(UserError::Conflict(vec![Problem::new(
+            "email",
+            "changed concurrently during import; retry",
+        )]))
+    }
+
+    pub fn digest(&self) -> Result<(u64, String), UserError> {
+        let (count, digest) = self.store.digest()?;
+        Ok((count, hex::encode(digest)))
+    }
+
+    /// One round of re-wrapping: records after `cursor` whose data key is not wrapped
+    /// under every region's active master key get it re-wrapped (the ciphertext is
+    /// untouched) as a new version. Returns (records scanned, re-wrapped, next cursor;
+    /// `None` once the scan wrapped around).
+    pub fn rewrap_round(
+        &self,
+        cursor: Option<[u8; 16]>,
+        limit: usize,
+    ) -> Result<(usize, usize, Option<[u8; 16]>), UserError> {
+        let batch = self.store.scan_records(cursor, limit)?;
+        let scanned = batch.len();
+        let next = if scanned < limit {
+            None
+        } else {
+            batch
+                .last()
+                .and_then(|r| <[u8; 16]>::try_from(r.id.as_slice()).ok())
+        };
+        let mut rewrapped = 0;
+        for seen in batch {
+            if !self.needs_rewrap(&seen) {
+                continue;
+            }
+            let Ok(id) = Uuid::from_slice(&seen.id) else {
+                continue;
+            };
+            let _locked = self.store.lock(&[id.as_bytes()]);
+            let Some(previous) = self.get_record(&id)? else {
+                continue;
+            };
+            if previous.version != seen.version || !self.needs_rewrap(&previous) {
+                continue;
+            }
+            let keyring = self.keyring();
+            let mut record = previous.clone();
+            record.version = Some(self.hlc.tick().to_proto());
+            match crypto::rewrap(&mut record, &keyring, &Self::wrap_regions(&keyring)) {
+                Ok(()) => {}
+                // Not ours to repair yet (no key for this region): key recovery's job.
+                Err(CryptoError::NoKeyForRegion(_)) | Err(CryptoError::UnknownMasterKey(_)) => {
+                    continue
+                }
+                Err(CryptoError::Integrity) => {
+                    metrics::counter!(m::RECORDS_UNREADABLE_TOTAL, "reason" => "integrity")
+                        .increment(1);
+                    continue;
+                }
+                Err(e) => return Err(UserError::Crypto(e)),
+            }
+            self.commit_sealed(Some(&previous), &mut record, "rewrap")?;
+            metrics::counter!(m::REWRAPPED_RECORDS_TOTAL).increment(1);
+            rewrapped += 1;
+        }
+        Ok((scanned, rewrapped, next))
+    }
+
+    fn needs_rewrap(&self, record: &proto::Record) -> bool {
+        let Some(env) = record.info.as_ref() else {
+            return false;
+        };
+        if record.tombstone {
+            return false;
+        }
+        let keyring = self.keyring();
+        // Only records this region can open, and only for its own key: each region
+        // moves its own wraps to its new master key.
+        let own = keyring.active_key(keyring.owner());
+        match (env.keys.iter().find(|k| k.region == keyring.owner()), own) {
+            (Some(k), Some(active)) => k.key_version != active.version,
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PasswordAlgorithm;
+    use crate::hlc::SystemClock;
+    use crate::store::{StoreOptions, CF_RECORDS};
+    use crate::validate;
+
+    fn users(dir: &std::path::Path) -> Users {
+        let regions: Vec<String> = ["af-south", "eu-west", "us-east"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let keyring = crate::keys::init(&regions).unwrap().remove(0);
+        let store = Arc::new(Store::open(dir, &StoreOptions::default()).unwrap());
+        let passwords = Passwords::new(PasswordAlgorithm::Argon2id, keyring.pepper()).unwrap();
+        let hlc = Arc::new(Hlc::new("af-south", 500, Box::new(SystemClock)));
+        Users::new(store, keyring, passwords, hlc, 8)
+    }
+
+    fn new_user(email: &str) -> NewUser {
+        validate::new_user(
+            &serde_json::json!({"email": email, "phone": "+14155552671", "password": "correct horse battery",
+                                "profile": {"given_name": "Ada"}}),
+            8,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn flipping_any_stored_byte_makes_the_read_fail_the_same_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = users(dir.path());
+        let (id, _) = users.create(new_user("ada@example.com")).unwrap();
+        let key = *id.as_bytes();
+        let original = users.store().raw_get(CF_RECORDS, &key).unwrap().unwrap();
+        assert!(users.get(&id).is_ok());
+        for i in 0..original.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut bytes = original.clone();
+                bytes[i] ^= bit;
+                users.store().raw_put(CF_RECORDS, &key, &bytes).unwrap();
+                match users.get(&id) {
+                    Err(UserError::Unreadable) => {}
+                    other => panic!("byte {i} bit {bit:#x}: expected Unreadable, got {other:?}"),
+                }
+            }
+        }
+        users.store().raw_put(CF_RECORDS, &key, &original).unwrap();
+        assert_eq!(users.get(&id).unwrap().email, "ada@example.com");
+    }
+
+    #[test]
+    fn a_swapped_index_entry_does_not_lead_to_another_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = users(dir.path());
+        let (a, _) = users.create(new_user("a@example.com")).unwrap();
+        let mut b = new_user("b@example.com");
+        b.phone = None;
+        let (b, _) = users.create(b).unwrap();
+        // Point a's email entry at b.
+        let h = users.email_index("a@example.com");
+        users
+            .store()
+            .raw_put(crate::store::CF_EMAIL, &h, b.as_bytes())
+            .unwrap();
+        assert!(matches!(
+            users.find_by_email("a@example.com"),
+            Err(UserError::NotFound)
+        ));
+        assert_eq!(users.get(&a).unwrap().email, "a@example.com");
+    }
+
+    #[test]
+    fn concurrent_creates_with_one_email_give_one_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = Arc::new(users(dir.path()));
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let u = users.clone();
+                std::thread::spawn(move || {
+                    let mut n = new_user("same@example.com");
+                    n.phone = None;
+                    u.create(n).is_ok()
+                })
+            })
+            .collect();
+        let created = handles
+            .into_iter()
+            .filter(|_| true)
+            .map(|h| h.join().unwrap())
+            .filter(|ok| *ok)
+            .count();
+        assert_eq!(created, 1);
+        assert_eq!(users.digest().unwrap().0, 1);
+    }
+}

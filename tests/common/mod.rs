@@ -1,0 +1,292 @@
+//! Starts real `authsync node` processes on port 0 against temporary RocksDB
+//! directories, and talks to them over HTTP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub const REGIONS: [&str; 3] = ["af-south", "eu-west", "us-east"];
+pub const API_KEY: &str = "test-api-key-0123456789";
+
+pub fn sha256_hex(s: &str) -> String {
+    authsync::demo::sha256_hex(s)
+}
+
+/// One node process with its own data directory.
+pub struct TestNode {
+    pub dir: tempfile::TempDir,
+    pub region: String,
+    pub url: String,
+    child: Option<Child>,
+    stderr_log: PathBuf,
+}
+
+impl TestNode {
+    /// Keyrings for the three regions, then a node for the first one.
+    pub fn start() -> TestNode {
+        Self::start_with("")
+    }
+
+    /// `extra` is appended to the config file.
+    pub fn start_with(extra: &str) -> TestNode {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let keys = dir.path().join("keys");
+        let status = Command::new(env!("CARGO_BIN_EXE_authsync"))
+            .args(["keys", "init", "--regions", &REGIONS.join(","), "--out"])
+            .arg(&keys)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run authsync keys init");
+        assert!(status.success(), "keys init failed");
+        let region = REGIONS[0].to_string();
+        let config = format!(
+            r#"region = "{region}"
+data_dir = "{data}"
+keyring = "{keyring}"
+
+[http]
+listen = "127.0.0.1:0"
+
+[[api_keys]]
+name = "test"
+sha256 = "{hash}"
+
+[keys]
+reload_interval_ms = 200
+rewrap_interval_ms = 200
+{extra}
+"#,
+            data = dir.path().join("data").display(),
+            keyring = keys.join(format!("keyring-{region}.json")).display(),
+            hash = sha256_hex(API_KEY),
+        );
+        std::fs::write(dir.path().join("node.toml"), config).expect("write config");
+        let stderr_log = dir.path().join("node.log");
+        let mut node = TestNode {
+            dir,
+            region,
+            url: String::new(),
+            child: None,
+            stderr_log,
+        };
+        node.spawn();
+        node
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("node.toml")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.dir.path().join("keys")
+    }
+
+    /// Everything the node wrote to stderr (its log) so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr_log)
+            .expect("open node log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_authsync"))
+            .args(["node", "--config"])
+            .arg(self.config_path())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start authsync node");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(url.trim().to_string());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => self.url = url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("node did not start; log:\n{}", self.log());
+            }
+        }
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the orderly shutdown.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe_sigterm(c.id());
+            for _ in 0..300 {
+                if let Ok(Some(status)) = c.try_wait() {
+                    assert!(
+                        status.success(),
+                        "node exited with {status}; log:\n{}",
+                        self.log()
+                    );
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            panic!("node did not stop within 15 s of SIGTERM");
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "node still running");
+        self.spawn();
+    }
+
+    pub fn client(&self) -> Client {
+        Client {
+            url: self.url.clone(),
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
+fn unsafe_sigterm(pid: u32) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A thin HTTP client that always sends the test API key.
+#[derive(Clone)]
+pub struct Client {
+    pub url: String,
+    pub http: reqwest::Client,
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Client {
+    pub async fn send(&self, method: &str, path: &str, body: Option<Value>) -> Resp {
+        let mut req = self
+            .http
+            .request(
+                method.parse().expect("method"),
+                format!("{}{path}", self.url),
+            )
+            .bearer_auth(API_KEY);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        Self::read(req.send().await.expect("request")).await
+    }
+
+    pub async fn read(resp: reqwest::Response) -> Resp {
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Resp { status, body, text }
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.send("GET", path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Resp {
+        self.send("POST", path, Some(body)).await
+    }
+
+    pub async fn create(&self, email: &str, password: &str) -> String {
+        let r = self
+            .post(
+                "/v1/users",
+                serde_json::json!({"email": email, "password": password}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        r.body["id"].as_str().expect("id").to_string()
+    }
+
+    pub async fn digest(&self) -> (u64, String) {
+        let r = self.get("/v1/admin/digest").await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        (
+            r.body["count"].as_u64().expect("count"),
+            r.body["digest"].as_str().expect("digest").to_string(),
+        )
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+}
+
+/// The value of the first sample of `name` whose labels contain every `labels` pair.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
