@@ -53,6 +53,124 @@ pub struct RawConfig {
     pub passwords: PasswordConfig,
     #[serde(default)]
     pub keys: KeysConfig,
+    /// This region's Kafka cluster, where its changes are published. Without it the
+    /// node runs alone (no replication).
+    #[serde(default)]
+    pub kafka: Option<KafkaConfig>,
+    /// Regions whose changes this node applies.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    #[serde(default)]
+    pub replication: ReplicationConfig,
+}
+
+/// Kafka client settings that authsync sets itself for its guarantees.
+pub const RESERVED_KAFKA_SETTINGS: &[&str] = &[
+    "bootstrap.servers",
+    "enable.idempotence",
+    "acks",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+];
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// This region's brokers, e.g. `kafka-eu-west:9092`.
+    pub bootstrap_servers: String,
+    /// Topic name prefix; this region publishes to `<prefix><region>`. Default
+    /// `authsync.changes.`.
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    /// Partitions of topics this node creates. Default 3.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// Replication factor of topics this node creates. Default 1.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    /// Create the topic at start through the admin API. Default true.
+    #[serde(default = "default_true")]
+    pub create_topics: bool,
+    /// librdkafka settings passed through as they are (security.protocol, sasl.*,
+    /// ssl.*, …), for the producer and for consumers of peers on the same cluster.
+    #[serde(default)]
+    pub client: std::collections::BTreeMap<String, String>,
+}
+
+fn default_topic_prefix() -> String {
+    "authsync.changes.".into()
+}
+fn default_partitions() -> i32 {
+    3
+}
+fn default_replication_factor() -> i32 {
+    1
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub region: String,
+    /// The peer's brokers. Default: `kafka.bootstrap_servers` (one shared cluster).
+    pub bootstrap_servers: Option<String>,
+    /// The peer's topic. Default: `<kafka.topic_prefix><region>`.
+    pub topic: Option<String>,
+    /// librdkafka settings for this peer's consumer. Default: `kafka.client`.
+    pub client: Option<std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    /// Outbox events produced per round at most. Default 500.
+    pub publish_batch: usize,
+    /// How often the publisher looks at an idle outbox. Default 200 ms (a write wakes it
+    /// at once anyway).
+    pub publish_interval_ms: u64,
+    /// Consumer group of this region's nodes. Default `authsync-<region>`.
+    pub consumer_group: Option<String>,
+    /// librdkafka `session.timeout.ms` of the consumers. Default 6000.
+    pub session_timeout_ms: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            publish_batch: 500,
+            publish_interval_ms: 200,
+            consumer_group: None,
+            session_timeout_ms: 6000,
+        }
+    }
+}
+
+/// One peer to consume from, resolved.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub region: String,
+    pub bootstrap_servers: String,
+    pub topic: String,
+    pub client: std::collections::BTreeMap<String, String>,
+}
+
+/// Replication settings, resolved.
+#[derive(Debug, Clone)]
+pub struct Replication {
+    pub bootstrap_servers: String,
+    pub topic: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub create_topics: bool,
+    pub client: std::collections::BTreeMap<String, String>,
+    pub peers: Vec<Peer>,
+    pub consumer_group: String,
+    pub publish_batch: usize,
+    pub publish_interval_ms: u64,
+    pub session_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -189,6 +307,23 @@ pub struct Config {
     pub clock: ClockConfig,
     pub passwords: PasswordConfig,
     pub keys: KeysConfig,
+    /// `None`: a node on its own, no replication.
+    pub replication: Option<Replication>,
+}
+
+fn check_client_settings(
+    key: &str,
+    settings: &std::collections::BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
+    for k in settings.keys() {
+        if RESERVED_KAFKA_SETTINGS.contains(&k.as_str()) {
+            return Err(invalid(
+                &format!("{key}.{k}"),
+                "is set by authsync itself (idempotent producer, acks=all, offsets stored after apply)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Region names are used in topic names, key ids and metric labels.
@@ -295,7 +430,107 @@ impl RawConfig {
         if self.keys.rewrap_batch == 0 {
             return Err(invalid("keys.rewrap_batch", "must be at least 1"));
         }
+        let replication = match self.kafka {
+            None => {
+                if !self.peers.is_empty() {
+                    return Err(invalid("peers", "need a [kafka] section"));
+                }
+                None
+            }
+            Some(kafka) => {
+                if kafka.bootstrap_servers.trim().is_empty() {
+                    return Err(invalid("kafka.bootstrap_servers", "must not be empty"));
+                }
+                if kafka.topic_prefix.is_empty()
+                    || !kafka
+                        .topic_prefix
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                {
+                    return Err(invalid(
+                        "kafka.topic_prefix",
+                        "must be letters, digits, '.', '_' or '-'",
+                    ));
+                }
+                if !(1..=1000).contains(&kafka.partitions) {
+                    return Err(invalid("kafka.partitions", "must be between 1 and 1000"));
+                }
+                if !(1..=10).contains(&kafka.replication_factor) {
+                    return Err(invalid(
+                        "kafka.replication_factor",
+                        "must be between 1 and 10",
+                    ));
+                }
+                check_client_settings("kafka.client", &kafka.client)?;
+                let mut peers = Vec::new();
+                for (i, p) in self.peers.iter().enumerate() {
+                    let key = format!("peers[{i}]");
+                    check_region_name(&p.region)
+                        .map_err(|e| invalid(&format!("{key}.region"), e))?;
+                    if p.region == self.region {
+                        return Err(invalid(
+                            &format!("{key}.region"),
+                            "is this node's own region; a region never consumes its own changes",
+                        ));
+                    }
+                    if peers.iter().any(|q: &Peer| q.region == p.region) {
+                        return Err(invalid(&format!("{key}.region"), "is listed twice"));
+                    }
+                    if let Some(c) = &p.client {
+                        check_client_settings(&format!("{key}.client"), c)?;
+                    }
+                    peers.push(Peer {
+                        region: p.region.clone(),
+                        bootstrap_servers: p
+                            .bootstrap_servers
+                            .clone()
+                            .unwrap_or_else(|| kafka.bootstrap_servers.clone()),
+                        topic: p
+                            .topic
+                            .clone()
+                            .unwrap_or_else(|| format!("{}{}", kafka.topic_prefix, p.region)),
+                        client: p.client.clone().unwrap_or_else(|| kafka.client.clone()),
+                    });
+                }
+                let r = &self.replication;
+                if r.publish_batch == 0 || r.publish_batch > 100_000 {
+                    return Err(invalid(
+                        "replication.publish_batch",
+                        "must be between 1 and 100000",
+                    ));
+                }
+                if r.publish_interval_ms == 0 {
+                    return Err(invalid(
+                        "replication.publish_interval_ms",
+                        "must be at least 1",
+                    ));
+                }
+                if !(1000..=300_000).contains(&r.session_timeout_ms) {
+                    return Err(invalid(
+                        "replication.session_timeout_ms",
+                        "must be between 1000 and 300000",
+                    ));
+                }
+                Some(Replication {
+                    topic: format!("{}{}", kafka.topic_prefix, self.region),
+                    bootstrap_servers: kafka.bootstrap_servers,
+                    partitions: kafka.partitions,
+                    replication_factor: kafka.replication_factor,
+                    create_topics: kafka.create_topics,
+                    client: kafka.client,
+                    peers,
+                    consumer_group: r
+                        .consumer_group
+                        .clone()
+                        .unwrap_or_else(|| format!("authsync-{}", self.region)),
+                    publish_batch: r.publish_batch,
+                    publish_interval_ms: r.publish_interval_ms,
+                    session_timeout_ms: r.session_timeout_ms,
+                })
+            }
+        };
         Ok(Config {
+            replication,
             region: self.region,
             data_dir: self.data_dir,
             keyring: self.keyring,

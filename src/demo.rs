@@ -76,6 +76,9 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         clock: Default::default(),
         passwords: Default::default(),
         keys: Default::default(),
+        kafka: None,
+        peers: Vec::new(),
+        replication: Default::default(),
     };
     let config = raw.validate().context("demo configuration")?;
     let node = Node::start(config, shutdown.clone()).await?;

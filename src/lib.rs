@@ -12,6 +12,7 @@
 //! - [`validate`]: request validation that reports every problem at once.
 //! - [`api`]: the HTTP API (axum), and the one place errors become status codes.
 //! - [`metrics`]: every metric name, described at start-up.
+//! - [`replication`]: the outbox publisher and the peer consumers (Kafka).
 //! - [`node`]: one region's node: start-up, background tasks, ordered shutdown.
 //! - [`demo`]: `authsync demo`, a node with no setup.
 //! - [`proto`]: the protobuf formats (`proto/authsync.proto`) of records and events.
@@ -25,6 +26,7 @@ pub mod keys;
 pub mod metrics;
 pub mod node;
 pub mod password;
+pub mod replication;
 pub mod store;
 pub mod users;
 pub mod validate;

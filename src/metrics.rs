@@ -1,8 +1,8 @@
 //! Every metric the node exports, named in one place.
 //!
 //! Names follow `authsync_<subsystem>_<name>_<unit>`: counters end in `_total`,
-//! durations are in seconds. Labels come from small fixed sets (route, method, status
-//! class, outcome, reason) and never carry user data. Histograms get explicit buckets.
+//! durations are in seconds. Labels come from small fixed sets (route template, method,
+//! status code, outcome, reason, source region) and never carry user data. Histograms get explicit buckets.
 
 use std::sync::OnceLock;
 
@@ -23,6 +23,12 @@ pub const KEYRING_RELOADS_TOTAL: &str = "authsync_keyring_reloads_total";
 pub const KEYRING_ACTIVE_VERSION: &str = "authsync_keyring_active_version";
 pub const REWRAPPED_RECORDS_TOTAL: &str = "authsync_rewrapped_records_total";
 pub const NODE_UP: &str = "authsync_node_up";
+pub const REPLICATION_EVENTS_TOTAL: &str = "authsync_replication_events_total";
+pub const REPLICATION_LAG_SECONDS: &str = "authsync_replication_lag_seconds";
+pub const OUTBOX_DEPTH: &str = "authsync_outbox_depth";
+pub const OUTBOX_OLDEST_AGE_SECONDS: &str = "authsync_outbox_oldest_age_seconds";
+pub const PUBLISHED_EVENTS_TOTAL: &str = "authsync_replication_published_total";
+pub const PUBLISH_ERRORS_TOTAL: &str = "authsync_replication_publish_errors_total";
 
 /// Latency buckets (seconds) for requests and commits: 0.5 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -111,4 +117,34 @@ fn describe() {
         "Records whose data key was re-wrapped under current master keys."
     );
     describe_gauge!(NODE_UP, Unit::Count, "1 while the node serves requests.");
+    describe_counter!(
+        REPLICATION_EVENTS_TOTAL,
+        Unit::Count,
+        "Replicated events received from a source region, by outcome: applied, skipped (not newer), merged (duplicate account resolved), refused (clock skew), malformed, integrity, error."
+    );
+    describe_histogram!(
+        REPLICATION_LAG_SECONDS,
+        Unit::Seconds,
+        "Apply time minus the event's HLC timestamp, per source region."
+    );
+    describe_gauge!(
+        OUTBOX_DEPTH,
+        Unit::Count,
+        "Change events not yet acknowledged by the broker."
+    );
+    describe_gauge!(
+        OUTBOX_OLDEST_AGE_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest unpublished change event."
+    );
+    describe_counter!(
+        PUBLISHED_EVENTS_TOTAL,
+        Unit::Count,
+        "Change events acknowledged by the broker."
+    );
+    describe_counter!(
+        PUBLISH_ERRORS_TOTAL,
+        Unit::Count,
+        "Change events the broker did not acknowledge (retried)."
+    );
 }

@@ -120,6 +120,17 @@ impl Node {
             config.keys.rewrap_batch,
             shutdown.child_token(),
         ));
+        if let Some(r) = &config.replication {
+            crate::replication::ensure_topics(r).await?;
+            crate::replication::start(
+                r,
+                users.clone(),
+                users.outbox_signal(),
+                &tracker,
+                &shutdown,
+            )?;
+            tracing::info!(topic = %r.topic, peers = r.peers.len(), "replication started");
+        }
         tracker.close();
         ready.store(true, Ordering::SeqCst);
         metrics::gauge!(m::NODE_UP).set(1.0);

@@ -92,6 +92,16 @@ fn max_merge(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> 
     Some(max.to_be_bytes().to_vec())
 }
 
+/// One record change inside a batch.
+pub struct Change<'a> {
+    /// The record as stored before (its index entries are moved).
+    pub previous: Option<&'a proto::Record>,
+    pub record: &'a proto::Record,
+    /// Append a change event to the outbox (local changes); applied remote changes
+    /// are not re-published.
+    pub outbox: bool,
+}
+
 /// Outcome of [`Store::commit`].
 #[derive(Debug)]
 pub struct Committed {
@@ -232,51 +242,80 @@ impl Store {
         record: &proto::Record,
         outbox: bool,
     ) -> Result<Committed, StoreError> {
-        let id: [u8; 16] = record
-            .id
-            .as_slice()
-            .try_into()
-            .map_err(|_| StoreError::Corrupt { what: "record id" })?;
+        let mut events = self.commit_many(&[Change {
+            previous,
+            record,
+            outbox,
+        }])?;
+        Ok(Committed {
+            event: events.pop().flatten(),
+        })
+    }
+
+    /// Several changes in one durable batch: all of them or none. Used where one
+    /// decision touches several records (a duplicate account merged into another).
+    pub fn commit_many(
+        &self,
+        changes: &[Change<'_>],
+    ) -> Result<Vec<Option<proto::ChangeEvent>>, StoreError> {
         let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_RECORDS), id, record.encode_to_vec());
-        for field in [IndexField::Email, IndexField::Phone] {
-            let new = indexed(record, field);
-            let old = previous.and_then(|p| indexed(p, field));
-            if old.is_some() && old != new {
-                let old = old.expect("checked");
-                // Only remove an entry that still points here: another account may
-                // have taken the value since.
-                if self.lookup(field, old)? == Some(id) {
-                    batch.delete_cf(self.cf(Self::index_cf(field)), old);
+        let mut events = Vec::with_capacity(changes.len());
+        // Index entries as this batch leaves them so far: a later change must see
+        // what an earlier change in the same batch wrote or removed.
+        let mut pending: std::collections::HashMap<(IndexField, Vec<u8>), Option<[u8; 16]>> =
+            std::collections::HashMap::new();
+        for change in changes {
+            let record = change.record;
+            let id: [u8; 16] = record
+                .id
+                .as_slice()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt { what: "record id" })?;
+            batch.put_cf(self.cf(CF_RECORDS), id, record.encode_to_vec());
+            for field in [IndexField::Email, IndexField::Phone] {
+                let new = indexed(record, field);
+                let old = change.previous.and_then(|p| indexed(p, field));
+                if let Some(old) = old.filter(|o| Some(*o) != new) {
+                    // Only remove an entry that still points here: another account
+                    // may have taken the value since.
+                    let owner = match pending.get(&(field, old.to_vec())) {
+                        Some(o) => *o,
+                        None => self.lookup(field, old)?,
+                    };
+                    if owner == Some(id) {
+                        batch.delete_cf(self.cf(Self::index_cf(field)), old);
+                        pending.insert((field, old.to_vec()), None);
+                    }
+                }
+                if let Some(new) = new {
+                    batch.put_cf(self.cf(Self::index_cf(field)), new, id);
+                    pending.insert((field, new.to_vec()), Some(id));
                 }
             }
-            if let Some(new) = new {
-                batch.put_cf(self.cf(Self::index_cf(field)), new, id);
-            }
+            events.push(if change.outbox {
+                let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+                let origin = record
+                    .version
+                    .as_ref()
+                    .map(|v| v.region.clone())
+                    .unwrap_or_default();
+                let event = proto::ChangeEvent {
+                    event_id: format!("{origin}:{seq}"),
+                    origin_region: origin,
+                    sequence: seq,
+                    record: Some(record.clone()),
+                };
+                batch.put_cf(self.cf(CF_OUTBOX), seq.to_be_bytes(), event.encode_to_vec());
+                batch.merge_cf(self.cf(CF_META), META_NEXT_SEQ, (seq + 1).to_be_bytes());
+                Some(event)
+            } else {
+                None
+            });
         }
-        let event = if outbox {
-            let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
-            let origin = record
-                .version
-                .as_ref()
-                .map(|v| v.region.clone())
-                .unwrap_or_default();
-            let event = proto::ChangeEvent {
-                event_id: format!("{origin}:{seq}"),
-                origin_region: origin,
-                sequence: seq,
-                record: Some(record.clone()),
-            };
-            batch.put_cf(self.cf(CF_OUTBOX), seq.to_be_bytes(), event.encode_to_vec());
-            batch.merge_cf(self.cf(CF_META), META_NEXT_SEQ, (seq + 1).to_be_bytes());
-            Some(event)
-        } else {
-            None
-        };
         self.db
             .write_opt(batch, &self.write_options())
             .map_err(db_err("write change batch"))?;
-        Ok(Committed { event })
+        Ok(events)
     }
 
     /// Up to `limit` outbox entries in sequence order, from the oldest.
@@ -391,7 +430,7 @@ impl Store {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IndexField {
     Email,
     Phone,

@@ -15,12 +15,13 @@ use parking_lot::RwLock;
 use uuid::Uuid;
 
 use crate::crypto::{self, BlindIndex, CryptoError, RecordMac};
+use crate::hlc::ClockSkew;
 use crate::hlc::{Hlc, Version};
 use crate::keys::Keyring;
 use crate::metrics as m;
 use crate::password::{self, Passwords, SaltPosition, Verified};
 use crate::proto::{self, Status};
-use crate::store::{record_version, IndexField, Store, StoreError};
+use crate::store::{record_version, Change as StoreChange, IndexField, Store, StoreError};
 use crate::validate::{
     normalize_email, normalize_phone, Change, ImportItem, NewUser, Problem, SettableStatus,
     UserPatch,
@@ -79,6 +80,122 @@ pub struct ImportResult {
     pub outcome: ImportOutcome,
 }
 
+/// What applying a replicated change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Newer than the stored version: stored.
+    Applied,
+    /// Stored, and it collided with another account over an email or phone: one was
+    /// merged into the other.
+    Merged,
+    /// Not newer than the stored version (older, equal, a duplicate): nothing changed.
+    Skipped,
+}
+
+/// Why a replicated change was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The event cannot ever be applied as it is.
+    #[error("malformed event: {0}")]
+    Malformed(&'static str),
+    /// The record's MAC does not verify: altered in transit or at the source.
+    #[error("event failed its integrity check")]
+    Integrity,
+    /// From a clock too far ahead; may be applied once local time catches up.
+    #[error("refused: {0}")]
+    Skew(#[from] ClockSkew),
+    /// A storage or key problem here; may succeed later.
+    #[error(transparent)]
+    User(#[from] UserError),
+}
+
+impl From<StoreError> for ApplyError {
+    fn from(e: StoreError) -> Self {
+        ApplyError::User(UserError::Store(e))
+    }
+}
+
+/// The index value a record claims for `field`: live, unmerged records only.
+fn claimed(record: &proto::Record, field: IndexField) -> Option<&[u8]> {
+    if record.tombstone || record.status == Status::Merged as i32 {
+        return None;
+    }
+    let h = match field {
+        IndexField::Email => &record.email_index,
+        IndexField::Phone => &record.phone_index,
+    };
+    (!h.is_empty()).then_some(h.as_slice())
+}
+
+/// Order of precedence between duplicate accounts: the earlier creation wins, then
+/// the lower id. Records without a creation version rank by their version.
+fn merge_rank(r: &proto::Record) -> (Version, Vec<u8>) {
+    let created = r
+        .created
+        .as_ref()
+        .map(Version::from_proto)
+        .unwrap_or_else(|| record_version(r));
+    (created, r.id.clone())
+}
+
+/// Folds a duplicate account into the winner: the winner's values stand, missing
+/// profile fields and a missing phone are taken, every password hash is kept as a
+/// legacy hash so either account's password still logs in, and the loser's other
+/// addresses are remembered.
+fn fold_into(
+    winner: &mut proto::Record,
+    info: &mut proto::Info,
+    loser: &proto::Record,
+    loser_info: &proto::Info,
+) {
+    for (k, v) in &loser_info.profile {
+        info.profile.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    for h in &loser_info.old_hashes {
+        if !info.old_hashes.contains(h) {
+            info.old_hashes.push(h.clone());
+        }
+    }
+    if winner.secret.is_empty() {
+        winner.secret = loser.secret.clone();
+    } else if !loser.secret.is_empty() && loser.secret != winner.secret {
+        let h = proto::LegacyHash {
+            algorithm: CURRENT_HASH.into(),
+            hash: loser.secret.clone(),
+            source: "merged-account".into(),
+            ..Default::default()
+        };
+        if !info.old_hashes.contains(&h) {
+            info.old_hashes.push(h);
+        }
+    }
+    let mut emails = vec![loser_info.email.clone()];
+    emails.extend(loser_info.other_emails.iter().cloned());
+    for e in emails {
+        if !e.is_empty() && e != info.email && !info.other_emails.contains(&e) {
+            info.other_emails.push(e);
+        }
+    }
+    let mut phones = Vec::new();
+    if !loser_info.phone.is_empty() {
+        if info.phone.is_empty() && !loser.phone_index.is_empty() {
+            info.phone = loser_info.phone.clone();
+            winner.phone_index = loser.phone_index.clone();
+        } else {
+            phones.push(loser_info.phone.clone());
+        }
+    }
+    phones.extend(loser_info.other_phones.iter().cloned());
+    for p in phones {
+        if p != info.phone && !info.other_phones.contains(&p) {
+            info.other_phones.push(p);
+        }
+    }
+}
+
+/// `old_hashes` algorithm for a current (peppered PHC) hash kept from a merged account.
+const CURRENT_HASH: &str = "authsync-phc";
+
 pub fn status_name(status: i32) -> &'static str {
     match Status::try_from(status) {
         Ok(Status::Active) => "active",
@@ -105,6 +222,8 @@ pub struct Users {
     passwords: Passwords,
     hlc: Arc<Hlc>,
     min_password: usize,
+    /// Woken after every commit that appended to the outbox.
+    outbox_signal: Arc<tokio::sync::Notify>,
 }
 
 impl Users {
@@ -124,7 +243,18 @@ impl Users {
             passwords,
             hlc,
             min_password,
+            outbox_signal: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// Notified whenever the outbox has new events.
+    pub fn outbox_signal(&self) -> Arc<tokio::sync::Notify> {
+        self.outbox_signal.clone()
+    }
+
+    /// Physical time of this region's clock, in milliseconds.
+    pub fn clock_now_ms(&self) -> u64 {
+        self.hlc.physical_now()
     }
 
     pub fn region(&self) -> &str {
@@ -244,6 +374,7 @@ impl Users {
         record.updated_at_ms = version.physical_ms;
         if previous.is_none() {
             record.created_at_ms = version.physical_ms;
+            record.created = Some(version.to_proto());
         }
         let keyring = self.keyring();
         crypto::seal(&mut record, info, &keyring, &Self::wrap_regions(&keyring))
@@ -261,6 +392,7 @@ impl Users {
         self.record_mac.sign(record);
         let started = Instant::now();
         self.store.commit(previous, record, true)?;
+        self.outbox_signal.notify_one();
         metrics::histogram!(m::STORE_COMMIT_DURATION_SECONDS)
             .record(started.elapsed().as_secs_f64());
         metrics::counter!(m::STORE_COMMITS_TOTAL, "kind" => kind).increment(1);
@@ -538,7 +670,7 @@ impl Users {
                     if let Some(e) = status_refusal(&record) {
                         return Err(e);
                     }
-                    if let Err(e) = self.upgrade_password(&id, &record, password) {
+                    if let Err(e) = self.upgrade_password(&id, &record, password, None) {
                         tracing::warn!(error = %e, "store rehashed password after login");
                     }
                     return Ok(id);
@@ -548,36 +680,45 @@ impl Users {
         }
         // Legacy hashes imported from older systems.
         let info = self.open_info(&record)?;
-        let matched = info.old_hashes.iter().any(|h| {
+        let matched = info.old_hashes.iter().position(|h| {
             let position = if h.salt_suffix {
                 SaltPosition::Suffix
             } else {
                 SaltPosition::Prefix
             };
+            if h.algorithm == CURRENT_HASH {
+                return self.verify_password(password, &h.hash) != Verified::No;
+            }
             let salt = (!h.salt.is_empty()).then_some(h.salt.as_str());
             password::verify_legacy(&h.algorithm, &h.hash, salt, position, password)
         });
-        if !matched {
+        let Some(matched) = matched else {
             if record.secret.is_empty() {
                 // Same Argon2 work as a known account with a wrong password.
                 self.passwords.verify_dummy(password);
             }
             return Err(UserError::InvalidCredentials);
-        }
+        };
         if let Some(e) = status_refusal(&record) {
             return Err(e);
         }
-        self.upgrade_password(&id, &record, password)?;
+        if info.old_hashes[matched].algorithm != CURRENT_HASH {
+            self.upgrade_password(&id, &record, password, Some(matched))?;
+        }
         Ok(id)
     }
 
-    /// Stores a current hash of a password just verified against an older one, and
-    /// drops the legacy hashes: they are no longer needed and weaker than the new one.
+    /// Stores a current hash of a password just verified against an older one. With
+    /// `legacy` (the index of the legacy hash that matched) that hash is removed: it
+    /// becomes the account's password hash when the account had none, or else a
+    /// current hash kept beside it (merged accounts keep every member's password).
+    /// Without, the account's own outdated hash is replaced.
     fn upgrade_password(
         &self,
         id: &Uuid,
         seen: &proto::Record,
         password: &str,
+        legacy: Option<usize>,
     ) -> Result<(), UserError> {
         let secret = self.hash_password(password)?;
         let _locked = self.store.lock(&[id.as_bytes()]);
@@ -587,9 +728,24 @@ impl Users {
             return Ok(());
         }
         let mut info = self.open_info(&previous)?;
-        info.old_hashes.clear();
         let mut record = previous.clone();
-        record.secret = secret;
+        match legacy {
+            Some(i) if i < info.old_hashes.len() => {
+                info.old_hashes.remove(i);
+                if record.secret.is_empty() {
+                    record.secret = secret;
+                } else {
+                    info.old_hashes.push(proto::LegacyHash {
+                        algorithm: CURRENT_HASH.into(),
+                        hash: secret,
+                        source: "upgraded".into(),
+                        ..Default::default()
+                    });
+                }
+            }
+            Some(_) => return Ok(()),
+            None => record.secret = secret,
+        }
         self.commit(Some(&previous), record, &info, "password_upgrade")?;
         metrics::counter!(m::PASSWORD_UPGRADES_TOTAL).increment(1);
         Ok(())
@@ -705,6 +861,146 @@ impl Users {
             "email",
             "changed concurrently during import; retry",
         )]))
+    }
+
+    /// Applies a change replicated from another region: stored only when its version
+    /// is newer than the stored one, so replays, duplicates and any reordering leave
+    /// the same state. An applied account that claims an email or phone held by
+    /// another live account is a duplicate: the one with the lower (created version,
+    /// id) wins and the other is merged into it, the same decision in every region.
+    pub fn apply(&self, event: &proto::ChangeEvent) -> Result<Applied, ApplyError> {
+        let incoming = event
+            .record
+            .as_ref()
+            .ok_or(ApplyError::Malformed("event without a record"))?;
+        let id = Uuid::from_slice(&incoming.id)
+            .map_err(|_| ApplyError::Malformed("record id is not 16 bytes"))?;
+        if incoming.version.is_none() {
+            return Err(ApplyError::Malformed("record without a version"));
+        }
+        self.record_mac
+            .verify(incoming)
+            .map_err(|_| ApplyError::Integrity)?;
+        let version = record_version(incoming);
+        self.hlc.observe(&version)?;
+        let claims: Vec<(IndexField, Vec<u8>)> = [IndexField::Email, IndexField::Phone]
+            .into_iter()
+            .filter_map(|f| claimed(incoming, f).map(|h| (f, h.to_vec())))
+            .collect();
+        let mut owners: Vec<[u8; 16]> = Vec::new();
+        for _ in 0..LOCK_RETRIES {
+            let mut keys: Vec<&[u8]> = vec![id.as_bytes()];
+            keys.extend(claims.iter().map(|(_, h)| h.as_slice()));
+            keys.extend(owners.iter().map(|o| o.as_slice()));
+            let _locked = self.store.lock(&keys);
+            // A local copy that fails its integrity check is replaced by the incoming one.
+            let current = match self.get_record(&id) {
+                Ok(c) => c,
+                Err(UserError::Unreadable) => None,
+                Err(e) => return Err(e.into()),
+            };
+            if current
+                .as_ref()
+                .is_some_and(|c| record_version(c) >= version)
+            {
+                return Ok(Applied::Skipped);
+            }
+            let mut found: Vec<proto::Record> = Vec::new();
+            for (field, hash) in &claims {
+                let hash: [u8; 32] = hash
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| ApplyError::Malformed("index hash"))?;
+                if let Some(other) = self.find_record(*field, &hash)? {
+                    if other.id != incoming.id && !found.iter().any(|f| f.id == other.id) {
+                        found.push(other);
+                    }
+                }
+            }
+            let mut found_ids: Vec<[u8; 16]> = found
+                .iter()
+                .filter_map(|r| <[u8; 16]>::try_from(r.id.as_slice()).ok())
+                .collect();
+            found_ids.sort_unstable();
+            if found_ids != owners {
+                owners = found_ids;
+                continue;
+            }
+            if found.is_empty() {
+                self.store.commit(current.as_ref(), incoming, false)?;
+                return Ok(Applied::Applied);
+            }
+            self.merge_duplicates(current.as_ref(), incoming.clone(), found)?;
+            return Ok(Applied::Merged);
+        }
+        Err(ApplyError::User(UserError::Conflict(vec![Problem::new(
+            "id",
+            "index owners kept changing while applying; retry",
+        )])))
+    }
+
+    /// Merges duplicate accounts: `incoming` (replacing `current` under its id) and
+    /// the live accounts that hold its email or phone. The callers hold every lock.
+    fn merge_duplicates(
+        &self,
+        current: Option<&proto::Record>,
+        incoming: proto::Record,
+        others: Vec<proto::Record>,
+    ) -> Result<(), UserError> {
+        // (record, what it replaces in the store)
+        let mut accounts: Vec<(proto::Record, Option<proto::Record>)> =
+            vec![(incoming, current.cloned())];
+        accounts.extend(others.into_iter().map(|o| (o.clone(), Some(o))));
+        accounts.sort_by(|a, b| merge_rank(&a.0).cmp(&merge_rank(&b.0)));
+        let (winner, winner_prev) = accounts.remove(0);
+        let winner_id = winner.id.clone();
+        let mut winner_info = self.open_info(&winner)?;
+        let mut winner_record = winner.clone();
+        let mut merged: Vec<(proto::Record, Option<proto::Record>)> = Vec::new();
+        for (loser, loser_prev) in accounts {
+            let info = self.open_info(&loser)?;
+            fold_into(&mut winner_record, &mut winner_info, &loser, &info);
+            let mut record = loser.clone();
+            record.status = Status::Merged as i32;
+            record.merged_into = winner_id.clone();
+            record.version = Some(self.hlc.tick().to_proto());
+            record.updated_at_ms = self.hlc.physical_now();
+            let keyring = self.keyring();
+            crypto::seal(&mut record, &info, &keyring, &Self::wrap_regions(&keyring))
+                .map_err(UserError::Crypto)?;
+            self.record_mac.sign(&mut record);
+            merged.push((record, loser_prev));
+        }
+        winner_record.version = Some(self.hlc.tick().to_proto());
+        winner_record.updated_at_ms = self.hlc.physical_now();
+        let keyring = self.keyring();
+        crypto::seal(
+            &mut winner_record,
+            &winner_info,
+            &keyring,
+            &Self::wrap_regions(&keyring),
+        )
+        .map_err(UserError::Crypto)?;
+        self.record_mac.sign(&mut winner_record);
+        // Losers first: their index entries go before the winner (re)claims them.
+        let mut changes: Vec<StoreChange<'_>> = merged
+            .iter()
+            .map(|(r, prev)| StoreChange {
+                previous: prev.as_ref(),
+                record: r,
+                outbox: true,
+            })
+            .collect();
+        changes.push(StoreChange {
+            previous: winner_prev.as_ref(),
+            record: &winner_record,
+            outbox: true,
+        });
+        self.store.commit_many(&changes)?;
+        self.outbox_signal.notify_one();
+        metrics::counter!(m::STORE_COMMITS_TOTAL, "kind" => "merge")
+            .increment(changes.len() as u64);
+        Ok(())
     }
 
     pub fn digest(&self) -> Result<(u64, String), UserError> {

@@ -36,14 +36,13 @@ impl TestNode {
     pub fn start_with(extra: &str) -> TestNode {
         let dir = tempfile::tempdir().expect("temp dir");
         let keys = dir.path().join("keys");
-        let status = Command::new(env!("CARGO_BIN_EXE_authsync"))
-            .args(["keys", "init", "--regions", &REGIONS.join(","), "--out"])
-            .arg(&keys)
-            .stdout(Stdio::null())
-            .status()
-            .expect("run authsync keys init");
-        assert!(status.success(), "keys init failed");
-        let region = REGIONS[0].to_string();
+        init_keys(&keys);
+        Self::start_in(dir, REGIONS[0], &keys, extra)
+    }
+
+    /// A node of `region` with its data in `dir`, keyring from `keys`.
+    pub fn start_in(dir: tempfile::TempDir, region: &str, keys: &Path, extra: &str) -> TestNode {
+        let region = region.to_string();
         let config = format!(
             r#"region = "{region}"
 data_dir = "{data}"
@@ -186,6 +185,17 @@ impl Drop for TestNode {
     }
 }
 
+/// Keyrings for the three test regions, written by the real CLI.
+pub fn init_keys(keys: &Path) {
+    let status = Command::new(env!("CARGO_BIN_EXE_authsync"))
+        .args(["keys", "init", "--regions", &REGIONS.join(","), "--out"])
+        .arg(keys)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run authsync keys init");
+    assert!(status.success(), "keys init failed");
+}
+
 /// A thin HTTP client that always sends the test API key.
 #[derive(Clone)]
 pub struct Client {
@@ -289,4 +299,143 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// The broker the replication tests use: the real one named by
+/// `AUTHSYNC_TEST_KAFKA` (started by `scripts/test.sh`), else librdkafka's mock
+/// cluster in this process (a real Kafka-protocol listener on loopback).
+pub struct Broker {
+    pub bootstrap: String,
+    pub external: bool,
+    mock: Option<mpsc::Sender<MockCommand>>,
+}
+
+pub enum MockCommand {
+    Down,
+    Up,
+}
+
+impl Broker {
+    pub fn start(topic_prefix: &str) -> Broker {
+        if let Ok(b) = std::env::var("AUTHSYNC_TEST_KAFKA") {
+            if !b.is_empty() {
+                return Broker {
+                    bootstrap: b,
+                    external: true,
+                    mock: None,
+                };
+            }
+        }
+        let (boot_tx, boot_rx) = mpsc::channel();
+        let (cmd_tx, cmd_rx) = mpsc::channel::<MockCommand>();
+        let topics: Vec<String> = REGIONS
+            .iter()
+            .map(|r| format!("{topic_prefix}{r}"))
+            .collect();
+        // The mock cluster is not Send: it lives on its own thread until the test ends.
+        std::thread::spawn(move || {
+            let mc = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+            for t in &topics {
+                mc.create_topic(t, 3, 1).expect("mock topic");
+            }
+            boot_tx
+                .send(mc.bootstrap_servers())
+                .expect("send bootstrap");
+            while let Ok(cmd) = cmd_rx.recv() {
+                let r = match cmd {
+                    MockCommand::Down => mc.broker_down(1),
+                    MockCommand::Up => mc.broker_up(1),
+                };
+                r.expect("mock broker command");
+            }
+        });
+        Broker {
+            bootstrap: boot_rx.recv().expect("mock bootstrap servers"),
+            external: false,
+            mock: Some(cmd_tx),
+        }
+    }
+
+    pub fn mock(&self, cmd: MockCommand) -> bool {
+        match &self.mock {
+            Some(tx) => tx.send(cmd).is_ok(),
+            None => false,
+        }
+    }
+}
+
+/// Three regions replicating through one broker.
+pub struct Cluster {
+    pub nodes: Vec<TestNode>,
+    pub broker: Broker,
+    pub prefix: String,
+    _keys: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
+        let keys = tempfile::tempdir().expect("keys dir");
+        init_keys(keys.path());
+        let broker = Broker::start(&prefix);
+        let nodes = REGIONS
+            .iter()
+            .map(|region| {
+                let mut extra = format!(
+                    "[kafka]\nbootstrap_servers = \"{}\"\ntopic_prefix = \"{prefix}\"\ncreate_topics = {}\n\n[replication]\nconsumer_group = \"{prefix}{region}\"\npublish_interval_ms = 50\n",
+                    broker.bootstrap, broker.external
+                );
+                for peer in REGIONS.iter().filter(|r| *r != region) {
+                    extra.push_str(&format!("\n[[peers]]\nregion = \"{peer}\"\n"));
+                }
+                TestNode::start_in(tempfile::tempdir().expect("node dir"), region, keys.path(), &extra)
+            })
+            .collect();
+        Cluster {
+            nodes,
+            broker,
+            prefix,
+            _keys: keys,
+        }
+    }
+
+    pub fn clients(&self) -> Vec<Client> {
+        self.nodes.iter().map(|n| n.client()).collect()
+    }
+
+    /// One account created in each region and seen by all: every consumer has joined
+    /// its group and received data. Returns the ids.
+    pub async fn warm_up(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        for (i, c) in self.clients().iter().enumerate() {
+            ids.push(
+                c.create(&format!("warm-up-{i}@example.com"), "correct horse battery")
+                    .await,
+            );
+        }
+        self.converged(ids.len() as u64, Duration::from_secs(60))
+            .await;
+        ids
+    }
+
+    /// Waits (bounded) until every region has the same digest over `count` records.
+    pub async fn converged(&self, count: u64, within: Duration) -> String {
+        let deadline = std::time::Instant::now() + within;
+        let mut last = Vec::new();
+        while std::time::Instant::now() < deadline {
+            last.clear();
+            for c in self.clients() {
+                last.push(c.digest().await);
+            }
+            if last.iter().all(|d| d.0 == count && d.1 == last[0].1) {
+                return last[0].1.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let logs: Vec<String> = self.nodes.iter().map(|n| n.log()).collect();
+        panic!(
+            "regions did not converge on {count} records: {last:?}\nlogs:\n{}",
+            logs.join("\n----\n")
+        );
+    }
 }

@@ -1,0 +1,386 @@
+//! Replication over Kafka: a publisher that drains the outbox, and one consumer per
+//! peer region that applies its changes.
+//!
+//! Publishing: the outbox is read in sequence order and each event is produced to
+//! this region's topic (`<prefix><region>`) with the user id as key (per-user order)
+//! by an idempotent producer with `acks=all`; headers carry the origin region and the
+//! event id. An outbox entry is deleted only after the broker acknowledged it, so with
+//! the broker down the outbox grows and nothing is lost; writes go on meanwhile.
+//!
+//! Applying: every node consumes each peer's topic (never its own) in the region's
+//! consumer group. An offset is stored only after the event was durably applied (or
+//! found not newer), so a crash replays from the last stored offset and the
+//! idempotent, version-checked apply makes the replay harmless.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::future::join_all;
+use prost::Message as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::config::{Peer, Replication};
+use crate::metrics as m;
+use crate::proto;
+use crate::users::{Applied, ApplyError, Users};
+
+pub const HEADER_ORIGIN: &str = "authsync-origin-region";
+pub const HEADER_EVENT_ID: &str = "authsync-event-id";
+
+fn client_config(bootstrap: &str, settings: &BTreeMap<String, String>) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in settings {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", bootstrap);
+    c
+}
+
+/// Creates this region's topic and each peer's topic where missing, so consumers never
+/// subscribe to a topic that does not exist yet (some brokers do not create topics on
+/// first use; the embedded broker's topics are made by the demo instead).
+pub async fn ensure_topics(r: &Replication) -> anyhow::Result<()> {
+    if !r.create_topics {
+        return Ok(());
+    }
+    let mut wanted = vec![(
+        r.bootstrap_servers.clone(),
+        r.client.clone(),
+        r.topic.clone(),
+    )];
+    for p in &r.peers {
+        wanted.push((
+            p.bootstrap_servers.clone(),
+            p.client.clone(),
+            p.topic.clone(),
+        ));
+    }
+    for (bootstrap, settings, name) in wanted {
+        let admin: AdminClient<DefaultClientContext> = client_config(&bootstrap, &settings)
+            .create()
+            .context("create Kafka admin client")?;
+        let topic = NewTopic::new(
+            &name,
+            r.partitions,
+            TopicReplication::Fixed(r.replication_factor),
+        );
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = admin
+            .create_topics([&topic], &opts)
+            .await
+            .with_context(|| format!("create topic {name} on {bootstrap}"))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => anyhow::bail!("create topic {name}: {code}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Starts the publisher and the consumers as tracked tasks.
+pub fn start(
+    r: &Replication,
+    users: Arc<Users>,
+    outbox_signal: Arc<Notify>,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let producer: FutureProducer = client_config(&r.bootstrap_servers, &r.client)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .context("create Kafka producer")?;
+    tracker.spawn(publish_loop(
+        users.clone(),
+        producer,
+        r.topic.clone(),
+        r.publish_batch,
+        Duration::from_millis(r.publish_interval_ms),
+        outbox_signal,
+        stop.child_token(),
+    ));
+    for peer in &r.peers {
+        let consumer: StreamConsumer = client_config(&peer.bootstrap_servers, &peer.client)
+            .set("group.id", &r.consumer_group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("session.timeout.ms", r.session_timeout_ms.to_string())
+            .set("topic.metadata.refresh.interval.ms", "10000")
+            // A request in flight when the broker vanishes holds the coordinator
+            // connection until it times out (60 s by default): recover sooner.
+            .set("socket.timeout.ms", "10000")
+            .create()
+            .with_context(|| format!("create Kafka consumer for peer {}", peer.region))?;
+        consumer
+            .subscribe(&[&peer.topic])
+            .with_context(|| format!("subscribe to {}", peer.topic))?;
+        tracker.spawn(consume_loop(
+            users.clone(),
+            consumer,
+            peer.clone(),
+            stop.child_token(),
+        ));
+    }
+    Ok(())
+}
+
+async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+async fn publish_loop(
+    users: Arc<Users>,
+    producer: FutureProducer,
+    topic: String,
+    batch: usize,
+    idle: Duration,
+    signal: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if stop.is_cancelled() {
+            break;
+        }
+        let u = users.clone();
+        let head = match tokio::task::spawn_blocking(move || u.store().outbox_head(batch)).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "read outbox");
+                if !sleep_or_stop(backoff, &stop).await {
+                    break;
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "outbox task failed");
+                break;
+            }
+        };
+        report_outbox(&head, batch, &users);
+        if head.is_empty() {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = signal.notified() => {}
+                _ = tokio::time::sleep(idle) => {}
+            }
+            continue;
+        }
+        let sends = head.iter().map(|(seq, bytes)| {
+            let producer = &producer;
+            let topic = &topic;
+            async move {
+                let Ok(event) = proto::ChangeEvent::decode(bytes.as_slice()) else {
+                    // Our own write; undecodable means local corruption. Keep it for an
+                    // operator rather than drop it silently.
+                    tracing::error!(seq, "outbox entry does not decode; left in place");
+                    return (*seq, false);
+                };
+                let key = event
+                    .record
+                    .as_ref()
+                    .and_then(|r| Uuid::from_slice(&r.id).ok())
+                    .map(|u| u.to_string())
+                    .unwrap_or_default();
+                let headers = OwnedHeaders::new()
+                    .insert(Header {
+                        key: HEADER_ORIGIN,
+                        value: Some(event.origin_region.as_str()),
+                    })
+                    .insert(Header {
+                        key: HEADER_EVENT_ID,
+                        value: Some(event.event_id.as_str()),
+                    });
+                let record = FutureRecord::to(topic)
+                    .key(&key)
+                    .payload(bytes)
+                    .headers(headers);
+                match producer.send(record, Duration::from_secs(5)).await {
+                    Ok(_) => (*seq, true),
+                    Err((e, _)) => {
+                        tracing::warn!(error = %e, seq, "publish change event; will retry");
+                        (*seq, false)
+                    }
+                }
+            }
+        });
+        let results = join_all(sends).await;
+        let acked: Vec<u64> = results
+            .iter()
+            .filter(|(_, ok)| *ok)
+            .map(|(s, _)| *s)
+            .collect();
+        let failed = results.len() - acked.len();
+        metrics::counter!(m::PUBLISHED_EVENTS_TOTAL).increment(acked.len() as u64);
+        if !acked.is_empty() {
+            let u = users.clone();
+            match tokio::task::spawn_blocking(move || u.store().outbox_remove(&acked)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "remove published outbox entries"),
+                Err(e) => tracing::error!(error = %e, "outbox task failed"),
+            }
+        }
+        if failed > 0 {
+            metrics::counter!(m::PUBLISH_ERRORS_TOTAL).increment(failed as u64);
+            if !sleep_or_stop(backoff, &stop).await {
+                break;
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        } else {
+            backoff = Duration::from_millis(100);
+        }
+    }
+    // Deliver what is in flight; what is not acknowledged stays in the outbox.
+    let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+}
+
+fn report_outbox(head: &[(u64, Vec<u8>)], batch: usize, users: &Users) {
+    let depth = if head.len() < batch {
+        head.len() as f64
+    } else {
+        users
+            .store()
+            .estimate_keys(crate::store::CF_OUTBOX)
+            .max(head.len() as u64) as f64
+    };
+    metrics::gauge!(m::OUTBOX_DEPTH).set(depth);
+    let oldest = head
+        .first()
+        .and_then(|(_, b)| proto::ChangeEvent::decode(b.as_slice()).ok())
+        .and_then(|e| e.record)
+        .and_then(|r| r.version)
+        .map(|v| users.clock_now_ms().saturating_sub(v.physical_ms) as f64 / 1000.0)
+        .unwrap_or(0.0);
+    metrics::gauge!(m::OUTBOX_OLDEST_AGE_SECONDS).set(oldest);
+}
+
+async fn consume_loop(
+    users: Arc<Users>,
+    consumer: StreamConsumer,
+    peer: Peer,
+    stop: CancellationToken,
+) {
+    let source = peer.region.clone();
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => break,
+            m = consumer.recv() => m,
+        };
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, peer = %source, "consume");
+                if !sleep_or_stop(Duration::from_millis(500), &stop).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        let outcome = match proto::ChangeEvent::decode(msg.payload().unwrap_or(&[])) {
+            Err(_) => Some("malformed"),
+            Ok(event) => apply_with_retry(&users, event, &source, &stop).await,
+        };
+        let Some(outcome) = outcome else {
+            break; // stopping: the offset stays where it was, the event comes again
+        };
+        metrics::counter!(m::REPLICATION_EVENTS_TOTAL, "source" => source.clone(), "outcome" => outcome).increment(1);
+        if outcome == "malformed" || outcome == "integrity" {
+            tracing::error!(
+                peer = %source,
+                partition = msg.partition(),
+                offset = msg.offset(),
+                outcome,
+                "skipped an event that can never apply"
+            );
+        }
+        if let Err(e) = consumer.store_offset_from_message(&msg) {
+            // After a rebalance the partition may be someone else's: they replay it.
+            tracing::warn!(error = %e, peer = %source, "store consumer offset");
+        }
+    }
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => tracing::warn!(error = %e, peer = %source, "commit offsets at shutdown"),
+    }
+}
+
+/// Applies one event, retrying what may succeed later. Returns the outcome label, or
+/// `None` when stopping before the event was applied.
+async fn apply_with_retry(
+    users: &Arc<Users>,
+    event: proto::ChangeEvent,
+    source: &str,
+    stop: &CancellationToken,
+) -> Option<&'static str> {
+    let event = Arc::new(event);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let u = users.clone();
+        let e = event.clone();
+        let result = match tokio::task::spawn_blocking(move || u.apply(&e)).await {
+            Ok(r) => r,
+            Err(err) => {
+                tracing::error!(error = %err, "apply task failed");
+                return None;
+            }
+        };
+        match result {
+            Ok(applied) => {
+                let ts = event
+                    .record
+                    .as_ref()
+                    .and_then(|r| r.version.as_ref())
+                    .map(|v| v.physical_ms);
+                if let (Some(ts), Applied::Applied | Applied::Merged) = (ts, applied) {
+                    let lag = users.clock_now_ms().saturating_sub(ts) as f64 / 1000.0;
+                    metrics::histogram!(m::REPLICATION_LAG_SECONDS, "source" => source.to_string())
+                        .record(lag);
+                }
+                return Some(match applied {
+                    Applied::Applied => "applied",
+                    Applied::Merged => "merged",
+                    Applied::Skipped => "skipped",
+                });
+            }
+            Err(ApplyError::Malformed(_)) => return Some("malformed"),
+            Err(ApplyError::Integrity) => return Some("integrity"),
+            Err(err) => {
+                let label = if matches!(err, ApplyError::Skew(_)) {
+                    "refused"
+                } else {
+                    "error"
+                };
+                metrics::counter!(m::REPLICATION_EVENTS_TOTAL, "source" => source.to_string(), "outcome" => label)
+                    .increment(1);
+                tracing::warn!(error = %err, peer = %source, "apply replicated change; will retry");
+                if !sleep_or_stop(backoff, stop).await {
+                    return None;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
