@@ -1,20 +1,26 @@
-//! `authsync demo`: a working node with no setup.
+//! `authsync demo`: three regions on one machine with no setup.
 //!
-//! Writes keyrings for the three demo regions into the data directory (a temporary
+//! The demo process hosts an embedded Kafka-protocol broker (librdkafka's mock
+//! cluster, a real listener on loopback) unless `--kafka HOST:PORT` names a real one,
+//! writes keyrings and a config for each region into the data directory (a temporary
 //! one unless `--data-dir` is given, in which case keys and data survive restarts),
-//! generates an API key unless one is given, and serves the `af-south` region.
+//! and runs each region as its own `authsync node` process — separate RocksDB,
+//! separate metrics, separate failure domain — on consecutive ports. SIGTERM or
+//! Ctrl-C stops the nodes in order and then the broker.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ApiKeyConfig, RawConfig};
 use crate::keys::{self, keyring_path};
-use crate::node::Node;
 
 pub const DEMO_REGIONS: [&str; 3] = ["af-south", "eu-west", "us-east"];
+const TOPIC_PREFIX: &str = "authsync.changes.";
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -22,6 +28,8 @@ pub struct DemoOptions {
     pub api_key: Option<String>,
     pub host: IpAddr,
     pub base_port: u16,
+    /// A real broker instead of the embedded one.
+    pub kafka: Option<String>,
 }
 
 /// A random API key: 32 bytes, URL-safe base64.
@@ -33,6 +41,121 @@ pub fn new_api_key() -> anyhow::Result<String> {
 
 pub fn sha256_hex(text: &str) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()))
+}
+
+fn node_config(
+    root: &Path,
+    region: &str,
+    listen: &str,
+    api_key: &str,
+    bootstrap: &str,
+    create_topics: bool,
+) -> String {
+    let mut text = format!(
+        r#"# Written by `authsync demo`.
+region = "{region}"
+data_dir = "{data}"
+keyring = "{keyring}"
+
+[http]
+listen = "{listen}"
+
+[[api_keys]]
+name = "demo"
+sha256 = "{hash}"
+
+[kafka]
+bootstrap_servers = "{bootstrap}"
+topic_prefix = "{TOPIC_PREFIX}"
+create_topics = {create_topics}
+"#,
+        data = root.join(region).display(),
+        keyring = keyring_path(&root.join("keys"), region).display(),
+        hash = sha256_hex(api_key),
+    );
+    for peer in DEMO_REGIONS.iter().filter(|r| **r != region) {
+        text.push_str(&format!("\n[[peers]]\nregion = \"{peer}\"\n"));
+    }
+    text
+}
+
+/// A region's node process, stopped with SIGTERM when dropped.
+struct NodeProcess {
+    region: &'static str,
+    child: Child,
+    url: String,
+}
+
+impl NodeProcess {
+    fn spawn(region: &'static str, config: &Path) -> anyhow::Result<NodeProcess> {
+        use std::os::unix::process::CommandExt;
+        let exe = std::env::current_exe().context("find the authsync executable")?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["node", "--config"])
+            .arg(config)
+            .stdout(Stdio::piped());
+        // If the demo dies without stopping its nodes, the kernel stops them.
+        // SAFETY: prctl is async-signal-safe and touches only the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("start node {region}"))?;
+        let stdout = child.stdout.take().context("node stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(url.trim().to_string());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => Ok(NodeProcess { region, child, url }),
+            Err(_) => {
+                let _ = child.kill();
+                bail!("node {region} did not start (see its log above)")
+            }
+        }
+    }
+
+    fn terminate(&mut self) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+    }
+
+    fn wait(&mut self, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        tracing::warn!(
+            region = self.region,
+            "node did not stop in time; killing it"
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+            self.wait(Duration::from_secs(10));
+        }
+    }
 }
 
 pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -56,43 +179,98 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     }
     let api_key = match opts.api_key {
         Some(k) if !k.trim().is_empty() => k,
-        Some(_) => anyhow::bail!("--api-key must not be empty"),
+        Some(_) => bail!("--api-key must not be empty"),
         None => new_api_key()?,
     };
-    let region = DEMO_REGIONS[0];
-    let raw = RawConfig {
-        region: region.into(),
-        data_dir: root.join(region),
-        keyring: keyring_path(&key_dir, region),
-        http: crate::config::HttpConfig {
-            listen: SocketAddr::new(opts.host, opts.base_port).to_string(),
-            ..Default::default()
-        },
-        api_keys: vec![ApiKeyConfig {
-            name: "demo".into(),
-            sha256: sha256_hex(&api_key),
-        }],
-        storage: Default::default(),
-        clock: Default::default(),
-        passwords: Default::default(),
-        keys: Default::default(),
-        kafka: None,
-        peers: Vec::new(),
-        replication: Default::default(),
+
+    // The embedded broker lives on this task (it is not Send) until the nodes stop.
+    let mut mock = None;
+    let (bootstrap, create_topics) = match &opts.kafka {
+        Some(k) => (k.clone(), true),
+        None => {
+            let cluster =
+                rdkafka::mocking::MockCluster::new(1).context("start the embedded broker")?;
+            for region in DEMO_REGIONS {
+                cluster
+                    .create_topic(&format!("{TOPIC_PREFIX}{region}"), 3, 1)
+                    .with_context(|| format!("create topic for {region}"))?;
+            }
+            let bootstrap = cluster.bootstrap_servers();
+            mock = Some(cluster);
+            (bootstrap, false)
+        }
     };
-    let config = raw.validate().context("demo configuration")?;
-    let node = Node::start(config, shutdown.clone()).await?;
-    let url = format!("http://{}", node.addr);
-    println!("authsync demo: region {region} serving with no setup");
-    println!("  {region:<9} {url}");
+
+    let config_dir = root.join("config");
+    std::fs::create_dir_all(&config_dir)
+        .with_context(|| format!("create {}", config_dir.display()))?;
+    let mut nodes = Vec::new();
+    for (i, region) in DEMO_REGIONS.iter().enumerate() {
+        // Port 0 gives every region a free port of its own.
+        let port = if opts.base_port == 0 {
+            0
+        } else {
+            opts.base_port + i as u16
+        };
+        let listen = std::net::SocketAddr::new(opts.host, port).to_string();
+        let path = config_dir.join(format!("{region}.toml"));
+        std::fs::write(
+            &path,
+            node_config(&root, region, &listen, &api_key, &bootstrap, create_topics),
+        )
+        .with_context(|| format!("write {}", path.display()))?;
+        nodes.push(NodeProcess::spawn(region, &path)?);
+    }
+
+    println!(
+        "authsync demo: three regions replicating through {}",
+        match &opts.kafka {
+            Some(k) => format!("Kafka at {k}"),
+            None => format!("the embedded broker at {bootstrap}"),
+        }
+    );
+    for n in &nodes {
+        println!("  {:<9} {}", n.region, n.url);
+    }
     println!("  data      {}", root.display());
     println!("  api key   {api_key}");
     println!();
-    println!("Try:");
     println!(
-        "  curl -s -X POST {url}/v1/users -H 'authorization: Bearer {api_key}' \\\n    -H 'content-type: application/json' -d '{{\"email\":\"ada@example.com\",\"password\":\"correct horse battery\"}}'"
+        "Try: create in {}, read in {}:",
+        nodes[0].region, nodes[2].region
+    );
+    println!(
+        "  curl -s -X POST {}/v1/users -H 'authorization: Bearer {api_key}' \\\n    -H 'content-type: application/json' -d '{{\"email\":\"ada@example.com\",\"password\":\"correct horse battery\"}}'",
+        nodes[0].url
+    );
+    println!(
+        "  curl -s '{}/v1/users?email=ada@example.com' -H 'authorization: Bearer {api_key}'",
+        nodes[2].url
     );
     println!("Ctrl-C stops.");
-    node.wait().await;
+
+    // Run until asked to stop, or until a node dies on its own.
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        if let Some(region) = nodes
+            .iter_mut()
+            .find_map(|n| matches!(n.child.try_wait(), Ok(Some(_))).then_some(n.region))
+        {
+            drop(nodes);
+            drop(mock);
+            bail!("node {region} exited; demo stopped");
+        }
+    }
+    for n in nodes.iter_mut() {
+        n.terminate();
+    }
+    for n in nodes.iter_mut() {
+        n.wait(Duration::from_secs(15));
+    }
+    drop(nodes);
+    drop(mock);
     Ok(())
 }

@@ -31,7 +31,8 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Run a node with no setup: generated keys, temporary data, a printed API key.
+    /// Run three regions with no setup: an embedded broker, generated keys, temporary
+    /// data, a printed API key.
     Demo {
         /// Keep keys and data in this directory across restarts.
         #[arg(long)]
@@ -42,9 +43,12 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1")]
         host: IpAddr,
-        /// Port of the first region.
+        /// Port of the first region; the others take the next ones (0: any free port).
         #[arg(long, default_value_t = 8081)]
         port: u16,
+        /// Use the Kafka-protocol broker at HOST:PORT instead of the embedded one.
+        #[arg(long)]
+        kafka: Option<String>,
     },
     /// Manage keyrings and API keys.
     #[command(subcommand)]
@@ -139,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
             api_key,
             host,
             port,
+            kafka,
         } => {
             let shutdown = CancellationToken::new();
             stop_on_signals(shutdown.clone());
@@ -148,6 +153,7 @@ async fn main() -> anyhow::Result<()> {
                     api_key,
                     host,
                     base_port: port,
+                    kafka,
                 },
                 shutdown,
             )

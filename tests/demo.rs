@@ -14,6 +14,7 @@ use serde_json::json;
 struct Demo {
     child: Child,
     url: String,
+    urls: Vec<String>,
     key: String,
 }
 
@@ -32,21 +33,24 @@ fn start(args: &[&str]) -> Demo {
             let _ = tx.send(line);
         }
     });
-    let (mut url, mut key) = (None, None);
-    while url.is_none() || key.is_none() {
+    let (mut urls, mut key) = (Vec::new(), None);
+    while key.is_none() {
         let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("demo printed its URL and key");
+            .recv_timeout(Duration::from_secs(90))
+            .expect("demo printed its URLs and key");
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
-            ["af-south", u] if u.starts_with("http://") => url = Some(u.to_string()),
+            [region, u] if u.starts_with("http://") && region.contains('-') => {
+                urls.push(u.to_string())
+            }
             ["api", "key", k] => key = Some(k.to_string()),
             _ => {}
         }
     }
     Demo {
         child,
-        url: url.unwrap(),
+        url: urls[0].clone(),
+        urls,
         key: key.unwrap(),
     }
 }
@@ -63,7 +67,7 @@ impl Demo {
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .unwrap();
-        for _ in 0..200 {
+        for _ in 0..400 {
             if let Some(status) = self.child.try_wait().unwrap() {
                 assert!(status.success(), "demo exited with {status}");
                 return;
@@ -71,8 +75,41 @@ impl Demo {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = self.child.kill();
-        panic!("demo did not stop within 10 s of SIGTERM");
+        panic!("demo did not stop within 20 s of SIGTERM");
     }
+}
+
+#[tokio::test]
+async fn demo_runs_three_replicating_regions_with_a_generated_key() {
+    let demo = start(&[]);
+    assert_eq!(demo.urls.len(), 3, "one URL per region");
+    let r = demo
+        .client()
+        .json(&json!({"email": "everywhere@example.com", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // Written in af-south, readable in us-east.
+    let mut seen = false;
+    for _ in 0..300 {
+        let got = reqwest::Client::new()
+            .get(format!(
+                "{}/v1/users?email=everywhere%40example.com",
+                demo.urls[2]
+            ))
+            .bearer_auth(&demo.key)
+            .send()
+            .await
+            .unwrap();
+        if got.status() == 200 {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen, "the write did not reach us-east");
+    demo.stop();
 }
 
 #[tokio::test]
