@@ -254,3 +254,80 @@ async fn writes_go_on_while_the_broker_is_down_and_nothing_is_lost() {
     assert!(cluster.broker.mock(MockCommand::Up));
     cluster.converged(warm + 10, CONVERGE).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_every_topic_from_the_start_changes_no_digest() {
+    let mut cluster = Cluster::start();
+    let clients = cluster.clients();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(
+            clients[i % 3]
+                .create(&format!("replay{i}@example.com"), PW)
+                .await,
+        );
+    }
+    for id in &ids {
+        for c in &clients {
+            wait_for_user(c, id).await;
+        }
+    }
+    for id in &ids[..3] {
+        let r = clients[1]
+            .send(
+                "PATCH",
+                &format!("/v1/users/{id}"),
+                Some(json!({"profile": {"k": "v"}})),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(
+        clients[2]
+            .send("DELETE", &format!("/v1/users/{}", ids[5]), None)
+            .await
+            .status,
+        204
+    );
+    let before = cluster.converged(6, CONVERGE).await;
+
+    // eu-west joins a fresh consumer group: every peer event is delivered again.
+    cluster.nodes[1].stop();
+    let path = cluster.nodes[1].config_path();
+    let config = std::fs::read_to_string(&path).unwrap();
+    let replay = config.replace(
+        &format!("consumer_group = \"{}eu-west\"", cluster.prefix),
+        &format!("consumer_group = \"{}eu-west-replay\"", cluster.prefix),
+    );
+    assert_ne!(config, replay);
+    std::fs::write(&path, replay).unwrap();
+    cluster.nodes[1].start_again();
+    let c = cluster.nodes[1].client();
+    // Events from af-south and us-east: 4 creates, 1 delete, plus none of eu-west's own.
+    let mut replayed = 0.0;
+    for _ in 0..300 {
+        let m = c.metrics().await;
+        replayed = common::metric_value(
+            &m,
+            "authsync_replication_events_total",
+            &[("source", "af-south"), ("outcome", "skipped")],
+        )
+        .unwrap_or(0.0)
+            + common::metric_value(
+                &m,
+                "authsync_replication_events_total",
+                &[("source", "us-east"), ("outcome", "skipped")],
+            )
+            .unwrap_or(0.0);
+        if replayed >= 5.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(replayed >= 5.0, "replay not delivered: {replayed}");
+    assert_eq!(
+        cluster.converged(6, CONVERGE).await,
+        before,
+        "a replay changes nothing"
+    );
+}
