@@ -29,6 +29,7 @@ pub const OUTBOX_DEPTH: &str = "authsync_outbox_depth";
 pub const OUTBOX_OLDEST_AGE_SECONDS: &str = "authsync_outbox_oldest_age_seconds";
 pub const PUBLISHED_EVENTS_TOTAL: &str = "authsync_replication_published_total";
 pub const PUBLISH_ERRORS_TOTAL: &str = "authsync_replication_publish_errors_total";
+pub const CONSUMER_LAG_MESSAGES: &str = "authsync_replication_consumer_lag_messages";
 
 /// Latency buckets (seconds) for requests and commits: 0.5 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[

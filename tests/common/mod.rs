@@ -301,30 +301,113 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// The broker the replication tests use: the real one named by
-/// `AUTHSYNC_TEST_KAFKA` (started by `scripts/test.sh`), else librdkafka's mock
-/// cluster in this process (a real Kafka-protocol listener on loopback).
+/// The broker the replication tests use:
+/// - `AUTHSYNC_TEST_TANSU=/path/to/tansu`: a real broker process per test (tansu, with
+///   SQLite storage in a temporary directory), which tests can kill and restart;
+/// - `AUTHSYNC_TEST_KAFKA=host:port`: an already running broker, not controlled;
+/// - otherwise librdkafka's mock cluster in this process (a real Kafka-protocol
+///   listener on loopback).
 pub struct Broker {
     pub bootstrap: String,
+    /// Nodes must create their topics (real brokers); the mock's are made here.
     pub external: bool,
     mock: Option<mpsc::Sender<MockCommand>>,
+    tansu: Option<Tansu>,
 }
 
-pub enum MockCommand {
+enum MockCommand {
     Down,
     Up,
 }
 
+struct Tansu {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Tansu {
+    fn spawn(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tansu.log"))
+            .expect("tansu log");
+        // The SQLite path is taken relative to the working directory.
+        let child = Command::new(&self.bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tansu");
+        self.child = Some(child);
+        for _ in 0..300 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("tansu did not listen on {url}");
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
 impl Broker {
     pub fn start(topic_prefix: &str) -> Broker {
-        if let Ok(b) = std::env::var("AUTHSYNC_TEST_KAFKA") {
-            if !b.is_empty() {
-                return Broker {
-                    bootstrap: b,
-                    external: true,
-                    mock: None,
-                };
-            }
+        if let Some(bin) = std::env::var_os("AUTHSYNC_TEST_TANSU").filter(|b| !b.is_empty()) {
+            let mut t = Tansu {
+                bin: PathBuf::from(bin),
+                dir: tempfile::tempdir().expect("tansu dir"),
+                port: free_port(),
+                child: None,
+            };
+            t.spawn();
+            return Broker {
+                bootstrap: format!("127.0.0.1:{}", t.port),
+                external: true,
+                mock: None,
+                tansu: Some(t),
+            };
+        }
+        if let Some(b) = std::env::var("AUTHSYNC_TEST_KAFKA")
+            .ok()
+            .filter(|b| !b.is_empty())
+        {
+            return Broker {
+                bootstrap: b,
+                external: true,
+                mock: None,
+                tansu: None,
+            };
         }
         let (boot_tx, boot_rx) = mpsc::channel();
         let (cmd_tx, cmd_rx) = mpsc::channel::<MockCommand>();
@@ -353,14 +436,34 @@ impl Broker {
             bootstrap: boot_rx.recv().expect("mock bootstrap servers"),
             external: false,
             mock: Some(cmd_tx),
+            tansu: None,
         }
     }
 
-    pub fn mock(&self, cmd: MockCommand) -> bool {
-        match &self.mock {
-            Some(tx) => tx.send(cmd).is_ok(),
-            None => false,
+    /// Takes the broker away (kill -9 for a real one). False when it cannot be controlled.
+    pub fn down(&mut self) -> bool {
+        if let Some(t) = &mut self.tansu {
+            t.kill();
+            return true;
         }
+        self.mock
+            .as_ref()
+            .is_some_and(|tx| tx.send(MockCommand::Down).is_ok())
+    }
+
+    /// Brings it back (a real one restarts on the same port and storage).
+    pub fn up(&mut self) -> bool {
+        if let Some(t) = &mut self.tansu {
+            t.spawn();
+            return true;
+        }
+        self.mock
+            .as_ref()
+            .is_some_and(|tx| tx.send(MockCommand::Up).is_ok())
+    }
+
+    pub fn controllable(&self) -> bool {
+        self.mock.is_some() || self.tansu.is_some()
     }
 }
 
