@@ -1095,10 +1095,14 @@ mod tests {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let keyring = crate::keys::init(&regions).unwrap().remove(0);
+        users_with(dir, crate::keys::init(&regions).unwrap().remove(0))
+    }
+
+    fn users_with(dir: &std::path::Path, keyring: Keyring) -> Users {
+        let region = keyring.owner().to_string();
         let store = Arc::new(Store::open(dir, &StoreOptions::default()).unwrap());
         let passwords = Passwords::new(PasswordAlgorithm::Argon2id, keyring.pepper()).unwrap();
-        let hlc = Arc::new(Hlc::new("af-south", 500, Box::new(SystemClock)));
+        let hlc = Arc::new(Hlc::new(region, 500, Box::new(SystemClock)));
         Users::new(store, keyring, passwords, hlc, 8)
     }
 
@@ -1153,6 +1157,84 @@ mod tests {
             Err(UserError::NotFound)
         ));
         assert_eq!(users.get(&a).unwrap().email, "a@example.com");
+    }
+
+    struct Ahead(u64);
+    impl crate::hlc::TimeSource for Ahead {
+        fn now_ms(&self) -> u64 {
+            SystemClock.now_ms() + self.0
+        }
+    }
+
+    #[test]
+    fn events_from_a_clock_too_far_ahead_are_refused_and_change_nothing() {
+        use crate::hlc::TimeSource;
+        let rings = crate::keys::init(&["af-south".to_string(), "eu-west".to_string()]).unwrap();
+        let mut rings = rings.into_iter();
+        let (a, b) = (rings.next().unwrap(), rings.next().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let fast = Users::new(
+            Arc::new(Store::open(&dir.path().join("a"), &StoreOptions::default()).unwrap()),
+            a,
+            Passwords::new(PasswordAlgorithm::Argon2id, &[1; 32]).unwrap(),
+            Arc::new(Hlc::new("af-south", 500, Box::new(Ahead(10_000)))),
+            8,
+        );
+        let local = Users::new(
+            Arc::new(Store::open(&dir.path().join("b"), &StoreOptions::default()).unwrap()),
+            b,
+            Passwords::new(PasswordAlgorithm::Argon2id, &[1; 32]).unwrap(),
+            Arc::new(Hlc::new("eu-west", 500, Box::new(SystemClock))),
+            8,
+        );
+        fast.create(new_user("future@example.com")).unwrap();
+        let (_, event) = fast.store().outbox_head(1).unwrap().remove(0);
+        let event = <proto::ChangeEvent as prost::Message>::decode(event.as_slice()).unwrap();
+        match local.apply(&event) {
+            Err(ApplyError::Skew(e)) => assert!(e.ahead_ms >= 9_000, "{e}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(local.digest().unwrap().0, 0, "nothing stored");
+        // The local clock did not jump either.
+        assert!(local.hlc.tick().physical_ms < SystemClock.now_ms() + 1_000);
+    }
+
+    #[test]
+    fn events_altered_in_transit_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let regions: Vec<String> = ["af-south", "eu-west"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut rings = crate::keys::init(&regions).unwrap().into_iter();
+        let origin = users_with(&dir.path().join("o"), rings.next().unwrap());
+        origin.create(new_user("transit@example.com")).unwrap();
+        let (_, bytes) = origin.store().outbox_head(1).unwrap().remove(0);
+        let event = <proto::ChangeEvent as prost::Message>::decode(bytes.as_slice()).unwrap();
+        let target = users_with(&dir.path().join("t"), rings.next().unwrap());
+        let mut locked = event.clone();
+        locked.record.as_mut().unwrap().status = Status::Locked as i32;
+        assert!(matches!(target.apply(&locked), Err(ApplyError::Integrity)));
+        let mut newer = event.clone();
+        newer
+            .record
+            .as_mut()
+            .unwrap()
+            .version
+            .as_mut()
+            .unwrap()
+            .logical += 1;
+        assert!(matches!(target.apply(&newer), Err(ApplyError::Integrity)));
+        let mut empty = event.clone();
+        empty.record = None;
+        assert!(matches!(
+            target.apply(&empty),
+            Err(ApplyError::Malformed(_))
+        ));
+        assert_eq!(target.digest().unwrap().0, 0);
+        // The genuine event applies, once.
+        assert_eq!(target.apply(&event).unwrap(), Applied::Applied);
+        assert_eq!(target.apply(&event).unwrap(), Applied::Skipped);
     }
 
     #[test]
