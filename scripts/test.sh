@@ -23,5 +23,21 @@ fi
 # One build directory outside the clone, reused across runs (RocksDB and librdkafka
 # take about 15 minutes to build cold on two cores).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/authsync-target}"
+# The real broker for the replication tests: tansu, an Apache-Kafka-compatible broker
+# from crates.io, built once into a cache outside the clone (10-20 minutes on two
+# cores the first time). Each replication test starts its own tansu process on a free
+# loopback port with SQLite storage, and kills and restarts it where the test says.
+TOOLS="${AUTHSYNC_TOOLS_DIR:-$HOME/.cache/authsync-tools}"
+TANSU="$TOOLS/bin/tansu"
+if [ ! -x "$TANSU" ]; then
+    echo "building the test broker (tansu 0.6.0) into $TOOLS"
+    CARGO_TARGET_DIR="$TOOLS/target" cargo install tansu --version 0.6.0 --locked \
+        --features libsql,dynostore --root "$TOOLS" --quiet
+fi
+
+# Everything, with the embedded broker (librdkafka's mock cluster) for replication.
 # --all-targets also runs each criterion benchmark once, as a test.
 cargo test --locked --all-targets "$@"
+
+echo "== replication tests again, against a real broker process (tansu) =="
+AUTHSYNC_TEST_TANSU="$TANSU" cargo test --locked --test replication -- --test-threads=1
