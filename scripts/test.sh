@@ -24,7 +24,7 @@ fi
 # take about 15 minutes to build cold on two cores).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/authsync-target}"
 # The real broker for the replication tests: tansu, an Apache-Kafka-compatible broker
-# from crates.io, built once into a cache outside the clone (10-20 minutes on two
+# published as a Rust crate, built once into a cache outside the clone (10-20 minutes on two
 # cores the first time). Each replication test starts its own tansu process on a free
 # loopback port with SQLite storage, and kills and restarts it where the test says.
 TOOLS="${AUTHSYNC_TOOLS_DIR:-$HOME/.cache/authsync-tools}"
