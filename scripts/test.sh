@@ -21,7 +21,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # One build directory outside the clone, reused across runs (RocksDB and librdkafka
-# take about 15 minutes to build cold on two cores).
+# with the rest of the dependency tree took 34 minutes to build cold here).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/authsync-target}"
 # The real broker for the replication tests: tansu, an Apache-Kafka-compatible broker
 # published as a Rust crate, built once into a cache outside the clone (10-20 minutes on two
