@@ -187,7 +187,8 @@ fn verify_pbkdf2_phc(password: &[u8], phc: &str) -> Option<u32> {
     if alg != "pbkdf2-sha256" || parts.next().is_some() {
         return None;
     }
-    let mut iterations = None;
+    // PHC form `i=N[,l=L]`, or passlib's bare round count.
+    let mut iterations = params.parse::<u32>().ok();
     for p in params.split(',') {
         if let Some(v) = p.strip_prefix("i=") {
             iterations = v.parse::<u32>().ok();
@@ -231,6 +232,22 @@ fn decode_b64_any(s: &str) -> Option<Vec<u8>> {
 pub enum SaltPosition {
     Prefix,
     Suffix,
+}
+
+/// The canonical name of a legacy algorithm, accepting common spellings
+/// (`PBKDF2_SHA256`, `sha-256`, `bcrypt`, `md5`).
+pub fn canonical_legacy_algorithm(name: &str) -> Option<&'static str> {
+    let n = name.trim().to_ascii_lowercase().replace('_', "-");
+    let found = match n.as_str() {
+        "bcrypt" | "2a" | "2b" | "2y" => "bcrypt",
+        "md5" | "md-5" => "md5",
+        "sha1" | "sha-1" => "sha1",
+        "sha256" | "sha-256" => "sha256",
+        "pbkdf2-sha256" | "pbkdf2-hmac-sha256" => "pbkdf2-sha256",
+        "argon2id" => "argon2id",
+        _ => return None,
+    };
+    Some(found)
 }
 
 /// Legacy hash algorithms accepted by import.
@@ -461,6 +478,19 @@ mod tests {
         assert!(verify_legacy(
             "pbkdf2-sha256",
             &phc,
+            None,
+            SaltPosition::Prefix,
+            "hunter22"
+        ));
+        let passlib = format!(
+            "$pbkdf2-sha256$1000${}${}",
+            B64_NOPAD.encode(b"saltsalt").replace('+', "."),
+            B64_NOPAD.encode(out).replace('+', ".")
+        );
+        check_legacy("pbkdf2-sha256", &passlib, None).unwrap();
+        assert!(verify_legacy(
+            "pbkdf2-sha256",
+            &passlib,
             None,
             SaltPosition::Prefix,
             "hunter22"

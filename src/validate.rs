@@ -566,6 +566,8 @@ pub fn import(body: &Value, max_items: usize) -> Result<Vec<ImportItem>, Vec<Pro
                                 None
                             }
                         };
+                        let algorithm = algorithm
+                            .map(|a| crate::password::canonical_legacy_algorithm(a).unwrap_or(a));
                         if let (Some(a), Some(h)) = (algorithm, hash) {
                             if !LEGACY_ALGORITHMS.contains(&a) {
                                 lc.problem(
@@ -690,6 +692,12 @@ mod tests {
             "{problems:?}"
         );
         assert_eq!(import(&json!([body[0].clone()]), 10).unwrap().len(), 1);
+        let spelled = json!([{"email": "a@example.com", "source": "shop",
+            "legacy_hash": {"algorithm": "SHA_256", "hash": "a".repeat(64), "salt": null}}]);
+        assert_eq!(
+            import(&spelled, 10).unwrap()[0].legacy_hash.algorithm,
+            "sha256"
+        );
     }
 
     #[test]
