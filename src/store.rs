@@ -180,7 +180,9 @@ impl Store {
         w
     }
 
-    /// Locks the stripes of `keys` (user ids, index hashes) in a fixed order.
+    /// Locks the stripes of `keys` (user ids, index hashes) in a fixed order. The locks
+    /// are not reentrant: a thread holding a [`Locked`] must not call `lock` again
+    /// before dropping it (two keys may share a stripe).
     pub fn lock(&self, keys: &[&[u8]]) -> Locked<'_> {
         let mut stripes: Vec<usize> = keys
             .iter()

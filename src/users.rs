@@ -782,8 +782,11 @@ impl Users {
         // The account to merge into is known only after a lookup, and its id must be
         // locked too: lock, look up, and retry if the answer moved meanwhile.
         let mut target: Option<[u8; 16]> = None;
+        // The id a new account would get is locked with the rest: stripe locks are not
+        // reentrant, so nothing may be locked a second time while these are held.
+        let new_id = Uuid::new_v4();
         for _ in 0..LOCK_RETRIES {
-            let mut keys: Vec<&[u8]> = vec![&email_idx];
+            let mut keys: Vec<&[u8]> = vec![&email_idx, new_id.as_bytes()];
             if let Some(p) = &phone_idx {
                 keys.push(p);
             }
@@ -806,8 +809,7 @@ impl Users {
             }
             return match existing {
                 None => {
-                    let id = Uuid::new_v4();
-                    let _id_lock = self.store.lock(&[id.as_bytes()]);
+                    let id = new_id;
                     let record = proto::Record {
                         id: id.as_bytes().to_vec(),
                         status: Status::Active as i32,
