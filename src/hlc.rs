@@ -146,6 +146,21 @@ impl Hlc {
         }
     }
 
+    /// A new version for a local change of a record whose stored version is `previous`:
+    /// greater than `previous` whatever the wall clock says (after a restart the clock
+    /// starts from wall time, which may be behind versions received from a peer whose
+    /// clock ran ahead). `previous` was accepted before, so no skew check applies.
+    pub fn tick_after(&self, previous: Option<&Version>) -> Version {
+        if let Some(p) = previous {
+            let mut last = self.last.lock();
+            let seen = (p.physical_ms, p.logical.min(LOGICAL_LIMIT - 1));
+            if seen > *last {
+                *last = seen;
+            }
+        }
+        self.tick()
+    }
+
     /// Takes a version seen from elsewhere into the clock so later local writes order
     /// after it. A timestamp further ahead of local time than the configured skew is
     /// refused and leaves the clock unchanged.
@@ -244,6 +259,18 @@ mod tests {
         let err = hlc.observe(&remote).unwrap_err();
         assert_eq!(err.ahead_ms, 501);
         assert_eq!(hlc.tick().physical_ms, 1_000, "clock did not jump");
+    }
+
+    #[test]
+    fn a_change_orders_after_the_version_it_replaces_even_after_a_restart() {
+        let (hlc, _) = clock(1_000);
+        let stored = Version {
+            physical_ms: 1_400,
+            logical: 3,
+            region: "us-east".into(),
+        };
+        let next = hlc.tick_after(Some(&stored));
+        assert!(next > stored, "{next:?}");
     }
 
     #[test]

@@ -165,11 +165,27 @@ fn argon2_current() -> Argon2<'static> {
     )
 }
 
+/// Largest Argon2 cost a stored or imported hash may ask for: 64 MiB, t=10, p=4.
+/// The parameters come from the hash itself, so an imported hash must not be able to
+/// make one login allocate gigabytes or run for minutes.
+const ARGON2_MAX_M_KIB: u32 = 64 * 1024;
+const ARGON2_MAX_T: u32 = 10;
+const ARGON2_MAX_P: u32 = 4;
+/// Largest bcrypt cost accepted (2^14 rounds).
+const BCRYPT_MAX_COST: u32 = 14;
+/// Largest PBKDF2 iteration count accepted.
+const PBKDF2_MAX_ITERATIONS: u32 = 2_000_000;
+
+fn argon2_params_ok(h: &PasswordHash<'_>) -> bool {
+    Params::try_from(h).is_ok_and(|p| {
+        p.m_cost() <= ARGON2_MAX_M_KIB && p.t_cost() <= ARGON2_MAX_T && p.p_cost() <= ARGON2_MAX_P
+    })
+}
+
 fn verify_argon2(password: &[u8], phc: &str) -> bool {
     match PasswordHash::new(phc) {
-        // The parameters come from the hash itself.
-        Ok(h) => Argon2::default().verify_password(password, &h).is_ok(),
-        Err(_) => false,
+        Ok(h) if argon2_params_ok(&h) => Argon2::default().verify_password(password, &h).is_ok(),
+        _ => false,
     }
 }
 
@@ -202,7 +218,10 @@ fn verify_pbkdf2_phc(password: &[u8], phc: &str) -> Option<u32> {
 
 fn verify_pbkdf2(password: &[u8], iterations: u32, salt: &[u8], expected: &[u8]) -> bool {
     // Bounded so an imported hash cannot make one login cost minutes.
-    if !(1..=10_000_000).contains(&iterations) || expected.is_empty() || expected.len() > 64 {
+    if !(1..=PBKDF2_MAX_ITERATIONS).contains(&iterations)
+        || expected.is_empty()
+        || expected.len() > 64
+    {
         return false;
     }
     ring::pbkdf2::verify(
@@ -274,9 +293,11 @@ pub fn check_legacy(algorithm: &str, hash: &str, salt: Option<&str>) -> Result<(
             if salt.is_some() {
                 return Err("bcrypt hashes carry their own salt".into());
             }
-            hash.parse::<bcrypt::HashParts>()
-                .map(|_| ())
-                .map_err(|_| "not a bcrypt hash ($2a$/$2b$/$2y$)".into())
+            match hash.parse::<bcrypt::HashParts>() {
+                Ok(parts) if parts.get_cost() <= BCRYPT_MAX_COST => Ok(()),
+                Ok(_) => Err(format!("bcrypt cost above {BCRYPT_MAX_COST} is refused")),
+                Err(_) => Err("not a bcrypt hash ($2a$/$2b$/$2y$)".into()),
+            }
         }
         "md5" => hex_len(32),
         "sha1" => hex_len(40),
@@ -291,7 +312,10 @@ pub fn check_legacy(algorithm: &str, hash: &str, salt: Option<&str>) -> Result<(
             }
         }
         "argon2id" => match PasswordHash::new(hash) {
-            Ok(h) if h.algorithm.as_str() == "argon2id" => Ok(()),
+            Ok(h) if h.algorithm.as_str() == "argon2id" && argon2_params_ok(&h) => Ok(()),
+            Ok(h) if h.algorithm.as_str() == "argon2id" => Err(format!(
+                "argon2id cost above m={ARGON2_MAX_M_KIB},t={ARGON2_MAX_T},p={ARGON2_MAX_P} is refused"
+            )),
             _ => Err("not an argon2id PHC string".into()),
         },
         other => Err(format!(
@@ -332,7 +356,11 @@ pub fn verify_legacy(
         }
     };
     match algorithm {
-        "bcrypt" => bcrypt::verify(password, hash).unwrap_or(false),
+        "bcrypt" => {
+            hash.parse::<bcrypt::HashParts>()
+                .is_ok_and(|p| p.get_cost() <= BCRYPT_MAX_COST)
+                && bcrypt::verify(password, hash).unwrap_or(false)
+        }
         "md5" => hex_eq(&md5::Md5::digest(salted(password).as_slice())),
         "sha1" => hex_eq(&sha1::Sha1::digest(salted(password).as_slice())),
         "sha256" => hex_eq(ring::digest::digest(&ring::digest::SHA256, &salted(password)).as_ref()),
@@ -515,6 +543,30 @@ mod tests {
             None,
             SaltPosition::Prefix,
             "hunter22"
+        ));
+    }
+
+    #[test]
+    fn legacy_hashes_cannot_ask_for_unbounded_work() {
+        let huge = "$argon2id$v=19$m=4194304,t=1,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaA";
+        assert!(check_legacy("argon2id", huge, None)
+            .unwrap_err()
+            .contains("refused"));
+        assert!(!verify_legacy(
+            "argon2id",
+            huge,
+            None,
+            SaltPosition::Prefix,
+            "x"
+        ));
+        let slow = "$2b$31$abcdefghijklmnopqrstuu5QZ5BBp0sY8Q0fG7e2Gf0/Xv7bT6T9S";
+        assert!(check_legacy("bcrypt", slow, None).is_err());
+        assert!(!verify_legacy(
+            "bcrypt",
+            slow,
+            None,
+            SaltPosition::Prefix,
+            "x"
         ));
     }
 

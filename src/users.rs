@@ -369,7 +369,7 @@ impl Users {
         info: &proto::Info,
         kind: &'static str,
     ) -> Result<Version, UserError> {
-        let version = self.hlc.tick();
+        let version = self.hlc.tick_after(previous.map(record_version).as_ref());
         record.version = Some(version.to_proto());
         record.updated_at_ms = version.physical_ms;
         if previous.is_none() {
@@ -586,6 +586,12 @@ impl Users {
         let _locked = self.store.lock(&[id.as_bytes()]);
         let previous = self.load_changeable(id)?;
         let mut info = self.open_info(&previous)?;
+        if !info.email.is_empty() && password.to_lowercase() == info.email.to_lowercase() {
+            return Err(UserError::Invalid(vec![Problem::new(
+                "password",
+                "must not be the email address",
+            )]));
+        }
         // A new password supersedes every imported one.
         info.old_hashes.clear();
         let mut record = previous.clone();
@@ -614,7 +620,7 @@ impl Users {
             Some(r) if !r.tombstone => r,
             _ => return Err(UserError::NotFound),
         };
-        let version = self.hlc.tick();
+        let version = self.hlc.tick_after(Some(&record_version(&previous)));
         let mut tombstone = proto::Record {
             id: id.as_bytes().to_vec(),
             version: Some(version.to_proto()),
@@ -678,8 +684,17 @@ impl Users {
                 Verified::No => {}
             }
         }
-        // Legacy hashes imported from older systems.
-        let info = self.open_info(&record)?;
+        // Legacy hashes imported from older systems. A record that cannot be opened
+        // answers like a wrong password, after the same work.
+        let info = match self.open_info(&record) {
+            Ok(i) => i,
+            Err(_) => {
+                if record.secret.is_empty() {
+                    self.passwords.verify_dummy(password);
+                }
+                return Err(UserError::InvalidCredentials);
+            }
+        };
         let matched = info.old_hashes.iter().position(|h| {
             let position = if h.salt_suffix {
                 SaltPosition::Suffix
@@ -703,7 +718,11 @@ impl Users {
             return Err(e);
         }
         if info.old_hashes[matched].algorithm != CURRENT_HASH {
-            self.upgrade_password(&id, &record, password, Some(matched))?;
+            // The password is right whatever happens to the upgrade; it is tried
+            // again on the next login.
+            if let Err(e) = self.upgrade_password(&id, &record, password, Some(matched)) {
+                tracing::warn!(error = %e, "store upgraded password hash after login");
+            }
         }
         Ok(id)
     }
@@ -965,7 +984,11 @@ impl Users {
             let mut record = loser.clone();
             record.status = Status::Merged as i32;
             record.merged_into = winner_id.clone();
-            record.version = Some(self.hlc.tick().to_proto());
+            let after = loser_prev
+                .as_ref()
+                .map(record_version)
+                .max(Some(record_version(&loser)));
+            record.version = Some(self.hlc.tick_after(after.as_ref()).to_proto());
             record.updated_at_ms = self.hlc.physical_now();
             let keyring = self.keyring();
             crypto::seal(&mut record, &info, &keyring, &Self::wrap_regions(&keyring))
@@ -973,7 +996,11 @@ impl Users {
             self.record_mac.sign(&mut record);
             merged.push((record, loser_prev));
         }
-        winner_record.version = Some(self.hlc.tick().to_proto());
+        let after = winner_prev
+            .as_ref()
+            .map(record_version)
+            .max(Some(record_version(&winner)));
+        winner_record.version = Some(self.hlc.tick_after(after.as_ref()).to_proto());
         winner_record.updated_at_ms = self.hlc.physical_now();
         let keyring = self.keyring();
         crypto::seal(
@@ -1037,15 +1064,20 @@ impl Users {
                 continue;
             };
             let _locked = self.store.lock(&[id.as_bytes()]);
-            let Some(previous) = self.get_record(&id)? else {
-                continue;
+            let previous = match self.get_record(&id) {
+                Ok(Some(p)) => p,
+                // Unreadable records are counted by get_record; the scan goes on.
+                Ok(None) | Err(UserError::Unreadable) => continue,
+                Err(e) => return Err(e),
             };
             if previous.version != seen.version || !self.needs_rewrap(&previous) {
                 continue;
             }
             let keyring = self.keyring();
+            // Same version, not published: a re-wrap changes no content, and a new
+            // version would win over a newer change made meanwhile in another region.
+            // Each region moves its own copy to its own new master key.
             let mut record = previous.clone();
-            record.version = Some(self.hlc.tick().to_proto());
             match crypto::rewrap(&mut record, &keyring, &Self::wrap_regions(&keyring)) {
                 Ok(()) => {}
                 // Not ours to repair yet (no key for this region): key recovery's job.
@@ -1059,7 +1091,9 @@ impl Users {
                 }
                 Err(e) => return Err(UserError::Crypto(e)),
             }
-            self.commit_sealed(Some(&previous), &mut record, "rewrap")?;
+            self.record_mac.sign(&mut record);
+            self.store.commit(Some(&previous), &record, false)?;
+            metrics::counter!(m::STORE_COMMITS_TOTAL, "kind" => "rewrap").increment(1);
             metrics::counter!(m::REWRAPPED_RECORDS_TOTAL).increment(1);
             rewrapped += 1;
         }
