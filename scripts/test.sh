@@ -7,11 +7,9 @@ cd "$(dirname "$0")/.."
 # System packages: libclang for RocksDB's bindgen, protoc for the .proto file,
 # OpenSSL headers for librdkafka's TLS support.
 need=()
-command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
-dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
-command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
-command -v make >/dev/null 2>&1 || need+=(make)
+for pkg in libclang-dev protobuf-compiler libssl-dev pkg-config make; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     SUDO=""
