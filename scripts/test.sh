@@ -5,9 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages: libclang for RocksDB's bindgen, protoc for the .proto file,
-# OpenSSL headers for librdkafka's TLS support.
+# OpenSSL and zlib headers for librdkafka (TLS, compression).
 need=()
-for pkg in libclang-dev protobuf-compiler libssl-dev pkg-config make; do
+for pkg in libclang-dev protobuf-compiler libssl-dev zlib1g-dev pkg-config make; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
