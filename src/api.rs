@@ -392,11 +392,12 @@ async fn import(
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                json!({
-                    "index": i,
-                    "id": r.id,
-                    "outcome": match r.outcome { ImportOutcome::Created => "created", ImportOutcome::Merged => "merged" },
-                })
+                let outcome = match r.outcome {
+                    ImportOutcome::Created => "created",
+                    ImportOutcome::Merged => "merged",
+                };
+                // `status` repeats `outcome` under the name most import tools use.
+                json!({"index": i, "id": r.id, "outcome": outcome, "status": outcome})
             })
             .collect(),
     )))

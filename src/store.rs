@@ -55,6 +55,18 @@ fn db_err(context: &'static str) -> impl FnOnce(rocksdb::Error) -> StoreError {
     move |source| StoreError::Db { context, source }
 }
 
+/// For reads of one record or entry: a block that fails RocksDB's own checksum is the
+/// same thing to a caller as bytes that fail ours — corrupt stored data.
+fn read_err(
+    context: &'static str,
+    what: &'static str,
+) -> impl FnOnce(rocksdb::Error) -> StoreError {
+    move |source| match source.kind() {
+        rocksdb::ErrorKind::Corruption => StoreError::Corrupt { what },
+        _ => StoreError::Db { context, source },
+    }
+}
+
 /// Store tuning, from the node config.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -153,15 +165,23 @@ impl Store {
             .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0);
-        let from_outbox = store
+        // The outbox tail only raises the sequence above the persisted mark; a
+        // corrupt tail block must not keep the node from starting.
+        let from_outbox = match store
             .db
             .iterator_cf(store.cf(CF_OUTBOX), IteratorMode::End)
             .next()
             .transpose()
-            .map_err(db_err("read outbox tail"))?
-            .and_then(|(k, _)| <[u8; 8]>::try_from(&*k).ok())
-            .map(|k| u64::from_be_bytes(k) + 1)
-            .unwrap_or(0);
+        {
+            Ok(tail) => tail
+                .and_then(|(k, _)| <[u8; 8]>::try_from(&*k).ok())
+                .map(|k| u64::from_be_bytes(k) + 1)
+                .unwrap_or(0),
+            Err(e) => {
+                tracing::error!(error = %e, "read outbox tail; using the persisted sequence");
+                0
+            }
+        };
         store
             .next_seq
             .store(from_meta.max(from_outbox).max(1), Ordering::SeqCst);
@@ -205,7 +225,7 @@ impl Store {
         match self
             .db
             .get_pinned_cf(self.cf(CF_RECORDS), id)
-            .map_err(db_err("read record"))?
+            .map_err(read_err("read record", "record"))?
         {
             None => Ok(None),
             Some(bytes) => decode_record(id, &bytes).map(Some),
@@ -224,7 +244,7 @@ impl Store {
         match self
             .db
             .get_pinned_cf(self.cf(Self::index_cf(field)), hash)
-            .map_err(db_err("read index"))?
+            .map_err(read_err("read index", "index entry"))?
         {
             None => Ok(None),
             Some(v) => <[u8; 16]>::try_from(&*v)

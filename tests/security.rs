@@ -458,3 +458,59 @@ fn a_bad_config_is_refused_naming_the_key() {
         assert!(err.contains(key), "{key} not named in: {err}");
     }
 }
+
+#[tokio::test]
+async fn bytes_changed_inside_an_sst_file_fail_the_read_the_same_way() {
+    let mut node = TestNode::start();
+    let c = node.client();
+    let id = c.create("on-disk@example.com", PW).await;
+    node.stop(); // flushes the record into an SST file
+                 // A slice of this record's ciphertext, found in the files as written.
+    let needle = {
+        let store = Store::open(&node.data_dir(), &StoreOptions::default()).unwrap();
+        let key = *uuid::Uuid::parse_str(&id).unwrap().as_bytes();
+        let bytes = store.raw_get(CF_RECORDS, &key).unwrap().unwrap();
+        let record = authsync::store::decode_record(&key, &bytes).unwrap();
+        record.info.unwrap().ciphertext[..24].to_vec()
+    };
+    let mut changed = 0;
+    for f in files_under(&node.data_dir())
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "sst"))
+    {
+        let mut bytes = std::fs::read(&f).unwrap();
+        // The outbox event embeds the record too; change the records file only.
+        if bytes.windows(6).any(|w| w == b"outbox") {
+            continue;
+        }
+        if let Some(at) = bytes
+            .windows(needle.len())
+            .position(|w| w == needle.as_slice())
+        {
+            bytes[at + 10] ^= 0x20;
+            std::fs::write(&f, bytes).unwrap();
+            changed += 1;
+        }
+    }
+    assert!(
+        changed >= 1,
+        "the record's ciphertext was not found in any SST file"
+    );
+    node.start_again();
+    let c = node.client();
+    let r = c.get(&format!("/v1/users/{id}")).await;
+    assert_eq!(r.status, 500, "{}", r.text);
+    assert_eq!(r.body["error"], "record_unreadable");
+    let metrics = c.metrics().await;
+    assert!(
+        metric_value(
+            &metrics,
+            "authsync_records_unreadable_total",
+            &[("reason", "integrity")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    // The node keeps serving.
+    assert_eq!(c.get("/healthz").await.status, 200);
+}
