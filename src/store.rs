@@ -460,7 +460,7 @@ pub enum IndexField {
 
 /// The index hash a record holds for `field`, when the record is indexed at all:
 /// tombstones and merged accounts are not.
-fn indexed(record: &proto::Record, field: IndexField) -> Option<&[u8]> {
+pub fn indexed(record: &proto::Record, field: IndexField) -> Option<&[u8]> {
     if record.tombstone || record.status == proto::Status::Merged as i32 {
         return None;
     }

@@ -115,18 +115,6 @@ impl From<StoreError> for ApplyError {
     }
 }
 
-/// The index value a record claims for `field`: live, unmerged records only.
-fn claimed(record: &proto::Record, field: IndexField) -> Option<&[u8]> {
-    if record.tombstone || record.status == Status::Merged as i32 {
-        return None;
-    }
-    let h = match field {
-        IndexField::Email => &record.email_index,
-        IndexField::Phone => &record.phone_index,
-    };
-    (!h.is_empty()).then_some(h.as_slice())
-}
-
 /// Order of precedence between duplicate accounts: the earlier creation wins, then
 /// the lower id. Records without a creation version rank by their version.
 fn merge_rank(r: &proto::Record) -> (Version, Vec<u8>) {
@@ -906,7 +894,7 @@ impl Users {
         self.hlc.observe(&version)?;
         let claims: Vec<(IndexField, Vec<u8>)> = [IndexField::Email, IndexField::Phone]
             .into_iter()
-            .filter_map(|f| claimed(incoming, f).map(|h| (f, h.to_vec())))
+            .filter_map(|f| crate::store::indexed(incoming, f).map(|h| (f, h.to_vec())))
             .collect();
         let mut owners: Vec<[u8; 16]> = Vec::new();
         for _ in 0..LOCK_RETRIES {
@@ -960,6 +948,25 @@ impl Users {
         )])))
     }
 
+    /// Gives a record derived from `base` (and replacing `stored`) a version above both,
+    /// seals `info` into it with a fresh data key and signs it.
+    fn reseal(
+        &self,
+        record: &mut proto::Record,
+        info: &proto::Info,
+        base: &proto::Record,
+        stored: Option<&proto::Record>,
+    ) -> Result<(), UserError> {
+        let after = stored.map(record_version).max(Some(record_version(base)));
+        record.version = Some(self.hlc.tick_after(after.as_ref()).to_proto());
+        record.updated_at_ms = self.hlc.physical_now();
+        let keyring = self.keyring();
+        crypto::seal(record, info, &keyring, &Self::wrap_regions(&keyring))
+            .map_err(UserError::Crypto)?;
+        self.record_mac.sign(record);
+        Ok(())
+    }
+
     /// Merges duplicate accounts: `incoming` (replacing `current` under its id) and
     /// the live accounts that hold its email or phone. The callers hold every lock.
     fn merge_duplicates(
@@ -984,33 +991,15 @@ impl Users {
             let mut record = loser.clone();
             record.status = Status::Merged as i32;
             record.merged_into = winner_id.clone();
-            let after = loser_prev
-                .as_ref()
-                .map(record_version)
-                .max(Some(record_version(&loser)));
-            record.version = Some(self.hlc.tick_after(after.as_ref()).to_proto());
-            record.updated_at_ms = self.hlc.physical_now();
-            let keyring = self.keyring();
-            crypto::seal(&mut record, &info, &keyring, &Self::wrap_regions(&keyring))
-                .map_err(UserError::Crypto)?;
-            self.record_mac.sign(&mut record);
+            self.reseal(&mut record, &info, &loser, loser_prev.as_ref())?;
             merged.push((record, loser_prev));
         }
-        let after = winner_prev
-            .as_ref()
-            .map(record_version)
-            .max(Some(record_version(&winner)));
-        winner_record.version = Some(self.hlc.tick_after(after.as_ref()).to_proto());
-        winner_record.updated_at_ms = self.hlc.physical_now();
-        let keyring = self.keyring();
-        crypto::seal(
+        self.reseal(
             &mut winner_record,
             &winner_info,
-            &keyring,
-            &Self::wrap_regions(&keyring),
-        )
-        .map_err(UserError::Crypto)?;
-        self.record_mac.sign(&mut winner_record);
+            &winner,
+            winner_prev.as_ref(),
+        )?;
         // Losers first: their index entries go before the winner (re)claims them.
         let mut changes: Vec<StoreChange<'_>> = merged
             .iter()
