@@ -59,11 +59,11 @@ enum Command {
 enum KeysCommand {
     /// Write a keyring (mode 0600) for each region into a directory.
     Init {
-        /// Comma-separated region names.
-        #[arg(long, value_delimiter = ',', required = true)]
+        /// Region names, comma- or space-separated.
+        #[arg(long, value_delimiter = ',', num_args = 1.., required = true)]
         regions: Vec<String>,
         /// Directory for the keyring files.
-        #[arg(long)]
+        #[arg(long, alias = "dir", default_value = "config/keys")]
         out: PathBuf,
         /// Replace keyrings that already exist (their data becomes unreadable).
         #[arg(long)]
@@ -74,7 +74,7 @@ enum KeysCommand {
         #[arg(long)]
         region: String,
         /// Directory holding the keyrings; peers' copies of the wrapping key are updated.
-        #[arg(long)]
+        #[arg(long, alias = "out", default_value = "config/keys")]
         dir: PathBuf,
     },
     /// Print a new random API key and the SHA-256 line for a node config.
