@@ -180,19 +180,6 @@ impl Hlc {
         }
         Ok(())
     }
-
-    /// Checks a timestamp against the skew limit without taking it into the clock.
-    pub fn check_skew(&self, seen: &Version) -> Result<(), ClockSkew> {
-        let now = self.time.now_ms();
-        if seen.physical_ms > now.saturating_add(self.max_skew_ms) {
-            return Err(ClockSkew {
-                remote_ms: seen.physical_ms,
-                ahead_ms: seen.physical_ms - now,
-                limit_ms: self.max_skew_ms,
-            });
-        }
-        Ok(())
-    }
 }
 
 fn bump(pt: u64, l: u32) -> (u64, u32) {

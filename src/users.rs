@@ -290,10 +290,6 @@ impl Users {
         self.index.email(normalised)
     }
 
-    pub fn phone_index(&self, normalised: &str) -> [u8; 32] {
-        self.index.phone(normalised)
-    }
-
     fn open_info(&self, record: &proto::Record) -> Result<proto::Info, UserError> {
         crypto::open(record, &self.keyring()).map_err(|e| {
             let reason = match &e {
