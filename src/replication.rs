@@ -77,7 +77,11 @@ pub async fn ensure_topics(r: &Replication) -> anyhow::Result<()> {
             r.partitions,
             TopicReplication::Fixed(r.replication_factor),
         );
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        // Both bounds: with the broker unreachable the request itself would otherwise
+        // wait for librdkafka's 60 s socket timeout.
+        let opts = AdminOptions::new()
+            .operation_timeout(Some(Duration::from_secs(10)))
+            .request_timeout(Some(Duration::from_secs(10)));
         let results = admin
             .create_topics([&topic], &opts)
             .await
