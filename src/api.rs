@@ -35,6 +35,9 @@ pub struct AppState {
     pub api_keys: Arc<Vec<[u8; 32]>>,
     pub ready: Arc<AtomicBool>,
     pub max_import_items: usize,
+    pub retry: Arc<crate::retry::RetryQueue>,
+    /// Whether `/v1/admin/faults` exists.
+    pub faults_enabled: bool,
 }
 
 /// An error as the API reports it.
@@ -54,11 +57,11 @@ impl ApiError {
         }
     }
 
-    fn invalid(details: Vec<Problem>) -> ApiError {
+    pub fn invalid(details: Vec<Problem>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", details)
     }
 
-    fn not_found() -> ApiError {
+    pub fn not_found() -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", vec![])
     }
 }
@@ -512,6 +515,7 @@ async fn method_not_allowed() -> ApiError {
 }
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let (admin, internal) = crate::admin::routes(&state);
     let v1 = Router::new()
         .route("/v1/users", post(create_user).get(find_user))
         .route("/v1/users/import", post(import))
@@ -523,6 +527,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/users/{id}/status", put(put_status))
         .route("/v1/login", post(login))
         .route("/v1/admin/digest", get(digest))
+        .merge(admin)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
@@ -532,6 +537,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .merge(v1)
+        .merge(internal)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(track))

@@ -62,6 +62,68 @@ pub struct RawConfig {
     pub peers: Vec<PeerConfig>,
     #[serde(default)]
     pub replication: ReplicationConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub anti_entropy: AntiEntropyConfig,
+    #[serde(default)]
+    pub faults: FaultsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// How often the retry sweeper looks for due events. Default 1 s.
+    pub sweep_interval_ms: u64,
+    /// Events tried per sweep at most. Default 500.
+    pub sweep_batch: usize,
+    /// Attempts before an event becomes a dead letter, the first included. Default 10.
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt, with jitter. Default 1 s.
+    pub backoff_base_ms: u64,
+    /// Longest retry delay. Default 5 min.
+    pub backoff_max_ms: u64,
+    /// Bound on parked events. Default 100000.
+    pub max_entries: u64,
+    /// Bound on parked bytes. Default 256 MiB.
+    pub max_bytes: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            sweep_interval_ms: 1_000,
+            sweep_batch: 500,
+            max_attempts: 10,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 300_000,
+            max_entries: 100_000,
+            max_bytes: 256 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AntiEntropyConfig {
+    /// How often each peer with an `http` address is compared. Default 60 s.
+    pub interval_ms: u64,
+}
+
+impl Default for AntiEntropyConfig {
+    fn default() -> Self {
+        AntiEntropyConfig {
+            interval_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultsConfig {
+    /// Exposes `/v1/admin/faults` (key outages, failing applies) for tests and the
+    /// chaos harness. Never in production. Default false.
+    pub enabled: bool,
 }
 
 /// Kafka client settings that authsync sets itself for its guarantees.
@@ -121,6 +183,9 @@ pub struct PeerConfig {
     pub topic: Option<String>,
     /// librdkafka settings for this peer's consumer. Default: `kafka.client`.
     pub client: Option<std::collections::BTreeMap<String, String>>,
+    /// The peer node's HTTP base URL, e.g. `http://authsync-eu-west:8080`, for
+    /// anti-entropy. Without it this peer is not compared.
+    pub http: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -309,6 +374,11 @@ pub struct Config {
     pub keys: KeysConfig,
     /// `None`: a node on its own, no replication.
     pub replication: Option<Replication>,
+    pub retry: RetryConfig,
+    pub anti_entropy: AntiEntropyConfig,
+    /// (region, base URL) of each peer compared by anti-entropy.
+    pub anti_entropy_peers: Vec<(String, String)>,
+    pub faults: FaultsConfig,
 }
 
 fn check_client_settings(
@@ -430,6 +500,46 @@ impl RawConfig {
         if self.keys.rewrap_batch == 0 {
             return Err(invalid("keys.rewrap_batch", "must be at least 1"));
         }
+        let rt = &self.retry;
+        if rt.sweep_interval_ms < 10 {
+            return Err(invalid("retry.sweep_interval_ms", "must be at least 10"));
+        }
+        if rt.sweep_batch == 0 {
+            return Err(invalid("retry.sweep_batch", "must be at least 1"));
+        }
+        if !(1..=1000).contains(&rt.max_attempts) {
+            return Err(invalid("retry.max_attempts", "must be between 1 and 1000"));
+        }
+        if rt.backoff_base_ms == 0 || rt.backoff_base_ms > rt.backoff_max_ms {
+            return Err(invalid(
+                "retry.backoff_base_ms",
+                "must be at least 1 and at most retry.backoff_max_ms",
+            ));
+        }
+        if rt.max_entries == 0 {
+            return Err(invalid("retry.max_entries", "must be at least 1"));
+        }
+        if rt.max_bytes < 4096 {
+            return Err(invalid("retry.max_bytes", "must be at least 4096"));
+        }
+        if self.anti_entropy.interval_ms < 100 {
+            return Err(invalid("anti_entropy.interval_ms", "must be at least 100"));
+        }
+        let mut anti_entropy_peers = Vec::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            if let Some(url) = &p.http {
+                let ok = (url.starts_with("http://") || url.starts_with("https://"))
+                    && url.len() > "https://".len()
+                    && !url.contains(char::is_whitespace);
+                if !ok {
+                    return Err(invalid(
+                        &format!("peers[{i}].http"),
+                        "must be a URL like http://authsync-eu-west:8080",
+                    ));
+                }
+                anti_entropy_peers.push((p.region.clone(), url.clone()));
+            }
+        }
         let replication = match self.kafka {
             None => {
                 if !self.peers.is_empty() {
@@ -531,6 +641,10 @@ impl RawConfig {
         };
         Ok(Config {
             replication,
+            retry: self.retry,
+            anti_entropy: self.anti_entropy,
+            anti_entropy_peers,
+            faults: self.faults,
             region: self.region,
             data_dir: self.data_dir,
             keyring: self.keyring,

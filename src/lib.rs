@@ -13,21 +13,33 @@
 //! - [`api`]: the HTTP API (axum), and the one place errors become status codes.
 //! - [`metrics`]: every metric name, described at start-up.
 //! - [`replication`]: the outbox publisher and the peer consumers (Kafka).
+//! - [`retry`]: the durable retry queue and dead letters for events not applied.
+//! - [`sweep`]: scheduled sweepers (retry, key recovery, anti-entropy).
+//! - [`antientropy`]: per-bucket digest comparison with peers, and repair by pull.
+//! - [`admin`]: operator endpoints for the queues and faults; peers' internal endpoints.
+//! - [`dlq`]: the `authsync dlq` commands, a client of the admin endpoints.
+//! - [`faults`]: fault switches for tests and the chaos harness (off by default).
 //! - [`node`]: one region's node: start-up, background tasks, ordered shutdown.
 //! - [`demo`]: `authsync demo`, a node with no setup.
 //! - [`proto`]: the protobuf formats (`proto/authsync.proto`) of records and events.
 
+pub mod admin;
+pub mod antientropy;
 pub mod api;
 pub mod config;
 pub mod crypto;
 pub mod demo;
+pub mod dlq;
+pub mod faults;
 pub mod hlc;
 pub mod keys;
 pub mod metrics;
 pub mod node;
 pub mod password;
 pub mod replication;
+pub mod retry;
 pub mod store;
+pub mod sweep;
 pub mod users;
 pub mod validate;
 

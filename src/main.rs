@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use authsync::config::RawConfig;
 use authsync::demo::{self, DemoOptions};
+use authsync::dlq;
 use authsync::keys;
 use authsync::node::Node;
 
@@ -53,6 +54,42 @@ enum Command {
     /// Manage keyrings and API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Inspect and act on a node's dead letters (and its retry queue).
+    Dlq {
+        /// The node's HTTP address.
+        #[arg(
+            long,
+            env = "AUTHSYNC_URL",
+            default_value = "http://127.0.0.1:8081",
+            global = true
+        )]
+        url: String,
+        /// An API key of the node.
+        #[arg(long, env = "AUTHSYNC_API_KEY", hide_env_values = true, global = true)]
+        api_key: Option<String>,
+        #[command(subcommand)]
+        action: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters, oldest first (with --retry: events waiting for a retry).
+    List {
+        #[arg(long)]
+        retry: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Start after this entry id (paging).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+    /// Show one dead letter with its attempt history.
+    Show { id: u64 },
+    /// Apply one dead letter now (after its cause was fixed).
+    Replay { id: u64 },
+    /// Delete one dead letter.
+    Drop { id: u64 },
 }
 
 #[derive(Subcommand)]
@@ -182,6 +219,31 @@ async fn main() -> anyhow::Result<()> {
             println!(
                 "region {region}: master key v{version} is active; older versions decrypt only"
             );
+        }
+        Command::Dlq {
+            url,
+            api_key,
+            action,
+        } => {
+            dlq::check_url(&url)?;
+            let Some(api_key) = api_key.filter(|k| !k.is_empty()) else {
+                anyhow::bail!("an API key is required: --api-key or AUTHSYNC_API_KEY");
+            };
+            let action = match action {
+                DlqCommand::List {
+                    retry,
+                    limit,
+                    after,
+                } => dlq::Action::List {
+                    retry,
+                    limit,
+                    after,
+                },
+                DlqCommand::Show { id } => dlq::Action::Show { id },
+                DlqCommand::Replay { id } => dlq::Action::Replay { id },
+                DlqCommand::Drop { id } => dlq::Action::Drop { id },
+            };
+            dlq::run(&url, &api_key, action).await?;
         }
         Command::Keys(KeysCommand::ApiKey { name }) => {
             let key = demo::new_api_key()?;

@@ -30,6 +30,22 @@ pub const OUTBOX_OLDEST_AGE_SECONDS: &str = "authsync_outbox_oldest_age_seconds"
 pub const PUBLISHED_EVENTS_TOTAL: &str = "authsync_replication_published_total";
 pub const PUBLISH_ERRORS_TOTAL: &str = "authsync_replication_publish_errors_total";
 pub const CONSUMER_LAG_MESSAGES: &str = "authsync_replication_consumer_lag_messages";
+pub const RETRY_QUEUE_ENTRIES: &str = "authsync_retry_queue_entries";
+pub const RETRY_QUEUE_BYTES: &str = "authsync_retry_queue_bytes";
+pub const RETRY_QUEUE_OLDEST_AGE_SECONDS: &str = "authsync_retry_queue_oldest_age_seconds";
+pub const RETRY_QUEUE_FULL: &str = "authsync_retry_queue_full";
+pub const RETRY_QUEUE_REFUSED_TOTAL: &str = "authsync_retry_queue_refused_total";
+pub const RETRY_PARKED_TOTAL: &str = "authsync_retry_parked_total";
+pub const RETRIES_TOTAL: &str = "authsync_retries_total";
+pub const DEAD_LETTERS_TOTAL: &str = "authsync_dead_letters_total";
+pub const DEAD_LETTERS: &str = "authsync_dead_letters";
+pub const KEY_RECOVERIES_TOTAL: &str = "authsync_key_recoveries_total";
+pub const ANTI_ENTROPY_ROUNDS_TOTAL: &str = "authsync_anti_entropy_rounds_total";
+pub const ANTI_ENTROPY_REPAIRED_TOTAL: &str = "authsync_anti_entropy_repaired_total";
+pub const ANTI_ENTROPY_BUCKETS_DIFFERING: &str = "authsync_anti_entropy_buckets_differing";
+pub const SWEEPER_RUNS_TOTAL: &str = "authsync_sweeper_runs_total";
+pub const SWEEPER_LAST_RUN_TIMESTAMP_SECONDS: &str = "authsync_sweeper_last_run_timestamp_seconds";
+pub const SWEEPER_LAST_DURATION_SECONDS: &str = "authsync_sweeper_last_duration_seconds";
 
 /// Latency buckets (seconds) for requests and commits: 0.5 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -147,5 +163,85 @@ fn describe() {
         PUBLISH_ERRORS_TOTAL,
         Unit::Count,
         "Change events the broker did not acknowledge (retried)."
+    );
+    describe_gauge!(
+        RETRY_QUEUE_ENTRIES,
+        Unit::Count,
+        "Replicated events parked for a later attempt."
+    );
+    describe_gauge!(
+        RETRY_QUEUE_BYTES,
+        Unit::Bytes,
+        "Bytes of parked events (the bound is retry.max_bytes)."
+    );
+    describe_gauge!(
+        RETRY_QUEUE_OLDEST_AGE_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest parked event."
+    );
+    describe_gauge!(
+        RETRY_QUEUE_FULL,
+        Unit::Count,
+        "1 while the retry queue is at its bound: consumers hold their position instead of parking (alert on it)."
+    );
+    describe_counter!(
+        RETRY_QUEUE_REFUSED_TOTAL,
+        Unit::Count,
+        "Events that found the retry queue full; none is dropped, the consumer retries it in place."
+    );
+    describe_counter!(
+        RETRY_PARKED_TOTAL,
+        Unit::Count,
+        "Events parked in the retry queue, by reason."
+    );
+    describe_counter!(
+        RETRIES_TOTAL,
+        Unit::Count,
+        "Retry attempts by outcome: applied, merged, skipped, rescheduled, dead_lettered."
+    );
+    describe_counter!(
+        DEAD_LETTERS_TOTAL,
+        Unit::Count,
+        "Events moved to the dead-letter queue, by reason."
+    );
+    describe_gauge!(
+        DEAD_LETTERS,
+        Unit::Count,
+        "Events in the dead-letter queue now."
+    );
+    describe_counter!(
+        KEY_RECOVERIES_TOTAL,
+        Unit::Count,
+        "Records given wrapped keys for regions they lacked (new versions, replicated)."
+    );
+    describe_counter!(
+        ANTI_ENTROPY_ROUNDS_TOTAL,
+        Unit::Count,
+        "Anti-entropy comparisons with a peer, by peer and outcome."
+    );
+    describe_counter!(
+        ANTI_ENTROPY_REPAIRED_TOTAL,
+        Unit::Count,
+        "Records pulled from a peer by anti-entropy and applied, by peer."
+    );
+    describe_gauge!(
+        ANTI_ENTROPY_BUCKETS_DIFFERING,
+        Unit::Count,
+        "Digest buckets that differed from the peer in the last round, by peer."
+    );
+    describe_counter!(
+        SWEEPER_RUNS_TOTAL,
+        Unit::Count,
+        "Sweeper runs by sweeper and outcome."
+    );
+    describe_gauge!(
+        SWEEPER_LAST_RUN_TIMESTAMP_SECONDS,
+        Unit::Seconds,
+        "Unix time at which each sweeper last finished a run."
+    );
+    describe_gauge!(
+        SWEEPER_LAST_DURATION_SECONDS,
+        Unit::Seconds,
+        "How long each sweeper's last run took."
     );
 }

@@ -15,13 +15,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::antientropy;
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::hlc::{Hlc, SystemClock};
 use crate::keys::Keyring;
 use crate::metrics as m;
 use crate::password::Passwords;
+use crate::retry::{RetryPolicy, RetryQueue};
 use crate::store::{Store, StoreOptions};
+use crate::sweep;
 use crate::users::Users;
 
 /// A node that has bound its listener and is serving.
@@ -74,6 +77,19 @@ impl Node {
             hlc,
             config.passwords.min_length,
         ));
+        let queue = Arc::new(
+            RetryQueue::open(
+                users.store().clone(),
+                RetryPolicy {
+                    max_attempts: config.retry.max_attempts,
+                    base_backoff_ms: config.retry.backoff_base_ms,
+                    max_backoff_ms: config.retry.backoff_max_ms,
+                    max_entries: config.retry.max_entries,
+                    max_bytes: config.retry.max_bytes,
+                },
+            )
+            .context("open retry queue")?,
+        );
         let metrics = m::install(&config.region);
         metrics::gauge!(m::KEYRING_ACTIVE_VERSION).set(f64::from(active));
 
@@ -84,7 +100,12 @@ impl Node {
             api_keys: Arc::new(config.api_keys.iter().map(|(_, h)| *h).collect()),
             ready: ready.clone(),
             max_import_items: config.max_import_items,
+            retry: queue.clone(),
+            faults_enabled: config.faults.enabled,
         };
+        if config.faults.enabled {
+            tracing::warn!("fault injection is enabled: /v1/admin/faults can break this node");
+        }
         let app = api::router(state, config.max_body_bytes);
         let listener = TcpListener::bind(config.listen)
             .await
@@ -114,17 +135,41 @@ impl Node {
             Duration::from_millis(config.keys.reload_interval_ms),
             shutdown.child_token(),
         ));
-        tracker.spawn(rewrap_loop(
+        tracker.spawn(sweep::key_recovery(
             users.clone(),
             Duration::from_millis(config.keys.rewrap_interval_ms),
             config.keys.rewrap_batch,
             shutdown.child_token(),
         ));
+        tracker.spawn(sweep::retry(
+            queue.clone(),
+            users.clone(),
+            Duration::from_millis(config.retry.sweep_interval_ms),
+            config.retry.sweep_batch,
+            shutdown.child_token(),
+        ));
+        if !config.anti_entropy_peers.is_empty() {
+            tracker.spawn(antientropy::sweeper(
+                users.clone(),
+                queue.clone(),
+                config
+                    .anti_entropy_peers
+                    .iter()
+                    .map(|(region, url)| antientropy::Peer {
+                        region: region.clone(),
+                        url: url.clone(),
+                    })
+                    .collect(),
+                Duration::from_millis(config.anti_entropy.interval_ms),
+                shutdown.child_token(),
+            ));
+        }
         if let Some(r) = &config.replication {
             crate::replication::ensure_topics(r).await?;
             crate::replication::start(
                 r,
                 users.clone(),
+                queue.clone(),
                 users.outbox_signal(),
                 &tracker,
                 &shutdown,
@@ -209,29 +254,5 @@ async fn reload_keyring(
             }
         };
         metrics::counter!(m::KEYRING_RELOADS_TOTAL, "outcome" => outcome).increment(1);
-    }
-}
-
-/// Moves records to the current master keys in bounded rounds, with no downtime.
-async fn rewrap_loop(users: Arc<Users>, every: Duration, batch: usize, stop: CancellationToken) {
-    let mut cursor = None;
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let u = users.clone();
-        let at = cursor;
-        match tokio::task::spawn_blocking(move || u.rewrap_round(at, batch)).await {
-            Ok(Ok((_, rewrapped, next))) => {
-                if rewrapped > 0 {
-                    tracing::info!(rewrapped, "re-wrapped data keys under current master keys");
-                }
-                cursor = next;
-            }
-            Ok(Err(e)) => tracing::error!(error = %e, "re-wrap round"),
-            Err(e) => tracing::error!(error = %e, "re-wrap task failed"),
-        }
     }
 }

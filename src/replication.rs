@@ -9,8 +9,9 @@
 //!
 //! Applying: every node consumes each peer's topic (never its own) in the region's
 //! consumer group. An offset is stored only after the event was durably applied (or
-//! found not newer), so a crash replays from the last stored offset and the
-//! idempotent, version-checked apply makes the replay harmless.
+//! found not newer) or durably parked in the retry queue (see `retry.rs`), so a crash
+//! replays from the last stored offset and the idempotent, version-checked apply makes
+//! the replay harmless.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,6 +36,7 @@ use uuid::Uuid;
 use crate::config::{Peer, Replication};
 use crate::metrics as m;
 use crate::proto;
+use crate::retry::{Parked, RetryQueue, Source};
 use crate::users::{Applied, ApplyError, Users};
 
 pub const HEADER_ORIGIN: &str = "authsync-origin-region";
@@ -100,6 +102,7 @@ pub async fn ensure_topics(r: &Replication) -> anyhow::Result<()> {
 pub fn start(
     r: &Replication,
     users: Arc<Users>,
+    queue: Arc<RetryQueue>,
     outbox_signal: Arc<Notify>,
     tracker: &TaskTracker,
     stop: &CancellationToken,
@@ -140,6 +143,7 @@ pub fn start(
             .with_context(|| format!("subscribe to {}", peer.topic))?;
         tracker.spawn(consume_loop(
             users.clone(),
+            queue.clone(),
             consumer,
             peer.clone(),
             stop.child_token(),
@@ -283,11 +287,12 @@ fn report_outbox(head: &[(u64, Vec<u8>)], batch: usize, users: &Users) {
 
 async fn consume_loop(
     users: Arc<Users>,
+    queue: Arc<RetryQueue>,
     consumer: StreamConsumer,
     peer: Peer,
     stop: CancellationToken,
 ) {
-    let source = peer.region.clone();
+    let region = peer.region.clone();
     loop {
         let msg = tokio::select! {
             _ = stop.cancelled() => break,
@@ -296,63 +301,65 @@ async fn consume_loop(
         let msg = match msg {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(error = %e, peer = %source, "consume");
+                tracing::warn!(error = %e, peer = %region, "consume");
                 if !sleep_or_stop(Duration::from_millis(500), &stop).await {
                     break;
                 }
                 continue;
             }
         };
-        let outcome = match proto::ChangeEvent::decode(msg.payload().unwrap_or(&[])) {
-            Err(_) => Some("malformed"),
-            Ok(event) => apply_with_retry(&users, event, &source, &stop).await,
+        let source = Source {
+            region: region.clone(),
+            topic: msg.topic().to_string(),
+            partition: msg.partition(),
+            offset: msg.offset(),
         };
-        let Some(outcome) = outcome else {
+        let payload: Arc<[u8]> = Arc::from(msg.payload().unwrap_or(&[]));
+        let Some(outcome) = handle(&users, &queue, payload, &source, &stop).await else {
             break; // stopping: the offset stays where it was, the event comes again
         };
-        metrics::counter!(m::REPLICATION_EVENTS_TOTAL, "source" => source.clone(), "outcome" => outcome).increment(1);
-        if outcome == "malformed" || outcome == "integrity" {
-            tracing::error!(
-                peer = %source,
-                partition = msg.partition(),
-                offset = msg.offset(),
-                outcome,
-                "skipped an event that can never apply"
-            );
-        }
+        metrics::counter!(m::REPLICATION_EVENTS_TOTAL, "source" => region.clone(), "outcome" => outcome).increment(1);
+        // Applied, or durably parked: either way the stream may move on.
         if let Err(e) = consumer.store_offset_from_message(&msg) {
             // After a rebalance the partition may be someone else's: they replay it.
-            tracing::warn!(error = %e, peer = %source, "store consumer offset");
+            tracing::warn!(error = %e, peer = %region, "store consumer offset");
         }
     }
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-        Err(e) => tracing::warn!(error = %e, peer = %source, "commit offsets at shutdown"),
+        Err(e) => tracing::warn!(error = %e, peer = %region, "commit offsets at shutdown"),
     }
 }
 
-/// Applies one event, retrying what may succeed later. Returns the outcome label, or
-/// `None` when stopping before the event was applied.
-async fn apply_with_retry(
+/// Applies one received event, or parks it durably when it cannot be applied now
+/// (dead letters when it never can). Returns the outcome label, or `None` when
+/// stopping before the event was applied or parked.
+///
+/// Only a full retry queue (or a store that cannot write) keeps the event here: it is
+/// tried again in place, holding the partition, rather than dropped.
+async fn handle(
     users: &Arc<Users>,
-    event: proto::ChangeEvent,
-    source: &str,
+    queue: &Arc<RetryQueue>,
+    payload: Arc<[u8]>,
+    source: &Source,
     stop: &CancellationToken,
 ) -> Option<&'static str> {
-    let event = Arc::new(event);
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Duration::from_millis(100);
     loop {
-        let u = users.clone();
-        let e = event.clone();
-        let result = match tokio::task::spawn_blocking(move || u.apply(&e)).await {
-            Ok(r) => r,
-            Err(err) => {
-                tracing::error!(error = %err, "apply task failed");
+        let (u, p) = (users.clone(), payload.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            let event = proto::ChangeEvent::decode(&*p)
+                .map_err(|_| ApplyError::Malformed("event does not decode"))?;
+            let applied = u.apply(&event)?;
+            Ok::<_, ApplyError>((applied, event))
+        })
+        .await;
+        let error = match result {
+            Err(e) => {
+                tracing::error!(error = %e, "apply task failed");
                 return None;
             }
-        };
-        match result {
-            Ok(applied) => {
+            Ok(Ok((applied, event))) => {
                 let ts = event
                     .record
                     .as_ref()
@@ -360,7 +367,7 @@ async fn apply_with_retry(
                     .map(|v| v.physical_ms);
                 if let (Some(ts), Applied::Applied | Applied::Merged) = (ts, applied) {
                     let lag = users.clock_now_ms().saturating_sub(ts) as f64 / 1000.0;
-                    metrics::histogram!(m::REPLICATION_LAG_SECONDS, "source" => source.to_string())
+                    metrics::histogram!(m::REPLICATION_LAG_SECONDS, "source" => source.region.clone())
                         .record(lag);
                 }
                 return Some(match applied {
@@ -369,17 +376,45 @@ async fn apply_with_retry(
                     Applied::Skipped => "skipped",
                 });
             }
-            Err(ApplyError::Malformed(_)) => return Some("malformed"),
-            Err(ApplyError::Integrity) => return Some("integrity"),
-            Err(err) => {
-                let label = if matches!(err, ApplyError::Skew(_)) {
-                    "refused"
-                } else {
-                    "error"
-                };
-                metrics::counter!(m::REPLICATION_EVENTS_TOTAL, "source" => source.to_string(), "outcome" => label)
-                    .increment(1);
-                tracing::warn!(error = %err, peer = %source, "apply replicated change; will retry");
+            Ok(Err(e)) => e,
+        };
+        let (q, u, p, src) = (
+            queue.clone(),
+            users.clone(),
+            payload.clone(),
+            source.clone(),
+        );
+        let reason = error.reason();
+        let parked = tokio::task::spawn_blocking(move || {
+            let r = q.park(&p, &src, &error, u.clock_now_ms());
+            (r, error)
+        })
+        .await;
+        match parked {
+            Err(e) => {
+                tracing::error!(error = %e, "park task failed");
+                return None;
+            }
+            Ok((Ok(Parked::Retry(id)), error)) => {
+                tracing::warn!(peer = %source.region, entry = id, reason, error = %error, "event parked for retry");
+                return Some("parked");
+            }
+            Ok((Ok(Parked::Dead(id)), error)) => {
+                tracing::error!(
+                    peer = %source.region,
+                    partition = source.partition,
+                    offset = source.offset,
+                    entry = id,
+                    reason,
+                    error = %error,
+                    "event can never apply; moved to dead letters"
+                );
+                return Some("dead_lettered");
+            }
+            Ok((Err(e), _)) => {
+                // Full queue or a store that cannot write: keep the event, hold the
+                // partition, try again. Nothing is dropped.
+                tracing::warn!(peer = %source.region, error = %e, "cannot park event; retrying in place");
                 if !sleep_or_stop(backoff, stop).await {
                     return None;
                 }

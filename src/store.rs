@@ -4,7 +4,9 @@
 //! - `records`: user id (16 bytes) → `Record` (protobuf);
 //! - `idx_email`, `idx_phone`: blind index (32 bytes) → user id;
 //! - `outbox`: sequence number (8 bytes, big-endian) → `ChangeEvent`, in commit order;
-//! - `meta`: small bookkeeping values (the next outbox sequence number).
+//! - `meta`: small bookkeeping values (the next outbox sequence number);
+//! - `retry`, `dead_letters`: replicated events that could not be applied yet or
+//!   ever (see `retry.rs`, which owns their layout).
 //!
 //! Every change is one `WriteBatch` holding the record, its index entries and its
 //! outbox event, written with the configured WAL sync policy: when [`Store::commit`]
@@ -34,7 +36,42 @@ pub const CF_EMAIL: &str = "idx_email";
 pub const CF_PHONE: &str = "idx_phone";
 pub const CF_OUTBOX: &str = "outbox";
 pub const CF_META: &str = "meta";
-const COLUMN_FAMILIES: [&str; 5] = [CF_RECORDS, CF_EMAIL, CF_PHONE, CF_OUTBOX, CF_META];
+pub const CF_RETRY: &str = "retry";
+pub const CF_DEAD: &str = "dead_letters";
+const COLUMN_FAMILIES: [&str; 7] = [
+    CF_RECORDS, CF_EMAIL, CF_PHONE, CF_OUTBOX, CF_META, CF_RETRY, CF_DEAD,
+];
+
+/// One write of a [`Store::write_kv`] batch.
+#[derive(Debug, Clone)]
+pub enum KvOp {
+    Put {
+        cf: &'static str,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        cf: &'static str,
+        key: Vec<u8>,
+    },
+    /// Raises a big-endian u64 in `meta` to at least `value` (a sequence mark).
+    MaxU64 {
+        key: &'static [u8],
+        value: u64,
+    },
+}
+
+/// The number of anti-entropy buckets: records fall into one by the first byte of
+/// their (random) id, so each bucket is one contiguous key range.
+pub const BUCKETS: usize = 256;
+
+/// A record's place in a bucket listing: enough to tell which side is newer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    pub id: [u8; 16],
+    pub version: Version,
+    pub tombstone: bool,
+}
 
 const META_NEXT_SEQ: &[u8] = b"outbox_next_seq";
 const LOCK_STRIPES: usize = 1024;
@@ -408,15 +445,125 @@ impl Store {
                 .map_err(|_| StoreError::Corrupt { what: "record key" })?;
             let record = decode_record(&id, &v)?;
             buf.clear();
-            buf.extend_from_slice(&id);
-            record_version(&record).encode_into(&mut buf);
-            buf.push(u8::from(record.tombstone));
+            stamp_bytes(
+                &Stamp {
+                    id,
+                    version: record_version(&record),
+                    tombstone: record.tombstone,
+                },
+                &mut buf,
+            );
             ctx.update(&buf);
             count += 1;
         }
         let mut out = [0u8; 32];
         out.copy_from_slice(ctx.finish().as_ref());
         Ok((count, out))
+    }
+
+    /// `(count, SHA-256)` per bucket over the same (id, version, tombstone) as
+    /// [`Store::digest`], in one scan.
+    pub fn bucket_digests(&self) -> Result<Vec<(u64, [u8; 32])>, StoreError> {
+        let mut ctxs: Vec<(u64, ring::digest::Context)> = (0..BUCKETS)
+            .map(|_| (0, ring::digest::Context::new(&ring::digest::SHA256)))
+            .collect();
+        let mut buf = Vec::with_capacity(64);
+        for stamp in self.stamps_in(0, BUCKETS)? {
+            buf.clear();
+            stamp_bytes(&stamp, &mut buf);
+            let (count, ctx) = &mut ctxs[usize::from(stamp.id[0])];
+            ctx.update(&buf);
+            *count += 1;
+        }
+        Ok(ctxs
+            .into_iter()
+            .map(|(count, ctx)| {
+                let mut out = [0u8; 32];
+                out.copy_from_slice(ctx.finish().as_ref());
+                (count, out)
+            })
+            .collect())
+    }
+
+    /// The stamps of every record in buckets `from..to`, in id order.
+    pub fn stamps_in(&self, from: usize, to: usize) -> Result<Vec<Stamp>, StoreError> {
+        let mut out = Vec::new();
+        let start = [from.min(BUCKETS) as u8];
+        let mode = IteratorMode::From(&start, Direction::Forward);
+        for item in self.db.iterator_cf(self.cf(CF_RECORDS), mode) {
+            let (k, v) = item.map_err(db_err("scan records"))?;
+            if usize::from(k.first().copied().unwrap_or(0)) >= to {
+                break;
+            }
+            let id = <[u8; 16]>::try_from(&*k)
+                .map_err(|_| StoreError::Corrupt { what: "record key" })?;
+            let record = decode_record(&id, &v)?;
+            out.push(Stamp {
+                id,
+                version: record_version(&record),
+                tombstone: record.tombstone,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Writes `ops` as one durable batch.
+    pub fn write_kv(&self, ops: &[KvOp]) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for op in ops {
+            match op {
+                KvOp::Put { cf, key, value } => batch.put_cf(self.cf(cf), key, value),
+                KvOp::Delete { cf, key } => batch.delete_cf(self.cf(cf), key),
+                KvOp::MaxU64 { key, value } => {
+                    batch.merge_cf(self.cf(CF_META), key, value.to_be_bytes())
+                }
+            }
+        }
+        self.db
+            .write_opt(batch, &self.write_options())
+            .map_err(db_err("write batch"))
+    }
+
+    /// Reads one value of `cf`.
+    pub fn get_kv(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db
+            .get_cf(self.cf(cf), key)
+            .map_err(read_err("read entry", "entry"))
+    }
+
+    /// Entries of `cf` whose keys start with `prefix`, from `from` (inclusive; the
+    /// prefix itself when empty), at most `limit`.
+    pub fn scan_kv(
+        &self,
+        cf: &str,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let start = if from.is_empty() { prefix } else { from };
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf), IteratorMode::From(start, Direction::Forward))
+        {
+            let (k, v) = item.map_err(db_err("scan entries"))?;
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// A big-endian u64 kept in `meta` (0 when absent).
+    pub fn meta_u64(&self, key: &[u8]) -> Result<u64, StoreError> {
+        Ok(self
+            .db
+            .get_cf(self.cf(CF_META), key)
+            .map_err(db_err("read meta"))?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
     }
 
     /// Approximate number of entries in a column family (RocksDB's estimate).
@@ -469,6 +616,12 @@ pub fn indexed(record: &proto::Record, field: IndexField) -> Option<&[u8]> {
         IndexField::Phone => &record.phone_index,
     };
     (!h.is_empty()).then_some(h.as_slice())
+}
+
+fn stamp_bytes(stamp: &Stamp, out: &mut Vec<u8>) {
+    out.extend_from_slice(&stamp.id);
+    stamp.version.encode_into(out);
+    out.push(u8::from(stamp.tombstone));
 }
 
 pub fn record_version(record: &proto::Record) -> Version {

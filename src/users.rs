@@ -15,6 +15,7 @@ use parking_lot::RwLock;
 use uuid::Uuid;
 
 use crate::crypto::{self, BlindIndex, CryptoError, RecordMac};
+use crate::faults::Faults;
 use crate::hlc::ClockSkew;
 use crate::hlc::{Hlc, Version};
 use crate::keys::Keyring;
@@ -107,6 +108,39 @@ pub enum ApplyError {
     /// A storage or key problem here; may succeed later.
     #[error(transparent)]
     User(#[from] UserError),
+    /// A failure switched on by fault injection.
+    #[error("injected failure: {0}")]
+    Injected(&'static str),
+}
+
+impl ApplyError {
+    /// The reason label parked events and metrics carry.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApplyError::Malformed(_) => "malformed",
+            ApplyError::Integrity => "integrity",
+            ApplyError::Skew(_) => "clock_skew",
+            ApplyError::Injected(_) => "injected",
+            ApplyError::User(UserError::KeyUnavailable(_)) => "key_unavailable",
+            ApplyError::User(UserError::Conflict(_)) => "conflict",
+            ApplyError::User(_) => "storage",
+        }
+    }
+
+    /// Whether trying again can ever help.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, ApplyError::Malformed(_) | ApplyError::Integrity)
+    }
+}
+
+/// What one key-recovery round did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveryRound {
+    pub scanned: usize,
+    /// Moved to this region's current master key (same version, local).
+    pub rewrapped: usize,
+    /// Given a wrapped key for regions it lacked (a new version, replicated).
+    pub recovered: usize,
 }
 
 impl From<StoreError> for ApplyError {
@@ -212,6 +246,7 @@ pub struct Users {
     min_password: usize,
     /// Woken after every commit that appended to the outbox.
     outbox_signal: Arc<tokio::sync::Notify>,
+    faults: Arc<Faults>,
 }
 
 impl Users {
@@ -232,7 +267,13 @@ impl Users {
             hlc,
             min_password,
             outbox_signal: Arc::new(tokio::sync::Notify::new()),
+            faults: Arc::new(Faults::default()),
         }
+    }
+
+    /// The node's fault switches (inert unless fault injection is enabled).
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
     }
 
     /// Notified whenever the outbox has new events.
@@ -282,8 +323,24 @@ impl Users {
         Ok(())
     }
 
-    fn wrap_regions(keyring: &Keyring) -> Vec<String> {
-        keyring.regions().map(str::to_string).collect()
+    /// The regions a new data key is wrapped for: every region whose key service
+    /// answers. Sealing needs this region's own key: without it nothing written here
+    /// could be read here.
+    fn wrap_regions(&self, keyring: &Keyring) -> Result<Vec<String>, UserError> {
+        self.own_key_available()?;
+        Ok(keyring
+            .regions()
+            .filter(|r| self.faults.key_available(r))
+            .map(str::to_string)
+            .collect())
+    }
+
+    fn own_key_available(&self) -> Result<(), UserError> {
+        if self.faults.key_available(&self.region) {
+            Ok(())
+        } else {
+            Err(UserError::KeyUnavailable(self.region.clone()))
+        }
     }
 
     pub fn email_index(&self, normalised: &str) -> [u8; 32] {
@@ -291,6 +348,7 @@ impl Users {
     }
 
     fn open_info(&self, record: &proto::Record) -> Result<proto::Info, UserError> {
+        self.own_key_available()?;
         crypto::open(record, &self.keyring()).map_err(|e| {
             let reason = match &e {
                 CryptoError::Integrity => "integrity",
@@ -361,7 +419,7 @@ impl Users {
             record.created = Some(version.to_proto());
         }
         let keyring = self.keyring();
-        crypto::seal(&mut record, info, &keyring, &Self::wrap_regions(&keyring))
+        crypto::seal(&mut record, info, &keyring, &self.wrap_regions(&keyring)?)
             .map_err(UserError::Crypto)?;
         self.commit_sealed(previous, &mut record, kind)?;
         Ok(version)
@@ -888,6 +946,12 @@ impl Users {
             .map_err(|_| ApplyError::Integrity)?;
         let version = record_version(incoming);
         self.hlc.observe(&version)?;
+        if self.faults.take_apply_failure() {
+            return Err(ApplyError::Injected("transient apply failure"));
+        }
+        if self.faults.is_poisoned(&id) {
+            return Err(ApplyError::Injected("record is poisoned"));
+        }
         let claims: Vec<(IndexField, Vec<u8>)> = [IndexField::Email, IndexField::Phone]
             .into_iter()
             .filter_map(|f| crate::store::indexed(incoming, f).map(|h| (f, h.to_vec())))
@@ -957,7 +1021,7 @@ impl Users {
         record.version = Some(self.hlc.tick_after(after.as_ref()).to_proto());
         record.updated_at_ms = self.hlc.physical_now();
         let keyring = self.keyring();
-        crypto::seal(record, info, &keyring, &Self::wrap_regions(&keyring))
+        crypto::seal(record, info, &keyring, &self.wrap_regions(&keyring)?)
             .map_err(UserError::Crypto)?;
         self.record_mac.sign(record);
         Ok(())
@@ -1022,27 +1086,39 @@ impl Users {
         Ok((count, hex::encode(digest)))
     }
 
-    /// One round of re-wrapping: records after `cursor` whose data key is not wrapped
-    /// under every region's active master key get it re-wrapped (the ciphertext is
-    /// untouched) as a new version. Returns (records scanned, re-wrapped, next cursor;
-    /// `None` once the scan wrapped around).
-    pub fn rewrap_round(
+    /// One round of key recovery over the records after `cursor` (at most `limit`):
+    ///
+    /// - a record whose data key lacks a wrapped key for a region whose key service
+    ///   answers (written while that region's key was unavailable) gets its data key
+    ///   wrapped for every such region, as a new version that replicates like any
+    ///   other change, so that region can read it again;
+    /// - a record whose key for this region is under an older master key (after a
+    ///   rotation) is moved to the active one, in place: every region moves its own.
+    ///
+    /// The ciphertext is never touched. Returns the round's counts and the next
+    /// cursor (`None` once the scan wrapped around).
+    pub fn recover_keys_round(
         &self,
         cursor: Option<[u8; 16]>,
         limit: usize,
-    ) -> Result<(usize, usize, Option<[u8; 16]>), UserError> {
+    ) -> Result<(RecoveryRound, Option<[u8; 16]>), UserError> {
         let batch = self.store.scan_records(cursor, limit)?;
-        let scanned = batch.len();
-        let next = if scanned < limit {
+        let mut round = RecoveryRound {
+            scanned: batch.len(),
+            ..Default::default()
+        };
+        let next = if batch.len() < limit {
             None
         } else {
             batch
                 .last()
                 .and_then(|r| <[u8; 16]>::try_from(r.id.as_slice()).ok())
         };
-        let mut rewrapped = 0;
+        if self.own_key_available().is_err() {
+            return Ok((round, next));
+        }
         for seen in batch {
-            if !self.needs_rewrap(&seen) {
+            if self.key_repair(&seen) == KeyRepair::None {
                 continue;
             }
             let Ok(id) = Uuid::from_slice(&seen.id) else {
@@ -1055,17 +1131,36 @@ impl Users {
                 Ok(None) | Err(UserError::Unreadable) => continue,
                 Err(e) => return Err(e),
             };
-            if previous.version != seen.version || !self.needs_rewrap(&previous) {
+            let repair = self.key_repair(&previous);
+            if previous.version != seen.version || repair == KeyRepair::None {
                 continue;
             }
             let keyring = self.keyring();
-            // Same version, not published: a re-wrap changes no content, and a new
-            // version would win over a newer change made meanwhile in another region.
-            // Each region moves its own copy to its own new master key.
+            let regions = self.wrap_regions(&keyring)?;
             let mut record = previous.clone();
-            match crypto::rewrap(&mut record, &keyring, &Self::wrap_regions(&keyring)) {
+            if repair == KeyRepair::Missing {
+                // The smallest version above the one repaired, not the clock's now: a
+                // change made anywhere after this record was written carries a later
+                // physical time and still wins over the repair.
+                let v = record_version(&previous);
+                let next = if v.logical + 1 < crate::hlc::LOGICAL_LIMIT {
+                    Version {
+                        physical_ms: v.physical_ms,
+                        logical: v.logical + 1,
+                        region: self.region.clone(),
+                    }
+                } else {
+                    Version {
+                        physical_ms: v.physical_ms + 1,
+                        logical: 0,
+                        region: self.region.clone(),
+                    }
+                };
+                record.version = Some(next.to_proto());
+            }
+            match crypto::rewrap(&mut record, &keyring, &regions) {
                 Ok(()) => {}
-                // Not ours to repair yet (no key for this region): key recovery's job.
+                // Not ours to repair (no key for this region): another region's job.
                 Err(CryptoError::NoKeyForRegion(_)) | Err(CryptoError::UnknownMasterKey(_)) => {
                     continue
                 }
@@ -1077,30 +1172,57 @@ impl Users {
                 Err(e) => return Err(UserError::Crypto(e)),
             }
             self.record_mac.sign(&mut record);
-            self.store.commit(Some(&previous), &record, false)?;
-            metrics::counter!(m::STORE_COMMITS_TOTAL, "kind" => "rewrap").increment(1);
-            metrics::counter!(m::REWRAPPED_RECORDS_TOTAL).increment(1);
-            rewrapped += 1;
+            if repair == KeyRepair::Missing {
+                self.store.commit(Some(&previous), &record, true)?;
+                self.outbox_signal.notify_one();
+                metrics::counter!(m::STORE_COMMITS_TOTAL, "kind" => "key_recovery").increment(1);
+                metrics::counter!(m::KEY_RECOVERIES_TOTAL).increment(1);
+                round.recovered += 1;
+            } else {
+                // Same version, not published: moving this region's own wrap to its
+                // new master key changes nothing another region reads.
+                self.store.commit(Some(&previous), &record, false)?;
+                metrics::counter!(m::STORE_COMMITS_TOTAL, "kind" => "rewrap").increment(1);
+                metrics::counter!(m::REWRAPPED_RECORDS_TOTAL).increment(1);
+                round.rewrapped += 1;
+            }
         }
-        Ok((scanned, rewrapped, next))
+        Ok((round, next))
     }
 
-    fn needs_rewrap(&self, record: &proto::Record) -> bool {
+    /// What key recovery would do to `record` here. Only records this region can
+    /// open are repaired by it.
+    fn key_repair(&self, record: &proto::Record) -> KeyRepair {
         let Some(env) = record.info.as_ref() else {
-            return false;
+            return KeyRepair::None;
         };
         if record.tombstone {
-            return false;
+            return KeyRepair::None;
         }
         let keyring = self.keyring();
-        // Only records this region can open, and only for its own key: each region
-        // moves its own wraps to its new master key.
-        let own = keyring.active_key(keyring.owner());
-        match (env.keys.iter().find(|k| k.region == keyring.owner()), own) {
-            (Some(k), Some(active)) => k.key_version != active.version,
-            _ => false,
+        let Some(own) = env.keys.iter().find(|k| k.region == keyring.owner()) else {
+            return KeyRepair::None;
+        };
+        let missing = keyring
+            .regions()
+            .any(|r| self.faults.key_available(r) && !env.keys.iter().any(|k| k.region == r));
+        if missing {
+            return KeyRepair::Missing;
+        }
+        match keyring.active_key(keyring.owner()) {
+            Some(active) if own.key_version != active.version => KeyRepair::OwnKeyOld,
+            _ => KeyRepair::None,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyRepair {
+    None,
+    /// Lacks a wrapped key for an available region.
+    Missing,
+    /// This region's wrap is under an older master key.
+    OwnKeyOld,
 }
 
 #[cfg(test)]
@@ -1280,5 +1402,76 @@ mod tests {
             .count();
         assert_eq!(created, 1);
         assert_eq!(users.digest().unwrap().0, 1);
+    }
+
+    #[test]
+    fn records_written_during_a_key_outage_are_repaired_without_beating_later_changes() {
+        let regions: Vec<String> = ["af-south", "eu-west", "us-east"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut rings = crate::keys::init(&regions).unwrap();
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let c = users_with(dirs[2].path(), rings.remove(2));
+        let b = users_with(dirs[1].path(), rings.remove(1));
+        let a = users_with(dirs[0].path(), rings.remove(0));
+        let outage = crate::faults::FaultState {
+            keys_unavailable: Some(["eu-west".to_string()].into()),
+            ..Default::default()
+        };
+        a.faults().set(outage.clone());
+        b.faults().set(outage);
+        // eu-west itself can neither seal nor open while its key service is down.
+        assert!(matches!(
+            b.create(new_user("b@example.com")),
+            Err(UserError::KeyUnavailable(_))
+        ));
+        let (id, _) = a.create(new_user("ada@example.com")).unwrap();
+        let (_, bytes) = a.store().outbox_head(1).unwrap().remove(0);
+        let written = <proto::ChangeEvent as prost::Message>::decode(bytes.as_slice()).unwrap();
+        let env = written.record.as_ref().unwrap().info.as_ref().unwrap();
+        assert!(env.keys.iter().all(|k| k.region != "eu-west"));
+        a.store().outbox_remove(&[written.sequence]).unwrap();
+        // Stored in eu-west all the same (no plaintext is needed to apply it) ...
+        assert_eq!(b.apply(&written).unwrap(), Applied::Applied);
+        assert_eq!(c.apply(&written).unwrap(), Applied::Applied);
+        // ... but not readable there, even once its own key service is back.
+        let over = crate::faults::FaultState {
+            keys_unavailable: Some(Default::default()),
+            ..Default::default()
+        };
+        b.faults().set(over.clone());
+        assert!(matches!(b.get(&id), Err(UserError::KeyUnavailable(_))));
+        // Nothing to repair while the key service is still down for af-south.
+        let (round, _) = a.recover_keys_round(None, 100).unwrap();
+        assert_eq!((round.scanned, round.recovered), (1, 0));
+        a.faults().set(over);
+        let (round, _) = a.recover_keys_round(None, 100).unwrap();
+        assert_eq!(round.recovered, 1);
+        let (_, bytes) = a.store().outbox_head(1).unwrap().remove(0);
+        let repaired = <proto::ChangeEvent as prost::Message>::decode(bytes.as_slice()).unwrap();
+        let (v0, v1) = (
+            record_version(written.record.as_ref().unwrap()),
+            record_version(repaired.record.as_ref().unwrap()),
+        );
+        assert!(
+            v1 > v0 && v1.physical_ms == v0.physical_ms,
+            "the next version, not now"
+        );
+        assert_eq!(
+            a.recover_keys_round(None, 100).unwrap().0.recovered,
+            0,
+            "done once"
+        );
+        // A change made in us-east after the write wins over the repair everywhere.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let patch =
+            validate::user_patch(&serde_json::json!({"profile": {"city": "Lagos"}})).unwrap();
+        c.update(&id, patch).unwrap();
+        assert_eq!(c.apply(&repaired).unwrap(), Applied::Skipped);
+        // eu-west reads the record once the repair arrives.
+        assert_eq!(b.apply(&repaired).unwrap(), Applied::Applied);
+        assert_eq!(b.get(&id).unwrap().email, "ada@example.com");
+        assert_eq!(a.get(&id).unwrap().email, "ada@example.com");
     }
 }

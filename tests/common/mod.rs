@@ -42,6 +42,17 @@ impl TestNode {
 
     /// A node of `region` with its data in `dir`, keyring from `keys`.
     pub fn start_in(dir: tempfile::TempDir, region: &str, keys: &Path, extra: &str) -> TestNode {
+        Self::start_at(dir, region, keys, extra, 0)
+    }
+
+    /// Like [`TestNode::start_in`], listening on `port` (0: any free port).
+    pub fn start_at(
+        dir: tempfile::TempDir,
+        region: &str,
+        keys: &Path,
+        extra: &str,
+        port: u16,
+    ) -> TestNode {
         let region = region.to_string();
         let config = format!(
             r#"region = "{region}"
@@ -49,7 +60,7 @@ data_dir = "{data}"
 keyring = "{keyring}"
 
 [http]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:{port}"
 
 [[api_keys]]
 name = "test"
@@ -235,6 +246,14 @@ impl Client {
         self.send("GET", path, None).await
     }
 
+    pub async fn put(&self, path: &str, body: Value) -> Resp {
+        self.send("PUT", path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Resp {
+        self.send("DELETE", path, None).await
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> Resp {
         self.send("POST", path, Some(body)).await
     }
@@ -374,7 +393,7 @@ impl Drop for Tansu {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
@@ -413,7 +432,12 @@ impl Broker {
         let (cmd_tx, cmd_rx) = mpsc::channel::<MockCommand>();
         let topics: Vec<String> = REGIONS
             .iter()
-            .map(|r| format!("{topic_prefix}{r}"))
+            .flat_map(|r| {
+                [
+                    format!("{topic_prefix}{r}"),
+                    format!("{topic_prefix}lost.{r}"),
+                ]
+            })
             .collect();
         // The mock cluster is not Send: it lives on its own thread until the test ends.
         std::thread::spawn(move || {
@@ -475,23 +499,55 @@ pub struct Cluster {
     _keys: tempfile::TempDir,
 }
 
+/// How a test cluster differs from the default.
+#[derive(Default, Clone)]
+pub struct ClusterOptions {
+    /// Appended to every node's config (TOML sections other than kafka, replication, peers).
+    pub extra: String,
+    /// Nodes on fixed ports, each peer's `http` address set: anti-entropy runs.
+    pub anti_entropy: bool,
+    /// This region consumes topics nobody publishes to (a lost stream).
+    pub cut_off: Option<&'static str>,
+}
+
 impl Cluster {
     pub fn start() -> Cluster {
+        Self::start_with(ClusterOptions::default())
+    }
+
+    pub fn start_with(options: ClusterOptions) -> Cluster {
         let prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
         let keys = tempfile::tempdir().expect("keys dir");
         init_keys(keys.path());
         let broker = Broker::start(&prefix);
+        let ports: Vec<u16> = REGIONS
+            .iter()
+            .map(|_| if options.anti_entropy { free_port() } else { 0 })
+            .collect();
         let nodes = REGIONS
             .iter()
-            .map(|region| {
+            .enumerate()
+            .map(|(i, region)| {
                 let mut extra = format!(
-                    "[kafka]\nbootstrap_servers = \"{}\"\ntopic_prefix = \"{prefix}\"\ncreate_topics = {}\n\n[replication]\nconsumer_group = \"{prefix}{region}\"\npublish_interval_ms = 50\n",
-                    broker.bootstrap, broker.external
+                    "{}\n[kafka]\nbootstrap_servers = \"{}\"\ntopic_prefix = \"{prefix}\"\ncreate_topics = {}\n\n[replication]\nconsumer_group = \"{prefix}{region}\"\npublish_interval_ms = 50\n",
+                    options.extra, broker.bootstrap, broker.external
                 );
-                for peer in REGIONS.iter().filter(|r| *r != region) {
+                for (j, peer) in REGIONS.iter().enumerate().filter(|(_, r)| *r != region) {
                     extra.push_str(&format!("\n[[peers]]\nregion = \"{peer}\"\n"));
+                    if options.anti_entropy {
+                        extra.push_str(&format!("http = \"http://127.0.0.1:{}\"\n", ports[j]));
+                    }
+                    if options.cut_off == Some(*region) {
+                        extra.push_str(&format!("topic = \"{prefix}lost.{peer}\"\n"));
+                    }
                 }
-                TestNode::start_in(tempfile::tempdir().expect("node dir"), region, keys.path(), &extra)
+                TestNode::start_at(
+                    tempfile::tempdir().expect("node dir"),
+                    region,
+                    keys.path(),
+                    &extra,
+                    ports[i],
+                )
             })
             .collect();
         Cluster {

@@ -1,0 +1,354 @@
+//! Operator endpoints for the retry and dead-letter queues, the fault switches (only
+//! with `[faults] enabled`), and the internal endpoints peers use for anti-entropy.
+//! Paths and shapes are a contract (the `authsync dlq` commands use them).
+//!
+//! - `GET /v1/admin/retry?limit=&after=` → `{count, bytes, max_entries, max_bytes,
+//!   entries: [entry], next_after}`
+//! - `GET /v1/admin/dead-letters?limit=&after=` → `{count, entries: [entry], next_after}`
+//! - `GET /v1/admin/dead-letters/{id}` → entry
+//! - `POST /v1/admin/dead-letters/{id}/replay` → `{id, outcome}` (applied, merged,
+//!   skipped), or 409 `replay_failed` with the reason; the entry then stays
+//! - `DELETE /v1/admin/dead-letters/{id}` → 204
+//! - `GET|PUT /v1/admin/faults` → `{keys_unavailable, apply_failures, poisoned_ids}`
+//!
+//! An entry is `{id, event_id, source_region, topic, partition, offset, record_id,
+//! version, reason, attempts, first_failed_ms, next_attempt_ms, dead_at_ms, last_error,
+//! bytes, history: [{at_ms, error}]}` — never the event itself.
+
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use prost::Message as _;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::antientropy::{self, FetchRequest, FetchResponse, StampJson, Stamps, MAX_FETCH};
+use crate::api::{ApiError, AppState, JsonBody};
+use crate::faults::FaultState;
+use crate::retry::{entry_json, Replayed};
+use crate::store::{StoreError, BUCKETS};
+use crate::users::Applied;
+use crate::validate::Problem;
+
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Page {
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+impl Page {
+    fn parse(&self) -> Result<(usize, u64), ApiError> {
+        let mut problems = Vec::new();
+        let limit = match self.limit.as_deref().map(str::parse::<usize>) {
+            None => DEFAULT_PAGE,
+            Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
+            Some(_) => {
+                problems.push(Problem::new(
+                    "limit",
+                    format!("must be a number from 1 to {MAX_PAGE}"),
+                ));
+                0
+            }
+        };
+        let after = match self.after.as_deref().map(str::parse::<u64>) {
+            None => 0,
+            Some(Ok(n)) => n,
+            Some(_) => {
+                problems.push(Problem::new("after", "must be an entry id"));
+                0
+            }
+        };
+        if problems.is_empty() {
+            Ok((limit, after))
+        } else {
+            Err(ApiError::invalid(problems))
+        }
+    }
+}
+
+fn query<T: serde::de::DeserializeOwned>(raw: Option<String>) -> Result<T, ApiError> {
+    serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::invalid(vec![Problem::new("query", e.to_string())]))
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    tracing::error!(error = %e, "admin store access");
+    match e {
+        StoreError::Corrupt { .. } => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "record_unreadable",
+            vec![],
+        ),
+        StoreError::Db { .. } => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", vec![])
+        }
+    }
+}
+
+async fn run<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(store_error),
+        Err(e) => {
+            tracing::error!(error = %e, "blocking task failed");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                vec![],
+            ))
+        }
+    }
+}
+
+fn dead_letter_id(raw: &str) -> Result<u64, ApiError> {
+    raw.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+        ApiError::invalid(vec![Problem::new(
+            "id",
+            "must be a dead-letter id (a positive integer)",
+        )])
+    })
+}
+
+fn next_after(entries: &[crate::proto::RetryEntry], limit: usize) -> Value {
+    match entries.last() {
+        Some(e) if entries.len() == limit => json!(e.id),
+        _ => Value::Null,
+    }
+}
+
+async fn list_retry(
+    State(s): State<AppState>,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let (limit, after) = query::<Page>(raw)?.parse()?;
+    let q = s.retry.clone();
+    let entries = run(move || q.list_retry(after, limit)).await?;
+    let (count, bytes, _) = s.retry.sizes();
+    let policy = s.retry.policy();
+    Ok(Json(json!({
+        "count": count,
+        "bytes": bytes,
+        "max_entries": policy.max_entries,
+        "max_bytes": policy.max_bytes,
+        "entries": entries.iter().map(entry_json).collect::<Vec<_>>(),
+        "next_after": next_after(&entries, limit),
+    })))
+}
+
+async fn list_dead(
+    State(s): State<AppState>,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let (limit, after) = query::<Page>(raw)?.parse()?;
+    let q = s.retry.clone();
+    let entries = run(move || q.list_dead(after, limit)).await?;
+    let (_, _, count) = s.retry.sizes();
+    Ok(Json(json!({
+        "count": count,
+        "entries": entries.iter().map(entry_json).collect::<Vec<_>>(),
+        "next_after": next_after(&entries, limit),
+    })))
+}
+
+async fn show_dead(
+    State(s): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = dead_letter_id(&raw)?;
+    let q = s.retry.clone();
+    match run(move || q.get_dead(id)).await? {
+        Some(e) => Ok(Json(entry_json(&e))),
+        None => Err(ApiError::not_found()),
+    }
+}
+
+async fn replay_dead(
+    State(s): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = dead_letter_id(&raw)?;
+    let (q, users) = (s.retry.clone(), s.users.clone());
+    match run(move || q.replay_dead(&users, id)).await? {
+        Replayed::NotFound => Err(ApiError::not_found()),
+        Replayed::Done(applied) => {
+            let outcome = match applied {
+                Applied::Applied => "applied",
+                Applied::Merged => "merged",
+                Applied::Skipped => "skipped",
+            };
+            tracing::info!(entry = id, outcome, "dead letter replayed");
+            Ok(Json(json!({"id": id, "outcome": outcome})).into_response())
+        }
+        Replayed::Failed(reason) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "replay_failed",
+            vec![Problem::new("event", reason)],
+        )),
+    }
+}
+
+async fn drop_dead(
+    State(s): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = dead_letter_id(&raw)?;
+    let q = s.retry.clone();
+    if run(move || q.drop_dead(id)).await? {
+        tracing::info!(entry = id, "dead letter dropped by an operator");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found())
+    }
+}
+
+async fn get_faults(State(s): State<AppState>) -> Json<FaultState> {
+    Json(s.users.faults().state())
+}
+
+async fn put_faults(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<FaultState>, ApiError> {
+    let change: FaultState = serde_json::from_value(body)
+        .map_err(|e| ApiError::invalid(vec![Problem::new("body", e.to_string())]))?;
+    if let Some(regions) = &change.keys_unavailable {
+        let keyring = s.users.keyring();
+        let unknown: Vec<Problem> = regions
+            .iter()
+            .filter(|r| !keyring.regions().any(|k| k == r.as_str()))
+            .map(|r| {
+                Problem::new(
+                    "keys_unavailable",
+                    format!("{r:?} is not a region of this deployment"),
+                )
+            })
+            .collect();
+        if !unknown.is_empty() {
+            return Err(ApiError::invalid(unknown));
+        }
+    }
+    tracing::warn!(?change, "fault switches changed");
+    s.users.faults().set(change);
+    Ok(Json(s.users.faults().state()))
+}
+
+/// Accepts requests signed by a peer region of this deployment.
+async fn require_peer(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    let verdict = match headers
+        .get(antientropy::PEER_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        None => Err("a peer signature is required"),
+        Some(h) => antientropy::verify(
+            &s.users.keyring(),
+            h,
+            s.users.clock_now_ms(),
+            req.method().as_str(),
+            req.uri().path(),
+        ),
+    };
+    match verdict {
+        Ok(_) => next.run(req).await,
+        Err(problem) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            vec![Problem::new(antientropy::PEER_HEADER, problem)],
+        )
+        .into_response(),
+    }
+}
+
+async fn internal_digests(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let users = s.users.clone();
+    let d = tokio::task::spawn_blocking(move || antientropy::digests(&users))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", vec![]))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "bucket digests");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", vec![])
+        })?;
+    Ok(Json(json!(d)))
+}
+
+async fn internal_bucket(
+    State(s): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<Stamps>, ApiError> {
+    let bucket = raw
+        .parse::<usize>()
+        .ok()
+        .filter(|b| *b < BUCKETS)
+        .ok_or_else(|| {
+            ApiError::invalid(vec![Problem::new(
+                "bucket",
+                format!("must be a number below {BUCKETS}"),
+            )])
+        })?;
+    let users = s.users.clone();
+    let stamps = run(move || users.store().stamps_in(bucket, bucket + 1)).await?;
+    Ok(Json(Stamps {
+        stamps: stamps.iter().map(StampJson::from).collect(),
+    }))
+}
+
+async fn internal_records(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<FetchResponse>, ApiError> {
+    let req: FetchRequest = serde_json::from_value(body)
+        .map_err(|e| ApiError::invalid(vec![Problem::new("ids", e.to_string())]))?;
+    if req.ids.len() > MAX_FETCH {
+        return Err(ApiError::invalid(vec![Problem::new(
+            "ids",
+            format!("at most {MAX_FETCH} per request"),
+        )]));
+    }
+    let users = s.users.clone();
+    let records = run(move || {
+        let mut out = Vec::with_capacity(req.ids.len());
+        for id in &req.ids {
+            // Sent as stored: ciphertext, with the record MAC the receiver checks.
+            if let Some(r) = users.store().get(id.as_bytes())? {
+                out.push(base64::engine::general_purpose::STANDARD.encode(r.encode_to_vec()));
+            }
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(Json(FetchResponse { records }))
+}
+
+/// Admin routes (behind the API key) and internal routes (behind peer signatures).
+pub fn routes(state: &AppState) -> (Router<AppState>, Router<AppState>) {
+    let mut admin = Router::new()
+        .route("/v1/admin/retry", get(list_retry))
+        .route("/v1/admin/dead-letters", get(list_dead))
+        .route(
+            "/v1/admin/dead-letters/{id}",
+            get(show_dead).delete(drop_dead),
+        )
+        .route("/v1/admin/dead-letters/{id}/replay", post(replay_dead));
+    if state.faults_enabled {
+        admin = admin.route("/v1/admin/faults", get(get_faults).put(put_faults));
+    }
+    let internal = Router::new()
+        .route("/v1/internal/digests", get(internal_digests))
+        .route("/v1/internal/buckets/{bucket}", get(internal_bucket))
+        .route("/v1/internal/records", post(internal_records))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_peer));
+    (admin, internal)
+}
