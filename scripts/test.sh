@@ -38,4 +38,4 @@ fi
 cargo test --locked --all-targets "$@"
 
 echo "== replication tests again, against a real broker process (tansu) =="
-AUTHSYNC_TEST_TANSU="$TANSU" cargo test --locked --test replication -- --test-threads=1
+AUTHSYNC_TEST_TANSU="$TANSU" cargo test --locked --test replication --test recovery -- --test-threads=1

@@ -291,8 +291,19 @@ pub async fn round(
                 bail!("{} sent a record that is not base64", peer.region);
             };
             let record = proto::Record::decode(bytes.as_slice()).ok();
+            // One id per pulled record version: pulled again next round while it
+            // waits, it is not parked twice.
+            let event_id = match &record {
+                Some(r) => format!(
+                    "anti-entropy:{}:{}:{}",
+                    peer.region,
+                    hex::encode(&r.id),
+                    crate::store::record_version(r).ts()
+                ),
+                None => String::new(),
+            };
             let event = proto::ChangeEvent {
-                event_id: String::new(),
+                event_id,
                 origin_region: peer.region.clone(),
                 sequence: 0,
                 record,
@@ -302,6 +313,14 @@ pub async fn round(
                 match u.apply(&event) {
                     Ok(Applied::Applied | Applied::Merged) => Ok(true),
                     Ok(Applied::Skipped) => Ok(false),
+                    Err(e) if e.is_permanent() => {
+                        // The peer's copy is bad (it reports it unreadable itself);
+                        // parking it would add a dead letter every round.
+                        tracing::error!(peer = %region, error = %e, "anti-entropy record refused");
+                        metrics::counter!(m::ANTI_ENTROPY_REFUSED_TOTAL, "peer" => region)
+                            .increment(1);
+                        Ok(false)
+                    }
                     Err(e) => {
                         tracing::warn!(peer = %region, error = %e, "anti-entropy record parked");
                         let source = Source {

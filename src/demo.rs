@@ -30,6 +30,8 @@ pub struct DemoOptions {
     pub base_port: u16,
     /// A real broker instead of the embedded one.
     pub kafka: Option<String>,
+    /// Expose `/v1/admin/faults` on every node (for the chaos harness).
+    pub faults: bool,
 }
 
 /// A random API key: 32 bytes, URL-safe base64.
@@ -43,14 +45,26 @@ pub fn sha256_hex(text: &str) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()))
 }
 
-fn node_config(
-    root: &Path,
-    region: &str,
-    listen: &str,
-    api_key: &str,
-    bootstrap: &str,
+/// What every region's config shares.
+struct Shared<'a> {
+    root: &'a Path,
+    api_key: &'a str,
+    bootstrap: &'a str,
     create_topics: bool,
-) -> String {
+    /// Each region's URL, when known up front (fixed ports).
+    peer_urls: Option<&'a [String]>,
+    faults: bool,
+}
+
+fn node_config(shared: &Shared<'_>, region: &str, listen: &str) -> String {
+    let Shared {
+        root,
+        api_key,
+        bootstrap,
+        create_topics,
+        peer_urls,
+        faults,
+    } = *shared;
     let mut text = format!(
         r#"# Written by `authsync demo`.
 region = "{region}"
@@ -73,8 +87,18 @@ create_topics = {create_topics}
         keyring = keyring_path(&root.join("keys"), region).display(),
         hash = sha256_hex(api_key),
     );
-    for peer in DEMO_REGIONS.iter().filter(|r| **r != region) {
+    if faults {
+        text.push_str("\n[faults]\nenabled = true\n");
+    }
+    for (i, peer) in DEMO_REGIONS.iter().enumerate() {
+        if *peer == region {
+            continue;
+        }
         text.push_str(&format!("\n[[peers]]\nregion = \"{peer}\"\n"));
+        // Known addresses: anti-entropy compares with each peer.
+        if let Some(urls) = peer_urls {
+            text.push_str(&format!("http = \"{}\"\n", urls[i]));
+        }
     }
     text
 }
@@ -205,20 +229,32 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     std::fs::create_dir_all(&config_dir)
         .with_context(|| format!("create {}", config_dir.display()))?;
     let mut nodes = Vec::new();
+    // Port 0 gives every region a free port of its own (and no anti-entropy, whose
+    // peers' addresses must be known up front).
+    let listens: Vec<String> = (0..DEMO_REGIONS.len())
+        .map(|i| {
+            let port = if opts.base_port == 0 {
+                0
+            } else {
+                opts.base_port + i as u16
+            };
+            std::net::SocketAddr::new(opts.host, port).to_string()
+        })
+        .collect();
+    let urls: Vec<String> = listens.iter().map(|l| format!("http://{l}")).collect();
+    let peer_urls = (opts.base_port != 0).then_some(urls.as_slice());
+    let shared = Shared {
+        root: &root,
+        api_key: &api_key,
+        bootstrap: &bootstrap,
+        create_topics,
+        peer_urls,
+        faults: opts.faults,
+    };
     for (i, region) in DEMO_REGIONS.iter().enumerate() {
-        // Port 0 gives every region a free port of its own.
-        let port = if opts.base_port == 0 {
-            0
-        } else {
-            opts.base_port + i as u16
-        };
-        let listen = std::net::SocketAddr::new(opts.host, port).to_string();
         let path = config_dir.join(format!("{region}.toml"));
-        std::fs::write(
-            &path,
-            node_config(&root, region, &listen, &api_key, &bootstrap, create_topics),
-        )
-        .with_context(|| format!("write {}", path.display()))?;
+        std::fs::write(&path, node_config(&shared, region, &listens[i]))
+            .with_context(|| format!("write {}", path.display()))?;
         nodes.push(NodeProcess::spawn(region, &path)?);
     }
 

@@ -50,6 +50,9 @@ enum Command {
         /// Use the Kafka-protocol broker at HOST:PORT instead of the embedded one.
         #[arg(long)]
         kafka: Option<String>,
+        /// Expose the fault switches (/v1/admin/faults) on every node, for chaos tests.
+        #[arg(long)]
+        faults: bool,
     },
     /// Manage keyrings and API keys.
     #[command(subcommand)]
@@ -181,6 +184,7 @@ async fn main() -> anyhow::Result<()> {
             host,
             port,
             kafka,
+            faults,
         } => {
             let shutdown = CancellationToken::new();
             stop_on_signals(shutdown.clone());
@@ -191,6 +195,7 @@ async fn main() -> anyhow::Result<()> {
                     host,
                     base_port: port,
                     kafka,
+                    faults,
                 },
                 shutdown,
             )

@@ -42,6 +42,7 @@ pub const DEAD_LETTERS: &str = "authsync_dead_letters";
 pub const KEY_RECOVERIES_TOTAL: &str = "authsync_key_recoveries_total";
 pub const ANTI_ENTROPY_ROUNDS_TOTAL: &str = "authsync_anti_entropy_rounds_total";
 pub const ANTI_ENTROPY_REPAIRED_TOTAL: &str = "authsync_anti_entropy_repaired_total";
+pub const ANTI_ENTROPY_REFUSED_TOTAL: &str = "authsync_anti_entropy_refused_total";
 pub const ANTI_ENTROPY_BUCKETS_DIFFERING: &str = "authsync_anti_entropy_buckets_differing";
 pub const SWEEPER_RUNS_TOTAL: &str = "authsync_sweeper_runs_total";
 pub const SWEEPER_LAST_RUN_TIMESTAMP_SECONDS: &str = "authsync_sweeper_last_run_timestamp_seconds";
@@ -223,6 +224,11 @@ fn describe() {
         ANTI_ENTROPY_REPAIRED_TOTAL,
         Unit::Count,
         "Records pulled from a peer by anti-entropy and applied, by peer."
+    );
+    describe_counter!(
+        ANTI_ENTROPY_REFUSED_TOTAL,
+        Unit::Count,
+        "Records pulled from a peer that failed their integrity check or did not decode, by peer."
     );
     describe_gauge!(
         ANTI_ENTROPY_BUCKETS_DIFFERING,

@@ -38,8 +38,9 @@ use crate::users::{Applied, ApplyError, Users};
 const META_NEXT_ID: &[u8] = b"retry_next_id";
 const ENTRY: u8 = b'e';
 const DUE: u8 = b'd';
-/// History kept per entry: the first attempts and the latest ones.
-const HISTORY_LIMIT: usize = 32;
+/// Attempts kept in an entry's history: every one up to `retry.max_attempts` (at most
+/// 1000); replays of a dead letter beyond that keep the first half and the latest.
+const HISTORY_LIMIT: usize = 1024;
 
 /// How parked events are retried and how much may be parked.
 #[derive(Debug, Clone)]

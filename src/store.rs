@@ -42,6 +42,9 @@ const COLUMN_FAMILIES: [&str; 7] = [
     CF_RECORDS, CF_EMAIL, CF_PHONE, CF_OUTBOX, CF_META, CF_RETRY, CF_DEAD,
 ];
 
+/// A key and its value, as [`Store::scan_kv`] returns them.
+pub type KvEntry = (Vec<u8>, Vec<u8>);
+
 /// One write of a [`Store::write_kv`] batch.
 #[derive(Debug, Clone)]
 pub enum KvOp {
@@ -539,7 +542,7 @@ impl Store {
         prefix: &[u8],
         from: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<KvEntry>, StoreError> {
         let start = if from.is_empty() { prefix } else { from };
         let mut out = Vec::new();
         for item in self

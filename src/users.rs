@@ -1039,7 +1039,7 @@ impl Users {
         let mut accounts: Vec<(proto::Record, Option<proto::Record>)> =
             vec![(incoming, current.cloned())];
         accounts.extend(others.into_iter().map(|o| (o.clone(), Some(o))));
-        accounts.sort_by(|a, b| merge_rank(&a.0).cmp(&merge_rank(&b.0)));
+        accounts.sort_by_key(|a| merge_rank(&a.0));
         let (winner, winner_prev) = accounts.remove(0);
         let winner_id = winner.id.clone();
         let mut winner_info = self.open_info(&winner)?;

@@ -442,7 +442,17 @@ async fn every_class_of_bad_input_is_a_4xx_with_details_and_changes_nothing() {
         req.send()
     };
     use reqwest::Method;
-    let cases: Vec<(&str, Method, String, Option<&str>, Vec<u8>, u16, Vec<&str>)> = vec![
+    /// (name, method, path, content type, body, status, fields named in the error)
+    type Case<'a> = (
+        &'a str,
+        Method,
+        String,
+        Option<&'a str>,
+        Vec<u8>,
+        u16,
+        Vec<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
         ("malformed json", Method::POST, "/v1/users".into(), Some("application/json"), b"{\"email\": ".to_vec(), 400, vec!["body"]),
         ("not an object", Method::POST, "/v1/users".into(), Some("application/json"), b"[1,2]".to_vec(), 400, vec!["body"]),
         ("wrong types", Method::POST, "/v1/users".into(), Some("application/json"),
