@@ -5,9 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages: libclang for RocksDB's bindgen, protoc for the .proto file,
-# OpenSSL and zlib headers for librdkafka (TLS, compression).
+# OpenSSL and zlib headers for librdkafka (TLS, compression), Prometheus (server and
+# promtool) for the observability tests, and docker-compose to check the compose file
+# (no Docker engine is needed for that).
 need=()
-for pkg in libclang-dev protobuf-compiler libssl-dev zlib1g-dev pkg-config make; do
+for pkg in libclang-dev protobuf-compiler libssl-dev zlib1g-dev pkg-config make prometheus docker-compose; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -15,7 +17,7 @@ if [ ${#need[@]} -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
 # One build directory outside the clone, reused across runs (RocksDB and librdkafka
@@ -39,3 +41,15 @@ cargo test --locked --all-targets "$@"
 
 echo "== replication tests again, against a real broker process (tansu) =="
 AUTHSYNC_TEST_TANSU="$TANSU" cargo test --locked --test replication --test recovery -- --test-threads=1
+
+echo "== dashboards and alert rules against a real Prometheus (Debian's package) =="
+AUTHSYNC_TEST_PROMETHEUS="$(command -v prometheus)" AUTHSYNC_TEST_PROMTOOL="$(command -v promtool)" \
+    cargo test --locked --test observability -- --ignored --test-threads=1
+
+echo "== docker compose config =="
+if docker compose version >/dev/null 2>&1; then
+    docker compose -f docker-compose.yml config --quiet
+else
+    docker-compose -f docker-compose.yml config --quiet
+fi
+echo "compose file valid"

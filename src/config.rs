@@ -684,10 +684,16 @@ sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
     #[test]
     fn shipped_examples_are_valid() {
-        for region in ["af-south", "eu-west", "us-east"] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("config/{region}.toml"));
-            let cfg = RawConfig::load(&path).unwrap().validate().unwrap();
-            assert_eq!(cfg.region, region);
+        for dir in ["config", "config/compose"] {
+            for region in ["af-south", "eu-west", "us-east"] {
+                let path =
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("{dir}/{region}.toml"));
+                let cfg = RawConfig::load(&path).unwrap().validate().unwrap();
+                assert_eq!(cfg.region, region);
+                let r = cfg.replication.expect("replicates");
+                assert_eq!(r.peers.len(), 2, "{}", path.display());
+                assert_eq!(cfg.anti_entropy_peers.len(), 2, "{}", path.display());
+            }
         }
     }
 

@@ -44,6 +44,20 @@ pub const ANTI_ENTROPY_ROUNDS_TOTAL: &str = "authsync_anti_entropy_rounds_total"
 pub const ANTI_ENTROPY_REPAIRED_TOTAL: &str = "authsync_anti_entropy_repaired_total";
 pub const ANTI_ENTROPY_REFUSED_TOTAL: &str = "authsync_anti_entropy_refused_total";
 pub const ANTI_ENTROPY_BUCKETS_DIFFERING: &str = "authsync_anti_entropy_buckets_differing";
+pub const PRODUCER_QUEUE_MESSAGES: &str = "authsync_replication_producer_queue_messages";
+pub const ROCKSDB_WRITE_STOPPED: &str = "authsync_rocksdb_write_stopped";
+pub const ROCKSDB_DELAYED_WRITE_RATE_BYTES: &str = "authsync_rocksdb_delayed_write_rate_bytes";
+pub const ROCKSDB_STALL_SECONDS_TOTAL: &str = "authsync_rocksdb_stall_seconds_total";
+pub const ROCKSDB_PENDING_COMPACTION_BYTES: &str = "authsync_rocksdb_pending_compaction_bytes";
+pub const ROCKSDB_SST_BYTES: &str = "authsync_rocksdb_sst_bytes";
+pub const ROCKSDB_MEMTABLE_BYTES: &str = "authsync_rocksdb_memtable_bytes";
+pub const ROCKSDB_BLOCK_CACHE_USAGE_BYTES: &str = "authsync_rocksdb_block_cache_usage_bytes";
+pub const ROCKSDB_BLOCK_CACHE_HITS_TOTAL: &str = "authsync_rocksdb_block_cache_hits_total";
+pub const ROCKSDB_BLOCK_CACHE_MISSES_TOTAL: &str = "authsync_rocksdb_block_cache_misses_total";
+pub const PROCESS_CPU_SECONDS_TOTAL: &str = "process_cpu_seconds_total";
+pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "process_resident_memory_bytes";
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+pub const PROCESS_START_TIME_SECONDS: &str = "process_start_time_seconds";
 pub const SWEEPER_RUNS_TOTAL: &str = "authsync_sweeper_runs_total";
 pub const SWEEPER_LAST_RUN_TIMESTAMP_SECONDS: &str = "authsync_sweeper_last_run_timestamp_seconds";
 pub const SWEEPER_LAST_DURATION_SECONDS: &str = "authsync_sweeper_last_duration_seconds";
@@ -246,8 +260,216 @@ fn describe() {
         "Unix time at which each sweeper last finished a run."
     );
     describe_gauge!(
+        PRODUCER_QUEUE_MESSAGES,
+        Unit::Count,
+        "Messages in the Kafka producer's queue, not yet acknowledged by the broker."
+    );
+    describe_gauge!(
+        ROCKSDB_WRITE_STOPPED,
+        Unit::Count,
+        "1 while RocksDB stops writes (too many memtables, L0 files or pending compaction)."
+    );
+    describe_gauge!(
+        ROCKSDB_DELAYED_WRITE_RATE_BYTES,
+        Unit::Bytes,
+        "Write rate RocksDB throttles to while it delays writes (0: not delayed)."
+    );
+    describe_counter!(
+        ROCKSDB_STALL_SECONDS_TOTAL,
+        Unit::Seconds,
+        "Time writes spent stalled by RocksDB."
+    );
+    describe_gauge!(
+        ROCKSDB_PENDING_COMPACTION_BYTES,
+        Unit::Bytes,
+        "Bytes RocksDB estimates compaction still has to rewrite, all column families."
+    );
+    describe_gauge!(
+        ROCKSDB_SST_BYTES,
+        Unit::Bytes,
+        "Size of the SST files per column family."
+    );
+    describe_gauge!(
+        ROCKSDB_MEMTABLE_BYTES,
+        Unit::Bytes,
+        "Memory held by memtables, all column families."
+    );
+    describe_gauge!(
+        ROCKSDB_BLOCK_CACHE_USAGE_BYTES,
+        Unit::Bytes,
+        "Memory held by the block cache."
+    );
+    describe_counter!(
+        ROCKSDB_BLOCK_CACHE_HITS_TOTAL,
+        Unit::Count,
+        "Block cache hits (hit ratio: hits / (hits + misses))."
+    );
+    describe_counter!(
+        ROCKSDB_BLOCK_CACHE_MISSES_TOTAL,
+        Unit::Count,
+        "Block cache misses."
+    );
+    describe_counter!(
+        PROCESS_CPU_SECONDS_TOTAL,
+        Unit::Seconds,
+        "User and system CPU time of the node process (whole seconds)."
+    );
+    describe_gauge!(
+        PROCESS_RESIDENT_MEMORY_BYTES,
+        Unit::Bytes,
+        "Resident memory of the node process."
+    );
+    describe_gauge!(PROCESS_OPEN_FDS, Unit::Count, "Open file descriptors.");
+    describe_gauge!(
+        PROCESS_START_TIME_SECONDS,
+        Unit::Seconds,
+        "Unix time the node process started."
+    );
+    describe_gauge!(
         SWEEPER_LAST_DURATION_SECONDS,
         Unit::Seconds,
         "How long each sweeper's last run took."
     );
+}
+
+/// Registers every series whose labels come from a fixed set at zero, so dashboards and
+/// alerts see a series (and `rate()` its first increase) before the first event.
+/// `sources` are the regions this node consumes from, `compared` those anti-entropy
+/// compares with.
+pub fn zero_series(sources: &[String], compared: &[String]) {
+    use metrics::{counter, gauge};
+    for kind in [
+        "create",
+        "update",
+        "password",
+        "status",
+        "delete",
+        "password_upgrade",
+        "import",
+        "import_merge",
+        "merge",
+        "key_recovery",
+        "rewrap",
+    ] {
+        counter!(STORE_COMMITS_TOTAL, "kind" => kind).absolute(0);
+    }
+    for reason in ["integrity", "no_key", "unknown_key", "other"] {
+        counter!(RECORDS_UNREADABLE_TOTAL, "reason" => reason).absolute(0);
+    }
+    for outcome in ["success", "invalid_credentials", "forbidden", "error"] {
+        counter!(LOGINS_TOTAL, "outcome" => outcome).absolute(0);
+    }
+    for outcome in ["created", "merged"] {
+        counter!(IMPORT_ITEMS_TOTAL, "outcome" => outcome).absolute(0);
+    }
+    for outcome in ["ok", "error"] {
+        counter!(KEYRING_RELOADS_TOTAL, "outcome" => outcome).absolute(0);
+    }
+    for source in sources {
+        for outcome in ["applied", "merged", "skipped", "parked", "dead_lettered"] {
+            counter!(REPLICATION_EVENTS_TOTAL, "source" => source.clone(), "outcome" => outcome)
+                .absolute(0);
+        }
+        gauge!(CONSUMER_LAG_MESSAGES, "source" => source.clone()).set(0.0);
+    }
+    let reasons = [
+        "key_unavailable",
+        "storage",
+        "clock_skew",
+        "conflict",
+        "injected",
+    ];
+    for reason in reasons {
+        counter!(RETRY_PARKED_TOTAL, "reason" => reason).absolute(0);
+    }
+    for reason in reasons.into_iter().chain(["malformed", "integrity"]) {
+        counter!(DEAD_LETTERS_TOTAL, "reason" => reason).absolute(0);
+    }
+    for outcome in [
+        "applied",
+        "merged",
+        "skipped",
+        "rescheduled",
+        "dead_lettered",
+        "replayed",
+    ] {
+        counter!(RETRIES_TOTAL, "outcome" => outcome).absolute(0);
+    }
+    for peer in compared {
+        for outcome in ["ok", "error"] {
+            counter!(ANTI_ENTROPY_ROUNDS_TOTAL, "peer" => peer.clone(), "outcome" => outcome)
+                .absolute(0);
+        }
+        counter!(ANTI_ENTROPY_REPAIRED_TOTAL, "peer" => peer.clone()).absolute(0);
+        counter!(ANTI_ENTROPY_REFUSED_TOTAL, "peer" => peer.clone()).absolute(0);
+        gauge!(ANTI_ENTROPY_BUCKETS_DIFFERING, "peer" => peer.clone()).set(0.0);
+    }
+    for name in [
+        OUTBOX_EVENTS_TOTAL,
+        PASSWORD_UPGRADES_TOTAL,
+        REWRAPPED_RECORDS_TOTAL,
+        KEY_RECOVERIES_TOTAL,
+        RETRY_QUEUE_REFUSED_TOTAL,
+        PUBLISHED_EVENTS_TOTAL,
+        PUBLISH_ERRORS_TOTAL,
+    ] {
+        counter!(name).absolute(0);
+    }
+    for name in [
+        OUTBOX_DEPTH,
+        OUTBOX_OLDEST_AGE_SECONDS,
+        RETRY_QUEUE_ENTRIES,
+        RETRY_QUEUE_BYTES,
+        RETRY_QUEUE_OLDEST_AGE_SECONDS,
+        RETRY_QUEUE_FULL,
+        DEAD_LETTERS,
+        PRODUCER_QUEUE_MESSAGES,
+    ] {
+        gauge!(name).set(0.0);
+    }
+}
+
+/// What `/proc/self` says about this process (Linux; zeros elsewhere).
+pub fn record_process() {
+    use metrics::{counter, gauge};
+    // SAFETY: sysconf has no preconditions.
+    let (ticks, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK).max(1) as f64,
+            libc::sysconf(libc::_SC_PAGESIZE).max(1) as f64,
+        )
+    };
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command name (which may hold spaces) start at field 3.
+        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            // utime, stime are fields 14, 15; starttime 22 (1-based) → 11, 12, 19 here.
+            let cpu = (num(11) + num(12)) / ticks;
+            counter!(PROCESS_CPU_SECONDS_TOTAL).absolute(cpu as u64);
+            if let Some(boot) = boot_time() {
+                gauge!(PROCESS_START_TIME_SECONDS).set(boot + num(19) / ticks);
+            }
+        }
+    }
+    if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
+        if let Some(rss) = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            gauge!(PROCESS_RESIDENT_MEMORY_BYTES).set(rss * page);
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        gauge!(PROCESS_OPEN_FDS).set(fds.count() as f64);
+    }
+}
+
+fn boot_time() -> Option<f64> {
+    std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
 }

@@ -128,7 +128,22 @@ impl Node {
                 }
             }
         });
-        tracker.spawn(metrics_upkeep(metrics, shutdown.child_token()));
+        let sources: Vec<String> = config
+            .replication
+            .iter()
+            .flat_map(|r| r.peers.iter().map(|p| p.region.clone()))
+            .collect();
+        let compared: Vec<String> = config
+            .anti_entropy_peers
+            .iter()
+            .map(|(r, _)| r.clone())
+            .collect();
+        m::zero_series(&sources, &compared);
+        tracker.spawn(metrics_upkeep(
+            metrics,
+            users.clone(),
+            shutdown.child_token(),
+        ));
         tracker.spawn(reload_keyring(
             users.clone(),
             config.keyring.clone(),
@@ -204,16 +219,21 @@ impl Node {
     }
 }
 
+/// Histogram upkeep, and the gauges read from the process and RocksDB, every 5 s.
 async fn metrics_upkeep(
     handle: metrics_exporter_prometheus::PrometheusHandle,
+    users: Arc<Users>,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => handle.run_upkeep(),
+            _ = tick.tick() => {}
         }
+        handle.run_upkeep();
+        m::record_process();
+        users.store().record_health();
     }
 }
 

@@ -189,6 +189,7 @@ async fn publish_loop(
             }
         };
         report_outbox(&head, batch, &users);
+        metrics::gauge!(m::PRODUCER_QUEUE_MESSAGES).set(f64::from(producer.in_flight_count()));
         if head.is_empty() {
             tokio::select! {
                 _ = stop.cancelled() => break,

@@ -125,6 +125,8 @@ impl Default for StoreOptions {
 
 pub struct Store {
     db: DB,
+    /// Kept for its statistics (tickers).
+    options: Options,
     sync: bool,
     next_seq: AtomicU64,
     locks: Vec<Mutex<()>>,
@@ -186,6 +188,8 @@ impl Store {
         db_options.set_max_background_jobs(2);
         db_options.set_keep_log_file_num(4);
         db_options.set_compression_type(DBCompressionType::None);
+        // Tickers for the block cache hit ratio and write stalls (a few % of CPU).
+        db_options.enable_statistics();
         let db = DB::open_cf_descriptors(
             &db_options,
             path,
@@ -194,6 +198,7 @@ impl Store {
         .map_err(db_err("open RocksDB"))?;
         let store = Store {
             db,
+            options: db_options,
             sync: options.wal_sync == WalSync::Always,
             next_seq: AtomicU64::new(0),
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
@@ -567,6 +572,43 @@ impl Store {
             .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0))
+    }
+
+    /// Exports RocksDB's health as metrics: write stops and delays, stall time,
+    /// pending compaction, SST and memtable sizes, block cache usage and hits.
+    pub fn record_health(&self) {
+        use crate::metrics as m;
+        use rocksdb::statistics::Ticker;
+        let db_int = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        let cf_int = |cf: &str, name: &str| {
+            self.db
+                .property_int_value_cf(self.cf(cf), name)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        };
+        metrics::gauge!(m::ROCKSDB_WRITE_STOPPED).set(db_int("rocksdb.is-write-stopped") as f64);
+        metrics::gauge!(m::ROCKSDB_DELAYED_WRITE_RATE_BYTES)
+            .set(db_int("rocksdb.actual-delayed-write-rate") as f64);
+        let mut pending = 0;
+        let mut memtables = 0;
+        for cf in COLUMN_FAMILIES {
+            pending += cf_int(cf, "rocksdb.estimate-pending-compaction-bytes");
+            memtables += cf_int(cf, "rocksdb.cur-size-all-mem-tables");
+            metrics::gauge!(m::ROCKSDB_SST_BYTES, "cf" => cf)
+                .set(cf_int(cf, "rocksdb.total-sst-files-size") as f64);
+        }
+        metrics::gauge!(m::ROCKSDB_PENDING_COMPACTION_BYTES).set(pending as f64);
+        metrics::gauge!(m::ROCKSDB_MEMTABLE_BYTES).set(memtables as f64);
+        // One cache shared by every column family.
+        metrics::gauge!(m::ROCKSDB_BLOCK_CACHE_USAGE_BYTES)
+            .set(cf_int(CF_RECORDS, "rocksdb.block-cache-usage") as f64);
+        metrics::counter!(m::ROCKSDB_BLOCK_CACHE_HITS_TOTAL)
+            .absolute(self.options.get_ticker_count(Ticker::BlockCacheHit));
+        metrics::counter!(m::ROCKSDB_BLOCK_CACHE_MISSES_TOTAL)
+            .absolute(self.options.get_ticker_count(Ticker::BlockCacheMiss));
+        metrics::counter!(m::ROCKSDB_STALL_SECONDS_TOTAL)
+            .absolute(self.options.get_ticker_count(Ticker::StallMicros) / 1_000_000);
     }
 
     /// Approximate number of entries in a column family (RocksDB's estimate).
