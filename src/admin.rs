@@ -9,7 +9,8 @@
 //! - `POST /v1/admin/dead-letters/{id}/replay` → `{id, outcome}` (applied, merged,
 //!   skipped), or 409 `replay_failed` with the reason; the entry then stays
 //! - `DELETE /v1/admin/dead-letters/{id}` → 204
-//! - `GET|PUT /v1/admin/faults` → `{keys_unavailable, apply_failures, poisoned_ids}`
+//! - `GET|PUT /v1/admin/faults` → `{keys_unavailable, apply_failures, poisoned_ids,
+//!   clock_offset_ms}`
 //!
 //! An entry is `{id, event_id, source_region, topic, partition, offset, record_id,
 //! version, reason, attempts, first_failed_ms, next_attempt_ms, dead_at_ms, last_error,
@@ -241,13 +242,19 @@ async fn put_faults(
     Ok(Json(s.users.faults().state()))
 }
 
-/// Accepts requests signed by a peer region of this deployment.
+/// Accepts requests signed by a peer region of this deployment (the signature covers
+/// the body too).
 async fn require_peer(
     State(s): State<AppState>,
     headers: HeaderMap,
     req: Request,
     next: Next,
 ) -> Response {
+    let (parts, body) = req.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, antientropy::MAX_SIGNED_BODY).await else {
+        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", vec![])
+            .into_response();
+    };
     let verdict = match headers
         .get(antientropy::PEER_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -257,10 +264,12 @@ async fn require_peer(
             &s.users.keyring(),
             h,
             s.users.clock_now_ms(),
-            req.method().as_str(),
-            req.uri().path(),
+            parts.method.as_str(),
+            parts.uri.path(),
+            &body,
         ),
     };
+    let req = Request::from_parts(parts, axum::body::Body::from(body));
     match verdict {
         Ok(_) => next.run(req).await,
         Err(problem) => ApiError::new(

@@ -12,8 +12,8 @@
 //!
 //! The internal endpoints are authenticated between regions with a signature keyed
 //! from the deployment's shared index key (so no extra secret is configured): header
-//! `x-authsync-peer: <region>:<unix ms>:<hex HMAC-SHA256(region, ms, method, path)>`,
-//! accepted within five minutes of the receiver's clock.
+//! `x-authsync-peer: <region>:<unix ms>:<hex HMAC-SHA256(region, ms, method, path,
+//! SHA-256(body))>`, accepted within a minute of the receiver's clock.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,7 +37,9 @@ use crate::users::{Applied, Users};
 
 pub const PEER_HEADER: &str = "x-authsync-peer";
 /// How far a peer's signature time may be from ours.
-const MAX_AGE_MS: u64 = 300_000;
+const MAX_AGE_MS: u64 = 60_000;
+/// Largest request body a peer may sign (an id list).
+pub const MAX_SIGNED_BODY: usize = 64 * 1024;
 /// Records fetched per request.
 pub const MAX_FETCH: usize = 500;
 
@@ -49,13 +51,15 @@ fn auth_key(keyring: &Keyring) -> hmac::Key {
     hmac::Key::new(hmac::HMAC_SHA256, k.as_ref())
 }
 
-fn signed_input(region: &str, ms: u64, method: &str, path: &str) -> Vec<u8> {
+fn signed_input(region: &str, ms: u64, method: &str, path: &str, body: &[u8]) -> Vec<u8> {
+    let body_hash = ring::digest::digest(&ring::digest::SHA256, body);
     let mut out = Vec::new();
     for part in [
         region.as_bytes(),
         &ms.to_be_bytes(),
         method.as_bytes(),
         path.as_bytes(),
+        body_hash.as_ref(),
     ] {
         out.extend_from_slice(&(part.len() as u32).to_be_bytes());
         out.extend_from_slice(part);
@@ -64,10 +68,10 @@ fn signed_input(region: &str, ms: u64, method: &str, path: &str) -> Vec<u8> {
 }
 
 /// The header value that authenticates this region's request.
-pub fn sign(keyring: &Keyring, now_ms: u64, method: &str, path: &str) -> String {
+pub fn sign(keyring: &Keyring, now_ms: u64, method: &str, path: &str, body: &[u8]) -> String {
     let tag = hmac::sign(
         &auth_key(keyring),
-        &signed_input(keyring.owner(), now_ms, method, path),
+        &signed_input(keyring.owner(), now_ms, method, path, body),
     );
     format!(
         "{}:{}:{}",
@@ -84,6 +88,7 @@ pub fn verify(
     now_ms: u64,
     method: &str,
     path: &str,
+    body: &[u8],
 ) -> Result<String, &'static str> {
     let mut parts = header.splitn(3, ':');
     let (Some(region), Some(ms), Some(sig)) = (parts.next(), parts.next(), parts.next()) else {
@@ -99,7 +104,7 @@ pub fn verify(
     let sig = hex::decode(sig).map_err(|_| "malformed peer signature")?;
     hmac::verify(
         &auth_key(keyring),
-        &signed_input(region, ms, method, path),
+        &signed_input(region, ms, method, path, body),
         &sig,
     )
     .map_err(|_| "bad peer signature")?;
@@ -125,6 +130,9 @@ pub struct StampJson {
     pub logical: u32,
     pub region: String,
     pub tombstone: bool,
+    /// Regions the data key is wrapped for: at one version, more wins (key recovery).
+    #[serde(default)]
+    pub wraps: u32,
 }
 
 impl From<&Stamp> for StampJson {
@@ -135,6 +143,7 @@ impl From<&Stamp> for StampJson {
             logical: s.version.logical,
             region: s.version.region.clone(),
             tombstone: s.tombstone,
+            wraps: s.wraps,
         }
     }
 }
@@ -181,6 +190,13 @@ pub struct RoundReport {
     pub parked: usize,
 }
 
+enum Pulled {
+    Repaired,
+    Skipped,
+    Parked,
+    Refused,
+}
+
 pub struct Peer {
     pub region: String,
     pub url: String,
@@ -193,19 +209,32 @@ struct PeerClient<'a> {
 }
 
 impl PeerClient<'_> {
-    fn signed(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    fn signed(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> reqwest::RequestBuilder {
         let header = sign(
             &self.users.keyring(),
             self.users.clock_now_ms(),
             method.as_str(),
             path,
+            &body,
         );
-        self.http
+        let req = self
+            .http
             .request(
                 method,
                 format!("{}{path}", self.peer.url.trim_end_matches('/')),
             )
-            .header(PEER_HEADER, header)
+            .header(PEER_HEADER, header);
+        if body.is_empty() {
+            req
+        } else {
+            req.header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body)
+        }
     }
 
     async fn json<T: serde::de::DeserializeOwned>(
@@ -230,7 +259,7 @@ pub async fn round(
 ) -> anyhow::Result<RoundReport> {
     let client = PeerClient { http, users, peer };
     let theirs: Digests = client
-        .json(client.signed(reqwest::Method::GET, "/v1/internal/digests"))
+        .json(client.signed(reqwest::Method::GET, "/v1/internal/digests", Vec::new()))
         .await
         .with_context(|| format!("digests of {}", peer.region))?;
     if theirs.buckets.len() != BUCKETS {
@@ -255,34 +284,44 @@ pub async fn round(
     let mut wanted: Vec<Uuid> = Vec::new();
     for b in &differing {
         let theirs: Stamps = client
-            .json(client.signed(reqwest::Method::GET, &format!("/v1/internal/buckets/{b}")))
+            .json(client.signed(
+                reqwest::Method::GET,
+                &format!("/v1/internal/buckets/{b}"),
+                Vec::new(),
+            ))
             .await
             .with_context(|| format!("bucket {b} of {}", peer.region))?;
         let u = users.clone();
         let b = *b;
         let ours = tokio::task::spawn_blocking(move || u.store().stamps_in(b, b + 1)).await??;
-        let ours: HashMap<[u8; 16], Version> =
-            ours.into_iter().map(|s| (s.id, s.version)).collect();
+        let ours: HashMap<[u8; 16], (Version, u32)> = ours
+            .into_iter()
+            .map(|s| (s.id, (s.version, s.wraps)))
+            .collect();
         for s in theirs.stamps {
             let v = Version {
                 physical_ms: s.physical_ms,
                 logical: s.logical,
                 region: s.region,
             };
-            if ours.get(s.id.as_bytes()).is_none_or(|mine| *mine < v) {
+            // Newer, or the same version with more wrapped keys.
+            if ours
+                .get(s.id.as_bytes())
+                .is_none_or(|mine| (&mine.0, mine.1) < (&v, s.wraps))
+            {
                 wanted.push(s.id);
             }
         }
     }
     for chunk in wanted.chunks(MAX_FETCH) {
         let fetched: FetchResponse = client
-            .json(
-                client
-                    .signed(reqwest::Method::POST, "/v1/internal/records")
-                    .json(&FetchRequest {
-                        ids: chunk.to_vec(),
-                    }),
-            )
+            .json(client.signed(
+                reqwest::Method::POST,
+                "/v1/internal/records",
+                serde_json::to_vec(&FetchRequest {
+                    ids: chunk.to_vec(),
+                })?,
+            ))
             .await
             .with_context(|| format!("records from {}", peer.region))?;
         for encoded in fetched.records {
@@ -309,17 +348,17 @@ pub async fn round(
                 record,
             };
             let (u, q, region) = (users.clone(), queue.clone(), peer.region.clone());
-            let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
+            let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<Pulled> {
                 match u.apply(&event) {
-                    Ok(Applied::Applied | Applied::Merged) => Ok(true),
-                    Ok(Applied::Skipped) => Ok(false),
+                    Ok(Applied::Applied | Applied::Merged) => Ok(Pulled::Repaired),
+                    Ok(Applied::Skipped) => Ok(Pulled::Skipped),
                     Err(e) if e.is_permanent() => {
                         // The peer's copy is bad (it reports it unreadable itself);
                         // parking it would add a dead letter every round.
                         tracing::error!(peer = %region, error = %e, "anti-entropy record refused");
                         metrics::counter!(m::ANTI_ENTROPY_REFUSED_TOTAL, "peer" => region)
                             .increment(1);
-                        Ok(false)
+                        Ok(Pulled::Refused)
                     }
                     Err(e) => {
                         tracing::warn!(peer = %region, error = %e, "anti-entropy record parked");
@@ -330,17 +369,18 @@ pub async fn round(
                             offset: -1,
                         };
                         q.park(&event.encode_to_vec(), &source, &e, u.clock_now_ms())?;
-                        Ok(false)
+                        Ok(Pulled::Parked)
                     }
                 }
             })
             .await??;
-            if outcome {
-                report.repaired += 1;
+            match outcome {
+                Pulled::Repaired => report.repaired += 1,
+                Pulled::Parked => report.parked += 1,
+                Pulled::Skipped | Pulled::Refused => {}
             }
         }
     }
-    report.parked = report.pulled - report.repaired;
     Ok(report)
 }
 
@@ -406,29 +446,51 @@ mod tests {
         let rings = crate::keys::init(&["a".into(), "b".into()]).unwrap();
         let (a, b) = (&rings[0], &rings[1]);
         let now = 1_700_000_000_000;
-        let h = sign(a, now, "GET", "/v1/internal/digests");
+        let h = sign(a, now, "GET", "/v1/internal/digests", b"");
         assert_eq!(
-            verify(b, &h, now + 1000, "GET", "/v1/internal/digests"),
+            verify(b, &h, now + 1000, "GET", "/v1/internal/digests", b""),
             Ok("a".into())
         );
-        assert!(verify(b, &h, now, "POST", "/v1/internal/digests").is_err());
-        assert!(verify(b, &h, now, "GET", "/v1/internal/buckets/1").is_err());
+        assert!(verify(b, &h, now, "POST", "/v1/internal/digests", b"").is_err());
+        assert!(verify(b, &h, now, "GET", "/v1/internal/buckets/1", b"").is_err());
         assert_eq!(
-            verify(b, &h, now + MAX_AGE_MS + 1, "GET", "/v1/internal/digests"),
+            verify(
+                b,
+                &h,
+                now + MAX_AGE_MS + 1,
+                "GET",
+                "/v1/internal/digests",
+                b""
+            ),
             Err("peer signature expired")
         );
         let forged = h.replacen("a:", "b:", 1);
-        assert!(verify(a, &forged, now, "GET", "/v1/internal/digests").is_err());
+        assert!(verify(a, &forged, now, "GET", "/v1/internal/digests", b"").is_err());
         assert!(
-            verify(a, &h, now, "GET", "/v1/internal/digests").is_err(),
+            verify(a, &h, now, "GET", "/v1/internal/digests", b"").is_err(),
             "not from itself"
         );
         for junk in ["", "a", "a:b:c", "a:1:zz", ":::"] {
-            assert!(verify(b, junk, now, "GET", "/").is_err(), "{junk:?}");
+            assert!(verify(b, junk, now, "GET", "/", b"").is_err(), "{junk:?}");
         }
+        let body = br#"{"ids":[]}"#;
+        let post = sign(a, now, "POST", "/v1/internal/records", body);
+        assert!(verify(b, &post, now, "POST", "/v1/internal/records", body).is_ok());
+        assert!(
+            verify(
+                b,
+                &post,
+                now,
+                "POST",
+                "/v1/internal/records",
+                br#"{"ids":[1]}"#
+            )
+            .is_err(),
+            "another body"
+        );
         let other = crate::keys::init(&["a".into(), "b".into()]).unwrap();
         assert!(
-            verify(&other[1], &h, now, "GET", "/v1/internal/digests").is_err(),
+            verify(&other[1], &h, now, "GET", "/v1/internal/digests", b"").is_err(),
             "another deployment's key"
         );
     }

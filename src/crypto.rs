@@ -288,20 +288,53 @@ pub fn open(record: &proto::Record, keyring: &Keyring) -> Result<proto::Info, Cr
     proto::Info::decode(plain.as_slice()).map_err(|_| CryptoError::Integrity)
 }
 
-/// Re-wraps the record's existing data key for `regions` under their active keys and
+/// Re-wraps the record's existing data key for `regions` under their active keys —
+/// replacing their wraps, adding the missing ones, keeping every other region's — and
 /// renews the MAC for the record's current fields. The ciphertext is left as it is:
-/// no personal data is decrypted or re-encrypted. Every field but the envelope must
-/// already hold its final value (a new version, typically).
+/// no personal data is decrypted or re-encrypted. Wraps stay in region order, so two
+/// regions adding the same wraps list the same regions the same way.
 pub fn rewrap(
     record: &mut proto::Record,
     keyring: &Keyring,
     regions: &[String],
 ) -> Result<(), CryptoError> {
     let dk = unwrap_own(record, keyring)?;
-    let keys = wrap_all(&dk, &record.id, keyring, regions)?;
-    record.info.as_mut().ok_or(CryptoError::Integrity)?.keys = keys;
+    let fresh = wrap_all(&dk, &record.id, keyring, regions)?;
+    let env = record.info.as_mut().ok_or(CryptoError::Integrity)?;
+    env.keys.retain(|k| !regions.contains(&k.region));
+    env.keys.extend(fresh);
+    env.keys.sort_by(|a, b| a.region.cmp(&b.region));
     finish_mac(record, &dk);
     Ok(())
+}
+
+/// The regions a record's data key is wrapped for.
+pub fn wrapped_regions(record: &proto::Record) -> Vec<&str> {
+    record
+        .info
+        .as_ref()
+        .map(|e| e.keys.iter().map(|k| k.region.as_str()).collect())
+        .unwrap_or_default()
+}
+
+/// Whether `incoming` is `current` with its data key wrapped for more regions: the
+/// same version and content, only wraps added (key recovery's repair). Such a record
+/// replaces the stored one at the same version.
+pub fn extends_wraps(current: &proto::Record, incoming: &proto::Record) -> bool {
+    let strip = |r: &proto::Record| {
+        let mut r = r.clone();
+        r.record_mac.clear();
+        if let Some(env) = r.info.as_mut() {
+            env.keys.clear();
+            env.mac.clear();
+        }
+        r
+    };
+    if current.info.is_none() || strip(current) != strip(incoming) {
+        return false;
+    }
+    let (have, offered) = (wrapped_regions(current), wrapped_regions(incoming));
+    offered.len() > have.len() && have.iter().all(|r| offered.contains(r))
 }
 
 /// Authenticates whole records, tombstones included, with a key every region holds.
@@ -493,6 +526,41 @@ mod tests {
         assert_eq!(own.key_version, 2);
         assert_eq!(open(&record, &rings[1]).unwrap(), info);
         assert_eq!(open(&record, &rings[0]).unwrap(), info);
+    }
+
+    #[test]
+    fn adding_wraps_keeps_the_others_and_is_recognised_as_an_extension() {
+        let rings = keys::init(&regions()).unwrap();
+        let (mut record, info) = sample();
+        let without_west = vec!["af-south".to_string(), "us-east".to_string()];
+        seal(&mut record, &info, &rings[0], &without_west).unwrap();
+        assert!(open(&record, &rings[1]).is_err());
+        let mut repaired = record.clone();
+        rewrap(&mut repaired, &rings[2], &["eu-west".to_string()]).unwrap();
+        assert_eq!(
+            wrapped_regions(&repaired),
+            vec!["af-south", "eu-west", "us-east"]
+        );
+        // The other regions' wraps are the ones they had.
+        let wrap = |r: &proto::Record, region: &str| {
+            r.info
+                .as_ref()
+                .unwrap()
+                .keys
+                .iter()
+                .find(|k| k.region == region)
+                .cloned()
+        };
+        assert_eq!(wrap(&repaired, "af-south"), wrap(&record, "af-south"));
+        for ring in &rings {
+            assert_eq!(open(&repaired, ring).unwrap(), info);
+        }
+        assert!(extends_wraps(&record, &repaired));
+        assert!(!extends_wraps(&repaired, &record), "fewer wraps");
+        assert!(!extends_wraps(&repaired, &repaired), "nothing added");
+        let mut changed = repaired.clone();
+        changed.status += 1;
+        assert!(!extends_wraps(&record, &changed), "content changed too");
     }
 
     #[test]

@@ -13,9 +13,15 @@
 //!   storage error would.
 //! - **Poisoned records**: every apply of an event for one of these record ids fails
 //!   until the id is taken off the list (a cause an operator can fix).
+//! - **Clock offset**: the node's physical clock runs this many milliseconds ahead
+//!   (or behind, when negative) of the wall clock: a skewed region, as the hybrid
+//!   logical clock and the skew check see it.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::hlc::{SystemClock, TimeSource};
 
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
@@ -26,7 +32,11 @@ pub struct Faults {
     keys_down: RwLock<BTreeSet<String>>,
     apply_failures: AtomicU64,
     poisoned: RwLock<BTreeSet<Uuid>>,
+    clock_offset_ms: AtomicI64,
 }
+
+/// The largest clock offset the switch accepts: a day either way.
+pub const MAX_CLOCK_OFFSET_MS: i64 = 86_400_000;
 
 /// The switches as the admin endpoint shows and takes them. Absent fields are left
 /// as they are.
@@ -39,6 +49,8 @@ pub struct FaultState {
     pub apply_failures: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub poisoned_ids: Option<BTreeSet<Uuid>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_offset_ms: Option<i64>,
 }
 
 impl Faults {
@@ -63,7 +75,12 @@ impl Faults {
             keys_unavailable: Some(self.keys_down.read().clone()),
             apply_failures: Some(self.apply_failures.load(Ordering::SeqCst)),
             poisoned_ids: Some(self.poisoned.read().clone()),
+            clock_offset_ms: Some(self.clock_offset_ms.load(Ordering::SeqCst)),
         }
+    }
+
+    pub fn clock_offset_ms(&self) -> i64 {
+        self.clock_offset_ms.load(Ordering::SeqCst)
     }
 
     pub fn set(&self, change: FaultState) {
@@ -76,6 +93,23 @@ impl Faults {
         if let Some(p) = change.poisoned_ids {
             *self.poisoned.write() = p;
         }
+        if let Some(o) = change.clock_offset_ms {
+            self.clock_offset_ms.store(
+                o.clamp(-MAX_CLOCK_OFFSET_MS, MAX_CLOCK_OFFSET_MS),
+                Ordering::SeqCst,
+            );
+        }
+    }
+}
+
+/// Wall-clock time shifted by the fault switch's clock offset.
+pub struct FaultyClock(pub Arc<Faults>);
+
+impl TimeSource for FaultyClock {
+    fn now_ms(&self) -> u64 {
+        SystemClock
+            .now_ms()
+            .saturating_add_signed(self.0.clock_offset_ms())
     }
 }
 
@@ -107,5 +141,24 @@ mod tests {
         });
         assert!(f.is_poisoned(&id));
         assert!(f.key_available("eu-west"));
+    }
+
+    #[test]
+    fn the_clock_offset_shifts_the_node_clock_within_a_day() {
+        let f = Arc::new(Faults::default());
+        let clock = FaultyClock(f.clone());
+        let before = SystemClock.now_ms();
+        f.set(FaultState {
+            clock_offset_ms: Some(60_000),
+            ..Default::default()
+        });
+        let ahead = clock.now_ms();
+        assert!(ahead >= before + 60_000 && ahead < before + 70_000);
+        f.set(FaultState {
+            clock_offset_ms: Some(i64::MIN),
+            ..Default::default()
+        });
+        assert_eq!(f.clock_offset_ms(), -MAX_CLOCK_OFFSET_MS);
+        assert!(clock.now_ms() < before);
     }
 }

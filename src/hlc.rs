@@ -32,7 +32,10 @@ pub struct Version {
 impl Version {
     /// The packed timestamp shown to API callers: `physical_ms * 1024 + logical`.
     pub fn ts(&self) -> u64 {
-        self.physical_ms * u64::from(LOGICAL_LIMIT) + u64::from(self.logical)
+        // Saturating: a version from the network may carry any value.
+        self.physical_ms
+            .saturating_mul(u64::from(LOGICAL_LIMIT))
+            .saturating_add(u64::from(self.logical))
     }
 
     pub fn to_proto(&self) -> proto::Version {

@@ -18,7 +18,8 @@ use tokio_util::task::TaskTracker;
 use crate::antientropy;
 use crate::api::{self, AppState};
 use crate::config::Config;
-use crate::hlc::{Hlc, SystemClock};
+use crate::faults::{Faults, FaultyClock};
+use crate::hlc::Hlc;
 use crate::keys::Keyring;
 use crate::metrics as m;
 use crate::password::Passwords;
@@ -61,22 +62,22 @@ impl Node {
         );
         let passwords = Passwords::new(config.passwords.algorithm, keyring.pepper())
             .context("set up password hashing")?;
+        // The clock reads through the fault switches: an offset can be set only when
+        // fault injection is enabled, and is zero otherwise.
+        let faults = Arc::new(Faults::default());
         let hlc = Arc::new(Hlc::new(
             config.region.clone(),
             config.clock.max_skew_ms,
-            Box::new(SystemClock),
+            Box::new(FaultyClock(faults.clone())),
         ));
         let active = keyring
             .active_key(keyring.owner())
             .map(|k| k.version)
             .unwrap_or(0);
-        let users = Arc::new(Users::new(
-            store,
-            keyring,
-            passwords,
-            hlc,
-            config.passwords.min_length,
-        ));
+        let users = Arc::new(
+            Users::new(store, keyring, passwords, hlc, config.passwords.min_length)
+                .with_faults(faults),
+        );
         let queue = Arc::new(
             RetryQueue::open(
                 users.store().clone(),

@@ -357,8 +357,13 @@ async fn handle(
         .await;
         let error = match result {
             Err(e) => {
-                tracing::error!(error = %e, "apply task failed");
-                return None;
+                // A crashed apply is not a reason to stop consuming: try again.
+                tracing::error!(error = %e, "apply task failed; retrying the event");
+                if !sleep_or_stop(backoff, stop).await {
+                    return None;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
             }
             Ok(Ok((applied, event))) => {
                 let ts = event
@@ -393,8 +398,11 @@ async fn handle(
         .await;
         match parked {
             Err(e) => {
-                tracing::error!(error = %e, "park task failed");
-                return None;
+                tracing::error!(error = %e, "park task failed; retrying the event");
+                if !sleep_or_stop(backoff, stop).await {
+                    return None;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Ok((Ok(Parked::Retry(id)), error)) => {
                 tracing::warn!(peer = %source.region, entry = id, reason, error = %error, "event parked for retry");

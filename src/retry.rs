@@ -122,8 +122,11 @@ struct Counts {
     bytes: u64,
     dead: u64,
     next_id: u64,
-    /// event id → entry id, so a redelivered event does not park twice.
-    by_event: HashMap<String, u64>,
+    /// SHA-256 of the payload → entry id: a redelivered event (the same bytes) does
+    /// not park twice.
+    by_payload: HashMap<[u8; 32], u64>,
+    /// Payload hashes of the dead letters, for the same reason.
+    dead_payloads: HashMap<[u8; 32], u64>,
     full: bool,
 }
 
@@ -146,6 +149,12 @@ fn due_key(at_ms: u64, id: u64) -> Vec<u8> {
     k.extend_from_slice(&at_ms.to_be_bytes());
     k.extend_from_slice(&id.to_be_bytes());
     k
+}
+
+fn payload_hash(payload: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, payload).as_ref());
+    out
 }
 
 fn decode_entry(bytes: &[u8]) -> Result<proto::RetryEntry, StoreError> {
@@ -176,13 +185,14 @@ impl RetryQueue {
             from = last.clone();
             from.push(0);
             for (k, v) in &page {
-                let e = decode_entry(v)?;
                 counts.entries += 1;
                 counts.bytes += (k.len() + v.len()) as u64;
-                counts.next_id = counts.next_id.max(e.id + 1);
-                if !e.event_id.is_empty() {
-                    counts.by_event.insert(e.event_id.clone(), e.id);
-                }
+                let Ok(e) = decode_entry(v) else {
+                    tracing::error!("a retry entry does not decode; it stays for an operator");
+                    continue;
+                };
+                counts.next_id = counts.next_id.max(e.id.saturating_add(1));
+                counts.by_payload.insert(payload_hash(&e.event), e.id);
             }
         }
         let mut from = Vec::new();
@@ -191,10 +201,14 @@ impl RetryQueue {
             let Some((last, _)) = page.last() else { break };
             from = last.clone();
             from.push(0);
-            for (k, _) in &page {
+            for (k, v) in &page {
                 counts.dead += 1;
                 if let Ok(id) = <[u8; 8]>::try_from(k.as_slice()) {
-                    counts.next_id = counts.next_id.max(u64::from_be_bytes(id) + 1);
+                    let id = u64::from_be_bytes(id);
+                    counts.next_id = counts.next_id.max(id.saturating_add(1));
+                    if let Ok(e) = decode_entry(v) {
+                        counts.dead_payloads.insert(payload_hash(&e.event), id);
+                    }
                 }
             }
         }
@@ -246,7 +260,12 @@ impl RetryQueue {
             }
         }
         push_history(&mut entry, now_ms, error.to_string());
+        let hash = payload_hash(payload);
         let mut c = self.counts.lock();
+        if let Some(id) = c.dead_payloads.get(&hash) {
+            // Already a dead letter (delivered again after a crash).
+            return Ok(Parked::Dead(*id));
+        }
         if error.is_permanent() {
             entry.id = c.next_id;
             entry.dead_at_ms = now_ms;
@@ -263,25 +282,17 @@ impl RetryQueue {
             ])?;
             c.next_id += 1;
             c.dead += 1;
+            c.dead_payloads.insert(hash, entry.id);
             metrics::counter!(m::DEAD_LETTERS_TOTAL, "reason" => error.reason()).increment(1);
             return Ok(Parked::Dead(entry.id));
         }
-        if let Some(id) = c
-            .by_event
-            .get(&entry.event_id)
-            .filter(|_| !entry.event_id.is_empty())
-        {
+        if let Some(id) = c.by_payload.get(&hash) {
             // Delivered again (a replay after a crash before the offset was stored):
             // it is already waiting.
             return Ok(Parked::Retry(*id));
         }
         entry.id = c.next_id;
-        entry.next_attempt_ms = now_ms.saturating_add(backoff_ms(
-            1,
-            self.policy.base_backoff_ms,
-            self.policy.max_backoff_ms,
-            rand::random::<f64>(),
-        ));
+        entry.next_attempt_ms = self.next_attempt(1, error, now_ms);
         let value = entry.encode_to_vec();
         let key = entry_key(entry.id);
         let size = (key.len() + value.len()) as u64;
@@ -313,11 +324,30 @@ impl RetryQueue {
         c.next_id += 1;
         c.entries += 1;
         c.bytes += size;
-        if !entry.event_id.is_empty() {
-            c.by_event.insert(entry.event_id.clone(), entry.id);
-        }
+        c.by_payload.insert(hash, entry.id);
         metrics::counter!(m::RETRY_PARKED_TOTAL, "reason" => error.reason()).increment(1);
         Ok(Parked::Retry(entry.id))
+    }
+
+    /// When to try again after `attempts` failures. An event from a clock that runs
+    /// ahead is not tried before local time has caught up with it, so waiting for the
+    /// clock does not use up its attempts.
+    fn next_attempt(&self, attempts: u32, error: &ApplyError, now_ms: u64) -> u64 {
+        let backoff = now_ms.saturating_add(backoff_ms(
+            attempts,
+            self.policy.base_backoff_ms,
+            self.policy.max_backoff_ms,
+            rand::random::<f64>(),
+        ));
+        match error {
+            ApplyError::Skew(s) => {
+                let fits = now_ms
+                    .saturating_add(s.ahead_ms.saturating_sub(s.limit_ms))
+                    .saturating_add(1);
+                backoff.max(fits)
+            }
+            _ => backoff,
+        }
     }
 
     /// Parked entries due at `now_ms`, earliest first, at most `limit`.
@@ -337,7 +367,11 @@ impl RetryQueue {
                 .store
                 .get_kv(CF_RETRY, &entry_key(u64::from_be_bytes(id)))?
             {
-                out.push(decode_entry(&v)?);
+                match decode_entry(&v) {
+                    Ok(e) => out.push(e),
+                    // Left in place for an operator; the sweep goes on with the rest.
+                    Err(_) => tracing::error!("a retry entry does not decode"),
+                }
             }
         }
         Ok(out)
@@ -362,7 +396,7 @@ impl RetryQueue {
         ])?;
         c.entries = c.entries.saturating_sub(1);
         c.bytes = c.bytes.saturating_sub((key.len() + stored.len()) as u64);
-        c.by_event.remove(&entry.event_id);
+        c.by_payload.remove(&payload_hash(&entry.event));
         self.clear_full(&mut c);
         Ok(())
     }
@@ -414,17 +448,14 @@ impl RetryQueue {
             c.entries = c.entries.saturating_sub(1);
             c.bytes = c.bytes.saturating_sub(old_size);
             c.dead += 1;
-            c.by_event.remove(&entry.event_id);
+            let hash = payload_hash(&entry.event);
+            c.by_payload.remove(&hash);
+            c.dead_payloads.insert(hash, entry.id);
             self.clear_full(&mut c);
             metrics::counter!(m::DEAD_LETTERS_TOTAL, "reason" => error.reason()).increment(1);
             return Ok(true);
         }
-        entry.next_attempt_ms = now_ms.saturating_add(backoff_ms(
-            entry.attempts,
-            self.policy.base_backoff_ms,
-            self.policy.max_backoff_ms,
-            rand::random::<f64>(),
-        ));
+        entry.next_attempt_ms = self.next_attempt(entry.attempts, error, now_ms);
         let value = entry.encode_to_vec();
         let new_size = (old_key.len() + value.len()) as u64;
         ops.push(KvOp::Put {
@@ -533,8 +564,11 @@ impl RetryQueue {
     /// Deletes a dead letter. False when there was none with this id.
     pub fn drop_dead(&self, id: u64) -> Result<bool, StoreError> {
         let mut c = self.counts.lock();
-        if self.store.get_kv(CF_DEAD, &id.to_be_bytes())?.is_none() {
+        let Some(stored) = self.store.get_kv(CF_DEAD, &id.to_be_bytes())? else {
             return Ok(false);
+        };
+        if let Ok(e) = decode_entry(&stored) {
+            c.dead_payloads.remove(&payload_hash(&e.event));
         }
         self.store.write_kv(&[KvOp::Delete {
             cf: CF_DEAD,

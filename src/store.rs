@@ -74,6 +74,8 @@ pub struct Stamp {
     pub id: [u8; 16],
     pub version: Version,
     pub tombstone: bool,
+    /// Regions the data key is wrapped for.
+    pub wraps: u32,
 }
 
 const META_NEXT_SEQ: &[u8] = b"outbox_next_seq";
@@ -412,30 +414,40 @@ impl Store {
             .map_err(db_err("remove published outbox entries"))
     }
 
-    /// Records after `after` in id order, at most `limit`; for background scans.
+    /// Records after `after` in id order, from at most `limit` rows; for background
+    /// scans. Also returns where the next scan starts (`None`: the end was reached).
     pub fn scan_records(
         &self,
         after: Option<[u8; 16]>,
         limit: usize,
-    ) -> Result<Vec<proto::Record>, StoreError> {
+    ) -> Result<(Vec<proto::Record>, Option<[u8; 16]>), StoreError> {
         let mode = match &after {
             Some(id) => IteratorMode::From(id, Direction::Forward),
             None => IteratorMode::Start,
         };
         let mut out = Vec::new();
+        let mut seen = 0;
+        let mut last = None;
         for item in self.db.iterator_cf(self.cf(CF_RECORDS), mode) {
             let (k, v) = item.map_err(db_err("scan records"))?;
             if after.is_some_and(|a| *k == a) {
                 continue;
             }
-            let id = <[u8; 16]>::try_from(&*k)
-                .map_err(|_| StoreError::Corrupt { what: "record key" })?;
-            out.push(decode_record(&id, &v)?);
-            if out.len() >= limit {
+            seen += 1;
+            let Ok(id) = <[u8; 16]>::try_from(&*k) else {
+                continue;
+            };
+            last = Some(id);
+            // A record that does not decode is skipped here: reads report it, and
+            // anti-entropy replaces it from a peer.
+            if let Ok(record) = decode_record(&id, &v) {
+                out.push(record);
+            }
+            if seen >= limit {
                 break;
             }
         }
-        Ok(out)
+        Ok((out, if seen >= limit { last } else { None }))
     }
 
     /// `(count, SHA-256)` over every record's (id, version, tombstone flag) in id order:
@@ -458,6 +470,7 @@ impl Store {
                     id,
                     version: record_version(&record),
                     tombstone: record.tombstone,
+                    wraps: 0,
                 },
                 &mut buf,
             );
@@ -479,6 +492,7 @@ impl Store {
         for stamp in self.stamps_in(0, BUCKETS)? {
             buf.clear();
             stamp_bytes(&stamp, &mut buf);
+            buf.extend_from_slice(&stamp.wraps.to_be_bytes());
             let (count, ctx) = &mut ctxs[usize::from(stamp.id[0])];
             ctx.update(&buf);
             *count += 1;
@@ -493,23 +507,41 @@ impl Store {
             .collect())
     }
 
-    /// The stamps of every record in buckets `from..to`, in id order.
+    /// The stamps of every record in buckets `from..to`, in id order. A record that
+    /// does not decode gets the lowest version, so that any peer's copy replaces it.
     pub fn stamps_in(&self, from: usize, to: usize) -> Result<Vec<Stamp>, StoreError> {
         let mut out = Vec::new();
-        let start = [from.min(BUCKETS) as u8];
+        if from >= BUCKETS {
+            return Ok(out);
+        }
+        let start = [from as u8];
         let mode = IteratorMode::From(&start, Direction::Forward);
         for item in self.db.iterator_cf(self.cf(CF_RECORDS), mode) {
             let (k, v) = item.map_err(db_err("scan records"))?;
             if usize::from(k.first().copied().unwrap_or(0)) >= to {
                 break;
             }
-            let id = <[u8; 16]>::try_from(&*k)
-                .map_err(|_| StoreError::Corrupt { what: "record key" })?;
-            let record = decode_record(&id, &v)?;
-            out.push(Stamp {
-                id,
-                version: record_version(&record),
-                tombstone: record.tombstone,
+            let Ok(id) = <[u8; 16]>::try_from(&*k) else {
+                tracing::error!("record key of the wrong length; skipped by anti-entropy");
+                continue;
+            };
+            out.push(match decode_record(&id, &v) {
+                Ok(record) => Stamp {
+                    id,
+                    version: record_version(&record),
+                    tombstone: record.tombstone,
+                    wraps: record.info.as_ref().map_or(0, |e| e.keys.len() as u32),
+                },
+                Err(_) => Stamp {
+                    id,
+                    version: Version {
+                        physical_ms: 0,
+                        logical: 0,
+                        region: String::new(),
+                    },
+                    tombstone: false,
+                    wraps: 0,
+                },
             });
         }
         Ok(out)
@@ -775,6 +807,31 @@ mod tests {
         assert!(decode_record(&[3; 16], &repeated).is_err());
         assert!(decode_record(&[4; 16], &bytes).is_err());
         assert!(decode_record(&[3; 16], &bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn scans_step_over_a_corrupt_record_instead_of_stopping() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        for id in [1u8, 2, 3] {
+            store.commit(None, &record(id, None, 100), false).unwrap();
+        }
+        store
+            .raw_put(CF_RECORDS, &[2; 16], b"\xff\x00 not a record")
+            .unwrap();
+        // Background scans go on past it, and the cursor moves over it.
+        let (first, next) = store.scan_records(None, 2).unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(next, Some([2; 16]));
+        let (rest, next) = store.scan_records(next, 2).unwrap();
+        assert_eq!((rest.len(), next), (1, None));
+        // Anti-entropy sees it at the lowest version, so any peer's copy replaces it.
+        let stamps = store.stamps_in(0, BUCKETS).unwrap();
+        assert_eq!(stamps.len(), 3);
+        assert_eq!(stamps[1].version.physical_ms, 0);
+        assert_eq!(stamps[0].version.physical_ms, 100);
+        assert_eq!(store.bucket_digests().unwrap()[2].0, 1);
+        assert!(store.stamps_in(BUCKETS, BUCKETS + 1).unwrap().is_empty());
     }
 
     #[test]

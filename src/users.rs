@@ -271,6 +271,12 @@ impl Users {
         }
     }
 
+    /// Uses `faults` as the node's fault switches (shared with its clock, say).
+    pub fn with_faults(mut self, faults: Arc<Faults>) -> Users {
+        self.faults = faults;
+        self
+    }
+
     /// The node's fault switches (inert unless fault injection is enabled).
     pub fn faults(&self) -> &Arc<Faults> {
         &self.faults
@@ -938,8 +944,12 @@ impl Users {
             .ok_or(ApplyError::Malformed("event without a record"))?;
         let id = Uuid::from_slice(&incoming.id)
             .map_err(|_| ApplyError::Malformed("record id is not 16 bytes"))?;
-        if incoming.version.is_none() {
-            return Err(ApplyError::Malformed("record without a version"));
+        if incoming
+            .version
+            .as_ref()
+            .is_none_or(|v| v.logical >= crate::hlc::LOGICAL_LIMIT)
+        {
+            return Err(ApplyError::Malformed("record without a valid version"));
         }
         self.record_mac
             .verify(incoming)
@@ -968,10 +978,12 @@ impl Users {
                 Err(UserError::Unreadable) => None,
                 Err(e) => return Err(e.into()),
             };
-            if current
-                .as_ref()
-                .is_some_and(|c| record_version(c) >= version)
-            {
+            if let Some(c) = current.as_ref().filter(|c| record_version(c) >= version) {
+                // The same version with more wrapped keys: key recovery's repair.
+                if record_version(c) == version && crypto::extends_wraps(c, incoming) {
+                    self.store.commit(Some(c), incoming, false)?;
+                    return Ok(Applied::Applied);
+                }
                 return Ok(Applied::Skipped);
             }
             let mut found: Vec<proto::Record> = Vec::new();
@@ -1090,8 +1102,9 @@ impl Users {
     ///
     /// - a record whose data key lacks a wrapped key for a region whose key service
     ///   answers (written while that region's key was unavailable) gets its data key
-    ///   wrapped for every such region, as a new version that replicates like any
-    ///   other change, so that region can read it again;
+    ///   wrapped for every such region, at the same version, published like any other
+    ///   change so that region can read it again (peers take it by
+    ///   `crypto::extends_wraps`, and it never competes with a real change);
     /// - a record whose key for this region is under an older master key (after a
     ///   rotation) is moved to the active one, in place: every region moves its own.
     ///
@@ -1102,17 +1115,10 @@ impl Users {
         cursor: Option<[u8; 16]>,
         limit: usize,
     ) -> Result<(RecoveryRound, Option<[u8; 16]>), UserError> {
-        let batch = self.store.scan_records(cursor, limit)?;
+        let (batch, next) = self.store.scan_records(cursor, limit)?;
         let mut round = RecoveryRound {
             scanned: batch.len(),
             ..Default::default()
-        };
-        let next = if batch.len() < limit {
-            None
-        } else {
-            batch
-                .last()
-                .and_then(|r| <[u8; 16]>::try_from(r.id.as_slice()).ok())
         };
         if self.own_key_available().is_err() {
             return Ok((round, next));
@@ -1132,32 +1138,18 @@ impl Users {
                 Err(e) => return Err(e),
             };
             let repair = self.key_repair(&previous);
-            if previous.version != seen.version || repair == KeyRepair::None {
+            if previous != seen || repair == KeyRepair::None {
                 continue;
             }
             let keyring = self.keyring();
-            let regions = self.wrap_regions(&keyring)?;
+            let regions = match &repair {
+                KeyRepair::Missing(regions) => regions.clone(),
+                _ => vec![self.region.clone()],
+            };
+            // Same version: only wraps change, and every region takes a record that
+            // adds wraps at the version it holds (`crypto::extends_wraps`). A new
+            // version would compete with real changes under last-writer-wins.
             let mut record = previous.clone();
-            if repair == KeyRepair::Missing {
-                // The smallest version above the one repaired, not the clock's now: a
-                // change made anywhere after this record was written carries a later
-                // physical time and still wins over the repair.
-                let v = record_version(&previous);
-                let next = if v.logical + 1 < crate::hlc::LOGICAL_LIMIT {
-                    Version {
-                        physical_ms: v.physical_ms,
-                        logical: v.logical + 1,
-                        region: self.region.clone(),
-                    }
-                } else {
-                    Version {
-                        physical_ms: v.physical_ms + 1,
-                        logical: 0,
-                        region: self.region.clone(),
-                    }
-                };
-                record.version = Some(next.to_proto());
-            }
             match crypto::rewrap(&mut record, &keyring, &regions) {
                 Ok(()) => {}
                 // Not ours to repair (no key for this region): another region's job.
@@ -1172,7 +1164,7 @@ impl Users {
                 Err(e) => return Err(UserError::Crypto(e)),
             }
             self.record_mac.sign(&mut record);
-            if repair == KeyRepair::Missing {
+            if matches!(repair, KeyRepair::Missing(_)) {
                 self.store.commit(Some(&previous), &record, true)?;
                 self.outbox_signal.notify_one();
                 metrics::counter!(m::STORE_COMMITS_TOTAL, "kind" => "key_recovery").increment(1);
@@ -1203,11 +1195,13 @@ impl Users {
         let Some(own) = env.keys.iter().find(|k| k.region == keyring.owner()) else {
             return KeyRepair::None;
         };
-        let missing = keyring
+        let missing: Vec<String> = keyring
             .regions()
-            .any(|r| self.faults.key_available(r) && !env.keys.iter().any(|k| k.region == r));
-        if missing {
-            return KeyRepair::Missing;
+            .filter(|r| self.faults.key_available(r) && !env.keys.iter().any(|k| k.region == *r))
+            .map(str::to_string)
+            .collect();
+        if !missing.is_empty() {
+            return KeyRepair::Missing(missing);
         }
         match keyring.active_key(keyring.owner()) {
             Some(active) if own.key_version != active.version => KeyRepair::OwnKeyOld,
@@ -1216,11 +1210,11 @@ impl Users {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum KeyRepair {
     None,
-    /// Lacks a wrapped key for an available region.
-    Missing,
+    /// Lacks a wrapped key for these regions, whose key services answer.
+    Missing(Vec<String>),
     /// This region's wrap is under an older master key.
     OwnKeyOld,
 }
@@ -1454,23 +1448,21 @@ mod tests {
             record_version(written.record.as_ref().unwrap()),
             record_version(repaired.record.as_ref().unwrap()),
         );
-        assert!(
-            v1 > v0 && v1.physical_ms == v0.physical_ms,
-            "the next version, not now"
-        );
+        assert_eq!(v1, v0, "the same version, only wraps added");
         assert_eq!(
             a.recover_keys_round(None, 100).unwrap().0.recovered,
             0,
             "done once"
         );
-        // A change made in us-east after the write wins over the repair everywhere.
-        std::thread::sleep(std::time::Duration::from_millis(2));
+        // A change made in us-east after the write wins over the repair everywhere,
+        // however close in time: the repair keeps the version it repaired.
         let patch =
             validate::user_patch(&serde_json::json!({"profile": {"city": "Lagos"}})).unwrap();
         c.update(&id, patch).unwrap();
         assert_eq!(c.apply(&repaired).unwrap(), Applied::Skipped);
         // eu-west reads the record once the repair arrives.
         assert_eq!(b.apply(&repaired).unwrap(), Applied::Applied);
+        assert_eq!(b.apply(&repaired).unwrap(), Applied::Skipped, "once");
         assert_eq!(b.get(&id).unwrap().email, "ada@example.com");
         assert_eq!(a.get(&id).unwrap().email, "ada@example.com");
     }

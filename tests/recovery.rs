@@ -152,6 +152,45 @@ async fn a_transient_apply_failure_is_parked_then_retried_and_applied() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_from_a_clock_running_ahead_wait_in_the_retry_queue_until_they_fit() {
+    let cluster = Cluster::start_with(ClusterOptions {
+        extra: FAST.into(),
+        ..Default::default()
+    });
+    cluster.warm_up().await;
+    let clients = cluster.clients();
+    let (south, west) = (&clients[0], &clients[1]);
+    // af-south's clock runs 3 s ahead; peers accept at most 500 ms (clock.max_skew_ms).
+    set_faults(south, json!({"clock_offset_ms": 3000})).await;
+    let id = create(south, "ahead@example.com").await;
+    eventually("the event parked for clock skew", &cluster, || async {
+        let m = west.metrics().await;
+        metric_value(
+            &m,
+            "authsync_retry_parked_total",
+            &[("reason", "clock_skew")],
+        ) == Some(1.0)
+    })
+    .await;
+    let parked = west.get("/v1/admin/retry").await;
+    assert_eq!(
+        parked.body["entries"][0]["record_id"],
+        id.as_str(),
+        "{}",
+        parked.text
+    );
+    assert_eq!(parked.body["entries"][0]["reason"], "clock_skew");
+    assert_eq!(west.get(&format!("/v1/users/{id}")).await.status, 404);
+    // Once local time has caught up with the event, a retry applies it.
+    eventually("the event applied once it fits", &cluster, || async {
+        west.get(&format!("/v1/users/{id}")).await.status == 200
+    })
+    .await;
+    let v = west.get(&format!("/v1/users/{id}")).await.body["version"]["region"].clone();
+    assert_eq!(v, "af-south");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_events_reach_dead_letters_and_are_replayed_or_dropped_by_an_operator() {
     let cluster = Cluster::start_with(ClusterOptions {
         extra: format!("{FAST}max_attempts = 3\n"),

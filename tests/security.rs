@@ -280,7 +280,7 @@ async fn legacy_hashes_log_in_and_are_upgraded_on_first_login() {
     node.stop();
     let store = Store::open(&node.data_dir(), &StoreOptions::default()).unwrap();
     let keyring = Keyring::load(&keyring_path(&node.keys_dir(), "af-south")).unwrap();
-    for r in store.scan_records(None, 100).unwrap() {
+    for r in store.scan_records(None, 100).unwrap().0 {
         assert!(
             r.secret.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
             "{}",
@@ -403,7 +403,7 @@ async fn key_rotation_needs_no_restart_and_old_records_are_rewrapped() {
     );
     node.stop();
     let store = Store::open(&node.data_dir(), &StoreOptions::default()).unwrap();
-    for r in store.scan_records(None, 100).unwrap() {
+    for r in store.scan_records(None, 100).unwrap().0 {
         let env = r.info.as_ref().unwrap();
         let own = env.keys.iter().find(|k| k.region == "af-south").unwrap();
         assert_eq!(own.key_version, 2, "every record now uses af-south/v2");
