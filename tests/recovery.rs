@@ -17,6 +17,17 @@ const PW: &str = "correct horse battery";
 /// Fast sweepers and short backoff for tests.
 const FAST: &str = "[faults]\nenabled = true\n\n[retry]\nsweep_interval_ms = 100\nbackoff_base_ms = 200\nbackoff_max_ms = 1000\n";
 
+/// A warmed-up cluster with fault injection and fast retries; `more` adds `[retry]` keys.
+async fn fast_cluster(more: &str) -> (Cluster, Vec<Client>) {
+    let cluster = Cluster::start_with(ClusterOptions {
+        extra: format!("{FAST}{more}"),
+        ..Default::default()
+    });
+    cluster.warm_up().await;
+    let clients = cluster.clients();
+    (cluster, clients)
+}
+
 async fn set_faults(c: &Client, faults: Value) {
     let r = c.put("/v1/admin/faults", faults).await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -62,12 +73,7 @@ fn cli(node: &TestNode, args: &[&str]) -> (bool, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_written_during_a_key_outage_become_readable_there_without_operator_action() {
-    let cluster = Cluster::start_with(ClusterOptions {
-        extra: FAST.into(),
-        ..Default::default()
-    });
-    let warm = cluster.warm_up().await;
-    let clients = cluster.clients();
+    let (cluster, clients) = fast_cluster("").await;
     let (south, west, east) = (&clients[0], &clients[1], &clients[2]);
     // eu-west's key service is down: for eu-west itself and for everyone wrapping for it.
     for c in &clients {
@@ -86,7 +92,7 @@ async fn records_written_during_a_key_outage_become_readable_there_without_opera
         ids.push(create(south, &format!("south{i}@example.com")).await);
         ids.push(create(east, &format!("east{i}@example.com")).await);
     }
-    let total = (warm.len() + ids.len()) as u64;
+    let total = (common::REGIONS.len() + ids.len()) as u64; // warm-up made one per region
     cluster.converged(total, Duration::from_secs(60)).await;
     // Every region holds them; eu-west cannot open them.
     for id in &ids {
@@ -121,12 +127,7 @@ async fn records_written_during_a_key_outage_become_readable_there_without_opera
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transient_apply_failure_is_parked_then_retried_and_applied() {
-    let cluster = Cluster::start_with(ClusterOptions {
-        extra: FAST.into(),
-        ..Default::default()
-    });
-    cluster.warm_up().await;
-    let clients = cluster.clients();
+    let (cluster, clients) = fast_cluster("").await;
     let (south, west) = (&clients[0], &clients[1]);
     set_faults(west, json!({"apply_failures": 1})).await;
     let id = create(south, "transient@example.com").await;
@@ -153,12 +154,7 @@ async fn a_transient_apply_failure_is_parked_then_retried_and_applied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_from_a_clock_running_ahead_wait_in_the_retry_queue_until_they_fit() {
-    let cluster = Cluster::start_with(ClusterOptions {
-        extra: FAST.into(),
-        ..Default::default()
-    });
-    cluster.warm_up().await;
-    let clients = cluster.clients();
+    let (cluster, clients) = fast_cluster("").await;
     let (south, west) = (&clients[0], &clients[1]);
     // af-south's clock runs 3 s ahead; peers accept at most 500 ms (clock.max_skew_ms).
     set_faults(south, json!({"clock_offset_ms": 3000})).await;
@@ -192,12 +188,7 @@ async fn events_from_a_clock_running_ahead_wait_in_the_retry_queue_until_they_fi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_events_reach_dead_letters_and_are_replayed_or_dropped_by_an_operator() {
-    let cluster = Cluster::start_with(ClusterOptions {
-        extra: format!("{FAST}max_attempts = 3\n"),
-        ..Default::default()
-    });
-    cluster.warm_up().await;
-    let clients = cluster.clients();
+    let (cluster, clients) = fast_cluster("max_attempts = 3\n").await;
     let (south, west) = (&clients[0], &clients[1]);
     // Every apply in eu-west fails until the cause is fixed.
     set_faults(west, json!({"apply_failures": 1_000_000})).await;
@@ -359,12 +350,7 @@ async fn a_region_cut_off_from_the_stream_converges_through_anti_entropy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_retry_queue_holds_the_stream_and_says_so_without_dropping_anything() {
-    let cluster = Cluster::start_with(ClusterOptions {
-        extra: format!("{FAST}max_entries = 2\n"),
-        ..Default::default()
-    });
-    cluster.warm_up().await;
-    let clients = cluster.clients();
+    let (cluster, clients) = fast_cluster("max_entries = 2\n").await;
     let (south, west) = (&clients[0], &clients[1]);
     set_faults(west, json!({"apply_failures": 1_000_000})).await;
     let mut ids = Vec::new();
