@@ -21,6 +21,8 @@ use crate::keys::{self, keyring_path};
 
 pub const DEMO_REGIONS: [&str; 3] = ["af-south", "eu-west", "us-east"];
 const TOPIC_PREFIX: &str = "authsync.changes.";
+/// A topic nobody replicates through, for `authsync bench`'s Kafka round-trip floor.
+pub const BENCH_TOPIC: &str = "authsync.bench";
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -219,6 +221,9 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
                     .create_topic(&format!("{TOPIC_PREFIX}{region}"), 3, 1)
                     .with_context(|| format!("create topic for {region}"))?;
             }
+            cluster
+                .create_topic(BENCH_TOPIC, 1, 1)
+                .context("create the bench topic")?;
             let bootstrap = cluster.bootstrap_servers();
             mock = Some(cluster);
             (bootstrap, false)

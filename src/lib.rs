@@ -21,11 +21,13 @@
 //! - [`faults`]: fault switches for tests and the chaos harness (off by default).
 //! - [`node`]: one region's node: start-up, background tasks, ordered shutdown.
 //! - [`demo`]: `authsync demo`, a node with no setup.
+//! - [`bench`]: `authsync bench`, end-to-end load beside the machine's own floors.
 //! - [`proto`]: the protobuf formats (`proto/authsync.proto`) of records and events.
 
 pub mod admin;
 pub mod antientropy;
 pub mod api;
+pub mod bench;
 pub mod config;
 pub mod crypto;
 pub mod demo;
