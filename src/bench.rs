@@ -35,20 +35,31 @@ use crate::password::Passwords;
 use crate::store::{Store, StoreOptions};
 use crate::users::Users;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchOptions {
-    /// An existing cluster's node URLs (first one takes the writes); `None` starts one.
+    /// Nodes of an existing cluster, comma-separated (the first takes the writes).
+    /// Without it, `authsync demo` is started for the run.
+    #[arg(long, value_delimiter = ',')]
     pub urls: Option<Vec<String>>,
+    #[arg(long, env = "AUTHSYNC_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    #[arg(long, default_value_t = 2000)]
     pub users: usize,
+    #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
     /// Bytes of profile data per user (the record size).
+    #[arg(long, default_value_t = 256)]
     pub profile_bytes: usize,
+    #[arg(long, default_value_t = 100)]
     pub logins: usize,
     /// Writes whose arrival in every other region is timed.
+    #[arg(long, default_value_t = 100)]
     pub lag_samples: usize,
     /// Produce→consume round trips timed for the Kafka floor.
+    #[arg(long, default_value_t = 200)]
     pub kafka_round_trips: usize,
+    /// The JSON report.
+    #[arg(long, default_value = "bench.json")]
     pub out: PathBuf,
 }
 
@@ -286,6 +297,9 @@ fn profile(bytes: usize, i: usize) -> Value {
 
 /// The whole run.
 pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
+    if opts.users == 0 || opts.concurrency == 0 || !(1..=16_384).contains(&opts.profile_bytes) {
+        bail!("--users and --concurrency must be at least 1, --profile-bytes 1 to 16384");
+    }
     let cluster = match &opts.urls {
         Some(urls) => {
             if urls.len() < 2 {

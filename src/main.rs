@@ -59,32 +59,7 @@ enum Command {
     Keys(KeysCommand),
     /// Load a three-region cluster end to end and measure it beside the machine's
     /// floors (raw RocksDB puts, the envelope, the password hash, a Kafka round trip).
-    Bench {
-        /// Nodes of an existing cluster, comma-separated (the first takes the writes).
-        /// Without it, `authsync demo` is started for the run.
-        #[arg(long, value_delimiter = ',')]
-        urls: Option<Vec<String>>,
-        #[arg(long, env = "AUTHSYNC_API_KEY", hide_env_values = true)]
-        api_key: Option<String>,
-        #[arg(long, default_value_t = 2000)]
-        users: usize,
-        #[arg(long, default_value_t = 8)]
-        concurrency: usize,
-        /// Bytes of profile data per user.
-        #[arg(long, default_value_t = 256)]
-        profile_bytes: usize,
-        #[arg(long, default_value_t = 100)]
-        logins: usize,
-        /// Writes whose arrival in the other regions is timed.
-        #[arg(long, default_value_t = 100)]
-        lag_samples: usize,
-        /// Produce→consume round trips timed for the Kafka floor.
-        #[arg(long, default_value_t = 200)]
-        kafka_round_trips: usize,
-        /// The JSON report.
-        #[arg(long, default_value = "bench.json")]
-        out: PathBuf,
-    },
+    Bench(authsync::bench::BenchOptions),
     /// Inspect and act on a node's dead letters (and its retry queue).
     Dlq {
         /// The node's HTTP address.
@@ -253,34 +228,9 @@ async fn main() -> anyhow::Result<()> {
                 "region {region}: master key v{version} is active; older versions decrypt only"
             );
         }
-        Command::Bench {
-            urls,
-            api_key,
-            users,
-            concurrency,
-            profile_bytes,
-            logins,
-            lag_samples,
-            kafka_round_trips,
-            out,
-        } => {
-            if users == 0 || concurrency == 0 || !(1..=16_384).contains(&profile_bytes) {
-                anyhow::bail!(
-                    "--users and --concurrency must be at least 1, --profile-bytes 1 to 16384"
-                );
-            }
-            let report = authsync::bench::run(authsync::bench::BenchOptions {
-                urls,
-                api_key,
-                users,
-                concurrency,
-                profile_bytes,
-                logins,
-                lag_samples,
-                kafka_round_trips,
-                out: out.clone(),
-            })
-            .await?;
+        Command::Bench(options) => {
+            let out = options.out.clone();
+            let report = authsync::bench::run(options).await?;
             print!("{}", authsync::bench::table(&report));
             println!("report: {}", out.display());
         }
