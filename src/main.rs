@@ -163,8 +163,28 @@ fn stop_on_signals(token: CancellationToken) {
     });
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Password hashing allocates 19 MiB per hash. glibc raises its mmap threshold after
+/// such a block is freed, so later ones come from per-thread heaps that keep them: a
+/// node hashing on many blocking threads grew past 1 GiB. A fixed threshold keeps
+/// large blocks mapped and returns them to the system when freed.
+fn keep_large_allocations_mapped() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    keep_large_allocations_mapped();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
