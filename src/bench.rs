@@ -625,6 +625,11 @@ async fn kafka_floor(bootstrap: &str, n: usize) -> anyhow::Result<Latency> {
             format!("authsync-bench-{}", uuid::Uuid::new_v4().simple()),
         )
         .set("auto.offset.reset", "latest")
+        // As the nodes' consumers fetch.
+        .set(
+            "fetch.wait.max.ms",
+            crate::config::DEFAULT_FETCH_WAIT_MAX_MS.to_string(),
+        )
         .set("enable.partition.eof", "false")
         .create()?;
     consumer.subscribe(&[topic])?;

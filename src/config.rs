@@ -188,6 +188,9 @@ pub struct PeerConfig {
     pub http: Option<String>,
 }
 
+/// The consumers' `fetch.wait.max.ms` unless configured.
+pub const DEFAULT_FETCH_WAIT_MAX_MS: u64 = 100;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReplicationConfig {
@@ -200,6 +203,10 @@ pub struct ReplicationConfig {
     pub consumer_group: Option<String>,
     /// librdkafka `session.timeout.ms` of the consumers. Default 6000.
     pub session_timeout_ms: u64,
+    /// librdkafka `fetch.wait.max.ms` of the consumers: how long a fetch may wait
+    /// for new events, a floor under replication lag where a broker answers only then.
+    /// Default 100 (librdkafka's own is 500).
+    pub fetch_wait_max_ms: u64,
 }
 
 impl Default for ReplicationConfig {
@@ -209,6 +216,7 @@ impl Default for ReplicationConfig {
             publish_interval_ms: 200,
             consumer_group: None,
             session_timeout_ms: 6000,
+            fetch_wait_max_ms: DEFAULT_FETCH_WAIT_MAX_MS,
         }
     }
 }
@@ -236,6 +244,7 @@ pub struct Replication {
     pub publish_batch: usize,
     pub publish_interval_ms: u64,
     pub session_timeout_ms: u64,
+    pub fetch_wait_max_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -615,6 +624,12 @@ impl RawConfig {
                         "must be at least 1",
                     ));
                 }
+                if !(1..=10_000).contains(&r.fetch_wait_max_ms) {
+                    return Err(invalid(
+                        "replication.fetch_wait_max_ms",
+                        "must be between 1 and 10000",
+                    ));
+                }
                 if !(1000..=300_000).contains(&r.session_timeout_ms) {
                     return Err(invalid(
                         "replication.session_timeout_ms",
@@ -636,6 +651,7 @@ impl RawConfig {
                     publish_batch: r.publish_batch,
                     publish_interval_ms: r.publish_interval_ms,
                     session_timeout_ms: r.session_timeout_ms,
+                    fetch_wait_max_ms: r.fetch_wait_max_ms,
                 })
             }
         };

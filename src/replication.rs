@@ -132,6 +132,7 @@ pub fn start(
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set("session.timeout.ms", r.session_timeout_ms.to_string())
+            .set("fetch.wait.max.ms", r.fetch_wait_max_ms.to_string())
             .set("topic.metadata.refresh.interval.ms", "10000")
             // A request in flight when the broker vanishes holds the coordinator
             // connection until it times out (60 s by default): recover sooner.
