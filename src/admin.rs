@@ -32,7 +32,7 @@ use crate::api::{ApiError, AppState, JsonBody};
 use crate::faults::FaultState;
 use crate::retry::{entry_json, Replayed};
 use crate::store::{StoreError, BUCKETS};
-use crate::users::Applied;
+use crate::users::{Applied, UserError};
 use crate::validate::Problem;
 
 const DEFAULT_PAGE: usize = 100;
@@ -80,34 +80,11 @@ fn query<T: serde::de::DeserializeOwned>(raw: Option<String>) -> Result<T, ApiEr
         .map_err(|e| ApiError::invalid(vec![Problem::new("query", e.to_string())]))
 }
 
-fn store_error(e: StoreError) -> ApiError {
-    tracing::error!(error = %e, "admin store access");
-    match e {
-        StoreError::Corrupt { .. } => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "record_unreadable",
-            vec![],
-        ),
-        StoreError::Db { .. } => {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", vec![])
-        }
-    }
-}
-
+/// A store operation off the async workers, its errors answered as the API does.
 async fn run<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(store_error),
-        Err(e) => {
-            tracing::error!(error = %e, "blocking task failed");
-            Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                vec![],
-            ))
-        }
-    }
+    crate::api::blocking(move || f().map_err(UserError::Store)).await
 }
 
 fn dead_letter_id(raw: &str) -> Result<u64, ApiError> {
@@ -237,6 +214,17 @@ async fn put_faults(
             return Err(ApiError::invalid(unknown));
         }
     }
+    if let Some(o) = change.clock_offset_ms {
+        if o.unsigned_abs() > crate::faults::MAX_CLOCK_OFFSET_MS.unsigned_abs() {
+            return Err(ApiError::invalid(vec![Problem::new(
+                "clock_offset_ms",
+                format!(
+                    "must be within ±{} ms (a day)",
+                    crate::faults::MAX_CLOCK_OFFSET_MS
+                ),
+            )]));
+        }
+    }
     tracing::warn!(?change, "fault switches changed");
     s.users.faults().set(change);
     Ok(Json(s.users.faults().state()))
@@ -283,13 +271,7 @@ async fn require_peer(
 
 async fn internal_digests(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     let users = s.users.clone();
-    let d = tokio::task::spawn_blocking(move || antientropy::digests(&users))
-        .await
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", vec![]))?
-        .map_err(|e| {
-            tracing::error!(error = %e, "bucket digests");
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", vec![])
-        })?;
+    let d = run(move || antientropy::digests(&users)).await?;
     Ok(Json(json!(d)))
 }
 

@@ -165,7 +165,7 @@ pub struct FetchResponse {
     pub records: Vec<String>,
 }
 
-pub fn digests(users: &Users) -> anyhow::Result<Digests> {
+pub fn digests(users: &Users) -> Result<Digests, crate::store::StoreError> {
     let buckets = users
         .store()
         .bucket_digests()?

@@ -222,7 +222,7 @@ fn user_json(u: &UserView) -> Value {
 }
 
 /// Runs a blocking store operation off the async workers.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, UserError> + Send + 'static,
 ) -> Result<T, ApiError> {
     match tokio::task::spawn_blocking(f).await {

@@ -28,6 +28,20 @@ struct Admin {
 }
 
 impl Admin {
+    /// Sends a request; an answer other than `want` becomes the error, named.
+    async fn expect(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        want: u16,
+    ) -> anyhow::Result<Value> {
+        let (status, body) = self.call(method, path).await?;
+        if status != want {
+            return Err(fail(status, &body));
+        }
+        Ok(body)
+    }
+
     async fn call(&self, method: reqwest::Method, path: &str) -> anyhow::Result<(u16, Value)> {
         let resp = self
             .http
@@ -103,15 +117,13 @@ pub async fn run(base: &str, api_key: &str, action: Action) -> anyhow::Result<()
             } else {
                 "/v1/admin/dead-letters"
             };
-            let (status, body) = admin
-                .call(
+            let body = admin
+                .expect(
                     reqwest::Method::GET,
                     &format!("{path}?limit={limit}&after={after}"),
+                    200,
                 )
                 .await?;
-            if status != 200 {
-                return Err(fail(status, &body));
-            }
             let entries = body["entries"].as_array().cloned().unwrap_or_default();
             let what = if retry {
                 "parked events"
@@ -133,42 +145,36 @@ pub async fn run(base: &str, api_key: &str, action: Action) -> anyhow::Result<()
             }
         }
         Action::Show { id } => {
-            let (status, body) = admin
-                .call(
+            let body = admin
+                .expect(
                     reqwest::Method::GET,
                     &format!("/v1/admin/dead-letters/{id}"),
+                    200,
                 )
                 .await?;
-            if status != 200 {
-                return Err(fail(status, &body));
-            }
             println!("{}", serde_json::to_string_pretty(&body)?);
         }
         Action::Replay { id } => {
-            let (status, body) = admin
-                .call(
+            let body = admin
+                .expect(
                     reqwest::Method::POST,
                     &format!("/v1/admin/dead-letters/{id}/replay"),
+                    200,
                 )
                 .await?;
-            if status != 200 {
-                return Err(fail(status, &body));
-            }
             println!(
                 "dead letter {id}: {}",
                 body["outcome"].as_str().unwrap_or("?")
             );
         }
         Action::Drop { id } => {
-            let (status, body) = admin
-                .call(
+            let _ = admin
+                .expect(
                     reqwest::Method::DELETE,
                     &format!("/v1/admin/dead-letters/{id}"),
+                    204,
                 )
                 .await?;
-            if status != 204 {
-                return Err(fail(status, &body));
-            }
             println!("dead letter {id} dropped");
         }
     }

@@ -152,7 +152,7 @@ fn describe() {
     describe_counter!(
         REPLICATION_EVENTS_TOTAL,
         Unit::Count,
-        "Replicated events received from a source region, by outcome: applied, skipped (not newer), merged (duplicate account resolved), refused (clock skew), malformed, integrity, error."
+        "Replicated events received from a source region, by outcome: applied, skipped (not newer), merged (duplicate account resolved), parked (retry queue), dead_lettered."
     );
     describe_histogram!(
         REPLICATION_LAG_SECONDS,

@@ -471,4 +471,16 @@ async fn operator_and_internal_endpoints_refuse_bad_input_and_strangers() {
         .put("/v1/admin/faults", json!({"apply_failure": 1}))
         .await;
     assert_eq!(r.status, 400, "unknown switch: {}", r.text);
+    let r = faulty
+        .client()
+        .put(
+            "/v1/admin/faults",
+            json!({"clock_offset_ms": 90_000_000_000i64}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "offset beyond a day: {}", r.text);
+    assert_eq!(r.body["details"][0]["field"], "clock_offset_ms");
+    // Refused whole: nothing changed.
+    let state = faulty.client().get("/v1/admin/faults").await;
+    assert_eq!(state.body["clock_offset_ms"], 0);
 }
