@@ -34,6 +34,8 @@ pub struct DemoOptions {
     pub kafka: Option<String>,
     /// Expose `/v1/admin/faults` on every node (for the chaos harness).
     pub faults: bool,
+    /// Let regions compare and repair with each other (needs fixed ports).
+    pub anti_entropy: bool,
 }
 
 /// A random API key: 32 bytes, URL-safe base64.
@@ -184,109 +186,189 @@ impl Drop for NodeProcess {
     }
 }
 
-pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let (root, _temp) = match &opts.data_dir {
-        Some(d) => (d.clone(), None),
-        None => {
-            let t = tempfile::Builder::new()
-                .prefix("authsync-demo-")
-                .tempdir()
-                .context("create temporary data directory")?;
-            (t.path().to_path_buf(), Some(t))
-        }
-    };
-    let key_dir = root.join("keys");
-    std::fs::create_dir_all(&key_dir).with_context(|| format!("create {}", key_dir.display()))?;
-    if !keyring_path(&key_dir, DEMO_REGIONS[0]).exists() {
-        let regions: Vec<String> = DEMO_REGIONS.iter().map(|r| r.to_string()).collect();
-        for ring in keys::init(&regions).context("generate demo keyrings")? {
-            ring.save(&keyring_path(&key_dir, ring.owner()))?;
-        }
-    }
-    let api_key = match opts.api_key {
-        Some(k) if !k.trim().is_empty() => k,
-        Some(_) => bail!("--api-key must not be empty"),
-        None => new_api_key()?,
-    };
+/// Three regions on this machine: keyrings and configs under one root, the embedded
+/// broker (unless a real one is named), and one `authsync node` process per region.
+/// `authsync demo` runs one until stopped; `authsync bench` runs one and stops and
+/// restarts a region in it. Dropping it stops the nodes, then the broker.
+///
+/// Nodes die with the thread that started them (`PR_SET_PDEATHSIG`), so start and
+/// restart them from a thread that lives as long as the cluster.
+pub struct LocalCluster {
+    pub root: PathBuf,
+    pub api_key: String,
+    pub bootstrap: String,
+    configs: Vec<PathBuf>,
+    nodes: Vec<NodeProcess>,
+    // Field order is drop order: nodes stop before the broker they use goes away.
+    _mock:
+        Option<rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>>,
+    _temp: Option<tempfile::TempDir>,
+}
 
-    // The embedded broker lives on this task (it is not Send) until the nodes stop.
-    let mut mock = None;
-    let (bootstrap, create_topics) = match &opts.kafka {
-        Some(k) => (k.clone(), true),
-        None => {
-            let cluster =
-                rdkafka::mocking::MockCluster::new(1).context("start the embedded broker")?;
-            for region in DEMO_REGIONS {
-                cluster
-                    .create_topic(&format!("{TOPIC_PREFIX}{region}"), 3, 1)
-                    .with_context(|| format!("create topic for {region}"))?;
+impl LocalCluster {
+    pub fn start(opts: &DemoOptions) -> anyhow::Result<LocalCluster> {
+        let (root, temp) = match &opts.data_dir {
+            Some(d) => (d.clone(), None),
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("authsync-demo-")
+                    .tempdir()
+                    .context("create temporary data directory")?;
+                (t.path().to_path_buf(), Some(t))
             }
-            cluster
-                .create_topic(BENCH_TOPIC, 1, 1)
-                .context("create the bench topic")?;
-            let bootstrap = cluster.bootstrap_servers();
-            mock = Some(cluster);
-            (bootstrap, false)
+        };
+        let key_dir = root.join("keys");
+        std::fs::create_dir_all(&key_dir)
+            .with_context(|| format!("create {}", key_dir.display()))?;
+        if !keyring_path(&key_dir, DEMO_REGIONS[0]).exists() {
+            let regions: Vec<String> = DEMO_REGIONS.iter().map(|r| r.to_string()).collect();
+            for ring in keys::init(&regions).context("generate demo keyrings")? {
+                ring.save(&keyring_path(&key_dir, ring.owner()))?;
+            }
         }
-    };
+        let api_key = match &opts.api_key {
+            Some(k) if !k.trim().is_empty() => k.clone(),
+            Some(_) => bail!("--api-key must not be empty"),
+            None => new_api_key()?,
+        };
 
-    let config_dir = root.join("config");
-    std::fs::create_dir_all(&config_dir)
-        .with_context(|| format!("create {}", config_dir.display()))?;
-    let mut nodes = Vec::new();
-    // Port 0 gives every region a free port of its own (and no anti-entropy, whose
-    // peers' addresses must be known up front).
-    let listens: Vec<String> = (0..DEMO_REGIONS.len())
-        .map(|i| {
-            let port = if opts.base_port == 0 {
-                0
-            } else {
-                opts.base_port + i as u16
-            };
-            std::net::SocketAddr::new(opts.host, port).to_string()
+        let mut mock = None;
+        let (bootstrap, create_topics) = match &opts.kafka {
+            Some(k) => (k.clone(), true),
+            None => {
+                let cluster =
+                    rdkafka::mocking::MockCluster::new(1).context("start the embedded broker")?;
+                for region in DEMO_REGIONS {
+                    cluster
+                        .create_topic(&format!("{TOPIC_PREFIX}{region}"), 3, 1)
+                        .with_context(|| format!("create topic for {region}"))?;
+                }
+                cluster
+                    .create_topic(BENCH_TOPIC, 1, 1)
+                    .context("create the bench topic")?;
+                let bootstrap = cluster.bootstrap_servers();
+                mock = Some(cluster);
+                (bootstrap, false)
+            }
+        };
+
+        let config_dir = root.join("config");
+        std::fs::create_dir_all(&config_dir)
+            .with_context(|| format!("create {}", config_dir.display()))?;
+        // Port 0 gives every region a free port of its own (and no anti-entropy, whose
+        // peers' addresses must be known up front).
+        let listens: Vec<String> = (0..DEMO_REGIONS.len())
+            .map(|i| {
+                let port = if opts.base_port == 0 {
+                    0
+                } else {
+                    opts.base_port + i as u16
+                };
+                std::net::SocketAddr::new(opts.host, port).to_string()
+            })
+            .collect();
+        let urls: Vec<String> = listens.iter().map(|l| format!("http://{l}")).collect();
+        let peer_urls = (opts.base_port != 0 && opts.anti_entropy).then_some(urls.as_slice());
+        let shared = Shared {
+            root: &root,
+            api_key: &api_key,
+            bootstrap: &bootstrap,
+            create_topics,
+            peer_urls,
+            faults: opts.faults,
+        };
+        let mut configs = Vec::new();
+        let mut nodes = Vec::new();
+        for (i, region) in DEMO_REGIONS.iter().enumerate() {
+            let path = config_dir.join(format!("{region}.toml"));
+            std::fs::write(&path, node_config(&shared, region, &listens[i]))
+                .with_context(|| format!("write {}", path.display()))?;
+            nodes.push(NodeProcess::spawn(region, &path)?);
+            configs.push(path);
+        }
+        Ok(LocalCluster {
+            root,
+            api_key,
+            bootstrap,
+            configs,
+            nodes,
+            _mock: mock,
+            _temp: temp,
         })
-        .collect();
-    let urls: Vec<String> = listens.iter().map(|l| format!("http://{l}")).collect();
-    let peer_urls = (opts.base_port != 0).then_some(urls.as_slice());
-    let shared = Shared {
-        root: &root,
-        api_key: &api_key,
-        bootstrap: &bootstrap,
-        create_topics,
-        peer_urls,
-        faults: opts.faults,
-    };
-    for (i, region) in DEMO_REGIONS.iter().enumerate() {
-        let path = config_dir.join(format!("{region}.toml"));
-        std::fs::write(&path, node_config(&shared, region, &listens[i]))
-            .with_context(|| format!("write {}", path.display()))?;
-        nodes.push(NodeProcess::spawn(region, &path)?);
     }
 
+    /// Each region's URL, in [`DEMO_REGIONS`] order.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url.clone()).collect()
+    }
+
+    /// Whether the broker is the embedded one.
+    pub fn embedded_broker(&self) -> bool {
+        self._mock.is_some()
+    }
+
+    /// Stops region `i` as SIGTERM does (killed if it takes longer than `within`).
+    pub fn stop(&mut self, i: usize, within: Duration) {
+        let node = &mut self.nodes[i];
+        if let Ok(None) = node.child.try_wait() {
+            node.terminate();
+            node.wait(within);
+        }
+    }
+
+    /// Starts region `i` again from its data directory; returns once it listens.
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.stop(i, Duration::from_secs(15));
+        self.nodes[i] = NodeProcess::spawn(DEMO_REGIONS[i], &self.configs[i])?;
+        Ok(())
+    }
+
+    /// The first region whose node exited on its own.
+    pub fn exited(&mut self) -> Option<&'static str> {
+        self.nodes
+            .iter_mut()
+            .find_map(|n| matches!(n.child.try_wait(), Ok(Some(_))).then_some(n.region))
+    }
+
+    /// Stops every node in parallel, then the broker.
+    pub fn shutdown(mut self) {
+        for n in self.nodes.iter_mut() {
+            n.terminate();
+        }
+        for n in self.nodes.iter_mut() {
+            n.wait(Duration::from_secs(15));
+        }
+    }
+}
+
+pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut cluster = LocalCluster::start(&opts)?;
+    let urls = cluster.urls();
+    let api_key = cluster.api_key.clone();
     println!(
         "authsync demo: three regions replicating through {}",
         match &opts.kafka {
             Some(k) => format!("Kafka at {k}"),
-            None => format!("the embedded broker at {bootstrap}"),
+            None => format!("the embedded broker at {}", cluster.bootstrap),
         }
     );
-    for n in &nodes {
-        println!("  {:<9} {}", n.region, n.url);
+    for (region, url) in DEMO_REGIONS.iter().zip(&urls) {
+        println!("  {region:<9} {url}");
     }
-    println!("  data      {}", root.display());
+    println!("  data      {}", cluster.root.display());
     println!("  api key   {api_key}");
     println!();
     println!(
         "Try: create in {}, read in {}:",
-        nodes[0].region, nodes[2].region
+        DEMO_REGIONS[0], DEMO_REGIONS[2]
     );
     println!(
         "  curl -s -X POST {}/v1/users -H 'authorization: Bearer {api_key}' \\\n    -H 'content-type: application/json' -d '{{\"email\":\"ada@example.com\",\"password\":\"correct horse battery\"}}'",
-        nodes[0].url
+        urls[0]
     );
     println!(
         "  curl -s '{}/v1/users?email=ada@example.com' -H 'authorization: Bearer {api_key}'",
-        nodes[2].url
+        urls[2]
     );
     println!("Ctrl-C stops.");
 
@@ -296,22 +378,11 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
-        if let Some(region) = nodes
-            .iter_mut()
-            .find_map(|n| matches!(n.child.try_wait(), Ok(Some(_))).then_some(n.region))
-        {
-            drop(nodes);
-            drop(mock);
+        if let Some(region) = cluster.exited() {
+            drop(cluster);
             bail!("node {region} exited; demo stopped");
         }
     }
-    for n in nodes.iter_mut() {
-        n.terminate();
-    }
-    for n in nodes.iter_mut() {
-        n.wait(Duration::from_secs(15));
-    }
-    drop(nodes);
-    drop(mock);
+    cluster.shutdown();
     Ok(())
 }

@@ -219,6 +219,7 @@ async fn run() -> anyhow::Result<()> {
                     base_port: port,
                     kafka,
                     faults,
+                    anti_entropy: true,
                 },
                 shutdown,
             )

@@ -51,6 +51,48 @@ pub struct Passwords {
     /// A hash of a random password, verified when the login is unknown so that an
     /// unknown login costs the same as a wrong password.
     dummy: String,
+    gate: HashGate,
+}
+
+/// A counting semaphore for the blocking threads that hash: at most one hash per core
+/// runs at a time, and the rest wait their turn asleep.
+///
+/// Without it every concurrent login or create runs its own hash. On two cores, eight
+/// hashes at once each take four times as long, hold 19 MiB apiece, and take the CPU from
+/// the work that is cheap and should stay fast (profile writes, reads, applying
+/// replicated events) in proportion to their number. With it, hashes queue behind each
+/// other at the same total rate, and the other work competes with one hash per core.
+struct HashGate {
+    free: parking_lot::Mutex<usize>,
+    freed: parking_lot::Condvar,
+}
+
+impl HashGate {
+    fn new(slots: usize) -> HashGate {
+        HashGate {
+            free: parking_lot::Mutex::new(slots.max(1)),
+            freed: parking_lot::Condvar::new(),
+        }
+    }
+
+    fn run<T>(&self, f: impl FnOnce() -> T) -> T {
+        {
+            let mut free = self.free.lock();
+            while *free == 0 {
+                self.freed.wait(&mut free);
+            }
+            *free -= 1;
+        }
+        struct Release<'a>(&'a HashGate);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                *self.0.free.lock() += 1;
+                self.0.freed.notify_one();
+            }
+        }
+        let _release = Release(self);
+        f()
+    }
 }
 
 impl Passwords {
@@ -62,6 +104,11 @@ impl Passwords {
             algorithm,
             pepper: hmac::Key::new(hmac::HMAC_SHA256, pepper),
             dummy: String::new(),
+            gate: HashGate::new(
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1),
+            ),
         };
         let mut random = [0u8; 24];
         SystemRandom::new()
@@ -82,8 +129,17 @@ impl Passwords {
         Zeroizing::new(B64.encode(tag.as_ref()).into_bytes())
     }
 
+    /// Runs `f`, a password hash or verification, when a core is free for it.
+    pub fn with_hash_slot<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.gate.run(f)
+    }
+
     /// A PHC string for `password` with the configured algorithm.
     pub fn hash(&self, password: &str) -> Result<String, PasswordError> {
+        self.gate.run(|| self.hash_now(password))
+    }
+
+    fn hash_now(&self, password: &str) -> Result<String, PasswordError> {
         let peppered = self.pepper(password);
         let mut salt = [0u8; 16];
         SystemRandom::new()
@@ -118,6 +174,10 @@ impl Passwords {
 
     /// Checks `password` against a PHC string made by [`Passwords::hash`].
     pub fn verify(&self, password: &str, phc: &str) -> Verified {
+        self.gate.run(|| self.verify_now(password, phc))
+    }
+
+    fn verify_now(&self, password: &str, phc: &str) -> Verified {
         let peppered = self.pepper(password);
         let (ok, current) = if phc.starts_with("$argon2id$") {
             let ok = verify_argon2(&peppered, phc);
@@ -387,6 +447,43 @@ mod tests {
 
     fn passwords(alg: PasswordAlgorithm) -> Passwords {
         Passwords::new(alg, &[9u8; 32]).unwrap()
+    }
+
+    #[test]
+    fn no_more_hashes_run_at_once_than_the_gate_has_slots() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let gate = std::sync::Arc::new(HashGate::new(2));
+        let (running, most, done) = (
+            std::sync::Arc::new(AtomicUsize::new(0)),
+            std::sync::Arc::new(AtomicUsize::new(0)),
+            std::sync::Arc::new(AtomicUsize::new(0)),
+        );
+        let threads: Vec<_> = (0..6)
+            .map(|_| {
+                let (gate, running, most, done) =
+                    (gate.clone(), running.clone(), most.clone(), done.clone());
+                std::thread::spawn(move || {
+                    gate.run(|| {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    });
+                    done.fetch_add(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(done.load(Ordering::SeqCst), 6, "every caller got a slot");
+        assert!(most.load(Ordering::SeqCst) <= 2, "at most two at once");
+        // A panicking hash gives its slot back.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            gate.run(|| panic!("hash failed"))
+        }));
+        assert!(r.is_err());
+        assert_eq!(*gate.free.lock(), 2);
     }
 
     #[test]

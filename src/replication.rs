@@ -71,28 +71,47 @@ pub async fn ensure_topics(r: &Replication) -> anyhow::Result<()> {
         ));
     }
     for (bootstrap, settings, name) in wanted {
-        let admin: AdminClient<DefaultClientContext> = client_config(&bootstrap, &settings)
-            .create()
-            .context("create Kafka admin client")?;
-        let topic = NewTopic::new(
+        create_topic(
+            &bootstrap,
+            &settings,
             &name,
             r.partitions,
-            TopicReplication::Fixed(r.replication_factor),
-        );
-        // Both bounds: with the broker unreachable the request itself would otherwise
-        // wait for librdkafka's 60 s socket timeout.
-        let opts = AdminOptions::new()
-            .operation_timeout(Some(Duration::from_secs(10)))
-            .request_timeout(Some(Duration::from_secs(10)));
-        let results = admin
-            .create_topics([&topic], &opts)
-            .await
-            .with_context(|| format!("create topic {name} on {bootstrap}"))?;
-        for result in results {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((name, code)) => anyhow::bail!("create topic {name}: {code}"),
-            }
+            r.replication_factor,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Creates topic `name` unless it exists.
+pub async fn create_topic(
+    bootstrap: &str,
+    settings: &BTreeMap<String, String>,
+    name: &str,
+    partitions: i32,
+    replication_factor: i32,
+) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap, settings)
+        .create()
+        .context("create Kafka admin client")?;
+    let topic = NewTopic::new(
+        name,
+        partitions,
+        TopicReplication::Fixed(replication_factor),
+    );
+    // Both bounds: with the broker unreachable the request itself would otherwise
+    // wait for librdkafka's 60 s socket timeout.
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics([&topic], &opts)
+        .await
+        .with_context(|| format!("create topic {name} on {bootstrap}"))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => anyhow::bail!("create topic {name}: {code}"),
         }
     }
     Ok(())

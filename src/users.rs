@@ -753,7 +753,9 @@ impl Users {
                 return self.verify_password(password, &h.hash) != Verified::No;
             }
             let salt = (!h.salt.is_empty()).then_some(h.salt.as_str());
-            password::verify_legacy(&h.algorithm, &h.hash, salt, position, password)
+            self.passwords.with_hash_slot(|| {
+                password::verify_legacy(&h.algorithm, &h.hash, salt, position, password)
+            })
         });
         let Some(matched) = matched else {
             if record.secret.is_empty() {

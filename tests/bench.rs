@@ -25,6 +25,10 @@ fn bench_measures_every_figure_and_its_floor() {
             "300",
             "--kafka-round-trips",
             "5",
+            "--drain-seconds",
+            "2",
+            "--footprint-users",
+            "300",
         ])
         .arg("--out")
         .arg(&out)
@@ -44,6 +48,8 @@ fn bench_measures_every_figure_and_its_floor() {
         "Kafka round trip (floor)",
         "lag 0→1",
         "lag 0→2",
+        "login, one at a time",
+        "backlog drain us-east",
     ] {
         assert!(stdout.contains(line), "table lacks {line:?}:\n{stdout}");
     }
@@ -51,9 +57,22 @@ fn bench_measures_every_figure_and_its_floor() {
     assert_eq!(report["creates"]["ops"], 24);
     assert_eq!(report["updates"]["ops"], 24);
     assert_eq!(report["logins"]["ops"], 4);
+    assert_eq!(report["logins_serial"]["ops"], 4);
     for pair in ["0→1", "0→2"] {
         assert_eq!(report["replication_lag"][pair]["count"], 4, "{pair}");
+        assert_eq!(
+            report["replication_lag_updates"][pair]["count"], 4,
+            "{pair}"
+        );
     }
+    // The stopped region caught up with writes it missed.
+    let drain = &report["backlog_drain"];
+    assert_eq!(drain["region"], "us-east");
+    assert!(drain["backlog_events"].as_u64().unwrap() > 0, "{drain}");
+    assert!(
+        drain["events_per_second"].as_f64().unwrap() > 0.0,
+        "{drain}"
+    );
     let floors = &report["floors"];
     assert_eq!(floors["rocksdb_put"]["ops"], 24);
     assert!(floors["record_bytes"].as_u64().unwrap() > 300);
@@ -64,5 +83,10 @@ fn bench_measures_every_figure_and_its_floor() {
         let f = &report["footprint"][region];
         assert!(f["resident_bytes"].as_f64().unwrap() > 0.0, "{region}: {f}");
         assert!(f["disk_bytes"].as_f64().unwrap() > 0.0, "{region}: {f}");
+        assert_eq!(f["users"], 300, "{region}: {f}");
+        assert!(
+            f["disk_bytes_added_per_million_users"].as_f64().unwrap() > 0.0,
+            "{region}: {f}"
+        );
     }
 }
