@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::future::join_all;
+use futures::FutureExt as _;
 use prost::Message as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -314,7 +315,7 @@ async fn consume_loop(
     stop: CancellationToken,
 ) {
     let region = peer.region.clone();
-    loop {
+    'consume: loop {
         let msg = tokio::select! {
             _ = stop.cancelled() => break,
             m = consumer.recv() => m,
@@ -329,26 +330,92 @@ async fn consume_loop(
                 continue;
             }
         };
-        let source = Source {
-            region: region.clone(),
-            topic: msg.topic().to_string(),
-            partition: msg.partition(),
-            offset: msg.offset(),
-        };
-        let payload: Arc<[u8]> = Arc::from(msg.payload().unwrap_or(&[]));
-        let Some(outcome) = handle(&users, &queue, payload, &source, &stop).await else {
-            break; // stopping: the offset stays where it was, the event comes again
-        };
-        metrics::counter!(m::REPLICATION_EVENTS_TOTAL, "source" => region.clone(), "outcome" => outcome).increment(1);
-        // Applied, or durably parked: either way the stream may move on.
-        if let Err(e) = consumer.store_offset_from_message(&msg) {
-            // After a rebalance the partition may be someone else's: they replay it.
-            tracing::warn!(error = %e, peer = %region, "store consumer offset");
+        // Whatever else has already arrived is applied with it, under one WAL sync.
+        let mut msgs = vec![msg];
+        while msgs.len() < APPLY_BATCH {
+            match consumer.recv().now_or_never() {
+                Some(Ok(m)) => msgs.push(m),
+                // An error surfaces again on the next receive.
+                Some(Err(_)) | None => break,
+            }
+        }
+        let payloads: Vec<Arc<[u8]>> = msgs
+            .iter()
+            .map(|m| Arc::from(m.payload().unwrap_or(&[])))
+            .collect();
+        let mut firsts = apply_batch(&users, &payloads).await;
+        for (i, msg) in msgs.iter().enumerate() {
+            let source = Source {
+                region: region.clone(),
+                topic: msg.topic().to_string(),
+                partition: msg.partition(),
+                offset: msg.offset(),
+            };
+            let first = firsts.as_mut().and_then(|f| f[i].take());
+            let Some(outcome) =
+                handle(&users, &queue, payloads[i].clone(), &source, &stop, first).await
+            else {
+                // Stopping: this offset and the rest stay where they were; they come again.
+                break 'consume;
+            };
+            metrics::counter!(m::REPLICATION_EVENTS_TOTAL, "source" => region.clone(), "outcome" => outcome).increment(1);
+            // Applied, or durably parked: either way the stream may move on.
+            if let Err(e) = consumer.store_offset_from_message(msg) {
+                // After a rebalance the partition may be someone else's: they replay it.
+                tracing::warn!(error = %e, peer = %region, "store consumer offset");
+            }
         }
     }
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
         Err(e) => tracing::warn!(error = %e, peer = %region, "commit offsets at shutdown"),
+    }
+}
+
+/// Events applied together under one WAL sync, at most.
+const APPLY_BATCH: usize = 256;
+
+type ApplyResult = Result<(Applied, proto::ChangeEvent), ApplyError>;
+
+fn decode(payload: &[u8]) -> Result<proto::ChangeEvent, ApplyError> {
+    proto::ChangeEvent::decode(payload).map_err(|_| ApplyError::Malformed("event does not decode"))
+}
+
+/// Applies received events in order, each as [`Users::apply`] would, with one WAL
+/// sync for the batch instead of one per event. `None` if the task failed: the
+/// events then go through [`handle`] one at a time.
+async fn apply_batch(
+    users: &Arc<Users>,
+    payloads: &[Arc<[u8]>],
+) -> Option<Vec<Option<ApplyResult>>> {
+    let (u, p) = (users.clone(), payloads.to_vec());
+    let task = tokio::task::spawn_blocking(move || {
+        let mut results: Vec<Option<ApplyResult>> = p
+            .iter()
+            .map(|payload| {
+                let event = decode(payload)?;
+                let applied = u.apply_deferred(&event)?;
+                Ok((applied, event))
+            })
+            .map(Some)
+            .collect();
+        if let Err(e) = u.store().sync_wal() {
+            // Nothing written here is known to be durable: every event is tried again.
+            tracing::error!(error = %e, "sync WAL after applying a batch");
+            for r in results.iter_mut() {
+                if matches!(r, Some(Ok(_))) {
+                    *r = None;
+                }
+            }
+        }
+        results
+    });
+    match task.await {
+        Ok(results) => Some(results),
+        Err(e) => {
+            tracing::error!(error = %e, "apply task failed; applying the events one by one");
+            None
+        }
     }
 }
 
@@ -364,17 +431,22 @@ async fn handle(
     payload: Arc<[u8]>,
     source: &Source,
     stop: &CancellationToken,
+    mut first: Option<Result<(Applied, proto::ChangeEvent), ApplyError>>,
 ) -> Option<&'static str> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let (u, p) = (users.clone(), payload.clone());
-        let result = tokio::task::spawn_blocking(move || {
-            let event = proto::ChangeEvent::decode(&*p)
-                .map_err(|_| ApplyError::Malformed("event does not decode"))?;
-            let applied = u.apply(&event)?;
-            Ok::<_, ApplyError>((applied, event))
-        })
-        .await;
+        let result = match first.take() {
+            Some(r) => Ok(r),
+            None => {
+                let (u, p) = (users.clone(), payload.clone());
+                tokio::task::spawn_blocking(move || {
+                    let event = decode(&p)?;
+                    let applied = u.apply(&event)?;
+                    Ok::<_, ApplyError>((applied, event))
+                })
+                .await
+            }
+        };
         let error = match result {
             Err(e) => {
                 // A crashed apply is not a reason to stop consuming: try again.

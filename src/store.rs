@@ -132,6 +132,23 @@ pub struct Store {
     sync: bool,
     next_seq: AtomicU64,
     locks: Vec<Mutex<()>>,
+    outbox: Mutex<OutboxScan>,
+}
+
+/// Where the publisher's outbox scans start. Published entries are deleted, and a scan
+/// from the first key would step over every deletion still in the memtable: a queue
+/// in RocksDB must start past them. Sequences are taken before their batch is written,
+/// so a lower sequence can land after a higher one was read; the floor never passes
+/// a sequence still being written.
+#[derive(Default)]
+struct OutboxScan {
+    /// Every entry below this was published and removed, and none is still coming.
+    floor: u64,
+    /// Sequences taken by batches not yet written.
+    writing: std::collections::BTreeSet<u64>,
+    /// The last scan: the lowest sequence still being written when it began (every
+    /// entry below it was present) and the sequences it returned.
+    last: Option<(u64, Vec<u64>)>,
 }
 
 /// Held while a change to the locked keys is read, decided and committed.
@@ -204,6 +221,7 @@ impl Store {
             sync: options.wal_sync == WalSync::Always,
             next_seq: AtomicU64::new(0),
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            outbox: Mutex::new(OutboxScan::default()),
         };
         let from_meta = store
             .db
@@ -327,8 +345,59 @@ impl Store {
         &self,
         changes: &[Change<'_>],
     ) -> Result<Vec<Option<proto::ChangeEvent>>, StoreError> {
+        self.commit_many_opt(changes, self.sync)
+    }
+
+    /// [`Store::commit`] without an outbox event and without waiting for the WAL to
+    /// reach the disk: the write is visible at once and durable after the next
+    /// [`Store::sync_wal`]. Applying a batch of replicated events uses it so that the
+    /// batch costs one fsync instead of one per event; the consumer stores its offsets
+    /// only after the sync, so a crash before it replays the events.
+    pub fn commit_unsynced(
+        &self,
+        previous: Option<&proto::Record>,
+        record: &proto::Record,
+    ) -> Result<(), StoreError> {
+        self.commit_many_opt(
+            &[Change {
+                previous,
+                record,
+                outbox: false,
+            }],
+            false,
+        )
+        .map(drop)
+    }
+
+    /// Makes every write so far durable, under the configured WAL policy (with
+    /// `wal_sync = "never"` it does nothing, as the writes themselves would not sync).
+    pub fn sync_wal(&self) -> Result<(), StoreError> {
+        if !self.sync {
+            return Ok(());
+        }
+        self.db.flush_wal(true).map_err(db_err("sync WAL"))
+    }
+
+    fn commit_many_opt(
+        &self,
+        changes: &[Change<'_>],
+        sync: bool,
+    ) -> Result<Vec<Option<proto::ChangeEvent>>, StoreError> {
         let mut batch = WriteBatch::default();
         let mut events = Vec::with_capacity(changes.len());
+        // Its sequences stop counting as being written when this returns, either way.
+        struct Writing<'a>(Vec<u64>, &'a Mutex<OutboxScan>);
+        impl Drop for Writing<'_> {
+            fn drop(&mut self) {
+                if !self.0.is_empty() {
+                    let mut scan = self.1.lock();
+                    for s in &self.0 {
+                        scan.writing.remove(s);
+                    }
+                }
+            }
+        }
+        let mut writing = Writing(Vec::new(), &self.outbox);
         // Index entries as this batch leaves them so far: a later change must see
         // what an earlier change in the same batch wrote or removed.
         let mut pending: std::collections::HashMap<(IndexField, Vec<u8>), Option<[u8; 16]>> =
@@ -362,7 +431,13 @@ impl Store {
                 }
             }
             events.push(if change.outbox {
-                let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+                let seq = {
+                    let mut scan = self.outbox.lock();
+                    let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+                    scan.writing.insert(seq);
+                    seq
+                };
+                writing.0.push(seq);
                 let origin = record
                     .version
                     .as_ref()
@@ -381,16 +456,29 @@ impl Store {
                 None
             });
         }
+        let mut options = WriteOptions::default();
+        options.set_sync(sync);
         self.db
-            .write_opt(batch, &self.write_options())
+            .write_opt(batch, &options)
             .map_err(db_err("write change batch"))?;
         Ok(events)
     }
 
     /// Up to `limit` outbox entries in sequence order, from the oldest.
     pub fn outbox_head(&self, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let (floor, lowest_writing) = {
+            let scan = self.outbox.lock();
+            let lowest = scan
+                .writing
+                .first()
+                .copied()
+                .unwrap_or_else(|| self.next_seq.load(Ordering::SeqCst));
+            (scan.floor, lowest)
+        };
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_OUTBOX), IteratorMode::Start) {
+        let from = floor.to_be_bytes();
+        let mode = IteratorMode::From(&from, Direction::Forward);
+        for item in self.db.iterator_cf(self.cf(CF_OUTBOX), mode) {
             let (k, v) = item.map_err(db_err("scan outbox"))?;
             let seq = <[u8; 8]>::try_from(&*k)
                 .map(u64::from_be_bytes)
@@ -400,6 +488,7 @@ impl Store {
                 break;
             }
         }
+        self.outbox.lock().last = Some((lowest_writing, out.iter().map(|(s, _)| *s).collect()));
         Ok(out)
     }
 
@@ -411,7 +500,18 @@ impl Store {
         }
         self.db
             .write_opt(batch, &self.write_options())
-            .map_err(db_err("remove published outbox entries"))
+            .map_err(db_err("remove published outbox entries"))?;
+        // Past the removed prefix of the last scan, but not past anything that was still
+        // being written when it began.
+        let mut scan = self.outbox.lock();
+        if let Some((lowest_writing, returned)) = scan.last.take() {
+            let past_removed = match returned.iter().find(|s| !seqs.contains(s)) {
+                Some(kept) => *kept,
+                None => returned.last().map_or(scan.floor, |s| s + 1),
+            };
+            scan.floor = scan.floor.max(past_removed.min(lowest_writing));
+        }
+        Ok(())
     }
 
     /// Records after `after` in id order, from at most `limit` rows; for background
@@ -764,6 +864,54 @@ mod tests {
         assert!(head[0].0 < head[1].0);
         let ev = proto::ChangeEvent::decode(head[1].1.as_slice()).unwrap();
         assert_eq!(ev.record.unwrap(), a2);
+    }
+
+    #[test]
+    fn outbox_scans_skip_what_was_published_but_not_an_entry_still_being_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let seqs = |head: &[(u64, Vec<u8>)]| head.iter().map(|(s, _)| *s).collect::<Vec<_>>();
+        // A batch takes sequence 0 and has not written it yet when 1 and 2 land.
+        let slow = {
+            let mut scan = store.outbox.lock();
+            let seq = store.next_seq.fetch_add(1, Ordering::SeqCst);
+            scan.writing.insert(seq);
+            seq
+        };
+        store.commit(None, &record(1, None, 1), true).unwrap();
+        store.commit(None, &record(2, None, 1), true).unwrap();
+        let head = store.outbox_head(10).unwrap();
+        assert_eq!(seqs(&head), [slow + 1, slow + 2]);
+        store.outbox_remove(&seqs(&head)).unwrap();
+        assert_eq!(
+            store.outbox.lock().floor,
+            slow,
+            "held at the unwritten sequence"
+        );
+        // The slow batch lands; the next scan still finds it.
+        let event = proto::ChangeEvent {
+            sequence: slow,
+            ..Default::default()
+        };
+        store
+            .raw_put(CF_OUTBOX, &slow.to_be_bytes(), &event.encode_to_vec())
+            .unwrap();
+        store.outbox.lock().writing.remove(&slow);
+        let head = store.outbox_head(10).unwrap();
+        assert_eq!(seqs(&head), [slow]);
+        store.outbox_remove(&[slow]).unwrap();
+        // Nothing is outstanding now: scans start past what they published, and only
+        // the published prefix of a scan moves the floor.
+        assert_eq!(store.outbox.lock().floor, slow + 1);
+        let next = slow + 3;
+        for i in 3..6 {
+            store.commit(None, &record(i, None, 1), true).unwrap();
+        }
+        let head = store.outbox_head(10).unwrap();
+        assert_eq!(seqs(&head), [next, next + 1, next + 2]);
+        store.outbox_remove(&[next, next + 2]).unwrap();
+        assert_eq!(store.outbox.lock().floor, next + 1);
+        assert_eq!(seqs(&store.outbox_head(10).unwrap()), [next + 1]);
     }
 
     #[test]

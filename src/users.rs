@@ -940,6 +940,25 @@ impl Users {
     /// another live account is a duplicate: the one with the lower (created version,
     /// id) wins and the other is merged into it, the same decision in every region.
     pub fn apply(&self, event: &proto::ChangeEvent) -> Result<Applied, ApplyError> {
+        self.apply_with(event, true)
+    }
+
+    /// [`Users::apply`] for one event of a batch: a plain apply is written without
+    /// waiting for the disk, and is durable once the caller has called
+    /// [`crate::store::Store::sync_wal`] (which it must do before it records the event as done). A
+    /// merge of duplicates, which writes new versions of its own, is synced at once.
+    pub fn apply_deferred(&self, event: &proto::ChangeEvent) -> Result<Applied, ApplyError> {
+        self.apply_with(event, false)
+    }
+
+    fn apply_with(&self, event: &proto::ChangeEvent, sync: bool) -> Result<Applied, ApplyError> {
+        let commit = |previous: Option<&proto::Record>, record: &proto::Record| {
+            if sync {
+                self.store.commit(previous, record, false).map(drop)
+            } else {
+                self.store.commit_unsynced(previous, record)
+            }
+        };
         let incoming = event
             .record
             .as_ref()
@@ -983,7 +1002,7 @@ impl Users {
             if let Some(c) = current.as_ref().filter(|c| record_version(c) >= version) {
                 // The same version with more wrapped keys: key recovery's repair.
                 if record_version(c) == version && crypto::extends_wraps(c, incoming) {
-                    self.store.commit(Some(c), incoming, false)?;
+                    commit(Some(c), incoming)?;
                     return Ok(Applied::Applied);
                 }
                 return Ok(Applied::Skipped);
@@ -1010,7 +1029,7 @@ impl Users {
                 continue;
             }
             if found.is_empty() {
-                self.store.commit(current.as_ref(), incoming, false)?;
+                commit(current.as_ref(), incoming)?;
                 return Ok(Applied::Applied);
             }
             self.merge_duplicates(current.as_ref(), incoming.clone(), found)?;
