@@ -25,6 +25,8 @@ pub const REWRAPPED_RECORDS_TOTAL: &str = "authsync_rewrapped_records_total";
 pub const NODE_UP: &str = "authsync_node_up";
 pub const REPLICATION_EVENTS_TOTAL: &str = "authsync_replication_events_total";
 pub const REPLICATION_LAG_SECONDS: &str = "authsync_replication_lag_seconds";
+pub const PASSWORD_HASH_SECONDS: &str = "authsync_password_hash_seconds";
+pub const PASSWORD_HASH_WAIT_SECONDS: &str = "authsync_password_hash_wait_seconds";
 pub const OUTBOX_DEPTH: &str = "authsync_outbox_depth";
 pub const OUTBOX_OLDEST_AGE_SECONDS: &str = "authsync_outbox_oldest_age_seconds";
 pub const PUBLISHED_EVENTS_TOTAL: &str = "authsync_replication_published_total";
@@ -153,6 +155,16 @@ fn describe() {
         REPLICATION_EVENTS_TOTAL,
         Unit::Count,
         "Replicated events received from a source region, by outcome: applied, skipped (not newer), merged (duplicate account resolved), parked (retry queue), dead_lettered."
+    );
+    describe_histogram!(
+        PASSWORD_HASH_SECONDS,
+        Unit::Seconds,
+        "One password hash or verification (current or legacy), once it has a core."
+    );
+    describe_histogram!(
+        PASSWORD_HASH_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time a password hash waited for a core (at most one hash per core runs at once)."
     );
     describe_histogram!(
         REPLICATION_LAG_SECONDS,

@@ -84,6 +84,7 @@ impl HashGate {
 
     /// Runs `f` in a free slot, with that slot's Argon2 memory (`ARGON2_M_KIB` blocks).
     fn run<T>(&self, f: impl FnOnce(&mut [Block]) -> T) -> T {
+        let asked = std::time::Instant::now();
         {
             let mut free = self.free.lock();
             while *free == 0 {
@@ -91,6 +92,9 @@ impl HashGate {
             }
             *free -= 1;
         }
+        let started = std::time::Instant::now();
+        metrics::histogram!(crate::metrics::PASSWORD_HASH_WAIT_SECONDS)
+            .record(started.duration_since(asked).as_secs_f64());
         struct Release<'a>(&'a HashGate, Vec<Block>);
         impl Drop for Release<'_> {
             fn drop(&mut self) {
@@ -106,7 +110,10 @@ impl HashGate {
             .pop()
             .unwrap_or_else(|| vec![Block::default(); ARGON2_M_KIB as usize]);
         let mut slot = Release(self, memory);
-        f(&mut slot.1)
+        let out = f(&mut slot.1);
+        metrics::histogram!(crate::metrics::PASSWORD_HASH_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        out
     }
 }
 

@@ -58,6 +58,9 @@ fn bench_measures_every_figure_and_its_floor() {
     assert_eq!(report["updates"]["ops"], 24);
     assert_eq!(report["logins"]["ops"], 4);
     assert_eq!(report["logins_serial"]["ops"], 4);
+    // The node hashed during the serial logins, and for less than their whole time.
+    let share = report["login_hash_share"].as_f64().unwrap();
+    assert!(share > 0.0 && share < 1.0, "{share}");
     for pair in ["0→1", "0→2"] {
         assert_eq!(report["replication_lag"][pair]["count"], 4, "{pair}");
         assert_eq!(
