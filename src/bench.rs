@@ -132,6 +132,8 @@ pub struct Report {
     pub replication_lag: BTreeMap<String, Latency>,
     /// The same for profile updates (no password hash anywhere).
     pub replication_lag_updates: BTreeMap<String, Latency>,
+    /// Every source→destination pair, `--lag-samples` updates written in each region.
+    pub replication_lag_pairs: BTreeMap<String, Latency>,
     /// Started cluster only.
     pub backlog_drain: Option<Drain>,
     pub floors: Floors,
@@ -347,12 +349,14 @@ async fn logins(
     .await
 }
 
-/// Profile updates of `ids` in region 0, with every `sample_every`-th update's
+/// Profile updates of `ids` in region `source`, with every `sample_every`-th update's
 /// arrival timed into every other region.
-async fn updates(
+#[allow(clippy::too_many_arguments)]
+async fn profile_updates(
     http: &Arc<Http>,
     urls: &Arc<Vec<String>>,
     ids: &Arc<Vec<String>>,
+    source: usize,
     opts: &BenchOptions,
     sample_every: usize,
     lags: &Lags,
@@ -378,8 +382,8 @@ async fn updates(
             let (status, resp) = http
                 .send(
                     reqwest::Method::PATCH,
-                    format!("{}/v1/users/{}", urls[0], ids[i]),
-                    Some(json!({"profile": profile(bytes, i + 1)})),
+                    format!("{}/v1/users/{}", urls[source], ids[i]),
+                    Some(json!({"profile": profile(bytes, i + 1 + source)})),
                 )
                 .await?;
             if status != 200 {
@@ -387,14 +391,14 @@ async fn updates(
             }
             let acked = Instant::now();
             if i % sample_every == 0 {
-                for dest in 1..urls.len() {
+                for dest in (0..urls.len()).filter(|d| *d != source) {
                     pollers.lock().push(time_arrival(
                         http.clone(),
                         urls[dest].clone(),
                         ids[i].clone(),
                         Some(resp["version"].clone()),
                         acked,
-                        format!("0→{dest}"),
+                        format!("{source}→{dest}"),
                         lags.clone(),
                     ));
                 }
@@ -803,9 +807,19 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let ids: Arc<Vec<String>> = Arc::new(ids.lock().iter().flatten().cloned().collect());
 
     eprintln!("bench: {} profile updates", ids.len());
-    let updates = updates(&http, &urls, &ids, &opts, sample_every, &lags, &pollers).await?;
+    let updates =
+        profile_updates(&http, &urls, &ids, 0, &opts, sample_every, &lags, &pollers).await?;
     join_pollers(&pollers).await;
     let replication_lag_updates = drain_lags(&lags);
+
+    // Every pair: `--lag-samples` updates from each region in turn, every one timed.
+    eprintln!("bench: lag between every pair of regions");
+    let sampled = Arc::new(ids[..opts.lag_samples.clamp(1, ids.len())].to_vec());
+    for source in 0..urls.len() {
+        profile_updates(&http, &urls, &sampled, source, &opts, 1, &lags, &pollers).await?;
+        join_pollers(&pollers).await;
+    }
+    let replication_lag_pairs = drain_lags(&lags);
 
     eprintln!("bench: logins");
     let n = opts.logins.min(ids.len()).max(1);
@@ -874,6 +888,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         login_hash_share,
         replication_lag,
         replication_lag_updates,
+        replication_lag_pairs,
         backlog_drain: drain,
         floors,
         footprint,
@@ -1120,6 +1135,14 @@ async fn footprint(
 /// The human table.
 pub fn table(r: &Report) -> String {
     let mut s = String::new();
+    if let Some(urls) = r.options["cluster"].as_array() {
+        for (i, url) in urls.iter().enumerate() {
+            s.push_str(&format!(
+                "region {i}: {}\n",
+                url.as_str().unwrap_or_default()
+            ));
+        }
+    }
     let row = |s: &mut String, what: &str, t: &Throughput| {
         s.push_str(&format!(
             "{what:<28} {:>9.1} ops/s   p50 {:>8.2} ms  p99 {:>8.2} ms  p999 {:>8.2} ms\n",
@@ -1160,6 +1183,7 @@ pub fn table(r: &Report) -> String {
     for (during, lags) in [
         ("creates", &r.replication_lag),
         ("updates", &r.replication_lag_updates),
+        ("each way", &r.replication_lag_pairs),
     ] {
         for (pair, l) in lags {
             let ratio = r

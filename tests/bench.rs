@@ -48,6 +48,7 @@ fn bench_measures_every_figure_and_its_floor() {
         "Kafka round trip (floor)",
         "lag 0→1",
         "lag 0→2",
+        "lag 2→1 (each way)",
         "login, one at a time",
         "backlog drain us-east",
     ] {
@@ -67,6 +68,9 @@ fn bench_measures_every_figure_and_its_floor() {
             report["replication_lag_updates"][pair]["count"], 4,
             "{pair}"
         );
+    }
+    for pair in ["0→1", "0→2", "1→0", "1→2", "2→0", "2→1"] {
+        assert_eq!(report["replication_lag_pairs"][pair]["count"], 4, "{pair}");
     }
     // The stopped region caught up with writes it missed.
     let drain = &report["backlog_drain"];
