@@ -16,6 +16,7 @@ COPY proto proto
 COPY src src
 COPY benches benches
 COPY tests tests
+COPY chaos chaos
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin authsync \

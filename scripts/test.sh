@@ -39,6 +39,9 @@ fi
 # --all-targets also runs each criterion benchmark once, as a test.
 cargo test --locked --all-targets "$@"
 
+echo "== the chaos harness's fault proxy =="
+cargo test --locked -p authsync-chaos
+
 echo "== replication tests again, against a real broker process (tansu) =="
 AUTHSYNC_TEST_TANSU="$TANSU" cargo test --locked --test replication --test recovery -- --test-threads=1
 

@@ -22,8 +22,8 @@ fn the_image_builds_the_release_binary_from_every_build_input() {
             parts[..parts.len() - 1].to_vec()
         })
         .collect();
-    // Everything Cargo reads to build the binary: the manifest declares the benches,
-    // so their sources must be there too.
+    // Everything Cargo reads to build the binary: the manifest declares the benches
+    // and the workspace members, so their sources must be there too.
     for input in [
         "Cargo.toml",
         "Cargo.lock",
@@ -32,6 +32,7 @@ fn the_image_builds_the_release_binary_from_every_build_input() {
         "src",
         "benches",
         "tests",
+        "chaos",
     ] {
         assert!(copied.contains(&input), "Dockerfile does not COPY {input}");
         assert!(
