@@ -26,9 +26,15 @@
 //! closed peer) is reset on both sides, so each endpoint sees the abrupt end the other
 //! one saw.
 //!
+//! Either end can be inside a network namespace: [`Proxy::start_on`] takes a listener
+//! made in one with [`Namespace::listen`], and [`Upstream::In`] connects into one. That
+//! is how the harness gives each node its own link under an address every node shares
+//! (see [`crate::netns`]).
+//!
 //! Every task is tracked and ends with the proxy: [`Proxy::stop`] waits for them, and
 //! dropping the proxy tells them to end.
 
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +53,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use crate::netns::Namespace;
+
 /// The most one read takes from a socket, and so the largest chunk in a queue.
 const CHUNK_BYTES: usize = 16 * 1024;
 
@@ -57,6 +65,50 @@ const QUEUE_CHUNKS: usize = 64;
 /// The pause after a failed accept (out of file descriptors, say), so the loop waits
 /// for the condition to clear instead of spinning.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// Where the proxy connects for each connection it accepts. A bare address converts to
+/// [`Upstream::Host`].
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    /// An address in the proxy's own network namespace.
+    Host(SocketAddr),
+    /// An address inside a network namespace, such as a node's HTTP port in the
+    /// namespace it runs in.
+    In(Arc<Namespace>, SocketAddr),
+}
+
+impl Upstream {
+    /// Connects to the upstream. Entering a namespace blocks (see
+    /// [`Namespace::connect`]), so that connect runs on a blocking thread of `tasks`.
+    async fn connect(&self, tasks: &TaskTracker) -> io::Result<TcpStream> {
+        match self {
+            Upstream::Host(addr) => TcpStream::connect(addr).await,
+            Upstream::In(namespace, addr) => {
+                let (namespace, addr) = (namespace.clone(), *addr);
+                let stream = tasks
+                    .spawn_blocking(move || namespace.connect(addr))
+                    .await
+                    .map_err(io::Error::other)??;
+                TcpStream::from_std(stream)
+            }
+        }
+    }
+}
+
+impl From<SocketAddr> for Upstream {
+    fn from(addr: SocketAddr) -> Upstream {
+        Upstream::Host(addr)
+    }
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Upstream::Host(addr) => write!(f, "{addr}"),
+            Upstream::In(_, addr) => write!(f, "{addr} in a network namespace"),
+        }
+    }
+}
 
 /// One direction of a proxied connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +171,7 @@ struct Counters {
 /// What the proxy's tasks and its handles share.
 #[derive(Debug)]
 struct Link {
-    upstream: Mutex<SocketAddr>,
+    upstream: Mutex<Upstream>,
     switches: Mutex<Switches>,
     /// Bumped to reset every current connection; each connection watches it from the
     /// moment it is accepted.
@@ -236,10 +288,31 @@ pub struct Proxy {
 impl Proxy {
     /// Listens on `listen` (port 0 picks a free port, see [`Proxy::addr`]) and proxies
     /// each connection to `upstream`.
-    pub async fn start(listen: SocketAddr, upstream: SocketAddr) -> anyhow::Result<Proxy> {
+    pub async fn start(listen: SocketAddr, upstream: impl Into<Upstream>) -> anyhow::Result<Proxy> {
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("bind proxy listener on {listen}"))?;
+        Proxy::launch(listener, upstream.into())
+    }
+
+    /// Proxies each connection `listener` accepts to `upstream`. With a listener from
+    /// [`Namespace::listen`], the proxy listens inside that namespace while its tasks
+    /// and its connections to a [`Upstream::Host`] stay in the host namespace. Must be
+    /// called within a tokio runtime.
+    pub fn start_on(
+        listener: std::net::TcpListener,
+        upstream: impl Into<Upstream>,
+    ) -> anyhow::Result<Proxy> {
+        // A blocking listener would stall the tokio worker that accepts on it.
+        listener
+            .set_nonblocking(true)
+            .context("make the proxy listener nonblocking")?;
+        let listener =
+            TcpListener::from_std(listener).context("register the proxy listener with tokio")?;
+        Proxy::launch(listener, upstream.into())
+    }
+
+    fn launch(listener: TcpListener, upstream: Upstream) -> anyhow::Result<Proxy> {
         let addr = listener
             .local_addr()
             .context("read the proxy listener's address")?;
@@ -283,8 +356,8 @@ impl Proxy {
 
     /// Sends connections accepted from now on to `upstream`; current ones stay where
     /// they are.
-    pub fn set_upstream(&self, upstream: SocketAddr) {
-        *self.link.upstream.lock() = upstream;
+    pub fn set_upstream(&self, upstream: impl Into<Upstream>) {
+        *self.link.upstream.lock() = upstream.into();
     }
 
     /// Stops accepting, closes every connection and returns once all of the proxy's
@@ -319,7 +392,14 @@ async fn accept(
                 // Subscribed here rather than in the task, so a reset that follows the
                 // accept reaches this connection even before its task first runs.
                 let resets = link.resets.subscribe();
-                tasks.spawn(serve(client, peer, link.clone(), resets, shutdown.clone()));
+                tasks.spawn(serve(
+                    client,
+                    peer,
+                    link.clone(),
+                    resets,
+                    shutdown.clone(),
+                    tasks.clone(),
+                ));
             }
             Err(e) => {
                 debug!(error = %e, "proxy accept failed");
@@ -347,22 +427,23 @@ async fn serve(
     link: Arc<Link>,
     mut resets: watch::Receiver<u64>,
     shutdown: CancellationToken,
+    tasks: TaskTracker,
 ) {
     if link.switches.lock().refuse {
         abort(&link, [client]);
         return;
     }
-    let upstream_addr = *link.upstream.lock();
+    let target = link.upstream.lock().clone();
     let upstream = tokio::select! {
         _ = shutdown.cancelled() => return,
         Ok(()) = resets.changed() => {
             abort(&link, [client]);
             return;
         }
-        connected = TcpStream::connect(upstream_addr) => match connected {
+        connected = target.connect(&tasks) => match connected {
             Ok(upstream) => upstream,
             Err(e) => {
-                debug!(%peer, upstream = %upstream_addr, error = %e, "proxy could not reach upstream");
+                debug!(%peer, upstream = %target, error = %e, "proxy could not reach upstream");
                 link.counters.upstream_failures.fetch_add(1, Ordering::Relaxed);
                 abort(&link, [client]);
                 return;
@@ -390,7 +471,7 @@ async fn serve(
         } => match pumped {
             Ok(_) => Ended::Closed,
             Err(e) => {
-                debug!(%peer, upstream = %upstream_addr, error = %e, "proxied connection failed");
+                debug!(%peer, upstream = %target, error = %e, "proxied connection failed");
                 Ended::Failed
             }
         },
