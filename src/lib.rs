@@ -38,6 +38,7 @@ pub mod keys;
 pub mod metrics;
 pub mod node;
 pub mod password;
+pub mod process;
 pub mod replication;
 pub mod retry;
 pub mod store;

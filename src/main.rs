@@ -7,11 +7,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use authsync::config::RawConfig;
 use authsync::demo::{self, DemoOptions};
 use authsync::dlq;
 use authsync::keys;
-use authsync::node::Node;
+use authsync::process;
 
 #[derive(Parser)]
 #[command(
@@ -128,55 +127,8 @@ enum KeysCommand {
     },
 }
 
-fn init_logging() {
-    use tracing_subscriber::{fmt, EnvFilter};
-    let filter = EnvFilter::try_from_env("AUTHSYNC_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("AUTHSYNC_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-/// Cancels the token on Ctrl-C or SIGTERM.
-fn stop_on_signals(token: CancellationToken) {
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "install SIGTERM handler");
-                    let _ = ctrl_c.await;
-                    token.cancel();
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-        tracing::info!("shutdown requested");
-        token.cancel();
-    });
-}
-
-/// Password hashing allocates 19 MiB per hash. glibc raises its mmap threshold after
-/// such a block is freed, so later ones come from per-thread heaps that keep them: a
-/// node hashing on many blocking threads grew past 1 GiB. A fixed threshold keeps
-/// large blocks mapped and returns them to the system when freed.
-fn keep_large_allocations_mapped() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning; called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-    }
-}
-
 fn main() -> anyhow::Result<()> {
-    keep_large_allocations_mapped();
+    process::keep_large_allocations_mapped();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -186,21 +138,9 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging();
+    process::init_logging();
     match cli.command {
-        Command::Node { config } => {
-            let config = RawConfig::load(&config)?.validate()?;
-            let shutdown = CancellationToken::new();
-            stop_on_signals(shutdown.clone());
-            let region = config.region.clone();
-            let node = Node::start(config, shutdown).await?;
-            // One machine-readable line on stdout for supervisors and tests.
-            println!(
-                "authsync node region={region} listening on http://{}",
-                node.addr
-            );
-            node.wait().await;
-        }
+        Command::Node { config } => process::run_node(&config).await?,
         Command::Demo {
             data_dir,
             api_key,
@@ -210,7 +150,7 @@ async fn run() -> anyhow::Result<()> {
             faults,
         } => {
             let shutdown = CancellationToken::new();
-            stop_on_signals(shutdown.clone());
+            process::stop_on_signals(shutdown.clone());
             demo::run(
                 DemoOptions {
                     data_dir,
