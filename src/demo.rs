@@ -50,17 +50,20 @@ pub fn sha256_hex(text: &str) -> String {
 }
 
 /// What every region's config shares.
-struct Shared<'a> {
-    root: &'a Path,
-    api_key: &'a str,
-    bootstrap: &'a str,
-    create_topics: bool,
-    /// Each region's URL, when known up front (fixed ports).
-    peer_urls: Option<&'a [String]>,
-    faults: bool,
+pub struct Shared<'a> {
+    /// Keyrings under `root/keys`, each region's data under `root/<region>`.
+    pub root: &'a Path,
+    pub api_key: &'a str,
+    pub bootstrap: &'a str,
+    pub create_topics: bool,
+    /// Each region's URL, in [`DEMO_REGIONS`] order, when known up front (fixed ports):
+    /// peers' anti-entropy addresses.
+    pub peer_urls: Option<&'a [String]>,
+    pub faults: bool,
 }
 
-fn node_config(shared: &Shared<'_>, region: &str, listen: &str) -> String {
+/// The TOML config of one of the [`DEMO_REGIONS`], listening on `listen`.
+pub fn node_config(shared: &Shared<'_>, region: &str, listen: &str) -> String {
     let Shared {
         root,
         api_key,

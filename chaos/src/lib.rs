@@ -10,8 +10,11 @@
 //! - [`proxy`]: a TCP proxy between one listen address and one upstream, with faults
 //!   switched at runtime — latency with jitter, blackhole, one-way partitions, resets of
 //!   every connection, refusal of new ones — and counters of what it did.
+//! - [`cluster`]: three node processes, one per namespace, a broker, and a proxy on
+//!   every link between them; nodes and the broker can be killed and restarted.
 //! - [`netns`]: network namespaces that outlive the node run in them, and sockets that
 //!   listen or connect inside one, so proxies can sit on either side of its boundary.
 
+pub mod cluster;
 pub mod netns;
 pub mod proxy;

@@ -1,0 +1,418 @@
+//! A three-region cluster the harness can break: one `authsync node` process per region,
+//! each in a network namespace of its own, and a broker in the host namespace.
+//!
+//! Every link a node has passes through a [`Proxy`] the harness controls:
+//!
+//! - **node → broker**: inside each region's namespace a proxy listens on the broker's
+//!   advertised address and forwards to the broker. Regions share that address, yet each
+//!   has its own link, so one region can be cut off from the broker alone.
+//! - **node → peer** (anti-entropy over HTTP): region `i` listens on
+//!   `127.0.0.1:base+i` in its own namespace. In every other namespace a proxy listens
+//!   on that address and connects into region `i`'s namespace: one link per ordered pair.
+//! - **harness → node**: a proxy in the host namespace on a free port, into the region's
+//!   namespace. The workload and the checks use it; it is never faulted, so what the
+//!   harness sees is what the node answers.
+//!
+//! Namespaces and proxies live as long as the cluster: a node killed with SIGKILL and
+//! restarted comes back into the same namespace, behind the same links.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::netns::Namespace;
+use crate::proxy::{LinkFaults, Proxy, Upstream};
+
+pub const REGIONS: [&str; 3] = authsync::demo::DEMO_REGIONS;
+
+/// Where the Kafka-protocol broker comes from.
+pub enum BrokerKind {
+    /// librdkafka's mock cluster, in this process: no setup, but it cannot be killed.
+    Embedded,
+    /// A tansu process started from this binary path: it can be killed and restarted.
+    Tansu(PathBuf),
+}
+
+enum Broker {
+    Embedded(rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>),
+    Tansu {
+        bin: PathBuf,
+        dir: PathBuf,
+        addr: SocketAddr,
+        child: Option<Child>,
+    },
+}
+
+impl Broker {
+    fn start(kind: &BrokerKind, root: &Path) -> anyhow::Result<Broker> {
+        match kind {
+            BrokerKind::Embedded => {
+                let mock =
+                    rdkafka::mocking::MockCluster::new(1).context("start the embedded broker")?;
+                for region in REGIONS {
+                    mock.create_topic(&format!("authsync.changes.{region}"), 3, 1)
+                        .with_context(|| format!("create the topic of {region}"))?;
+                }
+                Ok(Broker::Embedded(mock))
+            }
+            BrokerKind::Tansu(bin) => {
+                let dir = root.join("broker");
+                std::fs::create_dir_all(&dir)?;
+                let addr = free_addr()?;
+                let mut broker = Broker::Tansu {
+                    bin: bin.clone(),
+                    dir,
+                    addr,
+                    child: None,
+                };
+                broker.restart()?;
+                Ok(broker)
+            }
+        }
+    }
+
+    fn addr(&self) -> anyhow::Result<SocketAddr> {
+        match self {
+            Broker::Embedded(mock) => mock
+                .bootstrap_servers()
+                .parse()
+                .context("the embedded broker's address"),
+            Broker::Tansu { addr, .. } => Ok(*addr),
+        }
+    }
+
+    /// Kills the broker process (SIGKILL); `false` for the embedded broker.
+    fn kill(&mut self) -> bool {
+        match self {
+            Broker::Embedded(_) => false,
+            Broker::Tansu { child, .. } => {
+                if let Some(mut c) = child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                true
+            }
+        }
+    }
+
+    /// (Re)starts the tansu process on the same address and storage.
+    fn restart(&mut self) -> anyhow::Result<()> {
+        let Broker::Tansu {
+            bin,
+            dir,
+            addr,
+            child,
+        } = self
+        else {
+            return Ok(());
+        };
+        if let Some(mut c) = child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let url = format!("tcp://{addr}");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("tansu.log"))?;
+        // The SQLite path is taken relative to the working directory.
+        let started = Command::new(&*bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(&*dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        *child = Some(started);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(*addr).is_err() {
+            if Instant::now() > deadline {
+                bail!("tansu did not listen on {addr}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+struct Region {
+    name: &'static str,
+    namespace: Arc<Namespace>,
+    config: PathBuf,
+    node: Option<Child>,
+    broker_link: Proxy,
+    /// Links into the other regions, by their index.
+    peer_links: BTreeMap<usize, Proxy>,
+    /// The harness's way in.
+    access: Proxy,
+}
+
+pub struct ClusterOptions {
+    /// Keyrings, configs, data directories and logs go here.
+    pub root: PathBuf,
+    /// A binary whose `node --config FILE` runs a node (this harness, or `authsync`).
+    pub node_exe: PathBuf,
+    pub broker: BrokerKind,
+    /// Region `i` listens on `127.0.0.1:base_port + i` inside its namespace.
+    pub base_port: u16,
+    pub api_key: String,
+}
+
+pub struct Cluster {
+    regions: Vec<Region>,
+    node_exe: PathBuf,
+    root: PathBuf,
+    pub api_key: String,
+    // Last: the nodes and proxies go before the broker.
+    broker: Broker,
+}
+
+impl Cluster {
+    /// Starts the broker, the namespaces and their links, and the three nodes; returns
+    /// once every node answers `/readyz`.
+    pub async fn start(opts: ClusterOptions) -> anyhow::Result<Cluster> {
+        let ClusterOptions {
+            root,
+            node_exe,
+            broker,
+            base_port,
+            api_key,
+        } = opts;
+        let key_dir = root.join("keys");
+        std::fs::create_dir_all(&key_dir)?;
+        let names: Vec<String> = REGIONS.iter().map(|r| r.to_string()).collect();
+        for ring in authsync::keys::init(&names).context("generate keyrings")? {
+            ring.save(&authsync::keys::keyring_path(&key_dir, ring.owner()))?;
+        }
+        let broker = Broker::start(&broker, &root)?;
+        let broker_addr = broker.addr()?;
+        let listens: Vec<SocketAddr> = (0..REGIONS.len())
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], base_port + i as u16)))
+            .collect();
+        let urls: Vec<String> = listens.iter().map(|a| format!("http://{a}")).collect();
+        let bootstrap = broker_addr.to_string();
+        let create_topics = matches!(broker, Broker::Tansu { .. });
+        let shared = authsync::demo::Shared {
+            root: &root,
+            api_key: &api_key,
+            bootstrap: &bootstrap,
+            create_topics,
+            peer_urls: Some(&urls),
+            faults: true,
+        };
+        let namespaces: Vec<Arc<Namespace>> = (0..REGIONS.len())
+            .map(|_| Namespace::new().map(Arc::new))
+            .collect::<Result<_, _>>()
+            .context("create a network namespace per region")?;
+        let config_dir = root.join("config");
+        std::fs::create_dir_all(&config_dir)?;
+        let mut regions = Vec::new();
+        for (i, name) in REGIONS.iter().enumerate() {
+            let ns = &namespaces[i];
+            let config = config_dir.join(format!("{name}.toml"));
+            let text = authsync::demo::node_config(&shared, name, &listens[i].to_string());
+            std::fs::write(&config, text)?;
+            let broker_link = Proxy::start_on(ns.listen(broker_addr)?, broker_addr)?;
+            let mut peer_links = BTreeMap::new();
+            for (j, peer) in namespaces.iter().enumerate() {
+                if j != i {
+                    let upstream = Upstream::In(peer.clone(), listens[j]);
+                    peer_links.insert(j, Proxy::start_on(ns.listen(listens[j])?, upstream)?);
+                }
+            }
+            let access = Proxy::start(
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                Upstream::In(ns.clone(), listens[i]),
+            )
+            .await?;
+            regions.push(Region {
+                name,
+                namespace: ns.clone(),
+                config,
+                node: None,
+                broker_link,
+                peer_links,
+                access,
+            });
+        }
+        let mut cluster = Cluster {
+            regions,
+            node_exe,
+            root,
+            api_key,
+            broker,
+        };
+        for i in 0..REGIONS.len() {
+            cluster.spawn_node(i)?;
+        }
+        for i in 0..REGIONS.len() {
+            cluster.wait_ready(i, Duration::from_secs(90)).await?;
+        }
+        Ok(cluster)
+    }
+
+    fn spawn_node(&mut self, i: usize) -> anyhow::Result<()> {
+        let region = &mut self.regions[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join(format!("{}.log", region.name)))?;
+        let mut cmd = Command::new(&self.node_exe);
+        cmd.arg("node")
+            .arg("--config")
+            .arg(&region.config)
+            .stdout(Stdio::null())
+            .stderr(log);
+        region.node = Some(region.namespace.spawn(&mut cmd)?);
+        Ok(())
+    }
+
+    /// The harness's URL of region `i` (never faulted).
+    pub fn url(&self, i: usize) -> String {
+        format!("http://{}", self.regions[i].access.addr())
+    }
+
+    pub fn region(&self, i: usize) -> &'static str {
+        self.regions[i].name
+    }
+
+    /// Where region `i` keeps its RocksDB files.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.root.join(self.regions[i].name)
+    }
+
+    /// The link from region `i` to the broker.
+    pub fn broker_link(&self, i: usize) -> LinkFaults {
+        self.regions[i].broker_link.faults()
+    }
+
+    /// The link from region `from` to region `to`'s HTTP (anti-entropy).
+    pub fn peer_link(&self, from: usize, to: usize) -> Option<LinkFaults> {
+        self.regions[from].peer_links.get(&to).map(Proxy::faults)
+    }
+
+    /// Sends `signal` to region `i`'s node (SIGKILL, SIGSTOP, SIGCONT, SIGTERM).
+    pub fn signal(&mut self, i: usize, signal: libc::c_int) {
+        if let Some(child) = &self.regions[i].node {
+            // SAFETY: signalling a child this process started and has not reaped.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, signal);
+            }
+        }
+    }
+
+    /// Kills region `i`'s node with SIGKILL and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.regions[i].node.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts region `i`'s node again (killing what runs) and waits until it is ready.
+    pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill(i);
+        self.spawn_node(i)?;
+        self.wait_ready(i, Duration::from_secs(90)).await
+    }
+
+    /// Kills the broker; `false` when it is the embedded one, which cannot be.
+    pub fn kill_broker(&mut self) -> bool {
+        self.broker.kill()
+    }
+
+    pub fn restart_broker(&mut self) -> anyhow::Result<()> {
+        self.broker.restart()
+    }
+
+    pub fn broker_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.broker.addr()
+    }
+
+    async fn wait_ready(&mut self, i: usize, within: Duration) -> anyhow::Result<()> {
+        let url = format!("{}/readyz", self.url(i));
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(child) = self.regions[i].node.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    bail!(
+                        "node {} exited with {status} (see {}/{}.log)",
+                        self.regions[i].name,
+                        self.root.display(),
+                        self.regions[i].name
+                    );
+                }
+            }
+            if let Ok(r) = client.get(&url).send().await {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("node {} not ready within {within:?}", self.regions[i].name);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops every node with SIGTERM (SIGKILL after 15 s), then the links and the broker.
+    pub async fn stop(mut self) {
+        for i in 0..self.regions.len() {
+            self.signal(i, libc::SIGCONT);
+            self.signal(i, libc::SIGTERM);
+        }
+        for region in self.regions.iter_mut() {
+            if let Some(mut child) = region.node.take() {
+                let deadline = Instant::now() + Duration::from_secs(15);
+                while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        for region in std::mem::take(&mut self.regions) {
+            region.access.stop().await;
+            region.broker_link.stop().await;
+            for (_, link) in region.peer_links {
+                link.stop().await;
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for region in self.regions.iter_mut() {
+            if let Some(mut child) = region.node.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
