@@ -1,13 +1,22 @@
 //! `authsync-chaos`: the chaos harness's command.
 //!
-//! `authsync-chaos node --config FILE` runs one region's node exactly as
-//! `authsync node` does; the harness starts its nodes this way, inside their network
+//! `authsync-chaos --duration 120s --seed 7` starts a three-region cluster, writes to
+//! it while a seeded schedule of faults breaks it, heals it, and checks that nothing
+//! acknowledged was lost, the regions agree, no email has two live accounts and no
+//! personal data is in plaintext on disk or in Kafka. It exits non-zero on any
+//! violation. `authsync-chaos node --config FILE` runs one region's node exactly as
+//! `authsync node` does: the harness starts its nodes this way, inside their network
 //! namespaces, so that one `cargo run -p authsync-chaos` builds everything it runs.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+use authsync_chaos::cluster::BrokerKind;
+use authsync_chaos::run::{self, RunOptions};
+use authsync_chaos::schedule::Fault;
 
 #[derive(Parser)]
 #[command(
@@ -15,9 +24,12 @@ use clap::{Parser, Subcommand};
     version,
     about = "Fault injection for authsync"
 )]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Subcommand)]
@@ -29,6 +41,61 @@ enum Command {
     },
 }
 
+#[derive(Args)]
+struct RunArgs {
+    /// How long the workload and the faults run: `90s`, `2m`, or seconds.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    duration: Duration,
+    /// The schedule's seed: the same seed replays the same faults (random when absent).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Fault types, comma-separated (default: all): kill, pause, broker-restart,
+    /// broker-partition, peer-partition, latency, resets, keys-unavailable, clock-skew,
+    /// replay.
+    #[arg(long, value_delimiter = ',', value_parser = parse_fault)]
+    faults: Option<Vec<Fault>>,
+    /// Concurrent clients, spread over the regions.
+    #[arg(long, default_value_t = 6)]
+    clients: usize,
+    /// How long the regions may take to agree once the faults stop.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    convergence_timeout: Duration,
+    /// A tansu binary to run as the broker (it can then be killed and restarted);
+    /// without it, the embedded broker.
+    #[arg(long, env = "AUTHSYNC_TEST_TANSU")]
+    tansu: Option<PathBuf>,
+    /// Keep the cluster's files here (default: a temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// The JSON report, with every operation.
+    #[arg(long, default_value = "chaos.json")]
+    out: PathBuf,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("not a duration: {text:?}"))?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n * 60,
+        _ => return Err(format!("not a duration: {text:?} (use 90s or 2m)")),
+    };
+    if seconds == 0 || seconds > 24 * 3600 {
+        return Err("a duration from 1 s to 24 h".into());
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+fn parse_fault(name: &str) -> Result<Fault, String> {
+    Fault::parse(name.trim()).ok_or_else(|| format!("unknown fault {name:?}"))
+}
+
 fn main() -> anyhow::Result<()> {
     authsync::process::keep_large_allocations_mapped();
     let cli = Cli::parse();
@@ -36,8 +103,45 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    authsync::process::init_logging();
     match cli.command {
-        Command::Node { config } => runtime.block_on(authsync::process::run_node(&config)),
+        Some(Command::Node { config }) => {
+            authsync::process::init_logging();
+            runtime.block_on(authsync::process::run_node(&config))
+        }
+        None => {
+            let args = cli.run;
+            if !authsync_chaos::netns::available() {
+                bail!("network namespaces are not available: run as root or under `unshare --user --map-root-user`");
+            }
+            if args.clients == 0 {
+                bail!("--clients must be at least 1");
+            }
+            let seed = args.seed.unwrap_or_else(rand::random);
+            let report = runtime.block_on(run::run(RunOptions {
+                duration: args.duration,
+                seed,
+                faults: args.faults.unwrap_or_else(|| Fault::ALL.to_vec()),
+                clients: args.clients,
+                convergence_timeout: args.convergence_timeout,
+                broker: match args.tansu {
+                    Some(bin) => BrokerKind::Tansu(bin),
+                    None => BrokerKind::Embedded,
+                },
+                dir: args.dir,
+                node_exe: std::env::current_exe().context("find this executable")?,
+            }))?;
+            std::fs::write(&args.out, serde_json::to_vec_pretty(&report)?)
+                .with_context(|| format!("write {}", args.out.display()))?;
+            print!("{}", run::table(&report));
+            println!("report: {}", args.out.display());
+            let violations = report.verdict.violations();
+            let fault_errors = run::fault_errors(&report);
+            if violations > 0 || fault_errors > 0 {
+                bail!(
+                    "{violations} violations, {fault_errors} faults that failed or did not recover"
+                );
+            }
+            Ok(())
+        }
     }
 }

@@ -1,0 +1,300 @@
+//! One chaos run: start the cluster, run the workload while the schedule breaks it,
+//! heal, wait for convergence, check, report.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::check::{self, Verdict};
+use crate::cluster::{BrokerKind, Cluster, ClusterOptions, REGIONS};
+use crate::schedule::{self, Episode, Fault};
+use crate::workload::{self, Api, Op, Outcome, Workload};
+
+pub struct RunOptions {
+    pub duration: Duration,
+    pub seed: u64,
+    pub faults: Vec<Fault>,
+    pub clients: usize,
+    pub convergence_timeout: Duration,
+    pub broker: BrokerKind,
+    /// Where the cluster keeps its files; a temporary directory when `None`.
+    pub dir: Option<PathBuf>,
+    pub node_exe: PathBuf,
+}
+
+/// An episode as it went: how long a write took to reach every region afterwards.
+#[derive(Debug, Serialize)]
+pub struct Recovery {
+    #[serde(flatten)]
+    pub episode: Episode,
+    pub error: Option<String>,
+    pub recovered_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub seed: u64,
+    pub duration_s: u64,
+    pub faults: Vec<Fault>,
+    pub broker: &'static str,
+    /// Operations by kind, then by outcome.
+    pub ops: BTreeMap<String, BTreeMap<&'static str, usize>>,
+    pub acked: usize,
+    pub episodes: Vec<Recovery>,
+    /// From the end of the workload (every fault healed) until every region's digest
+    /// agreed.
+    pub converged_ms: Option<u64>,
+    pub verdict: Verdict,
+    pub log: Vec<Op>,
+}
+
+/// Writes a marker account in `region` and waits until every region reads it.
+async fn recovery_time(api: &Api, urls: &[String], region: usize, n: usize) -> Option<Duration> {
+    let started = Instant::now();
+    let body = json!({"email": format!("recovery-{n}{}", workload::EMAIL_MARKER),
+                      "password": workload::PASSWORD});
+    let id = loop {
+        if let Ok((201, resp)) = api
+            .send(
+                reqwest::Method::POST,
+                &format!("{}/v1/users", urls[region]),
+                Some(body.clone()),
+            )
+            .await
+        {
+            break resp["id"].as_str()?.to_string();
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for url in urls {
+        loop {
+            let read = api
+                .send(reqwest::Method::GET, &format!("{url}/v1/users/{id}"), None)
+                .await;
+            if matches!(read, Ok((200, _))) {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Some(started.elapsed())
+}
+
+pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
+    let temp = tempfile::Builder::new()
+        .prefix("authsync-chaos-")
+        .tempdir()?;
+    let root = opts
+        .dir
+        .clone()
+        .unwrap_or_else(|| temp.path().to_path_buf());
+    std::fs::create_dir_all(&root)?;
+    let broker_name = match opts.broker {
+        BrokerKind::Embedded => "embedded",
+        BrokerKind::Tansu(_) => "tansu",
+    };
+    let faults: Vec<Fault> = opts
+        .faults
+        .iter()
+        .copied()
+        // The embedded broker lives in this process: it cannot be killed.
+        .filter(|f| *f != Fault::BrokerRestart || broker_name == "tansu")
+        .collect();
+    let api_key = format!("chaos-{:016x}{:016x}", opts.seed, rand::random::<u64>());
+    let base_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    eprintln!(
+        "chaos: seed {} for {:?}, faults {:?}, data in {}",
+        opts.seed,
+        opts.duration,
+        faults.iter().map(|f| f.name()).collect::<Vec<_>>(),
+        root.display()
+    );
+    let mut cluster = Cluster::start(ClusterOptions {
+        root: root.clone(),
+        node_exe: opts.node_exe.clone(),
+        broker: opts.broker,
+        base_port,
+        api_key: api_key.clone(),
+    })
+    .await
+    .context("start the cluster")?;
+    let urls: Vec<String> = (0..REGIONS.len()).map(|i| cluster.url(i)).collect();
+    let api = Api::new(&api_key)?;
+    let hot = workload::create_hot_users(&api, &urls, 5).await?;
+    let work = Workload::new(urls.clone(), api.clone(), hot);
+
+    let plan = schedule::plan(opts.seed, opts.duration, &faults, REGIONS.len());
+    let started = Instant::now();
+    let until = started + opts.duration;
+    let clients: Vec<_> = (0..opts.clients)
+        .map(|c| tokio::spawn(workload::client(work.clone(), c, opts.seed, until)))
+        .collect();
+    let mut episodes = Vec::new();
+    for (n, e) in plan.into_iter().enumerate() {
+        tokio::time::sleep_until(started + e.start).await;
+        eprintln!(
+            "chaos: {:>6.1} s  {} on {}",
+            e.start.as_secs_f64(),
+            e.fault.name(),
+            REGIONS[e.region]
+        );
+        let error = schedule::run_episode(&mut cluster, &api, &e)
+            .await
+            .err()
+            .map(|e| format!("{e:#}"));
+        let recovered = recovery_time(&api, &urls, e.region, n).await;
+        episodes.push(Recovery {
+            episode: e,
+            error,
+            recovered_ms: recovered.map(|d| d.as_millis() as u64),
+        });
+    }
+    for c in clients {
+        let _ = c.await;
+    }
+    let converged = check::converge(&api, &urls, opts.convergence_timeout).await;
+    let log = work.take_log();
+    eprintln!("chaos: {} operations; checking", log.len());
+    let mut verdict = Verdict {
+        diverged: converged.is_none(),
+        lost: check::lost(&api, &urls, &log).await,
+        duplicates: check::duplicates(&api, &urls, &log).await,
+        ..Default::default()
+    };
+    let markers: [&[u8]; 3] = [
+        workload::EMAIL_MARKER.as_bytes(),
+        workload::NAME_MARKER.as_bytes(),
+        workload::PHONE_MARKER.as_bytes(),
+    ];
+    for i in 0..REGIONS.len() {
+        let dir = cluster.data_dir(i);
+        verdict
+            .plaintext
+            .extend(crate::plaintext::scan_dir(&dir, &markers)?);
+    }
+    let topics: Vec<String> = REGIONS
+        .iter()
+        .map(|r| format!("authsync.changes.{r}"))
+        .collect();
+    let scan =
+        crate::kafka::scan_topics(&cluster.broker_addr()?.to_string(), &topics, &markers).await?;
+    verdict.kafka_messages = scan.messages;
+    verdict.plaintext.extend(scan.findings);
+    cluster.stop().await;
+
+    let mut ops: BTreeMap<String, BTreeMap<&'static str, usize>> = BTreeMap::new();
+    for op in &log {
+        let outcome = match op.outcome {
+            Outcome::Acked => "acked",
+            Outcome::Refused(_) => "refused",
+            Outcome::Unknown(_) => "unknown",
+        };
+        *ops.entry(format!("{:?}", op.kind))
+            .or_default()
+            .entry(outcome)
+            .or_default() += 1;
+    }
+    Ok(Report {
+        seed: opts.seed,
+        duration_s: opts.duration.as_secs(),
+        faults,
+        broker: broker_name,
+        acked: log.iter().filter(|o| o.outcome == Outcome::Acked).count(),
+        ops,
+        episodes,
+        converged_ms: converged.map(|d| d.as_millis() as u64),
+        verdict,
+        log,
+    })
+}
+
+/// The human table.
+pub fn table(r: &Report) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "seed {}, {} s, broker {}\n\n",
+        r.seed, r.duration_s, r.broker
+    ));
+    s.push_str(&format!(
+        "{:<18} {:>7} {:>7} {:>8} {:>8}\n",
+        "operation", "total", "acked", "refused", "unknown"
+    ));
+    for (kind, by) in &r.ops {
+        let get = |k| by.get(k).copied().unwrap_or(0);
+        s.push_str(&format!(
+            "{kind:<18} {:>7} {:>7} {:>8} {:>8}\n",
+            get("acked") + get("refused") + get("unknown"),
+            get("acked"),
+            get("refused"),
+            get("unknown")
+        ));
+    }
+    s.push('\n');
+    let mut by_fault: BTreeMap<&str, Vec<Option<u64>>> = BTreeMap::new();
+    for e in &r.episodes {
+        by_fault
+            .entry(e.episode.fault.name())
+            .or_default()
+            .push(e.recovered_ms);
+    }
+    s.push_str(&format!(
+        "{:<18} {:>9} {:>22}\n",
+        "fault", "episodes", "recovery ms (max)"
+    ));
+    for (fault, times) in &by_fault {
+        let max = times.iter().flatten().max();
+        let failed = times.iter().filter(|t| t.is_none()).count();
+        s.push_str(&format!(
+            "{fault:<18} {:>9} {:>22}\n",
+            times.len(),
+            match (max, failed) {
+                (_, f) if f > 0 => format!("{f} did not recover"),
+                (Some(m), _) => m.to_string(),
+                (None, _) => "-".into(),
+            }
+        ));
+    }
+    let errors: Vec<_> = r.episodes.iter().filter_map(|e| e.error.as_ref()).collect();
+    for e in &errors {
+        s.push_str(&format!("fault error: {e}\n"));
+    }
+    let v = &r.verdict;
+    s.push_str(&format!(
+        "\nacked {}  lost {}  diverged {}  duplicates {}  plaintext {} (in data directories and {} Kafka messages)\nconverged {} after the last fault\n",
+        r.acked,
+        v.lost.len(),
+        u8::from(v.diverged),
+        v.duplicates.len(),
+        v.plaintext.len(),
+        v.kafka_messages,
+        r.converged_ms.map_or("never".into(), |m| format!("{m} ms")),
+    ));
+    for line in v.lost.iter().chain(&v.duplicates).take(20) {
+        s.push_str(&format!("  {line}\n"));
+    }
+    for f in v.plaintext.iter().take(20) {
+        s.push_str(&format!("  plaintext: {f:?}\n"));
+    }
+    s
+}
+
+/// How many episodes failed to apply or did not recover.
+pub fn fault_errors(r: &Report) -> usize {
+    r.episodes
+        .iter()
+        .filter(|e| e.error.is_some() || e.recovered_ms.is_none())
+        .count()
+}
