@@ -88,9 +88,23 @@ async fn read_all(api: &Api, urls: &[String], log: &[Op]) -> Vec<BTreeMap<String
     out
 }
 
-/// Acknowledged writes missing somewhere, described one per line.
-pub async fn lost(api: &Api, urls: &[String], log: &[Op]) -> Vec<String> {
-    let seen = read_all(api, urls, log).await;
+/// Acknowledged writes missing somewhere, described one per line. A region that
+/// answers 503 for some record (it holds the record but not yet a key to open it,
+/// until key recovery re-wraps it) is asked again until `within` has passed.
+/// Also returns how long it took until no region answered 503.
+pub async fn lost(
+    api: &Api,
+    urls: &[String],
+    log: &[Op],
+    within: Duration,
+) -> (Vec<String>, Duration) {
+    let started = Instant::now();
+    let mut seen = read_all(api, urls, log).await;
+    while seen.iter().any(|r| r.values().any(|s| s.status == 503)) && started.elapsed() < within {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        seen = read_all(api, urls, log).await;
+    }
+    let readable_after = started.elapsed();
     // A delete that may have happened (acknowledged or unknown) or an email other
     // clients also created (a merge) explains a 404.
     let may_be_gone: BTreeSet<&str> = log
@@ -126,7 +140,7 @@ pub async fn lost(api: &Api, urls: &[String], log: &[Op]) -> Vec<String> {
             }
         }
     }
-    lost
+    (lost, readable_after)
 }
 
 /// Emails with more than one live account in some region.
@@ -167,6 +181,9 @@ pub struct Verdict {
     pub diverged: bool,
     pub duplicates: Vec<String>,
     pub plaintext: Vec<crate::plaintext::Finding>,
+    /// After convergence, how long until every record read in every region (a region
+    /// whose key service was down answers 503 until key recovery re-wraps its key).
+    pub readable_after_ms: u64,
     /// Kafka messages scanned for plaintext.
     pub kafka_messages: usize,
 }

@@ -168,9 +168,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     let converged = check::converge(&api, &urls, opts.convergence_timeout).await;
     let log = work.take_log();
     eprintln!("chaos: {} operations; checking", log.len());
+    let (lost, readable_after) = check::lost(&api, &urls, &log, opts.convergence_timeout).await;
     let mut verdict = Verdict {
         diverged: converged.is_none(),
-        lost: check::lost(&api, &urls, &log).await,
+        lost,
+        readable_after_ms: readable_after.as_millis() as u64,
         duplicates: check::duplicates(&api, &urls, &log).await,
         ..Default::default()
     };
@@ -273,7 +275,7 @@ pub fn table(r: &Report) -> String {
     }
     let v = &r.verdict;
     s.push_str(&format!(
-        "\nacked {}  lost {}  diverged {}  duplicates {}  plaintext {} (in data directories and {} Kafka messages)\nconverged {} after the last fault\n",
+        "\nacked {}  lost {}  diverged {}  duplicates {}  plaintext {} (in data directories and {} Kafka messages)\nconverged {} after the last fault; every record readable everywhere {} ms later\n",
         r.acked,
         v.lost.len(),
         u8::from(v.diverged),
@@ -281,6 +283,7 @@ pub fn table(r: &Report) -> String {
         v.plaintext.len(),
         v.kafka_messages,
         r.converged_ms.map_or("never".into(), |m| format!("{m} ms")),
+        v.readable_after_ms,
     ));
     for line in v.lost.iter().chain(&v.duplicates).take(20) {
         s.push_str(&format!("  {line}\n"));

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::json;
@@ -105,9 +106,16 @@ pub fn plan(seed: u64, duration: Duration, faults: &[Fault], regions: usize) -> 
     }
     // A first quiet stretch, so the workload is under way before anything breaks.
     let mut at = Duration::from_secs(3);
+    // Faults come from a shuffled deck, dealt again when empty: a run long enough for
+    // as many episodes as there are faults has every one of them.
+    let mut deck: Vec<Fault> = Vec::new();
     loop {
         let hold = Duration::from_millis(rng.gen_range(2_000..8_000));
-        let fault = faults[rng.gen_range(0..faults.len())];
+        if deck.is_empty() {
+            deck = faults.to_vec();
+            deck.shuffle(&mut rng);
+        }
+        let fault = deck.pop().expect("dealt above");
         let region = rng.gen_range(0..regions);
         let peer =
             (fault == Fault::PeerPartition).then(|| (region + rng.gen_range(1..regions)) % regions);
@@ -251,6 +259,10 @@ mod tests {
                 assert_ne!(p, e.region);
             }
         }
+        // Every fault before any comes twice.
+        let first: std::collections::BTreeSet<_> =
+            a[..faults.len()].iter().map(|e| e.fault).collect();
+        assert_eq!(first.len(), faults.len());
         // Only the chosen faults.
         let only = plan(7, Duration::from_secs(60), &[Fault::Kill], 3);
         assert!(!only.is_empty() && only.iter().all(|e| e.fault == Fault::Kill));
