@@ -227,6 +227,22 @@ impl Http {
         let text = resp.text().await?;
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
+
+    /// [`Http::send`] that must answer `want`: the body, or an error naming `what`.
+    async fn expect(
+        &self,
+        what: &str,
+        want: u16,
+        method: reqwest::Method,
+        url: String,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let (status, resp) = self.send(method, url, body).await?;
+        if status != want {
+            bail!("{what} answered {status}: {resp}");
+        }
+        Ok(resp)
+    }
 }
 
 /// Runs `n` operations with `concurrency` in flight; `op(i)` returns whether it succeeded.
@@ -333,16 +349,14 @@ async fn logins(
     drive(n, concurrency, move |i| {
         let (http, urls, body) = (http.clone(), urls.clone(), login_body(&tag, i));
         async move {
-            let (status, resp) = http
-                .send(
-                    reqwest::Method::POST,
-                    format!("{}/v1/login", urls[0]),
-                    Some(body),
-                )
-                .await?;
-            if status != 200 {
-                bail!("login answered {status}: {resp}");
-            }
+            http.expect(
+                "login",
+                200,
+                reqwest::Method::POST,
+                format!("{}/v1/login", urls[0]),
+                Some(body),
+            )
+            .await?;
             Ok(())
         }
     })
@@ -379,16 +393,15 @@ async fn profile_updates(
             pollers.clone(),
         );
         async move {
-            let (status, resp) = http
-                .send(
+            let resp = http
+                .expect(
+                    "update",
+                    200,
                     reqwest::Method::PATCH,
                     format!("{}/v1/users/{}", urls[source], ids[i]),
                     Some(json!({"profile": profile(bytes, i + 1 + source)})),
                 )
                 .await?;
-            if status != 200 {
-                bail!("update answered {status}: {resp}");
-            }
             let acked = Instant::now();
             if i % sample_every == 0 {
                 for dest in (0..urls.len()).filter(|d| *d != source) {
@@ -495,12 +508,15 @@ async fn metric_sums(
 }
 
 async fn digest(http: &Http, url: &str) -> anyhow::Result<Value> {
-    let (status, body) = http
-        .send(reqwest::Method::GET, format!("{url}/v1/admin/digest"), None)
+    let body = http
+        .expect(
+            "digest",
+            200,
+            reqwest::Method::GET,
+            format!("{url}/v1/admin/digest"),
+            None,
+        )
         .await?;
-    if status != 200 {
-        bail!("digest answered {status}: {body}");
-    }
     Ok(body["digest"].clone())
 }
 
@@ -531,16 +547,14 @@ async fn backlog_drain(
             let mut i = w;
             while Instant::now() < until {
                 let id = &ids[i % ids.len()];
-                let (status, resp) = http
-                    .send(
-                        reqwest::Method::PATCH,
-                        format!("{url}/v1/users/{id}"),
-                        Some(json!({"profile": profile(bytes, i + 7)})),
-                    )
-                    .await?;
-                if status != 200 {
-                    bail!("update answered {status}: {resp}");
-                }
+                http.expect(
+                    "update",
+                    200,
+                    reqwest::Method::PATCH,
+                    format!("{url}/v1/users/{id}"),
+                    Some(json!({"profile": profile(bytes, i + 7)})),
+                )
+                .await?;
                 written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 i += step;
             }
@@ -607,16 +621,15 @@ async fn backlog_drain(
 /// would time the join instead of replication.
 async fn warm_up(http: &Arc<Http>, urls: &Arc<Vec<String>>, tag: &str) -> anyhow::Result<()> {
     let body = json!({"email": format!("bench-{tag}-warm-up@example.com"), "password": PASSWORD});
-    let (status, resp) = http
-        .send(
+    let resp = http
+        .expect(
+            "warm-up create",
+            201,
             reqwest::Method::POST,
             format!("{}/v1/users", urls[0]),
             Some(body),
         )
         .await?;
-    if status != 201 {
-        bail!("warm-up create answered {status}: {resp}");
-    }
     let id = resp["id"].as_str().unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(120);
     for url in &urls[1..] {
@@ -664,16 +677,11 @@ async fn import_users(
             })
             .collect();
         async move {
-            let (status, resp) = http
-                .send(
-                    reqwest::Method::POST,
+            http
+                .expect("import", 200, reqwest::Method::POST,
                     format!("{}/v1/users/import", urls[0]),
-                    Some(Value::Array(items)),
-                )
+                    Some(Value::Array(items)))
                 .await?;
-            if status != 200 {
-                bail!("import answered {status}: {resp}");
-            }
             Ok(())
         }
     })
@@ -771,16 +779,15 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
             async move {
                 let body = json!({"email": format!("bench-{tag}-{i}@example.com"),
                                   "password": PASSWORD, "profile": profile(bytes, i)});
-                let (status, resp) = http
-                    .send(
+                let resp = http
+                    .expect(
+                        "create",
+                        201,
                         reqwest::Method::POST,
                         format!("{}/v1/users", urls[0]),
                         Some(body),
                     )
                     .await?;
-                if status != 201 {
-                    bail!("create answered {status}: {resp}");
-                }
                 let acked = Instant::now();
                 let id = resp["id"].as_str().unwrap_or_default().to_string();
                 ids.lock()[i] = Some(id.clone());
