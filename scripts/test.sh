@@ -39,12 +39,12 @@ fi
 # --all-targets also runs each criterion benchmark once, as a test.
 cargo test --locked --all-targets "$@"
 
-echo "== the chaos harness: its parts, then a 90 s mixed-fault run =="
+echo "== the chaos harness: its parts, then a 120 s mixed-fault run =="
 cargo test --locked -p authsync-chaos
 # Network namespaces need CAP_SYS_ADMIN: as root directly, otherwise in a user namespace.
 as_root=()
 if [ "$(id -u)" != 0 ]; then as_root=(unshare --user --map-root-user); fi
-"${as_root[@]}" env -u AUTHSYNC_TEST_TANSU cargo run --locked -q -p authsync-chaos -- --duration 90s --seed 7 \
+"${as_root[@]}" env -u AUTHSYNC_TEST_TANSU cargo run --locked -q -p authsync-chaos -- --duration 120s --seed 7 \
     --out "${TMPDIR:-/tmp}/authsync-chaos-ci.json"
 
 echo "== replication tests again, against a real broker process (tansu) =="
