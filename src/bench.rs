@@ -710,8 +710,14 @@ async fn converged(http: &Http, urls: &[String]) -> anyhow::Result<()> {
 
 /// The whole run.
 pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
-    if opts.users == 0 || opts.concurrency == 0 || !(1..=16_384).contains(&opts.profile_bytes) {
-        bail!("--users and --concurrency must be at least 1, --profile-bytes 1 to 16384");
+    if !(1..=10_000_000).contains(&opts.users)
+        || !(1..=1024).contains(&opts.concurrency)
+        || !(1..=16_384).contains(&opts.profile_bytes)
+    {
+        bail!("--users must be 1 to 10000000, --concurrency 1 to 1024, --profile-bytes 1 to 16384");
+    }
+    if opts.drain_seconds > 3600 || opts.footprint_users > 10_000_000 {
+        bail!("--drain-seconds must be at most 3600, --footprint-users at most 10000000");
     }
     let mut cluster = match &opts.urls {
         Some(urls) => {

@@ -49,6 +49,20 @@ pub fn sha256_hex(text: &str) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()))
 }
 
+/// Writes a keyring for each of the [`DEMO_REGIONS`] under `root/keys`, where
+/// [`node_config`] points, unless they are there already (data survives restarts).
+pub fn init_keyrings(root: &Path) -> anyhow::Result<()> {
+    let key_dir = root.join("keys");
+    std::fs::create_dir_all(&key_dir).with_context(|| format!("create {}", key_dir.display()))?;
+    if !keyring_path(&key_dir, DEMO_REGIONS[0]).exists() {
+        let regions: Vec<String> = DEMO_REGIONS.iter().map(|r| r.to_string()).collect();
+        for ring in keys::init(&regions).context("generate demo keyrings")? {
+            ring.save(&keyring_path(&key_dir, ring.owner()))?;
+        }
+    }
+    Ok(())
+}
+
 /// What every region's config shares.
 pub struct Shared<'a> {
     /// Keyrings under `root/keys`, each region's data under `root/<region>`.
@@ -220,15 +234,7 @@ impl LocalCluster {
                 (t.path().to_path_buf(), Some(t))
             }
         };
-        let key_dir = root.join("keys");
-        std::fs::create_dir_all(&key_dir)
-            .with_context(|| format!("create {}", key_dir.display()))?;
-        if !keyring_path(&key_dir, DEMO_REGIONS[0]).exists() {
-            let regions: Vec<String> = DEMO_REGIONS.iter().map(|r| r.to_string()).collect();
-            for ring in keys::init(&regions).context("generate demo keyrings")? {
-                ring.save(&keyring_path(&key_dir, ring.owner()))?;
-            }
-        }
+        init_keyrings(&root)?;
         let api_key = match &opts.api_key {
             Some(k) if !k.trim().is_empty() => k.clone(),
             Some(_) => bail!("--api-key must not be empty"),

@@ -431,7 +431,7 @@ async fn handle(
     payload: Arc<[u8]>,
     source: &Source,
     stop: &CancellationToken,
-    mut first: Option<Result<(Applied, proto::ChangeEvent), ApplyError>>,
+    mut first: Option<ApplyResult>,
 ) -> Option<&'static str> {
     let mut backoff = Duration::from_millis(100);
     loop {

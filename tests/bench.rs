@@ -97,3 +97,29 @@ fn bench_measures_every_figure_and_its_floor() {
         );
     }
 }
+
+#[test]
+fn bench_refuses_out_of_range_options_before_starting_anything() {
+    for (args, says) in [
+        (&["--users", "0"][..], "--users must be"),
+        (&["--concurrency", "5000"][..], "--concurrency 1 to 1024"),
+        (&["--profile-bytes", "0"][..], "--profile-bytes 1 to 16384"),
+        (
+            &["--drain-seconds", "99999999999999"][..],
+            "--drain-seconds must be at most 3600",
+        ),
+        (
+            &["--urls", "http://127.0.0.1:1"][..],
+            "--urls needs at least two regions",
+        ),
+    ] {
+        let run = Command::new(env!("CARGO_BIN_EXE_authsync"))
+            .arg("bench")
+            .args(args)
+            .output()
+            .expect("run authsync bench");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}

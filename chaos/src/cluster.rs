@@ -200,12 +200,7 @@ impl Cluster {
             base_port,
             api_key,
         } = opts;
-        let key_dir = root.join("keys");
-        std::fs::create_dir_all(&key_dir)?;
-        let names: Vec<String> = REGIONS.iter().map(|r| r.to_string()).collect();
-        for ring in authsync::keys::init(&names).context("generate keyrings")? {
-            ring.save(&authsync::keys::keyring_path(&key_dir, ring.owner()))?;
-        }
+        authsync::demo::init_keyrings(&root)?;
         let broker = Broker::start(&broker, &root)?;
         let broker_addr = broker.addr()?;
         let listens: Vec<SocketAddr> = (0..REGIONS.len())

@@ -110,11 +110,11 @@ fn main() -> anyhow::Result<()> {
         }
         None => {
             let args = cli.run;
+            if !(1..=64).contains(&args.clients) {
+                bail!("--clients must be 1 to 64");
+            }
             if !authsync_chaos::netns::available() {
                 bail!("network namespaces are not available: run as root or under `unshare --user --map-root-user`");
-            }
-            if args.clients == 0 {
-                bail!("--clients must be at least 1");
             }
             let seed = args.seed.unwrap_or_else(rand::random);
             let report = runtime.block_on(run::run(RunOptions {
