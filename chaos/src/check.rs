@@ -184,8 +184,10 @@ pub struct Verdict {
     /// After convergence, how long until every record read in every region (a region
     /// whose key service was down answers 503 until key recovery re-wraps its key).
     pub readable_after_ms: u64,
-    /// Kafka messages scanned for plaintext.
+    /// Kafka messages scanned for plaintext (local target).
     pub kafka_messages: usize,
+    /// Broker log directories scanned as files (compose target).
+    pub broker_logs: usize,
 }
 
 impl Verdict {

@@ -333,6 +333,11 @@ impl Cluster {
         self.wait_ready(i, Duration::from_secs(90)).await
     }
 
+    /// Whether the broker is a process of its own, which can be killed and restarted.
+    pub fn broker_restartable(&self) -> bool {
+        matches!(self.broker, Broker::Tansu { .. })
+    }
+
     /// Kills the broker; `false` when it is the embedded one, which cannot be.
     pub fn kill_broker(&mut self) -> bool {
         self.broker.kill()

@@ -15,6 +15,8 @@
 //!   diverged, duplicates; [`run`]: one whole run and its report.
 //! - [`cluster`]: three node processes, one per namespace, a broker, and a proxy on
 //!   every link between them; nodes and the broker can be killed and restarted.
+//! - [`compose`]: the docker compose cluster instead, broken through the Docker CLI;
+//!   [`target`]: either cluster, as the schedule and the checks see it.
 //! - [`netns`]: network namespaces that outlive the node run in them, and sockets that
 //!   listen or connect inside one, so proxies can sit on either side of its boundary.
 //! - [`kafka`]: replay of a topic from offset 0 (duplicate delivery), and a scan of
@@ -23,10 +25,12 @@
 
 pub mod check;
 pub mod cluster;
+pub mod compose;
 pub mod kafka;
 pub mod netns;
 pub mod plaintext;
 pub mod proxy;
 pub mod run;
 pub mod schedule;
+pub mod target;
 pub mod workload;

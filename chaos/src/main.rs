@@ -15,7 +15,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
 use authsync_chaos::cluster::BrokerKind;
-use authsync_chaos::run::{self, RunOptions};
+use authsync_chaos::compose::ComposeOptions;
+use authsync_chaos::run::{self, RunOptions, TargetOptions};
 use authsync_chaos::schedule::Fault;
 
 #[derive(Parser)]
@@ -67,9 +68,42 @@ struct RunArgs {
     /// Keep the cluster's files here (default: a temporary directory).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// `local`: a cluster the harness starts, in network namespaces behind its proxies.
+    /// `compose`: the docker compose cluster, already up (`docker compose up -d`).
+    #[arg(long, value_enum, default_value = "local")]
+    target: TargetKind,
+    /// compose: the compose file.
+    #[arg(long, default_value = "docker-compose.yml")]
+    compose_file: PathBuf,
+    /// compose: the project name (default: compose's own, the file's directory).
+    #[arg(long)]
+    project: Option<String>,
+    /// compose: the compose command, e.g. "docker-compose" (default: `docker compose`
+    /// when the plugin answers, else docker-compose).
+    #[arg(long)]
+    compose_command: Option<String>,
+    /// compose: the Docker CLI.
+    #[arg(long, default_value = "docker")]
+    docker: String,
+    /// compose: the regions' HTTP addresses, in the order af-south,eu-west,us-east.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "http://localhost:8081,http://localhost:8082,http://localhost:8083"
+    )]
+    urls: Vec<String>,
+    /// compose: an API key of the cluster.
+    #[arg(long, env = "AUTHSYNC_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// The JSON report, with every operation.
     #[arg(long, default_value = "chaos.json")]
     out: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TargetKind {
+    Local,
+    Compose,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -113,22 +147,43 @@ fn main() -> anyhow::Result<()> {
             if !(1..=64).contains(&args.clients) {
                 bail!("--clients must be 1 to 64");
             }
-            if !authsync_chaos::netns::available() {
-                bail!("network namespaces are not available: run as root or under `unshare --user --map-root-user`");
-            }
+            let target = match args.target {
+                TargetKind::Local => {
+                    if !authsync_chaos::netns::available() {
+                        bail!("network namespaces are not available: run as root or under `unshare --user --map-root-user`");
+                    }
+                    TargetOptions::Local {
+                        broker: match args.tansu {
+                            Some(bin) => BrokerKind::Tansu(bin),
+                            None => BrokerKind::Embedded,
+                        },
+                        dir: args.dir,
+                        node_exe: std::env::current_exe().context("find this executable")?,
+                    }
+                }
+                TargetKind::Compose => TargetOptions::Compose {
+                    options: ComposeOptions {
+                        file: args.compose_file,
+                        project: args.project,
+                        compose: args
+                            .compose_command
+                            .map(|c| c.split_whitespace().map(str::to_string).collect()),
+                        docker: args.docker,
+                        urls: args.urls,
+                    },
+                    api_key: args
+                        .api_key
+                        .context("--target compose needs --api-key (or AUTHSYNC_API_KEY)")?,
+                },
+            };
             let seed = args.seed.unwrap_or_else(rand::random);
             let report = runtime.block_on(run::run(RunOptions {
                 duration: args.duration,
                 seed,
-                faults: args.faults.unwrap_or_else(|| Fault::ALL.to_vec()),
+                faults: args.faults,
                 clients: args.clients,
                 convergence_timeout: args.convergence_timeout,
-                broker: match args.tansu {
-                    Some(bin) => BrokerKind::Tansu(bin),
-                    None => BrokerKind::Embedded,
-                },
-                dir: args.dir,
-                node_exe: std::env::current_exe().context("find this executable")?,
+                target,
             }))?;
             std::fs::write(&args.out, serde_json::to_vec_pretty(&report)?)
                 .with_context(|| format!("write {}", args.out.display()))?;

@@ -12,19 +12,36 @@ use tokio::time::Instant;
 
 use crate::check::{self, Verdict};
 use crate::cluster::{BrokerKind, Cluster, ClusterOptions, REGIONS};
+use crate::compose::{Compose, ComposeOptions};
 use crate::schedule::{self, Episode, Fault};
+use crate::target::Target;
 use crate::workload::{self, Api, Op, Outcome, Workload};
 
 pub struct RunOptions {
     pub duration: Duration,
     pub seed: u64,
-    pub faults: Vec<Fault>,
+    /// The faults to deal; every one the target can have when `None`.
+    pub faults: Option<Vec<Fault>>,
     pub clients: usize,
     pub convergence_timeout: Duration,
-    pub broker: BrokerKind,
-    /// Where the cluster keeps its files; a temporary directory when `None`.
-    pub dir: Option<PathBuf>,
-    pub node_exe: PathBuf,
+    pub target: TargetOptions,
+}
+
+/// The cluster a run breaks.
+pub enum TargetOptions {
+    /// Started by the harness: three nodes in network namespaces, behind its proxies.
+    Local {
+        broker: BrokerKind,
+        /// Where the cluster keeps its files; a temporary directory when `None`.
+        dir: Option<PathBuf>,
+        /// A binary whose `node --config FILE` runs a node.
+        node_exe: PathBuf,
+    },
+    /// Already running under docker compose, reached with this API key.
+    Compose {
+        options: ComposeOptions,
+        api_key: String,
+    },
 }
 
 /// An episode as it went: how long a write took to reach every region afterwards.
@@ -44,7 +61,8 @@ pub struct Report {
     pub seed: u64,
     pub duration_s: u64,
     pub faults: Vec<Fault>,
-    pub broker: &'static str,
+    /// Which cluster: local (embedded broker or tansu) or docker compose.
+    pub target: &'static str,
     /// Operations by kind, then by outcome.
     pub ops: BTreeMap<String, BTreeMap<&'static str, usize>>,
     pub acked: usize,
@@ -101,44 +119,67 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     let temp = tempfile::Builder::new()
         .prefix("authsync-chaos-")
         .tempdir()?;
-    let root = opts
-        .dir
-        .clone()
-        .unwrap_or_else(|| temp.path().to_path_buf());
-    std::fs::create_dir_all(&root)?;
-    let broker_name = match opts.broker {
-        BrokerKind::Embedded => "embedded",
-        BrokerKind::Tansu(_) => "tansu",
+    let (mut target, api) = match opts.target {
+        TargetOptions::Local {
+            broker,
+            dir,
+            node_exe,
+        } => {
+            let root = dir.unwrap_or_else(|| temp.path().to_path_buf());
+            std::fs::create_dir_all(&root)?;
+            let api_key = format!("chaos-{:016x}{:016x}", opts.seed, rand::random::<u64>());
+            let base_port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            eprintln!("chaos: data in {}", root.display());
+            let cluster = Cluster::start(ClusterOptions {
+                root,
+                node_exe,
+                broker,
+                base_port,
+                api_key: api_key.clone(),
+            })
+            .await
+            .context("start the cluster")?;
+            (Target::Local(cluster), Api::new(&api_key)?)
+        }
+        TargetOptions::Compose { options, api_key } => {
+            let api = Api::new(&api_key)?;
+            let compose = Compose::connect(options, &api)
+                .await
+                .context("find the compose cluster")?;
+            (Target::Compose(compose), api)
+        }
     };
-    let faults: Vec<Fault> = opts
-        .faults
-        .iter()
-        .copied()
-        // The embedded broker lives in this process: it cannot be killed.
-        .filter(|f| *f != Fault::BrokerRestart || broker_name == "tansu")
-        .collect();
-    let api_key = format!("chaos-{:016x}{:016x}", opts.seed, rand::random::<u64>());
-    let base_port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let faults = match &opts.faults {
+        Some(chosen) => {
+            for f in chosen {
+                if let Some(why) = target.unsupported(*f) {
+                    target.finish().await;
+                    anyhow::bail!("fault {} is not possible here: {why}", f.name());
+                }
+            }
+            chosen.clone()
+        }
+        None => Fault::ALL
+            .into_iter()
+            .filter(|f| match target.unsupported(*f) {
+                Some(why) => {
+                    eprintln!("chaos: leaving out {}: {why}", f.name());
+                    false
+                }
+                None => true,
+            })
+            .collect(),
+    };
     eprintln!(
-        "chaos: seed {} for {:?}, faults {:?}, data in {}",
+        "chaos: seed {} for {:?} on {}, faults {:?}",
         opts.seed,
         opts.duration,
+        target.name(),
         faults.iter().map(|f| f.name()).collect::<Vec<_>>(),
-        root.display()
     );
-    let mut cluster = Cluster::start(ClusterOptions {
-        root: root.clone(),
-        node_exe: opts.node_exe.clone(),
-        broker: opts.broker,
-        base_port,
-        api_key: api_key.clone(),
-    })
-    .await
-    .context("start the cluster")?;
-    let urls: Vec<String> = (0..REGIONS.len()).map(|i| cluster.url(i)).collect();
-    let api = Api::new(&api_key)?;
+    let urls: Vec<String> = (0..REGIONS.len()).map(|i| target.url(i)).collect();
     let hot = workload::create_hot_users(&api, &urls, 5).await?;
     let work = Workload::new(urls.clone(), api.clone(), hot);
 
@@ -166,7 +207,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
             e.fault.name(),
             REGIONS[e.region]
         );
-        let error = schedule::run_episode(&mut cluster, &api, &e)
+        let error = schedule::run_episode(&mut target, &api, &e)
             .await
             .err()
             .map(|e| format!("{e:#}"));
@@ -197,21 +238,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
         workload::NAME_MARKER.as_bytes(),
         workload::PHONE_MARKER.as_bytes(),
     ];
-    for i in 0..REGIONS.len() {
-        let dir = cluster.data_dir(i);
-        verdict
-            .plaintext
-            .extend(crate::plaintext::scan_dir(&dir, &markers)?);
-    }
-    let topics: Vec<String> = REGIONS
-        .iter()
-        .map(|r| format!("authsync.changes.{r}"))
-        .collect();
-    let scan =
-        crate::kafka::scan_topics(&cluster.broker_addr()?.to_string(), &topics, &markers).await?;
-    verdict.kafka_messages = scan.messages;
-    verdict.plaintext.extend(scan.findings);
-    cluster.stop().await;
+    let scan = target.scan_plaintext(&markers, temp.path()).await;
+    let target_name = target.name();
+    target.finish().await;
+    let scan = scan.context("scan for plaintext")?;
+    verdict.plaintext = scan.findings;
+    verdict.kafka_messages = scan.kafka_messages;
+    verdict.broker_logs = scan.broker_logs;
 
     let mut ops: BTreeMap<String, BTreeMap<&'static str, usize>> = BTreeMap::new();
     for op in &log {
@@ -229,7 +262,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
         seed: opts.seed,
         duration_s: opts.duration.as_secs(),
         faults,
-        broker: broker_name,
+        target: target_name,
         acked: log.iter().filter(|o| o.outcome == Outcome::Acked).count(),
         ops,
         episodes,
@@ -244,8 +277,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
 pub fn table(r: &Report) -> String {
     let mut s = String::new();
     s.push_str(&format!(
-        "seed {}, {} s, broker {}\n\n",
-        r.seed, r.duration_s, r.broker
+        "seed {}, {} s, {}\n\n",
+        r.seed, r.duration_s, r.target
     ));
     s.push_str(&format!(
         "{:<18} {:>7} {:>7} {:>8} {:>8}\n",
@@ -298,13 +331,17 @@ pub fn table(r: &Report) -> String {
     }
     let v = &r.verdict;
     s.push_str(&format!(
-        "\nacked {}  lost {}  diverged {}  duplicates {}  plaintext {} (in data directories and {} Kafka messages)\nconverged {} after the last fault; every record readable everywhere {} ms later\n",
+        "\nacked {}  lost {}  diverged {}  duplicates {}  plaintext {} (in data directories and {})\nconverged {} after the last fault; every record readable everywhere {} ms later\n",
         r.acked,
         v.lost.len(),
         u8::from(v.diverged),
         v.duplicates.len(),
         v.plaintext.len(),
-        v.kafka_messages,
+        if v.broker_logs > 0 {
+            format!("{} broker log directories", v.broker_logs)
+        } else {
+            format!("{} Kafka messages", v.kafka_messages)
+        },
         r.converged_ms.map_or("never".into(), |m| format!("{m} ms")),
         v.readable_after_ms,
     ));

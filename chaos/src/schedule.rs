@@ -13,7 +13,8 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, REGIONS};
+use crate::target::Target;
 use crate::workload::Api;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -23,9 +24,10 @@ pub enum Fault {
     Kill,
     /// SIGSTOP a node, SIGCONT after the hold.
     Pause,
-    /// Kill the broker process, restart it after the hold (tansu only).
+    /// Kill the broker process, restart it after the hold (tansu or compose).
     BrokerRestart,
-    /// Blackhole one region's link to the broker.
+    /// Blackhole one region's link to the broker (compose: its broker leaves the
+    /// network).
     BrokerPartition,
     /// Blackhole the anti-entropy links between two regions, both ways.
     PeerPartition,
@@ -148,9 +150,9 @@ async fn set_faults(api: &Api, url: &str, change: serde_json::Value) -> anyhow::
 }
 
 /// Applies `e`, holds it, and heals it.
-pub async fn run_episode(cluster: &mut Cluster, api: &Api, e: &Episode) -> anyhow::Result<()> {
+pub async fn run_episode(target: &mut Target, api: &Api, e: &Episode) -> anyhow::Result<()> {
     let r = e.region;
-    let regions = crate::cluster::REGIONS.len();
+    let regions = REGIONS.len();
     let links_of = |cluster: &Cluster| {
         let mut links = vec![cluster.broker_link(r)];
         for other in (0..regions).filter(|o| *o != r) {
@@ -161,28 +163,27 @@ pub async fn run_episode(cluster: &mut Cluster, api: &Api, e: &Episode) -> anyho
     };
     match e.fault {
         Fault::Kill => {
-            cluster.kill(r);
+            target.kill_node(r).await?;
             tokio::time::sleep(e.hold).await;
-            cluster.restart(r).await?;
+            target.restart_node(r, api).await?;
         }
         Fault::Pause => {
-            cluster.signal(r, libc::SIGSTOP);
+            target.pause_node(r, true).await?;
             tokio::time::sleep(e.hold).await;
-            cluster.signal(r, libc::SIGCONT);
+            target.pause_node(r, false).await?;
         }
         Fault::BrokerRestart => {
-            if cluster.kill_broker() {
-                tokio::time::sleep(e.hold).await;
-                cluster.restart_broker()?;
-            }
+            target.kill_broker(r).await?;
+            tokio::time::sleep(e.hold).await;
+            target.restart_broker(r).await?;
         }
         Fault::BrokerPartition => {
-            let link = cluster.broker_link(r);
-            link.blackhole(true);
+            target.partition_broker(r, true).await?;
             tokio::time::sleep(e.hold).await;
-            link.heal();
+            target.partition_broker(r, false).await?;
         }
         Fault::PeerPartition => {
+            let cluster = target.local(e.fault)?;
             let p = e.peer.unwrap_or((r + 1) % regions);
             let links: Vec<_> = [cluster.peer_link(r, p), cluster.peer_link(p, r)]
                 .into_iter()
@@ -193,7 +194,7 @@ pub async fn run_episode(cluster: &mut Cluster, api: &Api, e: &Episode) -> anyho
             links.iter().for_each(|l| l.heal());
         }
         Fault::Latency => {
-            let links = links_of(cluster);
+            let links = links_of(target.local(e.fault)?);
             for l in &links {
                 l.latency(Duration::from_millis(100), Duration::from_millis(100));
             }
@@ -201,7 +202,7 @@ pub async fn run_episode(cluster: &mut Cluster, api: &Api, e: &Episode) -> anyho
             links.iter().for_each(|l| l.heal());
         }
         Fault::Resets => {
-            let links = links_of(cluster);
+            let links = links_of(target.local(e.fault)?);
             let until = tokio::time::Instant::now() + e.hold;
             while tokio::time::Instant::now() < until {
                 links.iter().for_each(|l| l.reset_all());
@@ -209,17 +210,17 @@ pub async fn run_episode(cluster: &mut Cluster, api: &Api, e: &Episode) -> anyho
             }
         }
         Fault::KeysUnavailable => {
-            let region = cluster.region(r);
+            let region = REGIONS[r];
             for i in 0..regions {
-                set_faults(api, &cluster.url(i), json!({"keys_unavailable": [region]})).await?;
+                set_faults(api, &target.url(i), json!({"keys_unavailable": [region]})).await?;
             }
             tokio::time::sleep(e.hold).await;
             for i in 0..regions {
-                set_faults(api, &cluster.url(i), json!({"keys_unavailable": []})).await?;
+                set_faults(api, &target.url(i), json!({"keys_unavailable": []})).await?;
             }
         }
         Fault::ClockSkew => {
-            let url = cluster.url(r);
+            let url = target.url(r);
             set_faults(api, &url, json!({"clock_offset_ms": 2_000})).await?;
             tokio::time::sleep(e.hold / 2).await;
             set_faults(api, &url, json!({"clock_offset_ms": -5_000})).await?;
@@ -227,7 +228,8 @@ pub async fn run_episode(cluster: &mut Cluster, api: &Api, e: &Episode) -> anyho
             set_faults(api, &url, json!({"clock_offset_ms": 0})).await?;
         }
         Fault::Replay => {
-            let topic = format!("authsync.changes.{}", cluster.region(r));
+            let cluster = target.local(e.fault)?;
+            let topic = format!("authsync.changes.{}", REGIONS[r]);
             crate::kafka::replay_topic(&cluster.broker_addr()?.to_string(), &topic).await?;
         }
     }
