@@ -43,8 +43,38 @@ use crate::users::{Applied, ApplyError, Users};
 pub const HEADER_ORIGIN: &str = "authsync-origin-region";
 pub const HEADER_EVENT_ID: &str = "authsync-event-id";
 
-fn client_config(bootstrap: &str, settings: &BTreeMap<String, String>) -> ClientConfig {
+/// The publisher's librdkafka settings that `kafka.client` may change.
+///
+/// A request in flight when the broker stops answering (a blackholed link, a paused
+/// broker) holds its connection until it times out. librdkafka's defaults, 30 s for a
+/// produce request and 60 s for a socket, made a healed link wait that long before the
+/// outbox moved again. The broker is the region's own, so 10 s is generous. Undelivered
+/// messages stay in the outbox and are sent again, so a message timeout loses nothing.
+const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
+    ("linger.ms", "2"),
+    ("message.timeout.ms", "30000"),
+    ("request.timeout.ms", "10000"),
+    ("socket.timeout.ms", "10000"),
+];
+
+/// The consumers' librdkafka settings that `kafka.client` (or a peer's `client`) may
+/// change. An offset commit in flight when the broker vanishes holds the coordinator
+/// connection until it times out (60 s by default): recover sooner.
+const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
+    ("topic.metadata.refresh.interval.ms", "10000"),
+    ("socket.timeout.ms", "10000"),
+];
+
+/// `defaults` first, then the operator's `settings` over them, then the bootstrap.
+fn client_config(
+    bootstrap: &str,
+    defaults: &[(&str, &str)],
+    settings: &BTreeMap<String, String>,
+) -> ClientConfig {
     let mut c = ClientConfig::new();
+    for (k, v) in defaults {
+        c.set(*k, *v);
+    }
     for (k, v) in settings {
         c.set(k, v);
     }
@@ -92,7 +122,7 @@ pub async fn create_topic(
     partitions: i32,
     replication_factor: i32,
 ) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap, settings)
+    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap, &[], settings)
         .create()
         .context("create Kafka admin client")?;
     let topic = NewTopic::new(
@@ -127,13 +157,12 @@ pub fn start(
     tracker: &TaskTracker,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let producer: FutureProducer = client_config(&r.bootstrap_servers, &r.client)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "2")
-        .set("message.timeout.ms", "30000")
-        .create()
-        .context("create Kafka producer")?;
+    let producer: FutureProducer =
+        client_config(&r.bootstrap_servers, PRODUCER_DEFAULTS, &r.client)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .create()
+            .context("create Kafka producer")?;
     tracker.spawn(publish_loop(
         users.clone(),
         producer,
@@ -144,21 +173,18 @@ pub fn start(
         stop.child_token(),
     ));
     for peer in &r.peers {
-        let consumer: StreamConsumer = client_config(&peer.bootstrap_servers, &peer.client)
-            .set("group.id", &r.consumer_group)
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            .set("session.timeout.ms", r.session_timeout_ms.to_string())
-            .set("fetch.wait.max.ms", r.fetch_wait_max_ms.to_string())
-            .set("topic.metadata.refresh.interval.ms", "10000")
-            // A request in flight when the broker vanishes holds the coordinator
-            // connection until it times out (60 s by default): recover sooner.
-            .set("socket.timeout.ms", "10000")
-            .create()
-            .with_context(|| format!("create Kafka consumer for peer {}", peer.region))?;
+        let consumer: StreamConsumer =
+            client_config(&peer.bootstrap_servers, CONSUMER_DEFAULTS, &peer.client)
+                .set("group.id", &r.consumer_group)
+                .set("enable.auto.commit", "true")
+                .set("auto.commit.interval.ms", "1000")
+                .set("enable.auto.offset.store", "false")
+                .set("auto.offset.reset", "earliest")
+                .set("enable.partition.eof", "false")
+                .set("session.timeout.ms", r.session_timeout_ms.to_string())
+                .set("fetch.wait.max.ms", r.fetch_wait_max_ms.to_string())
+                .create()
+                .with_context(|| format!("create Kafka consumer for peer {}", peer.region))?;
         consumer
             .subscribe(&[&peer.topic])
             .with_context(|| format!("subscribe to {}", peer.topic))?;

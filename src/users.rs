@@ -7,7 +7,7 @@
 //! Methods are synchronous (RocksDB and password hashing block); the API calls them
 //! on the blocking pool.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -247,7 +247,14 @@ pub struct Users {
     /// Woken after every commit that appended to the outbox.
     outbox_signal: Arc<tokio::sync::Notify>,
     faults: Arc<Faults>,
+    /// Records this node sealed without some region's wrap (its key service was down),
+    /// repaired first once every key service answers again. Memory only, and bounded:
+    /// after a restart, or past the bound, the cursor scan finds them.
+    short_wraps: parking_lot::Mutex<BTreeSet<Uuid>>,
 }
+
+/// At most this many ids are remembered for repair after a key outage.
+const SHORT_WRAPS_REMEMBERED: usize = 100_000;
 
 impl Users {
     pub fn new(
@@ -268,6 +275,7 @@ impl Users {
             min_password,
             outbox_signal: Arc::new(tokio::sync::Notify::new()),
             faults: Arc::new(Faults::default()),
+            short_wraps: Default::default(),
         }
     }
 
@@ -339,6 +347,27 @@ impl Users {
             .filter(|r| self.faults.key_available(r))
             .map(str::to_string)
             .collect())
+    }
+
+    /// Seals `info` into `record` for every region whose key service answers, and
+    /// remembers the record for key recovery when that is not all of them.
+    fn seal(
+        &self,
+        record: &mut proto::Record,
+        info: &proto::Info,
+        keyring: &Keyring,
+    ) -> Result<(), UserError> {
+        let regions = self.wrap_regions(keyring)?;
+        crypto::seal(record, info, keyring, &regions).map_err(UserError::Crypto)?;
+        if regions.len() < keyring.regions().count() {
+            if let Ok(id) = Uuid::from_slice(&record.id) {
+                let mut short = self.short_wraps.lock();
+                if short.len() < SHORT_WRAPS_REMEMBERED {
+                    short.insert(id);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn own_key_available(&self) -> Result<(), UserError> {
@@ -424,9 +453,7 @@ impl Users {
             record.created_at_ms = version.physical_ms;
             record.created = Some(version.to_proto());
         }
-        let keyring = self.keyring();
-        crypto::seal(&mut record, info, &keyring, &self.wrap_regions(&keyring)?)
-            .map_err(UserError::Crypto)?;
+        self.seal(&mut record, info, &self.keyring())?;
         self.commit_sealed(previous, &mut record, kind)?;
         Ok(version)
     }
@@ -1053,9 +1080,7 @@ impl Users {
         let after = stored.map(record_version).max(Some(record_version(base)));
         record.version = Some(self.hlc.tick_after(after.as_ref()).to_proto());
         record.updated_at_ms = self.hlc.physical_now();
-        let keyring = self.keyring();
-        crypto::seal(record, info, &keyring, &self.wrap_regions(&keyring)?)
-            .map_err(UserError::Crypto)?;
+        self.seal(record, info, &self.keyring())?;
         self.record_mac.sign(record);
         Ok(())
     }
@@ -1129,6 +1154,10 @@ impl Users {
     /// - a record whose key for this region is under an older master key (after a
     ///   rotation) is moved to the active one, in place: every region moves its own.
     ///
+    /// Records this node itself sealed short of a wrap are remembered, and all of them
+    /// are repaired in the first round after every key service answers again, ahead of
+    /// the scan: the scan alone would take `records / limit` rounds to reach them all.
+    ///
     /// The ciphertext is never touched. Returns the round's counts and the next
     /// cursor (`None` once the scan wrapped around).
     pub fn recover_keys_round(
@@ -1144,63 +1173,85 @@ impl Users {
         if self.own_key_available().is_err() {
             return Ok((round, next));
         }
-        for seen in batch {
-            if self.key_repair(&seen) == KeyRepair::None {
-                continue;
-            }
-            let Ok(id) = Uuid::from_slice(&seen.id) else {
-                continue;
-            };
-            let _locked = self.store.lock(&[id.as_bytes()]);
-            let previous = match self.get_record(&id) {
-                Ok(Some(p)) => p,
-                // Unreadable records are counted by get_record; the scan goes on.
-                Ok(None) | Err(UserError::Unreadable) => continue,
-                Err(e) => return Err(e),
-            };
-            let repair = self.key_repair(&previous);
-            if previous != seen || repair == KeyRepair::None {
-                continue;
-            }
-            let keyring = self.keyring();
-            let regions = match &repair {
-                KeyRepair::Missing(regions) => regions.clone(),
-                _ => vec![self.region.clone()],
-            };
-            // Same version: only wraps change, and every region takes a record that
-            // adds wraps at the version it holds (`crypto::extends_wraps`). A new
-            // version would compete with real changes under last-writer-wins.
-            let mut record = previous.clone();
-            match crypto::rewrap(&mut record, &keyring, &regions) {
-                Ok(()) => {}
-                // Not ours to repair (no key for this region): another region's job.
-                Err(CryptoError::NoKeyForRegion(_)) | Err(CryptoError::UnknownMasterKey(_)) => {
-                    continue
+        // First what this node sealed short during a key outage, all of it, once every
+        // key service answers: those records read 503 in the regions they lack.
+        let keyring = self.keyring();
+        if keyring.regions().all(|r| self.faults.key_available(r)) {
+            let noted = std::mem::take(&mut *self.short_wraps.lock());
+            for id in noted {
+                if let Some(seen) = self.get_record(&id).ok().flatten() {
+                    self.repair_keys(&seen, &mut round)?;
                 }
-                Err(CryptoError::Integrity) => {
-                    metrics::counter!(m::RECORDS_UNREADABLE_TOTAL, "reason" => "integrity")
-                        .increment(1);
-                    continue;
-                }
-                Err(e) => return Err(UserError::Crypto(e)),
-            }
-            self.record_mac.sign(&mut record);
-            if matches!(repair, KeyRepair::Missing(_)) {
-                self.store.commit(Some(&previous), &record, true)?;
-                self.outbox_signal.notify_one();
-                metrics::counter!(m::STORE_COMMITS_TOTAL, "kind" => "key_recovery").increment(1);
-                metrics::counter!(m::KEY_RECOVERIES_TOTAL).increment(1);
-                round.recovered += 1;
-            } else {
-                // Same version, not published: moving this region's own wrap to its
-                // new master key changes nothing another region reads.
-                self.store.commit(Some(&previous), &record, false)?;
-                metrics::counter!(m::STORE_COMMITS_TOTAL, "kind" => "rewrap").increment(1);
-                metrics::counter!(m::REWRAPPED_RECORDS_TOTAL).increment(1);
-                round.rewrapped += 1;
             }
         }
+        for seen in batch {
+            self.repair_keys(&seen, &mut round)?;
+        }
         Ok((round, next))
+    }
+
+    /// Re-wraps `seen`'s data key where [`Users::key_repair`] says so, unless the record
+    /// changed since it was read.
+    fn repair_keys(
+        &self,
+        seen: &proto::Record,
+        round: &mut RecoveryRound,
+    ) -> Result<(), UserError> {
+        if self.key_repair(seen) == KeyRepair::None {
+            return Ok(());
+        }
+        let Ok(id) = Uuid::from_slice(&seen.id) else {
+            return Ok(());
+        };
+        let _locked = self.store.lock(&[id.as_bytes()]);
+        let previous = match self.get_record(&id) {
+            Ok(Some(p)) => p,
+            // Unreadable records are counted by get_record; the scan goes on.
+            Ok(None) | Err(UserError::Unreadable) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let repair = self.key_repair(&previous);
+        if previous != *seen || repair == KeyRepair::None {
+            return Ok(());
+        }
+        let keyring = self.keyring();
+        let regions = match &repair {
+            KeyRepair::Missing(regions) => regions.clone(),
+            _ => vec![self.region.clone()],
+        };
+        // Same version: only wraps change, and every region takes a record that
+        // adds wraps at the version it holds (`crypto::extends_wraps`). A new
+        // version would compete with real changes under last-writer-wins.
+        let mut record = previous.clone();
+        match crypto::rewrap(&mut record, &keyring, &regions) {
+            Ok(()) => {}
+            // Not ours to repair (no key for this region): another region's job.
+            Err(CryptoError::NoKeyForRegion(_)) | Err(CryptoError::UnknownMasterKey(_)) => {
+                return Ok(())
+            }
+            Err(CryptoError::Integrity) => {
+                metrics::counter!(m::RECORDS_UNREADABLE_TOTAL, "reason" => "integrity")
+                    .increment(1);
+                return Ok(());
+            }
+            Err(e) => return Err(UserError::Crypto(e)),
+        }
+        self.record_mac.sign(&mut record);
+        if matches!(repair, KeyRepair::Missing(_)) {
+            self.store.commit(Some(&previous), &record, true)?;
+            self.outbox_signal.notify_one();
+            metrics::counter!(m::STORE_COMMITS_TOTAL, "kind" => "key_recovery").increment(1);
+            metrics::counter!(m::KEY_RECOVERIES_TOTAL).increment(1);
+            round.recovered += 1;
+        } else {
+            // Same version, not published: moving this region's own wrap to its
+            // new master key changes nothing another region reads.
+            self.store.commit(Some(&previous), &record, false)?;
+            metrics::counter!(m::STORE_COMMITS_TOTAL, "kind" => "rewrap").increment(1);
+            metrics::counter!(m::REWRAPPED_RECORDS_TOTAL).increment(1);
+            round.rewrapped += 1;
+        }
+        Ok(())
     }
 
     /// What key recovery would do to `record` here. Only records this region can
@@ -1417,6 +1468,45 @@ mod tests {
             .count();
         assert_eq!(created, 1);
         assert_eq!(users.digest().unwrap().0, 1);
+    }
+
+    #[test]
+    fn every_record_sealed_during_a_key_outage_is_repaired_in_the_first_round_after_it() {
+        let regions: Vec<String> = ["af-south", "eu-west"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut rings = crate::keys::init(&regions).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let a = users_with(dir.path(), rings.remove(0));
+        a.faults().set(crate::faults::FaultState {
+            keys_unavailable: Some(["eu-west".to_string()].into()),
+            ..Default::default()
+        });
+        for n in 0..5 {
+            let user = validate::new_user(
+                &serde_json::json!({"email": format!("u{n}@example.com"),
+                                    "password": "correct horse battery"}),
+                8,
+            )
+            .unwrap();
+            a.create(user).unwrap();
+        }
+        // Still down: nothing can be repaired, and nothing is forgotten.
+        assert_eq!(a.recover_keys_round(None, 1).unwrap().0.recovered, 0);
+        a.faults().set(crate::faults::FaultState {
+            keys_unavailable: Some(Default::default()),
+            ..Default::default()
+        });
+        // A scan of one record per round would need five rounds; the noted ones go first.
+        let (round, _) = a.recover_keys_round(None, 1).unwrap();
+        assert_eq!((round.scanned, round.recovered), (1, 5));
+        let (round, _) = a.recover_keys_round(None, 100).unwrap();
+        assert_eq!(
+            (round.scanned, round.recovered),
+            (5, 0),
+            "all were repaired"
+        );
     }
 
     #[test]
