@@ -11,8 +11,14 @@ fn bad_options_are_refused_with_a_reason() {
         (&["--faults", "kill,meteor"][..], "unknown fault \"meteor\""),
         (&["--clients", "0"][..], "--clients must be 1 to 64"),
         (&["--seed", "-1"][..], "unexpected argument '-1'"),
-        (&["--target", "compose"][..], "--target compose needs --api-key"),
-        (&["--target", "swarm"][..], "invalid value 'swarm' for '--target"),
+        (
+            &["--target", "compose"][..],
+            "--target compose needs --api-key",
+        ),
+        (
+            &["--target", "swarm"][..],
+            "invalid value 'swarm' for '--target",
+        ),
     ] {
         let run = Command::new(env!("CARGO_BIN_EXE_authsync-chaos"))
             .args(args)
