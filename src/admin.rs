@@ -9,6 +9,10 @@
 //! - `POST /v1/admin/dead-letters/{id}/replay` → `{id, outcome}` (applied, merged,
 //!   skipped), or 409 `replay_failed` with the reason; the entry then stays
 //! - `DELETE /v1/admin/dead-letters/{id}` → 204
+//! - `GET /v1/admin/api-keys` → `{keys: [{id, name, scopes, source, created_at_ms,
+//!   revoked_at_ms}]}`; `POST /v1/admin/api-keys` `{name, scopes}` → 201 with the same
+//!   fields and `key`, the only time the key is shown; `DELETE /v1/admin/api-keys/{id}`
+//!   → the key, now with `revoked_at_ms` (replicated: revoked in every region)
 //! - `GET|PUT /v1/admin/faults` → `{keys_unavailable, apply_failures, poisoned_ids,
 //!   clock_offset_ms}`
 //!
@@ -188,6 +192,91 @@ async fn drop_dead(
     }
 }
 
+async fn list_api_keys(State(s): State<AppState>) -> Json<Value> {
+    Json(json!({"keys": s.api_keys.list()}))
+}
+
+async fn add_api_key(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let mut problems = Vec::new();
+    let Some(fields) = body.as_object() else {
+        return Err(ApiError::invalid(vec![Problem::new(
+            "body",
+            "must be an object {name, scopes}",
+        )]));
+    };
+    for k in fields
+        .keys()
+        .filter(|k| !["name", "scopes"].contains(&k.as_str()))
+    {
+        problems.push(Problem::new(
+            k.chars().take(64).collect::<String>(),
+            "unknown field",
+        ));
+    }
+    let name = match fields.get("name") {
+        Some(Value::String(n)) => n.clone(),
+        _ => {
+            problems.push(Problem::new("name", "is required (a string)"));
+            String::new()
+        }
+    };
+    let scopes = match fields.get("scopes") {
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
+            let names: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
+            crate::apikeys::Scopes::parse(&names)
+                .map_err(|e| problems.push(Problem::new("scopes", e)))
+                .ok()
+        }
+        _ => {
+            problems.push(Problem::new(
+                "scopes",
+                "is required (a list of read, write, admin)",
+            ));
+            None
+        }
+    };
+    let (Some(scopes), true) = (scopes, problems.is_empty()) else {
+        return Err(ApiError::invalid(problems));
+    };
+    let keys = s.api_keys.clone();
+    let users = s.users.clone();
+    let (key, info) = crate::api::blocking(move || {
+        keys.add(users.entries(), &name, scopes, users.clock_now_ms())
+            .map_err(key_error)
+    })
+    .await?;
+    tracing::info!(id = %info.id, "API key added");
+    let mut out = serde_json::to_value(info).unwrap_or(Value::Null);
+    out["key"] = Value::String(key);
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+async fn revoke_api_key(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::apikeys::KeyInfo>, ApiError> {
+    let keys = s.api_keys.clone();
+    let users = s.users.clone();
+    let info = crate::api::blocking(move || {
+        keys.revoke(users.entries(), &id, users.clock_now_ms())
+            .map_err(key_error)
+    })
+    .await?;
+    tracing::info!(id = %info.id, "API key revoked");
+    Ok(Json(info))
+}
+
+fn key_error(e: crate::apikeys::KeyError) -> UserError {
+    match e {
+        crate::apikeys::KeyError::Invalid(p) => UserError::Invalid(vec![Problem::new("name", p)]),
+        crate::apikeys::KeyError::NotFound(_) => UserError::NotFound,
+        crate::apikeys::KeyError::User(u) => u,
+    }
+}
+
 async fn get_faults(State(s): State<AppState>) -> Json<FaultState> {
     Json(s.users.faults().state())
 }
@@ -332,7 +421,12 @@ pub fn routes(state: &AppState) -> (Router<AppState>, Router<AppState>) {
             "/v1/admin/dead-letters/{id}",
             get(show_dead).delete(drop_dead),
         )
-        .route("/v1/admin/dead-letters/{id}/replay", post(replay_dead));
+        .route("/v1/admin/dead-letters/{id}/replay", post(replay_dead))
+        .route("/v1/admin/api-keys", get(list_api_keys).post(add_api_key))
+        .route(
+            "/v1/admin/api-keys/{id}",
+            axum::routing::delete(revoke_api_key),
+        );
     if state.faults_enabled {
         admin = admin.route("/v1/admin/faults", get(get_faults).put(put_faults));
     }

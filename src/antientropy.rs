@@ -346,6 +346,7 @@ pub async fn round(
                 origin_region: peer.region.clone(),
                 sequence: 0,
                 record,
+                entry: None,
             };
             let (u, q, region) = (users.clone(), queue.clone(), peer.region.clone());
             let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<Pulled> {

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::apikeys::Scope;
 use crate::hlc::Version;
 use crate::metrics as m;
 use crate::users::{ImportOutcome, UserError, UserView, Users};
@@ -31,8 +32,8 @@ use crate::validate::{self, Problem};
 pub struct AppState {
     pub users: Arc<Users>,
     pub metrics: PrometheusHandle,
-    /// SHA-256 of each accepted API key.
-    pub api_keys: Arc<Vec<[u8; 32]>>,
+    /// The accepted API keys and their scopes.
+    pub api_keys: Arc<crate::apikeys::ApiKeys>,
     pub ready: Arc<AtomicBool>,
     pub max_import_items: usize,
     pub retry: Arc<crate::retry::RetryQueue>,
@@ -441,7 +442,23 @@ async fn metrics_text(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Accepts `Authorization: Bearer <key>` whose SHA-256 is configured.
+/// The scope a request needs: `admin` under `/v1/admin/`, `read` for reads, lookups
+/// and logins, `write` for every other change.
+fn required_scope(method: &axum::http::Method, path: &str) -> Scope {
+    if path.starts_with("/v1/admin/") {
+        Scope::Admin
+    } else if method == axum::http::Method::GET
+        || method == axum::http::Method::HEAD
+        || path == "/v1/login"
+    {
+        Scope::Read
+    } else {
+        Scope::Write
+    }
+}
+
+/// Accepts `Authorization: Bearer <key>` when the key is live (configured or added,
+/// and not revoked) and has the scope the request needs.
 async fn require_api_key(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -456,20 +473,25 @@ async fn require_api_key(
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
-    let ok = presented.is_some_and(|key| {
-        let hash = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
-        // Compare against every configured key so timing does not tell which matched.
-        s.api_keys.iter().fold(false, |found, k| {
-            found | crate::crypto::ct_eq(hash.as_ref(), k)
-        })
-    });
-    if !ok {
+    let Some(scopes) = presented.and_then(|key| s.api_keys.authorize(key)) else {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             vec![Problem::new(
                 "authorization",
                 "a valid 'Bearer <api key>' is required",
+            )],
+        )
+        .into_response();
+    };
+    let needed = required_scope(req.method(), req.uri().path());
+    if !scopes.contains(needed) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            vec![Problem::new(
+                "authorization",
+                format!("this API key lacks the '{}' scope", needed.name()),
             )],
         )
         .into_response();
@@ -543,4 +565,29 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .layer(middleware::from_fn(track))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_paths_need_admin_reads_and_logins_need_read_the_rest_write() {
+        use axum::http::Method;
+        for (method, path, scope) in [
+            (Method::GET, "/v1/admin/api-keys", Scope::Admin),
+            (Method::DELETE, "/v1/admin/dead-letters/3", Scope::Admin),
+            (Method::GET, "/v1/admin/digest", Scope::Admin),
+            (Method::GET, "/v1/users/x", Scope::Read),
+            (Method::GET, "/v1/users", Scope::Read),
+            (Method::POST, "/v1/login", Scope::Read),
+            (Method::POST, "/v1/users", Scope::Write),
+            (Method::PATCH, "/v1/users/x", Scope::Write),
+            (Method::DELETE, "/v1/users/x", Scope::Write),
+            (Method::POST, "/v1/users/import", Scope::Write),
+            (Method::PUT, "/v1/users/x/password", Scope::Write),
+        ] {
+            assert_eq!(required_scope(&method, path), scope, "{method} {path}");
+        }
+    }
 }

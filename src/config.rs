@@ -275,6 +275,9 @@ pub struct ApiKeyConfig {
     pub name: String,
     /// Hex SHA-256 of the key as callers send it.
     pub sha256: String,
+    /// What the key may do: "read", "write", "admin". Default: all three.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
 }
 
 /// When a write counts as durable.
@@ -376,7 +379,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub max_import_items: usize,
     /// (name, SHA-256 of the key).
-    pub api_keys: Vec<(String, [u8; 32])>,
+    pub api_keys: Vec<(String, [u8; 32], crate::apikeys::Scopes)>,
     pub storage: StorageConfig,
     pub clock: ClockConfig,
     pub passwords: PasswordConfig,
@@ -486,7 +489,12 @@ impl RawConfig {
                     "must be 64 hex digits (the SHA-256 of the key)",
                 )
             })?;
-            api_keys.push((key.name.clone(), hash));
+            let scopes = match &key.scopes {
+                None => crate::apikeys::Scopes::all(),
+                Some(names) => crate::apikeys::Scopes::parse(names)
+                    .map_err(|e| invalid(&format!("api_keys[{i}].scopes"), e))?,
+            };
+            api_keys.push((key.name.clone(), hash, scopes));
         }
         if self.storage.block_cache_mb == 0 {
             return Err(invalid("storage.block_cache_mb", "must be at least 1"));

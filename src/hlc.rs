@@ -30,6 +30,15 @@ pub struct Version {
 }
 
 impl Version {
+    /// Below every real version: what a record or entry without one counts as.
+    pub fn zero() -> Version {
+        Version {
+            physical_ms: 0,
+            logical: 0,
+            region: String::new(),
+        }
+    }
+
     /// The packed timestamp shown to API callers: `physical_ms * 1024 + logical`.
     pub fn ts(&self) -> u64 {
         // Saturating: a version from the network may carry any value.

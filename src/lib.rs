@@ -17,7 +17,10 @@
 //! - [`sweep`]: scheduled sweepers (retry, key recovery, anti-entropy).
 //! - [`antientropy`]: per-bucket digest comparison with peers, and repair by pull.
 //! - [`admin`]: operator endpoints for the queues and faults; peers' internal endpoints.
-//! - [`dlq`]: the `authsync dlq` commands, a client of the admin endpoints.
+//! - [`dlq`]: the `authsync dlq` commands; [`client`]: the admin API client they and
+//!   `authsync api-keys` use.
+//! - [`entries`]: replicated entries beside the records; [`apikeys`]: the API keys a
+//!   node accepts, with scopes, added and revoked at runtime.
 //! - [`faults`]: fault switches for tests and the chaos harness (off by default).
 //! - [`node`]: one region's node: start-up, background tasks, ordered shutdown.
 //! - [`demo`]: `authsync demo`, a node with no setup.
@@ -27,11 +30,14 @@
 pub mod admin;
 pub mod antientropy;
 pub mod api;
+pub mod apikeys;
 pub mod bench;
+pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod demo;
 pub mod dlq;
+pub mod entries;
 pub mod faults;
 pub mod hlc;
 pub mod keys;

@@ -61,20 +61,61 @@ enum Command {
     Bench(authsync::bench::BenchOptions),
     /// Inspect and act on a node's dead letters (and its retry queue).
     Dlq {
-        /// The node's HTTP address.
-        #[arg(
-            long,
-            env = "AUTHSYNC_URL",
-            default_value = "http://127.0.0.1:8081",
-            global = true
-        )]
-        url: String,
-        /// An API key of the node.
-        #[arg(long, env = "AUTHSYNC_API_KEY", hide_env_values = true, global = true)]
-        api_key: Option<String>,
+        #[command(flatten)]
+        node: NodeArgs,
         #[command(subcommand)]
         action: DlqCommand,
     },
+    /// Add, list and revoke a running cluster's API keys (no restart needed).
+    ApiKeys {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[command(subcommand)]
+        action: ApiKeysCommand,
+    },
+}
+
+/// How a command reaches a running node.
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// The node's HTTP address.
+    #[arg(
+        long,
+        env = "AUTHSYNC_URL",
+        default_value = "http://127.0.0.1:8081",
+        global = true
+    )]
+    url: String,
+    /// An API key of the node (with the admin scope).
+    #[arg(long, env = "AUTHSYNC_API_KEY", hide_env_values = true, global = true)]
+    api_key: Option<String>,
+}
+
+impl NodeArgs {
+    /// The URL and key, checked.
+    fn checked(self) -> anyhow::Result<(String, String)> {
+        authsync::client::check_url(&self.url)?;
+        match self.api_key.filter(|k| !k.is_empty()) {
+            Some(key) => Ok((self.url, key)),
+            None => anyhow::bail!("an API key is required: --api-key or AUTHSYNC_API_KEY"),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum ApiKeysCommand {
+    /// List every key the node knows (id, name, scopes, source, revoked or live).
+    List,
+    /// Add a key, live at once in every region; the key is printed once.
+    Add {
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: read, write, admin.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+    },
+    /// Revoke a key (runtime or config) by its id, in every region.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -195,15 +236,8 @@ async fn run() -> anyhow::Result<()> {
             print!("{}", authsync::bench::table(&report));
             println!("report: {}", out.display());
         }
-        Command::Dlq {
-            url,
-            api_key,
-            action,
-        } => {
-            dlq::check_url(&url)?;
-            let Some(api_key) = api_key.filter(|k| !k.is_empty()) else {
-                anyhow::bail!("an API key is required: --api-key or AUTHSYNC_API_KEY");
-            };
+        Command::Dlq { node, action } => {
+            let (url, api_key) = node.checked()?;
             let action = match action {
                 DlqCommand::List {
                     retry,
@@ -219,6 +253,17 @@ async fn run() -> anyhow::Result<()> {
                 DlqCommand::Drop { id } => dlq::Action::Drop { id },
             };
             dlq::run(&url, &api_key, action).await?;
+        }
+        Command::ApiKeys { node, action } => {
+            let (url, api_key) = node.checked()?;
+            let action = match action {
+                ApiKeysCommand::List => authsync::client::KeysAction::List,
+                ApiKeysCommand::Add { name, scopes } => {
+                    authsync::client::KeysAction::Add { name, scopes }
+                }
+                ApiKeysCommand::Revoke { id } => authsync::client::KeysAction::Revoke { id },
+            };
+            authsync::client::api_keys(&url, &api_key, action).await?;
         }
         Command::Keys(KeysCommand::ApiKey { name }) => {
             let key = demo::new_api_key()?;

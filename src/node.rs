@@ -98,7 +98,8 @@ impl Node {
         let state = AppState {
             users: users.clone(),
             metrics: metrics.clone(),
-            api_keys: Arc::new(config.api_keys.iter().map(|(_, h)| *h).collect()),
+            api_keys: crate::apikeys::ApiKeys::load(&config.api_keys, users.entries())
+                .context("load the API keys")?,
             ready: ready.clone(),
             max_import_items: config.max_import_items,
             retry: queue.clone(),

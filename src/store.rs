@@ -38,8 +38,10 @@ pub const CF_OUTBOX: &str = "outbox";
 pub const CF_META: &str = "meta";
 pub const CF_RETRY: &str = "retry";
 pub const CF_DEAD: &str = "dead_letters";
-const COLUMN_FAMILIES: [&str; 7] = [
-    CF_RECORDS, CF_EMAIL, CF_PHONE, CF_OUTBOX, CF_META, CF_RETRY, CF_DEAD,
+/// Replicated entries beside the records (API keys, ...): `kind (4 bytes BE) || key`.
+pub const CF_ENTRIES: &str = "entries";
+const COLUMN_FAMILIES: [&str; 8] = [
+    CF_RECORDS, CF_EMAIL, CF_PHONE, CF_OUTBOX, CF_META, CF_RETRY, CF_DEAD, CF_ENTRIES,
 ];
 
 /// A key and its value, as [`Store::scan_kv`] returns them.
@@ -431,26 +433,10 @@ impl Store {
                 }
             }
             events.push(if change.outbox {
-                let seq = {
-                    let mut scan = self.outbox.lock();
-                    let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
-                    scan.writing.insert(seq);
-                    seq
-                };
+                let (seq, event) = self.append_outbox(&mut batch, record.version.as_ref(), |e| {
+                    e.record = Some(record.clone())
+                });
                 writing.0.push(seq);
-                let origin = record
-                    .version
-                    .as_ref()
-                    .map(|v| v.region.clone())
-                    .unwrap_or_default();
-                let event = proto::ChangeEvent {
-                    event_id: format!("{origin}:{seq}"),
-                    origin_region: origin,
-                    sequence: seq,
-                    record: Some(record.clone()),
-                };
-                batch.put_cf(self.cf(CF_OUTBOX), seq.to_be_bytes(), event.encode_to_vec());
-                batch.merge_cf(self.cf(CF_META), META_NEXT_SEQ, (seq + 1).to_be_bytes());
                 Some(event)
             } else {
                 None
@@ -462,6 +448,103 @@ impl Store {
             .write_opt(batch, &options)
             .map_err(db_err("write change batch"))?;
         Ok(events)
+    }
+
+    /// Takes the next outbox sequence (now being written: the caller releases it
+    /// from `OutboxScan::writing` once its batch is written or dropped) and puts the
+    /// event `fill` completes into `batch`.
+    fn append_outbox(
+        &self,
+        batch: &mut WriteBatch,
+        version: Option<&proto::Version>,
+        fill: impl FnOnce(&mut proto::ChangeEvent),
+    ) -> (u64, proto::ChangeEvent) {
+        let seq = {
+            let mut scan = self.outbox.lock();
+            let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+            scan.writing.insert(seq);
+            seq
+        };
+        let origin = version.map(|v| v.region.clone()).unwrap_or_default();
+        let mut event = proto::ChangeEvent {
+            event_id: format!("{origin}:{seq}"),
+            origin_region: origin,
+            sequence: seq,
+            ..Default::default()
+        };
+        fill(&mut event);
+        batch.put_cf(self.cf(CF_OUTBOX), seq.to_be_bytes(), event.encode_to_vec());
+        batch.merge_cf(self.cf(CF_META), META_NEXT_SEQ, (seq + 1).to_be_bytes());
+        (seq, event)
+    }
+
+    /// Writes `entry` under its (kind, key), with its change event when `outbox` is
+    /// set, in one batch (synced when `sync`). The caller holds the entry's lock and
+    /// has decided that `entry` is newer than what is stored.
+    pub fn commit_entry(
+        &self,
+        entry: &proto::Entry,
+        outbox: bool,
+        sync: bool,
+    ) -> Result<Option<proto::ChangeEvent>, StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            self.cf(CF_ENTRIES),
+            entry_key(entry.kind, &entry.key),
+            entry.encode_to_vec(),
+        );
+        let mut event = None;
+        let mut seq = None;
+        if outbox {
+            let (s, e) = self.append_outbox(&mut batch, entry.version.as_ref(), |e| {
+                e.entry = Some(entry.clone())
+            });
+            seq = Some(s);
+            event = Some(e);
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(sync && self.sync);
+        let written = self
+            .db
+            .write_opt(batch, &options)
+            .map_err(db_err("write entry"));
+        if let Some(s) = seq {
+            self.outbox.lock().writing.remove(&s);
+        }
+        written?;
+        Ok(event)
+    }
+
+    /// The entry stored under (kind, key), undecoded entries reported as corrupt.
+    pub fn get_entry(&self, kind: u32, key: &[u8]) -> Result<Option<proto::Entry>, StoreError> {
+        self.db
+            .get_cf(self.cf(CF_ENTRIES), entry_key(kind, key))
+            .map_err(read_err("read entry", "entry"))?
+            .map(|v| {
+                proto::Entry::decode(v.as_slice())
+                    .map_err(|_| StoreError::Corrupt { what: "entry" })
+            })
+            .transpose()
+    }
+
+    /// Every entry of `kind`, in key order; entries that do not decode are skipped
+    /// (and counted as corrupt by the caller's checks).
+    pub fn entries(&self, kind: u32) -> Result<Vec<proto::Entry>, StoreError> {
+        let prefix = kind.to_be_bytes();
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_ENTRIES),
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
+            let (k, v) = item.map_err(db_err("scan entries"))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if let Ok(e) = proto::Entry::decode(v.as_ref()) {
+                out.push(e);
+            }
+        }
+        Ok(out)
     }
 
     /// Up to `limit` outbox entries in sequence order, from the oldest.
@@ -801,16 +884,20 @@ fn stamp_bytes(stamp: &Stamp, out: &mut Vec<u8>) {
     out.push(u8::from(stamp.tombstone));
 }
 
+/// The `entries` key of (kind, key).
+fn entry_key(kind: u32, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + key.len());
+    k.extend_from_slice(&kind.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
 pub fn record_version(record: &proto::Record) -> Version {
     record
         .version
         .as_ref()
         .map(Version::from_proto)
-        .unwrap_or(Version {
-            physical_ms: 0,
-            logical: 0,
-            region: String::new(),
-        })
+        .unwrap_or_else(Version::zero)
 }
 
 /// Decodes a stored record. Protobuf ignores unknown fields and accepts several

@@ -15,6 +15,7 @@ use parking_lot::RwLock;
 use uuid::Uuid;
 
 use crate::crypto::{self, BlindIndex, CryptoError, RecordMac};
+use crate::entries::Entries;
 use crate::faults::Faults;
 use crate::hlc::ClockSkew;
 use crate::hlc::{Hlc, Version};
@@ -251,6 +252,8 @@ pub struct Users {
     /// repaired first once every key service answers again. Memory only, and bounded:
     /// after a restart, or past the bound, the cursor scan finds them.
     short_wraps: parking_lot::Mutex<BTreeSet<Uuid>>,
+    /// Replicated entries beside the records (API keys).
+    entries: Arc<Entries>,
 }
 
 /// At most this many ids are remembered for repair after a key outage.
@@ -264,6 +267,13 @@ impl Users {
         hlc: Arc<Hlc>,
         min_password: usize,
     ) -> Users {
+        let outbox_signal = Arc::new(tokio::sync::Notify::new());
+        let entries = Arc::new(Entries::new(
+            store.clone(),
+            hlc.clone(),
+            keyring.index_key(),
+            outbox_signal.clone(),
+        ));
         Users {
             region: keyring.owner().to_string(),
             index: BlindIndex::new(keyring.index_key()),
@@ -273,10 +283,16 @@ impl Users {
             passwords,
             hlc,
             min_password,
-            outbox_signal: Arc::new(tokio::sync::Notify::new()),
+            outbox_signal,
             faults: Arc::new(Faults::default()),
             short_wraps: Default::default(),
+            entries,
         }
+    }
+
+    /// The replicated entries beside the records.
+    pub fn entries(&self) -> &Arc<Entries> {
+        &self.entries
     }
 
     /// Uses `faults` as the node's fault switches (shared with its clock, say).
@@ -986,6 +1002,9 @@ impl Users {
                 self.store.commit_unsynced(previous, record)
             }
         };
+        if let (None, Some(entry)) = (&event.record, &event.entry) {
+            return self.entries.apply(entry, sync);
+        }
         let incoming = event
             .record
             .as_ref()

@@ -1,0 +1,174 @@
+//! A client of a node's admin API, for the commands that act on a running node:
+//! `authsync dlq` (in [`crate::dlq`]) and `authsync api-keys` (here).
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+pub struct AdminClient {
+    http: reqwest::Client,
+    base: String,
+    api_key: String,
+}
+
+impl AdminClient {
+    pub fn new(base: &str, api_key: &str) -> anyhow::Result<AdminClient> {
+        Ok(AdminClient {
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .context("HTTP client")?,
+            base: base.trim_end_matches('/').to_string(),
+            api_key: api_key.to_string(),
+        })
+    }
+
+    /// Sends a request; an answer other than `want` becomes the error, named.
+    pub async fn expect(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        want: u16,
+    ) -> anyhow::Result<Value> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.api_key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("reach {}", self.base))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.context("read answer")?;
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if status != want {
+            return Err(fail(status, &body));
+        }
+        Ok(body)
+    }
+}
+
+fn fail(status: u16, body: &Value) -> anyhow::Error {
+    let error = body["error"].as_str().unwrap_or("error");
+    let details: Vec<String> = body["details"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .map(|p| {
+                    format!(
+                        "{}: {}",
+                        p["field"].as_str().unwrap_or(""),
+                        p["problem"].as_str().unwrap_or("")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if details.is_empty() {
+        anyhow::anyhow!("node answered {status} {error}")
+    } else {
+        anyhow::anyhow!("node answered {status} {error} ({})", details.join("; "))
+    }
+}
+
+/// Checks a node URL given on the command line.
+pub fn check_url(url: &str) -> anyhow::Result<()> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        bail!("--url must start with http:// or https://, got {url:?}");
+    }
+    Ok(())
+}
+
+/// What `authsync api-keys` does.
+#[derive(Debug, Clone)]
+pub enum KeysAction {
+    /// Every key the node knows, revoked ones included.
+    List,
+    /// A new key with these scopes; printed once.
+    Add { name: String, scopes: Vec<String> },
+    /// Revoke the key with this id, in every region.
+    Revoke { id: String },
+}
+
+/// Runs `action` against the node at `base` and prints the result on stdout.
+pub async fn api_keys(base: &str, api_key: &str, action: KeysAction) -> anyhow::Result<()> {
+    let admin = AdminClient::new(base, api_key)?;
+    let scopes = |k: &Value| {
+        k["scopes"]
+            .as_array()
+            .map(|s| {
+                s.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+    };
+    match action {
+        KeysAction::List => {
+            let body = admin
+                .expect(reqwest::Method::GET, "/v1/admin/api-keys", None, 200)
+                .await?;
+            println!(
+                "{:<16}  {:<24} {:<18} {:<8} state",
+                "id", "name", "scopes", "source"
+            );
+            for k in body["keys"].as_array().into_iter().flatten() {
+                let state = match k["revoked_at_ms"].as_u64() {
+                    Some(ms) => format!("revoked at {ms}"),
+                    None => "live".into(),
+                };
+                println!(
+                    "{:<16}  {:<24} {:<18} {:<8} {state}",
+                    k["id"].as_str().unwrap_or("-"),
+                    k["name"].as_str().unwrap_or("-"),
+                    scopes(k),
+                    k["source"].as_str().unwrap_or("-"),
+                );
+            }
+        }
+        KeysAction::Add { name, scopes: s } => {
+            let body = admin
+                .expect(
+                    reqwest::Method::POST,
+                    "/v1/admin/api-keys",
+                    Some(json!({"name": name, "scopes": s})),
+                    201,
+                )
+                .await?;
+            println!(
+                "api key {} ({}), scopes {}",
+                body["id"].as_str().unwrap_or("?"),
+                body["name"].as_str().unwrap_or("?"),
+                scopes(&body)
+            );
+            println!(
+                "key (shown once, give it to the caller): {}",
+                body["key"].as_str().unwrap_or("?")
+            );
+        }
+        KeysAction::Revoke { id } => {
+            let body = admin
+                .expect(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/admin/api-keys/{id}"),
+                    None,
+                    200,
+                )
+                .await?;
+            println!(
+                "api key {} ({}) revoked in every region",
+                body["id"].as_str().unwrap_or("?"),
+                body["name"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    Ok(())
+}

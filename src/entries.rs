@@ -1,0 +1,215 @@
+//! Replicated entries beside the user records: API keys now, and whatever else a
+//! region must share that is not a user's record.
+//!
+//! An entry is a (kind, key) with a value and a version, stored in the `entries` column
+//! family. It travels in a [`proto::ChangeEvent`] like a record, and last writer wins
+//! per (kind, key). Each entry carries a MAC under a key derived from the deployment's
+//! index key, so whoever can only write to Kafka cannot add or change one. Every
+//! change, local or replicated, is passed to the watchers, so that in-memory views (the
+//! API keys a node accepts) follow without a restart.
+
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::crypto::EntryMac;
+use crate::hlc::{Hlc, Version};
+use crate::metrics as m;
+use crate::proto::{self, EntryKind};
+use crate::store::Store;
+use crate::users::{Applied, ApplyError, UserError};
+
+type Watcher = Box<dyn Fn(&proto::Entry) + Send + Sync>;
+
+pub struct Entries {
+    store: Arc<Store>,
+    hlc: Arc<Hlc>,
+    mac: EntryMac,
+    outbox_signal: Arc<tokio::sync::Notify>,
+    watchers: RwLock<Vec<Watcher>>,
+}
+
+/// An entry's version, the zero version when it has none.
+pub fn entry_version(entry: &proto::Entry) -> Version {
+    entry
+        .version
+        .as_ref()
+        .map(Version::from_proto)
+        .unwrap_or_else(Version::zero)
+}
+
+fn lock_key(kind: u32, key: &[u8]) -> Vec<u8> {
+    let mut k = b"entry".to_vec();
+    k.extend_from_slice(&kind.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+impl Entries {
+    pub fn new(
+        store: Arc<Store>,
+        hlc: Arc<Hlc>,
+        index_key: &[u8; 32],
+        outbox_signal: Arc<tokio::sync::Notify>,
+    ) -> Entries {
+        Entries {
+            store,
+            hlc,
+            mac: EntryMac::new(index_key),
+            outbox_signal,
+            watchers: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Calls `f` with every entry written from now on, here or by replication.
+    pub fn watch(&self, f: impl Fn(&proto::Entry) + Send + Sync + 'static) {
+        self.watchers.write().push(Box::new(f));
+    }
+
+    fn changed(&self, entry: &proto::Entry) {
+        for w in self.watchers.read().iter() {
+            w(entry);
+        }
+    }
+
+    /// Writes `value` under (kind, key) at a version after the stored one, durably,
+    /// with its change event, and returns the entry.
+    pub fn put(
+        &self,
+        kind: EntryKind,
+        key: &[u8],
+        value: Vec<u8>,
+    ) -> Result<proto::Entry, UserError> {
+        let entry = {
+            let lock = lock_key(kind as u32, key);
+            let _locked = self.store.lock(&[&lock]);
+            let stored = self.get(kind, key)?;
+            let version = self
+                .hlc
+                .tick_after(stored.as_ref().map(entry_version).as_ref());
+            let mut entry = proto::Entry {
+                kind: kind as u32,
+                key: key.to_vec(),
+                version: Some(version.to_proto()),
+                value,
+                mac: Vec::new(),
+            };
+            self.mac.sign(&mut entry);
+            self.store.commit_entry(&entry, true, true)?;
+            entry
+        };
+        self.outbox_signal.notify_one();
+        metrics::counter!(m::STORE_COMMITS_TOTAL, "kind" => "entry").increment(1);
+        self.changed(&entry);
+        Ok(entry)
+    }
+
+    /// The entry under (kind, key). One that fails its MAC is reported as unreadable.
+    pub fn get(&self, kind: EntryKind, key: &[u8]) -> Result<Option<proto::Entry>, UserError> {
+        let Some(entry) = self.store.get_entry(kind as u32, key)? else {
+            return Ok(None);
+        };
+        if self.mac.verify(&entry).is_err() {
+            metrics::counter!(m::RECORDS_UNREADABLE_TOTAL, "reason" => "integrity").increment(1);
+            return Err(UserError::Unreadable);
+        }
+        Ok(Some(entry))
+    }
+
+    /// Every entry of `kind` whose MAC verifies (the others are counted and left out).
+    pub fn all(&self, kind: EntryKind) -> Result<Vec<proto::Entry>, UserError> {
+        let mut out = self.store.entries(kind as u32)?;
+        let before = out.len();
+        out.retain(|e| self.mac.verify(e).is_ok());
+        if out.len() < before {
+            metrics::counter!(m::RECORDS_UNREADABLE_TOTAL, "reason" => "integrity")
+                .increment((before - out.len()) as u64);
+        }
+        Ok(out)
+    }
+
+    /// Applies an entry replicated from another region: stored when newer than the
+    /// stored one (or when the stored one fails its MAC), otherwise skipped.
+    pub fn apply(&self, entry: &proto::Entry, sync: bool) -> Result<Applied, ApplyError> {
+        if entry
+            .version
+            .as_ref()
+            .is_none_or(|v| v.logical >= crate::hlc::LOGICAL_LIMIT)
+        {
+            return Err(ApplyError::Malformed("entry without a valid version"));
+        }
+        self.mac.verify(entry).map_err(|_| ApplyError::Integrity)?;
+        let version = entry_version(entry);
+        self.hlc.observe(&version)?;
+        // Kinds this node does not know are kept as they are: a newer node may know.
+        {
+            let lock = lock_key(entry.kind, &entry.key);
+            let _locked = self.store.lock(&[&lock]);
+            let stored = match self.store.get_entry(entry.kind, &entry.key)? {
+                Some(s) if self.mac.verify(&s).is_ok() => Some(s),
+                _ => None,
+            };
+            if stored.is_some_and(|s| entry_version(&s) >= version) {
+                return Ok(Applied::Skipped);
+            }
+            self.store.commit_entry(entry, false, sync)?;
+        }
+        self.changed(entry);
+        Ok(Applied::Applied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+
+    fn entries(dir: &std::path::Path, region: &str) -> Entries {
+        let store = Arc::new(Store::open(dir, &Default::default()).unwrap());
+        let hlc = Arc::new(Hlc::new(region, 60_000, Box::new(crate::hlc::SystemClock)));
+        Entries::new(store, hlc, &[7; 32], Arc::new(tokio::sync::Notify::new()))
+    }
+
+    #[test]
+    fn a_newer_entry_wins_an_older_or_forged_one_changes_nothing() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (
+            entries(da.path(), "af-south"),
+            entries(db.path(), "eu-west"),
+        );
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        b.watch({
+            let seen = seen.clone();
+            move |e| seen.lock().push(e.value.clone())
+        });
+        let first = a.put(EntryKind::ApiKey, b"k", b"one".to_vec()).unwrap();
+        let second = a.put(EntryKind::ApiKey, b"k", b"two".to_vec()).unwrap();
+        assert!(entry_version(&second) > entry_version(&first));
+        // Out of order: the newer one stays.
+        assert_eq!(b.apply(&second, true).unwrap(), Applied::Applied);
+        assert_eq!(b.apply(&first, true).unwrap(), Applied::Skipped);
+        assert_eq!(b.apply(&second, true).unwrap(), Applied::Skipped);
+        assert_eq!(
+            b.get(EntryKind::ApiKey, b"k").unwrap().unwrap().value,
+            b"two"
+        );
+        assert_eq!(*seen.lock(), vec![b"two".to_vec()]);
+        // Changed on the way (by someone without the index key): refused, nothing stored.
+        let mut forged = second.clone();
+        forged.value = b"admin for everyone".to_vec();
+        forged.version.as_mut().unwrap().physical_ms += 1000;
+        assert!(matches!(b.apply(&forged, true), Err(ApplyError::Integrity)));
+        let mut unversioned = second.clone();
+        unversioned.version = None;
+        assert!(matches!(
+            b.apply(&unversioned, true),
+            Err(ApplyError::Malformed(_))
+        ));
+        assert_eq!(
+            b.get(EntryKind::ApiKey, b"k").unwrap().unwrap().value,
+            b"two"
+        );
+        assert_eq!(b.all(EntryKind::ApiKey).unwrap().len(), 1);
+        assert_eq!(seen.lock().len(), 1);
+    }
+}
