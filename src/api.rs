@@ -39,6 +39,10 @@ pub struct AppState {
     pub retry: Arc<crate::retry::RetryQueue>,
     /// Whether `/v1/admin/faults` exists.
     pub faults_enabled: bool,
+    /// Per-address limit on logins and lookups; `None` when off.
+    pub rate_limit: Option<Arc<crate::ratelimit::RateLimiter>>,
+    /// The header naming the end user's address, when the callers set one.
+    pub client_ip_header: Option<axum::http::HeaderName>,
 }
 
 /// An error as the API reports it.
@@ -47,6 +51,9 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     details: Vec<Problem>,
+    /// When to try again, in seconds: `retry_after_s` in the body, and a `Retry-After`
+    /// header on a 429.
+    retry_after_s: Option<u64>,
 }
 
 impl ApiError {
@@ -55,7 +62,14 @@ impl ApiError {
             status,
             code,
             details,
+            retry_after_s: None,
         }
+    }
+
+    /// The same error, saying to retry after `ms` (rounded up to whole seconds).
+    pub fn retry_after_ms(mut self, ms: u64) -> ApiError {
+        self.retry_after_s = Some(ms.div_ceil(1000));
+        self
     }
 
     pub fn invalid(details: Vec<Problem>) -> ApiError {
@@ -69,11 +83,16 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut resp = (
-            self.status,
-            Json(json!({"error": self.code, "details": self.details})),
-        )
-            .into_response();
+        let mut body = json!({"error": self.code, "details": self.details});
+        if let Some(s) = self.retry_after_s {
+            body["retry_after_s"] = json!(s);
+        }
+        let mut resp = (self.status, Json(body)).into_response();
+        if let (Some(s), StatusCode::TOO_MANY_REQUESTS) = (self.retry_after_s, self.status) {
+            if let Ok(v) = header::HeaderValue::from_str(&s.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
         if self.status == StatusCode::UNAUTHORIZED && self.code == "unauthorized" {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -98,6 +117,22 @@ impl From<UserError> for ApiError {
             UserError::InvalidCredentials => {
                 ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", vec![])
             }
+            UserError::LoginFailed { retry_after_ms } => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", vec![])
+                    .retry_after_ms(retry_after_ms)
+            }
+            UserError::TooManyAttempts { retry_after_ms } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_attempts",
+                vec![Problem::new(
+                    "login",
+                    format!(
+                        "too many failed logins: retry in {} s",
+                        retry_after_ms.div_ceil(1000)
+                    ),
+                )],
+            )
+            .retry_after_ms(retry_after_ms),
             UserError::Forbidden("locked") => {
                 ApiError::new(StatusCode::FORBIDDEN, "account_locked", vec![])
             }
@@ -499,6 +534,55 @@ async fn require_api_key(
     next.run(req).await
 }
 
+/// The per-address token bucket in front of logins and lookups: 429 `rate_limited`
+/// with `Retry-After` when an address has used its burst.
+async fn limit_rate(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let route = match (req.method(), req.uri().path()) {
+        (&axum::http::Method::POST, "/v1/login") => "login",
+        (&axum::http::Method::GET, "/v1/users") => "lookup",
+        _ => return next.run(req).await,
+    };
+    let Some(limiter) = &s.rate_limit else {
+        return next.run(req).await;
+    };
+    let from_header = s.client_ip_header.as_ref().and_then(|h| {
+        req.headers()
+            .get(h)?
+            .to_str()
+            .ok()?
+            .split(',')
+            .next()?
+            .trim()
+            .parse::<std::net::IpAddr>()
+            .ok()
+    });
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let Some(addr) = from_header.or(peer) else {
+        return next.run(req).await;
+    };
+    if let Err(wait) = limiter.take(addr, Instant::now()) {
+        metrics::counter!(m::RATE_LIMITED_TOTAL, "route" => route).increment(1);
+        let ms = wait.as_millis().max(1) as u64;
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            vec![Problem::new(
+                "source",
+                format!(
+                    "too many requests from this address: retry in {} s",
+                    ms.div_ceil(1000)
+                ),
+            )],
+        )
+        .retry_after_ms(ms)
+        .into_response();
+    }
+    next.run(req).await
+}
+
 /// Counts and times every request by route template (never the raw path, which
 /// holds user ids).
 async fn track(req: Request, next: Next) -> Response {
@@ -550,6 +634,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/login", post(login))
         .route("/v1/admin/digest", get(digest))
         .merge(admin)
+        .route_layer(middleware::from_fn_with_state(state.clone(), limit_rate))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,

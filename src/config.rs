@@ -68,6 +68,36 @@ pub struct RawConfig {
     pub anti_entropy: AntiEntropyConfig,
     #[serde(default)]
     pub faults: FaultsConfig,
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+}
+
+/// The per-address token bucket in front of `POST /v1/login` and lookups
+/// (`GET /v1/users?email=|phone=`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Requests per second each address gets back. 0 turns the limit off. Default 20.
+    pub per_second: f64,
+    /// Requests an address may make at once. Default 50.
+    pub burst: u32,
+    /// Addresses tracked at most (memory bound). Default 100000.
+    pub max_tracked: usize,
+    /// A header naming the end user's address, set by the calling platform (say
+    /// "x-forwarded-for": its first address counts). Without it, or when a request
+    /// lacks it, the connection's peer address counts. Default none.
+    pub client_ip_header: Option<String>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            per_second: 20.0,
+            burst: 50,
+            max_tracked: 100_000,
+            client_ip_header: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -391,6 +421,7 @@ pub struct Config {
     /// (region, base URL) of each peer compared by anti-entropy.
     pub anti_entropy_peers: Vec<(String, String)>,
     pub faults: FaultsConfig,
+    pub rate_limit: RateLimitConfig,
 }
 
 fn check_client_settings(
@@ -495,6 +526,27 @@ impl RawConfig {
                     .map_err(|e| invalid(&format!("api_keys[{i}].scopes"), e))?,
             };
             api_keys.push((key.name.clone(), hash, scopes));
+        }
+        let rl = &self.rate_limit;
+        if !(rl.per_second.is_finite() && (0.0..=1_000_000.0).contains(&rl.per_second)) {
+            return Err(invalid(
+                "rate_limit.per_second",
+                "must be from 0 (off) to 1000000",
+            ));
+        }
+        if rl.burst == 0 || rl.max_tracked == 0 {
+            return Err(invalid(
+                "rate_limit",
+                "burst and max_tracked must be at least 1",
+            ));
+        }
+        if let Some(h) = &rl.client_ip_header {
+            if axum::http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err(invalid(
+                    "rate_limit.client_ip_header",
+                    "must be a header name",
+                ));
+            }
         }
         if self.storage.block_cache_mb == 0 {
             return Err(invalid("storage.block_cache_mb", "must be at least 1"));
@@ -669,6 +721,7 @@ impl RawConfig {
             anti_entropy: self.anti_entropy,
             anti_entropy_peers,
             faults: self.faults,
+            rate_limit: self.rate_limit,
             region: self.region,
             data_dir: self.data_dir,
             keyring: self.keyring,

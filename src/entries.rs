@@ -80,10 +80,30 @@ impl Entries {
         key: &[u8],
         value: Vec<u8>,
     ) -> Result<proto::Entry, UserError> {
+        Ok(self
+            .update(kind, key, |_| Some(value))?
+            .expect("a value was given"))
+    }
+
+    /// Reads (kind, key) and writes what `change` makes of it, under the entry's lock,
+    /// so that no concurrent change is lost; `None` from `change` writes nothing.
+    pub fn update(
+        &self,
+        kind: EntryKind,
+        key: &[u8],
+        change: impl FnOnce(Option<&proto::Entry>) -> Option<Vec<u8>>,
+    ) -> Result<Option<proto::Entry>, UserError> {
         let entry = {
             let lock = lock_key(kind as u32, key);
             let _locked = self.store.lock(&[&lock]);
-            let stored = self.get(kind, key)?;
+            // One that fails its MAC is replaced.
+            let stored = match self.get(kind, key) {
+                Err(UserError::Unreadable) => None,
+                other => other?,
+            };
+            let Some(value) = change(stored.as_ref()) else {
+                return Ok(None);
+            };
             let version = self
                 .hlc
                 .tick_after(stored.as_ref().map(entry_version).as_ref());
@@ -101,7 +121,7 @@ impl Entries {
         self.outbox_signal.notify_one();
         metrics::counter!(m::STORE_COMMITS_TOTAL, "kind" => "entry").increment(1);
         self.changed(&entry);
-        Ok(entry)
+        Ok(Some(entry))
     }
 
     /// The entry under (kind, key). One that fails its MAC is reported as unreadable.
@@ -118,7 +138,16 @@ impl Entries {
 
     /// Every entry of `kind` whose MAC verifies (the others are counted and left out).
     pub fn all(&self, kind: EntryKind) -> Result<Vec<proto::Entry>, UserError> {
-        let mut out = self.store.entries(kind as u32)?;
+        self.with_prefix(kind, &[])
+    }
+
+    /// The entries of `kind` whose keys start with `prefix` and whose MAC verifies.
+    pub fn with_prefix(
+        &self,
+        kind: EntryKind,
+        prefix: &[u8],
+    ) -> Result<Vec<proto::Entry>, UserError> {
+        let mut out = self.store.entries(kind as u32, prefix)?;
         let before = out.len();
         out.retain(|e| self.mac.verify(e).is_ok());
         if out.len() < before {

@@ -5,6 +5,8 @@
 //! - [`config`]: the node's TOML configuration, parsed then validated.
 //! - [`keys`]: keyrings — versioned master keys per region, blind-index key, pepper.
 //! - [`crypto`]: envelope encryption of personal data and blind indexes.
+//! - [`lockout`]: per-account brute-force backoff shared by the regions;
+//!   [`ratelimit`]: a token bucket per source address for logins and lookups.
 //! - [`password`]: current (Argon2id, PBKDF2) and legacy password hashes.
 //! - [`hlc`]: the hybrid logical clock and record versions (last-writer-wins order).
 //! - [`store`]: RocksDB column families and the one-batch write path with its outbox.
@@ -41,10 +43,12 @@ pub mod entries;
 pub mod faults;
 pub mod hlc;
 pub mod keys;
+pub mod lockout;
 pub mod metrics;
 pub mod node;
 pub mod password;
 pub mod process;
+pub mod ratelimit;
 pub mod replication;
 pub mod retry;
 pub mod store;

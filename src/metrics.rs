@@ -16,6 +16,8 @@ pub const STORE_COMMITS_TOTAL: &str = "authsync_store_commits_total";
 pub const OUTBOX_EVENTS_TOTAL: &str = "authsync_outbox_events_total";
 pub const RECORDS_UNREADABLE_TOTAL: &str = "authsync_records_unreadable_total";
 pub const LOGINS_TOTAL: &str = "authsync_logins_total";
+pub const LOGIN_LOCKOUTS_TOTAL: &str = "authsync_login_lockouts_total";
+pub const RATE_LIMITED_TOTAL: &str = "authsync_rate_limited_total";
 pub const PASSWORD_HASH_DURATION_SECONDS: &str = "authsync_password_hash_duration_seconds";
 pub const PASSWORD_UPGRADES_TOTAL: &str = "authsync_password_upgrades_total";
 pub const IMPORT_ITEMS_TOTAL: &str = "authsync_import_items_total";
@@ -119,7 +121,21 @@ fn describe() {
         Unit::Count,
         "Reads that failed: integrity (tampered or corrupt), no_key (no data key for this region), unknown_key."
     );
-    describe_counter!(LOGINS_TOTAL, Unit::Count, "Login attempts by outcome.");
+    describe_counter!(
+        LOGINS_TOTAL,
+        Unit::Count,
+        "Login attempts by outcome (locked_out: refused unhashed, too soon after repeated failures)."
+    );
+    describe_counter!(
+        LOGIN_LOCKOUTS_TOTAL,
+        Unit::Count,
+        "Accounts (or unknown logins) that reached the failures after which attempts must wait."
+    );
+    describe_counter!(
+        RATE_LIMITED_TOTAL,
+        Unit::Count,
+        "Requests refused by the per-address rate limit, by route (login, lookup)."
+    );
     describe_histogram!(
         PASSWORD_HASH_DURATION_SECONDS,
         Unit::Seconds,
@@ -368,8 +384,18 @@ pub fn zero_series(sources: &[String], compared: &[String]) {
     for reason in ["integrity", "no_key", "unknown_key", "other"] {
         counter!(RECORDS_UNREADABLE_TOTAL, "reason" => reason).absolute(0);
     }
-    for outcome in ["success", "invalid_credentials", "forbidden", "error"] {
+    for outcome in [
+        "success",
+        "invalid_credentials",
+        "forbidden",
+        "locked_out",
+        "error",
+    ] {
         counter!(LOGINS_TOTAL, "outcome" => outcome).absolute(0);
+    }
+    counter!(LOGIN_LOCKOUTS_TOTAL).absolute(0);
+    for route in ["login", "lookup"] {
+        counter!(RATE_LIMITED_TOTAL, "route" => route).absolute(0);
     }
     for outcome in ["created", "merged"] {
         counter!(IMPORT_ITEMS_TOTAL, "outcome" => outcome).absolute(0);

@@ -104,6 +104,18 @@ impl Node {
             max_import_items: config.max_import_items,
             retry: queue.clone(),
             faults_enabled: config.faults.enabled,
+            rate_limit: (config.rate_limit.per_second > 0.0).then(|| {
+                Arc::new(crate::ratelimit::RateLimiter::new(
+                    config.rate_limit.per_second,
+                    config.rate_limit.burst,
+                    config.rate_limit.max_tracked,
+                ))
+            }),
+            client_ip_header: config
+                .rate_limit
+                .client_ip_header
+                .as_deref()
+                .and_then(|h| axum::http::HeaderName::from_bytes(h.as_bytes()).ok()),
         };
         if config.faults.enabled {
             tracing::warn!("fault injection is enabled: /v1/admin/faults can break this node");
@@ -119,12 +131,15 @@ impl Node {
         tracker.spawn({
             let ready = ready.clone();
             async move {
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        http_stop.cancelled().await;
-                        ready.store(false, Ordering::SeqCst);
-                    })
-                    .await;
+                let served = axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move {
+                    http_stop.cancelled().await;
+                    ready.store(false, Ordering::SeqCst);
+                })
+                .await;
                 if let Err(e) = served {
                     tracing::error!(error = %e, "HTTP server stopped");
                 }

@@ -527,10 +527,10 @@ impl Store {
             .transpose()
     }
 
-    /// Every entry of `kind`, in key order; entries that do not decode are skipped
-    /// (and counted as corrupt by the caller's checks).
-    pub fn entries(&self, kind: u32) -> Result<Vec<proto::Entry>, StoreError> {
-        let prefix = kind.to_be_bytes();
+    /// Every entry of `kind` whose key starts with `key_prefix`, in key order;
+    /// entries that do not decode are skipped.
+    pub fn entries(&self, kind: u32, key_prefix: &[u8]) -> Result<Vec<proto::Entry>, StoreError> {
+        let prefix = entry_key(kind, key_prefix);
         let mut out = Vec::new();
         for item in self.db.iterator_cf(
             self.cf(CF_ENTRIES),

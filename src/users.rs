@@ -20,6 +20,7 @@ use crate::faults::Faults;
 use crate::hlc::ClockSkew;
 use crate::hlc::{Hlc, Version};
 use crate::keys::Keyring;
+use crate::lockout::Lockout;
 use crate::metrics as m;
 use crate::password::{self, Passwords, SaltPosition, Verified};
 use crate::proto::{self, Status};
@@ -41,6 +42,12 @@ pub enum UserError {
     Merged(Uuid),
     #[error("invalid credentials")]
     InvalidCredentials,
+    /// A failed login, counted: the next attempt must wait `retry_after_ms` (0: none).
+    #[error("invalid credentials")]
+    LoginFailed { retry_after_ms: u64 },
+    /// Too soon after repeated failures: refused without checking the password.
+    #[error("too many failed logins; retry in {retry_after_ms} ms")]
+    TooManyAttempts { retry_after_ms: u64 },
     #[error("account is {0}")]
     Forbidden(&'static str),
     /// Integrity failure: deliberately says nothing more.
@@ -252,8 +259,9 @@ pub struct Users {
     /// repaired first once every key service answers again. Memory only, and bounded:
     /// after a restart, or past the bound, the cursor scan finds them.
     short_wraps: parking_lot::Mutex<BTreeSet<Uuid>>,
-    /// Replicated entries beside the records (API keys).
+    /// Replicated entries beside the records (API keys, login failures).
     entries: Arc<Entries>,
+    lockout: Lockout,
 }
 
 /// At most this many ids are remembered for repair after a key outage.
@@ -274,7 +282,9 @@ impl Users {
             keyring.index_key(),
             outbox_signal.clone(),
         ));
+        let lockout = Lockout::new(entries.clone(), keyring.owner());
         Users {
+            lockout,
             region: keyring.owner().to_string(),
             index: BlindIndex::new(keyring.index_key()),
             record_mac: RecordMac::new(keyring.index_key()),
@@ -725,30 +735,75 @@ impl Users {
     /// Checks a login (email or phone) and password. Unknown logins and wrong
     /// passwords give the same error after the same hashing work; a correct password
     /// on a locked or disabled account is refused as such.
+    /// Checks a login, behind the per-account brute-force backoff ([`crate::lockout`]):
+    /// too soon after repeated failures it is refused with
+    /// [`UserError::TooManyAttempts`] before any hashing; a wrong password is counted
+    /// and answered with [`UserError::LoginFailed`], saying how long the next attempt
+    /// must wait. Unknown logins go through the same steps.
     pub fn login(&self, login: &str, password: &str) -> Result<Uuid, UserError> {
-        let result = self.login_inner(login, password);
+        let result = self.login_guarded(login, password);
         let outcome = match &result {
             Ok(_) => "success",
-            Err(UserError::InvalidCredentials) => "invalid_credentials",
+            Err(UserError::LoginFailed { .. }) => "invalid_credentials",
             Err(UserError::Forbidden(_)) => "forbidden",
+            Err(UserError::TooManyAttempts { .. }) => "locked_out",
             Err(_) => "error",
         };
         metrics::counter!(m::LOGINS_TOTAL, "outcome" => outcome).increment(1);
         result
     }
 
-    fn login_inner(&self, login: &str, password: &str) -> Result<Uuid, UserError> {
-        let record = if login.contains('@') {
+    fn login_guarded(&self, login: &str, password: &str) -> Result<Uuid, UserError> {
+        let (record, subject) = if login.contains('@') {
             match normalize_email(login) {
-                Ok(e) => self.find_record(IndexField::Email, &self.index.email(&e))?,
-                Err(_) => None,
+                Ok(e) => {
+                    let hash = self.index.email(&e);
+                    (self.find_record(IndexField::Email, &hash)?, hash)
+                }
+                Err(_) => (None, self.index.email(&login.trim().to_lowercase())),
             }
         } else {
             match normalize_phone(login) {
-                Ok(p) => self.find_record(IndexField::Phone, &self.index.phone(&p))?,
-                Err(_) => None,
+                Ok(p) => {
+                    let hash = self.index.phone(&p);
+                    (self.find_record(IndexField::Phone, &hash)?, hash)
+                }
+                Err(_) => (None, self.index.phone(login.trim())),
             }
         };
+        // An account is one subject whichever login names it.
+        let subject: Vec<u8> = match &record {
+            Some(r) => r.id.clone(),
+            None => subject.to_vec(),
+        };
+        let now = self.clock_now_ms();
+        if let Err(retry_after_ms) = self.lockout.admit(&subject, now)? {
+            return Err(UserError::TooManyAttempts { retry_after_ms });
+        }
+        match self.login_inner(record, password) {
+            Err(UserError::InvalidCredentials) => {
+                let standing = self.lockout.failed(&subject, now)?;
+                if standing.failures == crate::lockout::FREE_FAILURES {
+                    metrics::counter!(m::LOGIN_LOCKOUTS_TOTAL).increment(1);
+                }
+                Err(UserError::LoginFailed {
+                    retry_after_ms: standing.retry_after_ms(now),
+                })
+            }
+            // The right password: the count starts again.
+            result @ (Ok(_) | Err(UserError::Forbidden(_))) => {
+                self.lockout.succeeded(&subject, now)?;
+                result
+            }
+            other => other,
+        }
+    }
+
+    fn login_inner(
+        &self,
+        record: Option<proto::Record>,
+        password: &str,
+    ) -> Result<Uuid, UserError> {
         let Some(record) = record else {
             self.passwords.verify_dummy(password);
             return Err(UserError::InvalidCredentials);

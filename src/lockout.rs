@@ -1,0 +1,228 @@
+//! Brute-force protection of logins, per account and shared by every region.
+//!
+//! After [`FREE_FAILURES`] consecutive failed logins, each further attempt must wait
+//! 2^(n−5) s after the last failure, n being the failures so far, at most
+//! [`MAX_WAIT_MS`]. A good password resets the count, and so do [`IDLE_RESET_MS`]
+//! without failures. An attempt that comes too early is refused without hashing.
+//!
+//! The count is kept as replicated [`crate::entries`], one per (subject, region). Each
+//! region writes only its own entry: its current streak of failures, and when it last
+//! saw a good password. No two regions ever write the same entry, so nothing is lost to
+//! last-writer-wins. The count a region acts on is the sum of every region's streak
+//! that began after the latest good password anywhere, so an attacker gains nothing by
+//! switching regions (within the replication lag).
+//!
+//! The subject is the account's id, or, for a login that matches no account, the
+//! login's blind index. Unknown logins are counted and refused exactly like known
+//! ones, so the answers do not tell whether an account exists.
+
+use std::sync::Arc;
+
+use prost::Message;
+
+use crate::entries::Entries;
+use crate::proto::{self, EntryKind};
+use crate::users::UserError;
+
+/// Failures allowed before attempts have to wait.
+pub const FREE_FAILURES: u32 = 5;
+/// The longest wait between attempts: 15 minutes.
+pub const MAX_WAIT_MS: u64 = 15 * 60 * 1000;
+/// Without a failure for this long, the count starts again.
+pub const IDLE_RESET_MS: u64 = 15 * 60 * 1000;
+
+/// How long the attempt after `failures` consecutive failures must wait after the last.
+pub fn wait_ms(failures: u32) -> u64 {
+    if failures < FREE_FAILURES {
+        return 0;
+    }
+    let exp = failures - FREE_FAILURES;
+    if exp >= 20 {
+        return MAX_WAIT_MS;
+    }
+    (1000u64 << exp).min(MAX_WAIT_MS)
+}
+
+/// An account's standing, from every region's entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Standing {
+    /// Consecutive failures that count.
+    pub failures: u32,
+    /// The last of them.
+    pub last_failure_ms: u64,
+    /// The latest good password seen in any region.
+    pub cleared_ms: u64,
+}
+
+impl Standing {
+    /// From each region's entry, at `now_ms`.
+    pub fn of(entries: &[proto::LoginFailures], now_ms: u64) -> Standing {
+        let cleared_ms = entries.iter().map(|e| e.cleared_ms).max().unwrap_or(0);
+        let mut s = Standing {
+            cleared_ms,
+            ..Default::default()
+        };
+        for e in entries {
+            if e.count > 0 && e.first_ms > cleared_ms && now_ms < e.last_ms + IDLE_RESET_MS {
+                s.failures = s.failures.saturating_add(e.count);
+                s.last_failure_ms = s.last_failure_ms.max(e.last_ms);
+            }
+        }
+        s
+    }
+
+    /// How long from `now_ms` until the next attempt may be made (0: now).
+    pub fn retry_after_ms(&self, now_ms: u64) -> u64 {
+        (self.last_failure_ms + wait_ms(self.failures)).saturating_sub(now_ms)
+    }
+}
+
+pub struct Lockout {
+    entries: Arc<Entries>,
+    region: String,
+}
+
+/// The entry key of (subject, region): the subject's length first, so that subjects of
+/// different lengths never share a prefix.
+fn key(subject: &[u8], region: &str) -> Vec<u8> {
+    let mut k = prefix(subject);
+    k.extend_from_slice(region.as_bytes());
+    k
+}
+
+fn prefix(subject: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + subject.len() + 16);
+    k.push(subject.len() as u8);
+    k.extend_from_slice(subject);
+    k
+}
+
+impl Lockout {
+    pub fn new(entries: Arc<Entries>, region: &str) -> Lockout {
+        Lockout {
+            entries,
+            region: region.to_string(),
+        }
+    }
+
+    fn read(&self, subject: &[u8]) -> Result<Vec<proto::LoginFailures>, UserError> {
+        Ok(self
+            .entries
+            .with_prefix(EntryKind::LoginFailures, &prefix(subject))?
+            .iter()
+            .filter_map(|e| proto::LoginFailures::decode(e.value.as_slice()).ok())
+            .collect())
+    }
+
+    /// `Err(ms)` when an attempt now must wait `ms` more.
+    pub fn admit(&self, subject: &[u8], now_ms: u64) -> Result<Result<(), u64>, UserError> {
+        let wait = Standing::of(&self.read(subject)?, now_ms).retry_after_ms(now_ms);
+        Ok(if wait > 0 { Err(wait) } else { Ok(()) })
+    }
+
+    /// Counts a failed attempt; returns the standing it leaves.
+    pub fn failed(&self, subject: &[u8], now_ms: u64) -> Result<Standing, UserError> {
+        let all = self.read(subject)?;
+        let cleared_ms = all.iter().map(|e| e.cleared_ms).max().unwrap_or(0);
+        let own_key = key(subject, &self.region);
+        self.entries
+            .update(EntryKind::LoginFailures, &own_key, |stored| {
+                let mut own = stored
+                    .and_then(|e| proto::LoginFailures::decode(e.value.as_slice()).ok())
+                    .unwrap_or_default();
+                let streak_over = own.count == 0
+                    || own.first_ms <= cleared_ms
+                    || now_ms >= own.last_ms + IDLE_RESET_MS;
+                if streak_over {
+                    own.count = 1;
+                    // After the clear, even when the clock says otherwise.
+                    own.first_ms = now_ms.max(cleared_ms + 1);
+                } else {
+                    own.count = own.count.saturating_add(1);
+                }
+                own.last_ms = now_ms.max(own.first_ms);
+                Some(own.encode_to_vec())
+            })?;
+        Ok(Standing::of(&self.read(subject)?, now_ms))
+    }
+
+    /// A good password: the count starts again, in every region. Nothing is written
+    /// when there was nothing to reset.
+    pub fn succeeded(&self, subject: &[u8], now_ms: u64) -> Result<(), UserError> {
+        let all = self.read(subject)?;
+        if Standing::of(&all, now_ms).failures == 0 {
+            return Ok(());
+        }
+        self.entries.update(
+            EntryKind::LoginFailures,
+            &key(subject, &self.region),
+            |_| {
+                Some(
+                    proto::LoginFailures {
+                        count: 0,
+                        first_ms: 0,
+                        last_ms: 0,
+                        cleared_ms: now_ms,
+                    }
+                    .encode_to_vec(),
+                )
+            },
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_double_from_the_sixth_attempt_up_to_fifteen_minutes() {
+        assert_eq!((0..5).map(wait_ms).collect::<Vec<_>>(), vec![0; 5]);
+        assert_eq!(wait_ms(5), 1_000);
+        assert_eq!(wait_ms(6), 2_000);
+        assert_eq!(wait_ms(10), 32_000);
+        assert_eq!(wait_ms(14), 512_000);
+        assert_eq!(wait_ms(15), MAX_WAIT_MS);
+        assert_eq!(wait_ms(u32::MAX), MAX_WAIT_MS);
+    }
+
+    fn streak(count: u32, first_ms: u64, last_ms: u64) -> proto::LoginFailures {
+        proto::LoginFailures {
+            count,
+            first_ms,
+            last_ms,
+            cleared_ms: 0,
+        }
+    }
+
+    #[test]
+    fn streaks_add_up_across_regions_until_a_good_password_or_idle_time() {
+        let now = 10_000_000;
+        let a = streak(3, now - 5_000, now - 1_000);
+        let b = streak(3, now - 4_000, now - 500);
+        let s = Standing::of(&[a, b], now);
+        assert_eq!((s.failures, s.last_failure_ms), (6, now - 500));
+        assert_eq!(s.retry_after_ms(now), 1_500, "2 s after the last failure");
+        // A good password in a third region after both streaks began: nothing counts.
+        let cleared = proto::LoginFailures {
+            cleared_ms: now - 100,
+            ..Default::default()
+        };
+        assert_eq!(
+            Standing::of(&[a, b, cleared], now).failures,
+            0
+        );
+        // A streak that began after the clear counts.
+        let early_clear = proto::LoginFailures {
+            cleared_ms: now - 4_500,
+            ..Default::default()
+        };
+        assert_eq!(
+            Standing::of(&[a, b, early_clear], now).failures,
+            3
+        );
+        // Fifteen idle minutes: nothing counts.
+        assert_eq!(Standing::of(&[a, b], now + IDLE_RESET_MS).failures, 0);
+    }
+}
