@@ -13,6 +13,8 @@
 //!   revoked_at_ms}]}`; `POST /v1/admin/api-keys` `{name, scopes}` → 201 with the same
 //!   fields and `key`, the only time the key is shown; `DELETE /v1/admin/api-keys/{id}`
 //!   → the key, now with `revoked_at_ms` (replicated: revoked in every region)
+//! - `POST /v1/admin/signing-keys/rotate` → 201 `{kid, signs_from_ms}`: a new token
+//!   signing key for this region, published now, signing from `signs_from_ms`
 //! - `GET|PUT /v1/admin/faults` → `{keys_unavailable, apply_failures, poisoned_ids,
 //!   clock_offset_ms}`
 //!
@@ -277,6 +279,15 @@ fn key_error(e: crate::apikeys::KeyError) -> UserError {
     }
 }
 
+async fn rotate_signing_key(
+    State(s): State<AppState>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let tokens = s.tokens.clone();
+    let out = crate::api::blocking(move || tokens.rotate()).await?;
+    tracing::info!(kid = %out["kid"], "signing key published");
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
 async fn get_faults(State(s): State<AppState>) -> Json<FaultState> {
     Json(s.users.faults().state())
 }
@@ -423,6 +434,7 @@ pub fn routes(state: &AppState) -> (Router<AppState>, Router<AppState>) {
         )
         .route("/v1/admin/dead-letters/{id}/replay", post(replay_dead))
         .route("/v1/admin/api-keys", get(list_api_keys).post(add_api_key))
+        .route("/v1/admin/signing-keys/rotate", post(rotate_signing_key))
         .route(
             "/v1/admin/api-keys/{id}",
             axum::routing::delete(revoke_api_key),

@@ -39,6 +39,7 @@ pub struct AppState {
     pub retry: Arc<crate::retry::RetryQueue>,
     /// Whether `/v1/admin/faults` exists.
     pub faults_enabled: bool,
+    pub tokens: Arc<crate::tokens::Tokens>,
     /// Per-address limit on logins and lookups; `None` when off.
     pub rate_limit: Option<Arc<crate::ratelimit::RateLimiter>>,
     /// The header naming the end user's address, when the callers set one.
@@ -415,8 +416,90 @@ async fn login(
 ) -> Result<Json<Value>, ApiError> {
     let req = validate::login(&body).map_err(ApiError::invalid)?;
     let users = s.users.clone();
-    let id = blocking(move || users.login(&req.login, &req.password)).await?;
-    Ok(Json(json!({"user_id": id})))
+    let tokens = s.tokens.clone();
+    let issued = blocking(move || {
+        let id = users.login(&req.login, &req.password)?;
+        tokens.issue(id)
+    })
+    .await?;
+    Ok(Json(issued.json()))
+}
+
+/// `{refresh_token}`, and nothing else.
+fn refresh_token_of(body: &Value) -> Result<String, ApiError> {
+    let mut problems = Vec::new();
+    match body.as_object() {
+        None => problems.push(Problem::new("body", "must be an object {refresh_token}")),
+        Some(fields) => {
+            for k in fields.keys().filter(|k| *k != "refresh_token") {
+                problems.push(Problem::new(
+                    k.chars().take(64).collect::<String>(),
+                    "is not a known field",
+                ));
+            }
+            match fields.get("refresh_token") {
+                Some(Value::String(t)) if !t.is_empty() && t.len() <= 512 => {
+                    if problems.is_empty() {
+                        return Ok(t.clone());
+                    }
+                }
+                _ => problems.push(Problem::new(
+                    "refresh_token",
+                    "is required (the refresh token a login or refresh returned)",
+                )),
+            }
+        }
+    }
+    Err(ApiError::invalid(problems))
+}
+
+fn token_error(e: crate::tokens::TokenError) -> ApiError {
+    match e {
+        crate::tokens::TokenError::Refused(r) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            r.code(),
+            vec![Problem::new("refresh_token", "log in again")],
+        ),
+        crate::tokens::TokenError::User(u) => u.into(),
+    }
+}
+
+async fn refresh(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let token = refresh_token_of(&body)?;
+    let tokens = s.tokens.clone();
+    let issued = tokio::task::spawn_blocking(move || tokens.refresh(&token))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", vec![]))?
+        .map_err(token_error)?;
+    Ok(Json(issued.json()))
+}
+
+async fn logout(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<StatusCode, ApiError> {
+    let token = refresh_token_of(&body)?;
+    let tokens = s.tokens.clone();
+    tokio::task::spawn_blocking(move || tokens.logout(&token))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", vec![]))?
+        .map_err(token_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn jwks(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let tokens = s.tokens.clone();
+    let set = blocking(move || tokens.jwks()).await?;
+    let mut resp = Json(set).into_response();
+    // Verifiers may cache it this long; a new key is published well before it signs.
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("public, max-age=300"),
+    );
+    Ok(resp)
 }
 
 async fn import(
@@ -485,6 +568,8 @@ fn required_scope(method: &axum::http::Method, path: &str) -> Scope {
     } else if method == axum::http::Method::GET
         || method == axum::http::Method::HEAD
         || path == "/v1/login"
+        || path == "/v1/token/refresh"
+        || path == "/v1/logout"
     {
         Scope::Read
     } else {
@@ -632,6 +717,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/users/{id}/password", put(put_password))
         .route("/v1/users/{id}/status", put(put_status))
         .route("/v1/login", post(login))
+        .route("/v1/token/refresh", post(refresh))
+        .route("/v1/logout", post(logout))
         .route("/v1/admin/digest", get(digest))
         .merge(admin)
         .route_layer(middleware::from_fn_with_state(state.clone(), limit_rate))
@@ -642,6 +729,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/.well-known/jwks.json", get(jwks))
         .route("/metrics", get(metrics_text))
         .merge(v1)
         .merge(internal)
@@ -666,6 +754,8 @@ mod tests {
             (Method::GET, "/v1/users/x", Scope::Read),
             (Method::GET, "/v1/users", Scope::Read),
             (Method::POST, "/v1/login", Scope::Read),
+            (Method::POST, "/v1/token/refresh", Scope::Read),
+            (Method::POST, "/v1/logout", Scope::Read),
             (Method::POST, "/v1/users", Scope::Write),
             (Method::PATCH, "/v1/users/x", Scope::Write),
             (Method::DELETE, "/v1/users/x", Scope::Write),

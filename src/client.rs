@@ -1,5 +1,6 @@
 //! A client of a node's admin API, for the commands that act on a running node:
-//! `authsync dlq` (in [`crate::dlq`]) and `authsync api-keys` (here).
+//! `authsync dlq` (in [`crate::dlq`]) and `authsync api-keys` (here), which also
+//! rotates the token signing key.
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
@@ -95,6 +96,8 @@ pub enum KeysAction {
     Add { name: String, scopes: Vec<String> },
     /// Revoke the key with this id, in every region.
     Revoke { id: String },
+    /// Publish a new token signing key for the node's region.
+    RotateSigningKey,
 }
 
 /// Runs `action` against the node at `base` and prints the result on stdout.
@@ -152,6 +155,21 @@ pub async fn api_keys(base: &str, api_key: &str, action: KeysAction) -> anyhow::
             println!(
                 "key (shown once, give it to the caller): {}",
                 body["key"].as_str().unwrap_or("?")
+            );
+        }
+        KeysAction::RotateSigningKey => {
+            let body = admin
+                .expect(
+                    reqwest::Method::POST,
+                    "/v1/admin/signing-keys/rotate",
+                    None,
+                    201,
+                )
+                .await?;
+            println!(
+                "signing key {} published; it signs from {} (ms since the epoch)",
+                body["kid"].as_str().unwrap_or("?"),
+                body["signs_from_ms"]
             );
         }
         KeysAction::Revoke { id } => {

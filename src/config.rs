@@ -53,6 +53,8 @@ pub struct RawConfig {
     pub passwords: PasswordConfig,
     #[serde(default)]
     pub keys: KeysConfig,
+    #[serde(default)]
+    pub tokens: crate::tokens::TokenConfig,
     /// This region's Kafka cluster, where its changes are published. Without it the
     /// node runs alone (no replication).
     #[serde(default)]
@@ -414,6 +416,7 @@ pub struct Config {
     pub clock: ClockConfig,
     pub passwords: PasswordConfig,
     pub keys: KeysConfig,
+    pub tokens: crate::tokens::TokenConfig,
     /// `None`: a node on its own, no replication.
     pub replication: Option<Replication>,
     pub retry: RetryConfig,
@@ -526,6 +529,22 @@ impl RawConfig {
                     .map_err(|e| invalid(&format!("api_keys[{i}].scopes"), e))?,
             };
             api_keys.push((key.name.clone(), hash, scopes));
+        }
+        let t = &self.tokens;
+        if t.issuer.trim().is_empty() || t.audience.trim().is_empty() {
+            return Err(invalid("tokens", "issuer and audience must not be empty"));
+        }
+        if !(60..=86_400).contains(&t.access_ttl_s) {
+            return Err(invalid("tokens.access_ttl_s", "must be from 60 to 86400"));
+        }
+        if !(t.access_ttl_s..=365 * 86_400).contains(&t.refresh_ttl_s) {
+            return Err(invalid(
+                "tokens.refresh_ttl_s",
+                "must be from access_ttl_s to a year",
+            ));
+        }
+        if t.publish_lead_s > 7 * 86_400 {
+            return Err(invalid("tokens.publish_lead_s", "must be at most a week"));
         }
         let rl = &self.rate_limit;
         if !(rl.per_second.is_finite() && (0.0..=1_000_000.0).contains(&rl.per_second)) {
@@ -733,6 +752,7 @@ impl RawConfig {
             clock: self.clock,
             passwords: self.passwords,
             keys: self.keys,
+            tokens: self.tokens,
         })
     }
 }

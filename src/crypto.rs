@@ -367,6 +367,79 @@ impl RecordMac {
     }
 }
 
+fn secret_aad(purpose: &[u8], region: &str, key_id: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    put(&mut out, b"authsync/secret");
+    put(&mut out, purpose);
+    put(&mut out, region.as_bytes());
+    put(&mut out, key_id.as_bytes());
+    out
+}
+
+/// Seals a 32-byte secret of this region (a signing key's seed) under its active
+/// master key, bound to `purpose` (what the secret is for, say its key id).
+pub fn seal_secret(
+    keyring: &Keyring,
+    purpose: &[u8],
+    secret: &[u8; 32],
+) -> Result<proto::WrappedKey, CryptoError> {
+    let owner = keyring.owner();
+    let master = keyring
+        .active_key(owner)
+        .ok_or_else(|| CryptoError::NoWrappingKey(owner.to_string()))?;
+    let id = master.key_id();
+    let nonce = random::<NONCE_LEN>()?;
+    let mut buf = secret.to_vec();
+    gcm_key(&master.key)
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            aead::Aad::from(secret_aad(purpose, owner, &id)),
+            &mut buf,
+        )
+        .map_err(|_| CryptoError::Integrity)?;
+    Ok(proto::WrappedKey {
+        region: owner.to_string(),
+        key_id: id,
+        key_version: master.version,
+        nonce: nonce.to_vec(),
+        ciphertext: buf,
+    })
+}
+
+/// Opens what [`seal_secret`] sealed for the same `purpose`, with any master key
+/// version this region still holds.
+pub fn open_secret(
+    keyring: &Keyring,
+    purpose: &[u8],
+    sealed: &proto::WrappedKey,
+) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
+    let owner = keyring.owner();
+    if sealed.region != owner {
+        return Err(CryptoError::NoKeyForRegion(owner.to_string()));
+    }
+    let master = keyring
+        .own_key(sealed.key_version)
+        .ok_or_else(|| CryptoError::UnknownMasterKey(key_id(owner, sealed.key_version)))?;
+    let nonce: [u8; NONCE_LEN] = sealed
+        .nonce
+        .as_slice()
+        .try_into()
+        .map_err(|_| CryptoError::Integrity)?;
+    if sealed.key_id != master.key_id() {
+        return Err(CryptoError::Integrity);
+    }
+    let mut buf = Zeroizing::new(sealed.ciphertext.clone());
+    let plain = gcm_key(&master.key)
+        .open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            aead::Aad::from(secret_aad(purpose, owner, &sealed.key_id)),
+            buf.as_mut_slice(),
+        )
+        .map_err(|_| CryptoError::Integrity)?;
+    let secret: [u8; 32] = plain.try_into().map_err(|_| CryptoError::Integrity)?;
+    Ok(Zeroizing::new(secret))
+}
+
 /// The MAC of a replicated [`proto::Entry`], like [`RecordMac`] for records (its own
 /// derived key, so a record's tag can never pass as an entry's).
 pub struct EntryMac {
@@ -466,6 +539,29 @@ mod tests {
         };
         info.profile.insert("given_name".into(), "Ada".into());
         (record, info)
+    }
+
+    #[test]
+    fn a_sealed_secret_opens_only_in_its_region_for_its_purpose_across_rotations() {
+        let mut rings = keys::init(&regions()).unwrap();
+        let secret = [9u8; 32];
+        let sealed = seal_secret(&rings[0], b"kid-1", &secret).unwrap();
+        assert!(!sealed.ciphertext.windows(8).any(|w| w == [9u8; 8]));
+        assert_eq!(*open_secret(&rings[0], b"kid-1", &sealed).unwrap(), secret);
+        assert!(
+            open_secret(&rings[0], b"kid-2", &sealed).is_err(),
+            "bound to its purpose"
+        );
+        assert!(
+            open_secret(&rings[1], b"kid-1", &sealed).is_err(),
+            "another region"
+        );
+        let mut altered = sealed.clone();
+        altered.ciphertext[0] ^= 1;
+        assert!(open_secret(&rings[0], b"kid-1", &altered).is_err());
+        // After a master key rotation the old version still opens it.
+        rings[0].rotate().unwrap();
+        assert_eq!(*open_secret(&rings[0], b"kid-1", &sealed).unwrap(), secret);
     }
 
     #[test]

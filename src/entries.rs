@@ -38,6 +38,29 @@ pub fn entry_version(entry: &proto::Entry) -> Version {
         .unwrap_or_else(Version::zero)
 }
 
+/// `winner` with the revocation `loser` carries and it lacks, for the kinds that have
+/// one (API keys, refresh token families); `None` when there is nothing to add.
+fn keep_revocation(kind: u32, winner: &[u8], loser: &[u8]) -> Option<Vec<u8>> {
+    use prost::Message as _;
+    if kind == EntryKind::ApiKey as u32 {
+        let mut w = proto::ApiKey::decode(winner).ok()?;
+        let l = proto::ApiKey::decode(loser).ok()?;
+        if w.revoked_at_ms == 0 && l.revoked_at_ms != 0 {
+            w.revoked_at_ms = l.revoked_at_ms;
+            return Some(w.encode_to_vec());
+        }
+    } else if kind == EntryKind::TokenFamily as u32 {
+        let mut w = proto::TokenFamily::decode(winner).ok()?;
+        let l = proto::TokenFamily::decode(loser).ok()?;
+        if w.revoked_ms == 0 && l.revoked_ms != 0 {
+            w.revoked_ms = l.revoked_ms;
+            w.revoked_reason = l.revoked_reason;
+            return Some(w.encode_to_vec());
+        }
+    }
+    None
+}
+
 fn lock_key(kind: u32, key: &[u8]) -> Vec<u8> {
     let mut k = b"entry".to_vec();
     k.extend_from_slice(&kind.to_be_bytes());
@@ -171,19 +194,32 @@ impl Entries {
         let version = entry_version(entry);
         self.hlc.observe(&version)?;
         // Kinds this node does not know are kept as they are: a newer node may know.
-        {
+        let written = {
             let lock = lock_key(entry.kind, &entry.key);
             let _locked = self.store.lock(&[&lock]);
             let stored = match self.store.get_entry(entry.kind, &entry.key)? {
                 Some(s) if self.mac.verify(&s).is_ok() => Some(s),
                 _ => None,
             };
-            if stored.is_some_and(|s| entry_version(&s) >= version) {
-                return Ok(Applied::Skipped);
+            let incoming_wins = stored.as_ref().is_none_or(|s| entry_version(s) < version);
+            let (mut winner, loser) = match stored {
+                Some(s) if !incoming_wins => (s, entry.clone()),
+                other => (entry.clone(), other.unwrap_or_default()),
+            };
+            // A revocation is never undone by last-writer-wins: a change made in
+            // another region before it arrived keeps it.
+            match keep_revocation(entry.kind, &winner.value, &loser.value) {
+                Some(value) => {
+                    winner.value = value;
+                    self.mac.sign(&mut winner);
+                }
+                None if !incoming_wins => return Ok(Applied::Skipped),
+                None => {}
             }
-            self.store.commit_entry(entry, false, sync)?;
-        }
-        self.changed(entry);
+            self.store.commit_entry(&winner, false, sync)?;
+            winner
+        };
+        self.changed(&written);
         Ok(Applied::Applied)
     }
 }
@@ -240,5 +276,40 @@ mod tests {
         );
         assert_eq!(b.all(EntryKind::ApiKey).unwrap().len(), 1);
         assert_eq!(seen.lock().len(), 1);
+    }
+
+    #[test]
+    fn a_revocation_survives_a_later_change_made_before_it_arrived() {
+        use prost::Message as _;
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (
+            entries(da.path(), "af-south"),
+            entries(db.path(), "eu-west"),
+        );
+        let family = |generation: u32, revoked_ms: u64| {
+            proto::TokenFamily {
+                generation,
+                revoked_ms,
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
+        let created = a.put(EntryKind::TokenFamily, b"f", family(0, 0)).unwrap();
+        b.apply(&created, true).unwrap();
+        // af-south revokes; eu-west, not knowing yet, rotates: its change is newer.
+        let revoked = a.put(EntryKind::TokenFamily, b"f", family(0, 5)).unwrap();
+        let rotated = b.put(EntryKind::TokenFamily, b"f", family(1, 0)).unwrap();
+        assert!(entry_version(&rotated) > entry_version(&revoked));
+        // Each side takes the other's change, in either order: both end revoked.
+        assert_eq!(b.apply(&revoked, true).unwrap(), Applied::Applied);
+        assert_eq!(a.apply(&rotated, true).unwrap(), Applied::Applied);
+        for side in [&a, &b] {
+            let got = side.get(EntryKind::TokenFamily, b"f").unwrap().unwrap();
+            let f = proto::TokenFamily::decode(got.value.as_slice()).unwrap();
+            assert_eq!(f.revoked_ms, 5);
+        }
+        // Once both agree, delivering either again changes nothing.
+        assert_eq!(b.apply(&revoked, true).unwrap(), Applied::Skipped);
+        assert_eq!(a.apply(&rotated, true).unwrap(), Applied::Skipped);
     }
 }

@@ -12,6 +12,8 @@
 //! - [`store`]: RocksDB column families and the one-batch write path with its outbox.
 //! - [`users`]: the user service — every operation on records.
 //! - [`validate`]: request validation that reports every problem at once.
+//! - [`tokens`]: access tokens (Ed25519 JWTs), refresh token families, signing keys
+//!   and the JWK set.
 //! - [`api`]: the HTTP API (axum), and the one place errors become status codes.
 //! - [`metrics`]: every metric name, described at start-up.
 //! - [`replication`]: the outbox publisher and the peer consumers (Kafka).
@@ -53,6 +55,7 @@ pub mod replication;
 pub mod retry;
 pub mod store;
 pub mod sweep;
+pub mod tokens;
 pub mod users;
 pub mod validate;
 

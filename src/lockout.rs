@@ -209,19 +209,13 @@ mod tests {
             cleared_ms: now - 100,
             ..Default::default()
         };
-        assert_eq!(
-            Standing::of(&[a, b, cleared], now).failures,
-            0
-        );
+        assert_eq!(Standing::of(&[a, b, cleared], now).failures, 0);
         // A streak that began after the clear counts.
         let early_clear = proto::LoginFailures {
             cleared_ms: now - 4_500,
             ..Default::default()
         };
-        assert_eq!(
-            Standing::of(&[a, b, early_clear], now).failures,
-            3
-        );
+        assert_eq!(Standing::of(&[a, b, early_clear], now).failures, 3);
         // Fifteen idle minutes: nothing counts.
         assert_eq!(Standing::of(&[a, b], now + IDLE_RESET_MS).failures, 0);
     }

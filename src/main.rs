@@ -116,6 +116,9 @@ enum ApiKeysCommand {
     },
     /// Revoke a key (runtime or config) by its id, in every region.
     Revoke { id: String },
+    /// Publish a new access token signing key for the node's region; it signs after
+    /// `tokens.publish_lead_s`, and the current key stops signing then.
+    RotateSigningKey,
 }
 
 #[derive(Subcommand)]
@@ -262,6 +265,7 @@ async fn run() -> anyhow::Result<()> {
                     authsync::client::KeysAction::Add { name, scopes }
                 }
                 ApiKeysCommand::Revoke { id } => authsync::client::KeysAction::Revoke { id },
+                ApiKeysCommand::RotateSigningKey => authsync::client::KeysAction::RotateSigningKey,
             };
             authsync::client::api_keys(&url, &api_key, action).await?;
         }

@@ -95,7 +95,15 @@ impl Node {
         metrics::gauge!(m::KEYRING_ACTIVE_VERSION).set(f64::from(active));
 
         let ready = Arc::new(AtomicBool::new(false));
+        let tokens = Arc::new(crate::tokens::Tokens::new(
+            users.clone(),
+            config.tokens.clone(),
+        ));
+        tokens
+            .ensure_signing_key()
+            .context("make this region's first token signing key")?;
         let state = AppState {
+            tokens,
             users: users.clone(),
             metrics: metrics.clone(),
             api_keys: crate::apikeys::ApiKeys::load(&config.api_keys, users.entries())

@@ -430,6 +430,14 @@ impl Users {
 
     /// The stored record, authenticated: corrupt or tampered bytes give the one
     /// generic [`UserError::Unreadable`] and count in the metric.
+    /// Whether `id` names a live, active account (not deleted, merged, locked or
+    /// disabled).
+    pub fn is_active(&self, id: &Uuid) -> Result<bool, UserError> {
+        Ok(self
+            .get_record(id)?
+            .is_some_and(|r| !r.tombstone && Status::try_from(r.status) == Ok(Status::Active)))
+    }
+
     fn get_record(&self, id: &Uuid) -> Result<Option<proto::Record>, UserError> {
         let unreadable = || {
             metrics::counter!(m::RECORDS_UNREADABLE_TOTAL, "reason" => "integrity").increment(1);

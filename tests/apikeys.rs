@@ -15,15 +15,7 @@ const PW: &str = "correct horse battery";
 const WITHIN: Duration = Duration::from_secs(30);
 
 async fn call(url: &str, key: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method.parse().unwrap(), format!("{url}{path}"))
-        .bearer_auth(key);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.expect("request");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
+    common::call_as(url, key, method, path, body).await
 }
 
 /// Waits (bounded) until `key` gets `want` for `GET path` from every url.

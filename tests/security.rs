@@ -91,7 +91,11 @@ async fn no_plaintext_personal_data_in_any_file_or_log() {
     // The outbox events themselves: decode every one and look inside.
     let store = Store::open(&node.data_dir(), &StoreOptions::default()).unwrap();
     let events = store.outbox_head(10_000).unwrap();
-    assert_eq!(events.len(), 41, "20 creates + 20 updates + 1 import");
+    assert_eq!(
+        events.len(),
+        42,
+        "20 creates + 20 updates + 1 import + the region's first token signing key"
+    );
     for (_, bytes) in events {
         for m in &markers {
             assert!(

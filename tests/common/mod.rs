@@ -207,6 +207,26 @@ pub fn init_keys(keys: &Path) {
     assert!(status.success(), "keys init failed");
 }
 
+/// One request with `key` as the API key: the status and the JSON body (null when
+/// there is none).
+pub async fn call_as(
+    url: &str,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method.parse().expect("method"), format!("{url}{path}"))
+        .bearer_auth(key);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
 /// A thin HTTP client that always sends the test API key.
 #[derive(Clone)]
 pub struct Client {
