@@ -188,10 +188,30 @@ pub struct Verdict {
     pub kafka_messages: usize,
     /// Broker log directories scanned as files (compose target).
     pub broker_logs: usize,
+    /// Why the plaintext scan could not finish (a broker that stopped answering, say):
+    /// a violation, since nothing then shows the data is not there.
+    pub scan_error: Option<String>,
 }
 
 impl Verdict {
     pub fn violations(&self) -> usize {
-        self.lost.len() + usize::from(self.diverged) + self.duplicates.len() + self.plaintext.len()
+        self.lost.len()
+            + usize::from(self.diverged)
+            + self.duplicates.len()
+            + self.plaintext.len()
+            + usize::from(self.scan_error.is_some())
+    }
+}
+
+#[cfg(test)]
+mod verdict_tests {
+    use super::*;
+
+    #[test]
+    fn a_plaintext_scan_that_did_not_finish_is_a_violation() {
+        let mut v = Verdict::default();
+        assert_eq!(v.violations(), 0);
+        v.scan_error = Some("read a topic: gave up after 60s".into());
+        assert_eq!(v.violations(), 1);
     }
 }

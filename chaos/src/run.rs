@@ -241,10 +241,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     let scan = target.scan_plaintext(&markers, temp.path()).await;
     let target_name = target.name();
     target.finish().await;
-    let scan = scan.context("scan for plaintext")?;
-    verdict.plaintext = scan.findings;
-    verdict.kafka_messages = scan.kafka_messages;
-    verdict.broker_logs = scan.broker_logs;
+    // A scan that cannot finish is reported with everything else, not instead of it.
+    match scan {
+        Ok(scan) => {
+            verdict.plaintext = scan.findings;
+            verdict.kafka_messages = scan.kafka_messages;
+            verdict.broker_logs = scan.broker_logs;
+        }
+        Err(e) => verdict.scan_error = Some(format!("{e:#}")),
+    }
 
     let mut ops: BTreeMap<String, BTreeMap<&'static str, usize>> = BTreeMap::new();
     for op in &log {
@@ -347,6 +352,9 @@ pub fn table(r: &Report) -> String {
     ));
     for line in v.lost.iter().chain(&v.duplicates).take(20) {
         s.push_str(&format!("  {line}\n"));
+    }
+    if let Some(e) = &v.scan_error {
+        s.push_str(&format!("  the plaintext scan did not finish: {e}\n"));
     }
     for f in v.plaintext.iter().take(20) {
         s.push_str(&format!("  plaintext: {f:?}\n"));
