@@ -79,9 +79,10 @@ pub struct RawConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
-    /// Requests per second each address gets back. 0 turns the limit off. Default 20.
+    /// Requests per second each address gets back. 0 turns the limit off. Default 100:
+    /// without `client_ip_header` an address is a whole calling platform.
     pub per_second: f64,
-    /// Requests an address may make at once. Default 50.
+    /// Requests an address may make at once. Default 200.
     pub burst: u32,
     /// Addresses tracked at most (memory bound). Default 100000.
     pub max_tracked: usize,
@@ -94,8 +95,8 @@ pub struct RateLimitConfig {
 impl Default for RateLimitConfig {
     fn default() -> Self {
         RateLimitConfig {
-            per_second: 20.0,
-            burst: 50,
+            per_second: 100.0,
+            burst: 200,
             max_tracked: 100_000,
             client_ip_header: None,
         }

@@ -101,7 +101,7 @@ sha256 = "{hash}"
 
 # Every caller of the demo (the bench and the chaos harness included) is one address on
 # loopback, so the per-address limit on logins and lookups is raised far above the
-# default of 20/s.
+# default of 100/s.
 [rate_limit]
 per_second = 100000
 burst = 100000
