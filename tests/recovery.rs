@@ -154,10 +154,13 @@ async fn a_transient_apply_failure_is_parked_then_retried_and_applied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_from_a_clock_running_ahead_wait_in_the_retry_queue_until_they_fit() {
-    let (cluster, clients) = fast_cluster("").await;
+    // Retries every second at most, until the event fits: enough attempts for that.
+    let (cluster, clients) = fast_cluster("max_attempts = 50\n").await;
     let (south, west) = (&clients[0], &clients[1]);
-    // af-south's clock runs 3 s ahead; peers accept at most 500 ms (clock.max_skew_ms).
-    set_faults(south, json!({"clock_offset_ms": 3000})).await;
+    // af-south's clock runs 8 s ahead; peers accept at most 500 ms (clock.max_skew_ms).
+    // The margin is wide so that an event delivered late (a slow broker) still comes
+    // from the future when it arrives.
+    set_faults(south, json!({"clock_offset_ms": 8000})).await;
     let id = create(south, "ahead@example.com").await;
     eventually("the event parked for clock skew", &cluster, || async {
         let m = west.metrics().await;
