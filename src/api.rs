@@ -44,6 +44,9 @@ pub struct AppState {
     pub rate_limit: Option<Arc<crate::ratelimit::RateLimiter>>,
     /// The header naming the end user's address, when the callers set one.
     pub client_ip_header: Option<axum::http::HeaderName>,
+    /// Checks signed requests; `None` when no client signs.
+    pub signatures: Option<Arc<crate::signing::Verifier>>,
+    pub max_body_bytes: usize,
 }
 
 /// An error as the API reports it.
@@ -619,6 +622,54 @@ async fn require_api_key(
     next.run(req).await
 }
 
+/// Checks the request's signature (`crate::signing`): refused with 401 and the reason
+/// when it is missing but required, invalid, expired or replayed.
+async fn check_signature(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(verifier) = s.signatures.clone() else {
+        return next.run(req).await;
+    };
+    let jwt = req
+        .headers()
+        .get(crate::signing::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let Some(jwt) = jwt else {
+        if verifier.required() {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "signature_required",
+                vec![Problem::new(
+                    crate::signing::HEADER,
+                    "this node accepts only signed requests",
+                )],
+            )
+            .into_response();
+        }
+        return next.run(req).await;
+    };
+    let (parts, body) = req.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, s.max_body_bytes).await else {
+        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", vec![])
+            .into_response();
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |p| p.as_str())
+        .to_string();
+    let now_s = s.users.clock_now_ms() / 1000;
+    if let Err(r) = verifier.verify(&jwt, parts.method.as_str(), &path, &body, now_s) {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            r.code,
+            vec![Problem::new(crate::signing::HEADER, r.reason)],
+        )
+        .into_response();
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(body)))
+        .await
+}
+
 /// The per-address token bucket in front of logins and lookups: 429 `rate_limited`
 /// with `Retry-After` when an address has used its burst.
 async fn limit_rate(State(s): State<AppState>, req: Request, next: Next) -> Response {
@@ -721,6 +772,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/logout", post(logout))
         .route("/v1/admin/digest", get(digest))
         .merge(admin)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            check_signature,
+        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), limit_rate))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

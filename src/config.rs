@@ -72,6 +72,8 @@ pub struct RawConfig {
     pub faults: FaultsConfig,
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
+    #[serde(default)]
+    pub request_signing: crate::signing::SigningConfig,
 }
 
 /// The per-address token bucket in front of `POST /v1/login` and lookups
@@ -426,6 +428,7 @@ pub struct Config {
     pub anti_entropy_peers: Vec<(String, String)>,
     pub faults: FaultsConfig,
     pub rate_limit: RateLimitConfig,
+    pub request_signing: crate::signing::SigningConfig,
 }
 
 fn check_client_settings(
@@ -531,6 +534,8 @@ impl RawConfig {
             };
             api_keys.push((key.name.clone(), hash, scopes));
         }
+        crate::signing::Verifier::new(&self.request_signing)
+            .map_err(|e| invalid("request_signing", e))?;
         let t = &self.tokens;
         if t.issuer.trim().is_empty() || t.audience.trim().is_empty() {
             return Err(invalid("tokens", "issuer and audience must not be empty"));
@@ -742,6 +747,7 @@ impl RawConfig {
             anti_entropy_peers,
             faults: self.faults,
             rate_limit: self.rate_limit,
+            request_signing: self.request_signing,
             region: self.region,
             data_dir: self.data_dir,
             keyring: self.keyring,

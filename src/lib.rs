@@ -5,6 +5,8 @@
 //! - [`config`]: the node's TOML configuration, parsed then validated.
 //! - [`keys`]: keyrings — versioned master keys per region, blind-index key, pepper.
 //! - [`crypto`]: envelope encryption of personal data and blind indexes.
+//! - [`signing`]: signed requests from member platforms (HS256 or EdDSA JWTs bound
+//!   to the request, `jti` replays refused).
 //! - [`lockout`]: per-account brute-force backoff shared by the regions;
 //!   [`ratelimit`]: a token bucket per source address for logins and lookups.
 //! - [`password`]: current (Argon2id, PBKDF2) and legacy password hashes.
@@ -53,6 +55,7 @@ pub mod process;
 pub mod ratelimit;
 pub mod replication;
 pub mod retry;
+pub mod signing;
 pub mod store;
 pub mod sweep;
 pub mod tokens;

@@ -119,6 +119,14 @@ impl Node {
                     config.rate_limit.max_tracked,
                 ))
             }),
+            signatures: {
+                let s = &config.request_signing;
+                (s.required || !s.clients.is_empty())
+                    .then(|| crate::signing::Verifier::new(s).map(Arc::new))
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("request_signing: {e}"))?
+            },
+            max_body_bytes: config.max_body_bytes,
             client_ip_header: config
                 .rate_limit
                 .client_ip_header

@@ -458,6 +458,10 @@ fn a_bad_config_is_refused_naming_the_key() {
             "region = \"eu-west\"\ndata_dir = \"d\"\nkeyring = \"k\"\n[[api_keys]]\nname = \"a\"\nsha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"\n[rate_limit]\nper_second = -1.0\n",
             "rate_limit.per_second",
         ),
+        (
+            "region = \"eu-west\"\ndata_dir = \"d\"\nkeyring = \"k\"\n[[api_keys]]\nname = \"a\"\nsha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"\n[request_signing]\nrequired = true\n[[request_signing.clients]]\nkid = \"x\"\nalg = \"HS256\"\nsecret_hex = \"abcd\"\n",
+            "request_signing: clients[0].secret_hex",
+        ),
     ] {
         std::fs::write(&path, text).unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_authsync"))
