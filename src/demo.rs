@@ -38,11 +38,17 @@ pub struct DemoOptions {
     pub anti_entropy: bool,
 }
 
-/// A random API key: 32 bytes, URL-safe base64.
+/// A random API key: 32 bytes, URL-safe base64, beginning with a letter or digit (a
+/// key beginning with `-` would read as an option on a command line).
 pub fn new_api_key() -> anyhow::Result<String> {
     use base64::Engine as _;
-    let key = keys::random_secret().context("generate API key")?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.as_ref()))
+    loop {
+        let key = keys::random_secret().context("generate API key")?;
+        let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.as_ref());
+        if text.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+            return Ok(text);
+        }
+    }
 }
 
 pub fn sha256_hex(text: &str) -> String {
@@ -401,4 +407,18 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     }
     cluster.shutdown();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn api_keys_are_long_random_and_never_read_as_an_option() {
+        let keys: Vec<String> = (0..200).map(|_| super::new_api_key().unwrap()).collect();
+        for k in &keys {
+            assert_eq!(k.len(), 43);
+            assert!(k.starts_with(|c: char| c.is_ascii_alphanumeric()), "{k}");
+        }
+        let distinct: std::collections::BTreeSet<_> = keys.iter().collect();
+        assert_eq!(distinct.len(), keys.len());
+    }
 }

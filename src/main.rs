@@ -87,7 +87,13 @@ struct NodeArgs {
     )]
     url: String,
     /// An API key of the node (with the admin scope).
-    #[arg(long, env = "AUTHSYNC_API_KEY", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "AUTHSYNC_API_KEY",
+        hide_env_values = true,
+        global = true,
+        allow_hyphen_values = true
+    )]
     api_key: Option<String>,
 }
 

@@ -230,3 +230,22 @@ async fn keys_are_scoped_and_added_and_revoked_in_every_region_without_a_restart
     let (status, _) = call(&url0, &reader, "GET", &user, None).await;
     assert_eq!(status, 401);
 }
+
+#[test]
+fn a_key_beginning_with_a_hyphen_is_taken_as_the_key_not_an_option() {
+    let out = Command::new(env!("CARGO_BIN_EXE_authsync"))
+        .args([
+            "api-keys",
+            "list",
+            "--url",
+            "http://127.0.0.1:9",
+            "--api-key",
+            "-Yabc",
+        ])
+        .output()
+        .expect("run authsync api-keys");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    // It got as far as trying the node.
+    assert!(stderr.contains("reach http://127.0.0.1:9"), "{stderr}");
+}
