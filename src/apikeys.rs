@@ -121,8 +121,7 @@ pub fn key_id(hash: &[u8; 32]) -> String {
 }
 
 pub fn hash_key(key: &str) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
-    d.as_ref().try_into().expect("SHA-256 is 32 bytes")
+    crate::crypto::sha256(key.as_bytes())
 }
 
 pub struct ApiKeys {

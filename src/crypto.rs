@@ -58,7 +58,14 @@ pub enum CryptoError {
     Random,
 }
 
-fn random<const N: usize>() -> Result<[u8; N], CryptoError> {
+/// SHA-256 of `bytes` (API keys and refresh token secrets are stored only as this).
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    d.as_ref().try_into().expect("SHA-256 is 32 bytes")
+}
+
+/// `N` bytes from the system's secure random number generator.
+pub fn random<const N: usize>() -> Result<[u8; N], CryptoError> {
     let mut out = [0u8; N];
     SystemRandom::new()
         .fill(&mut out)
@@ -176,25 +183,60 @@ fn wrap_all(
         let master = keyring
             .active_key(region)
             .ok_or_else(|| CryptoError::NoWrappingKey(region.clone()))?;
-        let id = master.key_id();
-        let nonce = random::<NONCE_LEN>()?;
-        let mut buf = dk.0.to_vec();
-        gcm_key(&master.key)
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                aead::Aad::from(wrap_aad(record_id, region, &id)),
-                &mut buf,
-            )
-            .map_err(|_| CryptoError::Integrity)?;
-        out.push(proto::WrappedKey {
-            region: region.clone(),
-            key_id: id,
-            key_version: master.version,
-            nonce: nonce.to_vec(),
-            ciphertext: buf,
-        });
+        let aad = wrap_aad(record_id, region, &master.key_id());
+        out.push(gcm_wrap(master, &aad, &dk.0)?);
     }
     Ok(out)
+}
+
+/// `key` wrapped (AES-256-GCM, random nonce) under `master`, bound to `aad`.
+fn gcm_wrap(
+    master: &crate::keys::MasterKey,
+    aad: &[u8],
+    key: &[u8; 32],
+) -> Result<proto::WrappedKey, CryptoError> {
+    let nonce = random::<NONCE_LEN>()?;
+    let mut buf = key.to_vec();
+    gcm_key(&master.key)
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            aead::Aad::from(aad.to_vec()),
+            &mut buf,
+        )
+        .map_err(|_| CryptoError::Integrity)?;
+    Ok(proto::WrappedKey {
+        region: master.region.clone(),
+        key_id: master.key_id(),
+        key_version: master.version,
+        nonce: nonce.to_vec(),
+        ciphertext: buf,
+    })
+}
+
+/// The 32-byte key `wrapped` holds, opened with `master` and checked against `aad`.
+fn gcm_unwrap(
+    master: &crate::keys::MasterKey,
+    aad: &[u8],
+    wrapped: &proto::WrappedKey,
+) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
+    if wrapped.key_id != master.key_id() {
+        return Err(CryptoError::Integrity);
+    }
+    let nonce: [u8; NONCE_LEN] = wrapped
+        .nonce
+        .as_slice()
+        .try_into()
+        .map_err(|_| CryptoError::Integrity)?;
+    let mut buf = Zeroizing::new(wrapped.ciphertext.clone());
+    let plain = gcm_key(&master.key)
+        .open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            aead::Aad::from(aad.to_vec()),
+            buf.as_mut_slice(),
+        )
+        .map_err(|_| CryptoError::Integrity)?;
+    let key: [u8; 32] = plain.try_into().map_err(|_| CryptoError::Integrity)?;
+    Ok(Zeroizing::new(key))
 }
 
 fn unwrap_own(record: &proto::Record, keyring: &Keyring) -> Result<DataKey, CryptoError> {
@@ -208,24 +250,8 @@ fn unwrap_own(record: &proto::Record, keyring: &Keyring) -> Result<DataKey, Cryp
     let master = keyring
         .own_key(wrapped.key_version)
         .ok_or_else(|| CryptoError::UnknownMasterKey(key_id(owner, wrapped.key_version)))?;
-    if wrapped.key_id != master.key_id() || wrapped.nonce.len() != NONCE_LEN {
-        return Err(CryptoError::Integrity);
-    }
-    let nonce: [u8; NONCE_LEN] = wrapped
-        .nonce
-        .as_slice()
-        .try_into()
-        .map_err(|_| CryptoError::Integrity)?;
-    let mut buf = Zeroizing::new(wrapped.ciphertext.clone());
-    let plain = gcm_key(&master.key)
-        .open_in_place(
-            Nonce::assume_unique_for_key(nonce),
-            aead::Aad::from(wrap_aad(&record.id, owner, &wrapped.key_id)),
-            buf.as_mut_slice(),
-        )
-        .map_err(|_| CryptoError::Integrity)?;
-    let key: [u8; 32] = plain.try_into().map_err(|_| CryptoError::Integrity)?;
-    Ok(DataKey(Zeroizing::new(key)))
+    let aad = wrap_aad(&record.id, owner, &wrapped.key_id);
+    Ok(DataKey(gcm_unwrap(master, &aad, wrapped)?))
 }
 
 /// Seals `info` into `record` with a fresh data key wrapped for `regions`. Every other
@@ -387,23 +413,11 @@ pub fn seal_secret(
     let master = keyring
         .active_key(owner)
         .ok_or_else(|| CryptoError::NoWrappingKey(owner.to_string()))?;
-    let id = master.key_id();
-    let nonce = random::<NONCE_LEN>()?;
-    let mut buf = secret.to_vec();
-    gcm_key(&master.key)
-        .seal_in_place_append_tag(
-            Nonce::assume_unique_for_key(nonce),
-            aead::Aad::from(secret_aad(purpose, owner, &id)),
-            &mut buf,
-        )
-        .map_err(|_| CryptoError::Integrity)?;
-    Ok(proto::WrappedKey {
-        region: owner.to_string(),
-        key_id: id,
-        key_version: master.version,
-        nonce: nonce.to_vec(),
-        ciphertext: buf,
-    })
+    gcm_wrap(
+        master,
+        &secret_aad(purpose, owner, &master.key_id()),
+        secret,
+    )
 }
 
 /// Opens what [`seal_secret`] sealed for the same `purpose`, with any master key
@@ -420,24 +434,7 @@ pub fn open_secret(
     let master = keyring
         .own_key(sealed.key_version)
         .ok_or_else(|| CryptoError::UnknownMasterKey(key_id(owner, sealed.key_version)))?;
-    let nonce: [u8; NONCE_LEN] = sealed
-        .nonce
-        .as_slice()
-        .try_into()
-        .map_err(|_| CryptoError::Integrity)?;
-    if sealed.key_id != master.key_id() {
-        return Err(CryptoError::Integrity);
-    }
-    let mut buf = Zeroizing::new(sealed.ciphertext.clone());
-    let plain = gcm_key(&master.key)
-        .open_in_place(
-            Nonce::assume_unique_for_key(nonce),
-            aead::Aad::from(secret_aad(purpose, owner, &sealed.key_id)),
-            buf.as_mut_slice(),
-        )
-        .map_err(|_| CryptoError::Integrity)?;
-    let secret: [u8; 32] = plain.try_into().map_err(|_| CryptoError::Integrity)?;
-    Ok(Zeroizing::new(secret))
+    gcm_unwrap(master, &secret_aad(purpose, owner, &sealed.key_id), sealed)
 }
 
 /// The MAC of a replicated [`proto::Entry`], like [`RecordMac`] for records (its own

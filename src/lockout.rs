@@ -105,27 +105,36 @@ impl Lockout {
         }
     }
 
-    fn read(&self, subject: &[u8]) -> Result<Vec<proto::LoginFailures>, UserError> {
+    /// Every region's entry for `subject`, by entry key.
+    fn read(&self, subject: &[u8]) -> Result<Vec<(Vec<u8>, proto::LoginFailures)>, UserError> {
         Ok(self
             .entries
             .with_prefix(EntryKind::LoginFailures, &prefix(subject))?
-            .iter()
-            .filter_map(|e| proto::LoginFailures::decode(e.value.as_slice()).ok())
+            .into_iter()
+            .filter_map(|e| {
+                let f = proto::LoginFailures::decode(e.value.as_slice()).ok()?;
+                Some((e.key, f))
+            })
             .collect())
     }
 
-    /// `Err(ms)` when an attempt now must wait `ms` more.
-    pub fn admit(&self, subject: &[u8], now_ms: u64) -> Result<Result<(), u64>, UserError> {
-        let wait = Standing::of(&self.read(subject)?, now_ms).retry_after_ms(now_ms);
-        Ok(if wait > 0 { Err(wait) } else { Ok(()) })
+    fn standing(all: &[(Vec<u8>, proto::LoginFailures)], now_ms: u64) -> Standing {
+        let entries: Vec<proto::LoginFailures> = all.iter().map(|(_, f)| *f).collect();
+        Standing::of(&entries, now_ms)
+    }
+
+    /// `subject`'s standing now: an attempt must wait `retry_after_ms` of it.
+    pub fn standing_of(&self, subject: &[u8], now_ms: u64) -> Result<Standing, UserError> {
+        Ok(Self::standing(&self.read(subject)?, now_ms))
     }
 
     /// Counts a failed attempt; returns the standing it leaves.
     pub fn failed(&self, subject: &[u8], now_ms: u64) -> Result<Standing, UserError> {
-        let all = self.read(subject)?;
-        let cleared_ms = all.iter().map(|e| e.cleared_ms).max().unwrap_or(0);
+        let mut all = self.read(subject)?;
+        let cleared_ms = all.iter().map(|(_, e)| e.cleared_ms).max().unwrap_or(0);
         let own_key = key(subject, &self.region);
-        self.entries
+        let written = self
+            .entries
             .update(EntryKind::LoginFailures, &own_key, |stored| {
                 let mut own = stored
                     .and_then(|e| proto::LoginFailures::decode(e.value.as_slice()).ok())
@@ -143,14 +152,25 @@ impl Lockout {
                 own.last_ms = now_ms.max(own.first_ms);
                 Some(own.encode_to_vec())
             })?;
-        Ok(Standing::of(&self.read(subject)?, now_ms))
+        // The entries as read, with this region's replaced by what was written.
+        all.retain(|(k, _)| *k != own_key);
+        if let Some(own) =
+            written.and_then(|e| proto::LoginFailures::decode(e.value.as_slice()).ok())
+        {
+            all.push((own_key, own));
+        }
+        Ok(Self::standing(&all, now_ms))
     }
 
     /// A good password: the count starts again, in every region. Nothing is written
-    /// when there was nothing to reset.
-    pub fn succeeded(&self, subject: &[u8], now_ms: u64) -> Result<(), UserError> {
-        let all = self.read(subject)?;
-        if Standing::of(&all, now_ms).failures == 0 {
+    /// when `before` (the standing read for this attempt) had nothing to reset.
+    pub fn succeeded(
+        &self,
+        subject: &[u8],
+        now_ms: u64,
+        before: &Standing,
+    ) -> Result<(), UserError> {
+        if before.failures == 0 {
             return Ok(());
         }
         self.entries.update(

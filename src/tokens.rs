@@ -153,16 +153,11 @@ fn parse_refresh(token: &str) -> Option<([u8; 16], u32, [u8; 32])> {
 }
 
 fn sha256(bytes: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .to_vec()
+    crate::crypto::sha256(bytes).to_vec()
 }
 
 fn random<const N: usize>() -> Result<[u8; N], UserError> {
-    let mut out = [0u8; N];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut out)
-        .map_err(|_| UserError::Crypto(crate::crypto::CryptoError::Random))?;
-    Ok(out)
+    crate::crypto::random::<N>().map_err(UserError::Crypto)
 }
 
 impl Tokens {

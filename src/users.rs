@@ -785,7 +785,9 @@ impl Users {
             None => subject.to_vec(),
         };
         let now = self.clock_now_ms();
-        if let Err(retry_after_ms) = self.lockout.admit(&subject, now)? {
+        let standing = self.lockout.standing_of(&subject, now)?;
+        let retry_after_ms = standing.retry_after_ms(now);
+        if retry_after_ms > 0 {
             return Err(UserError::TooManyAttempts { retry_after_ms });
         }
         match self.login_inner(record, password) {
@@ -800,7 +802,7 @@ impl Users {
             }
             // The right password: the count starts again.
             result @ (Ok(_) | Err(UserError::Forbidden(_))) => {
-                self.lockout.succeeded(&subject, now)?;
+                self.lockout.succeeded(&subject, now, &standing)?;
                 result
             }
             other => other,
