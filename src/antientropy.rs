@@ -390,13 +390,16 @@ pub async fn sweeper(
     users: Arc<Users>,
     queue: Arc<RetryQueue>,
     peers: Vec<Peer>,
+    ca_cert: Option<std::path::PathBuf>,
     every: Duration,
     stop: CancellationToken,
 ) {
-    let http = match reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
-        .connect_timeout(Duration::from_secs(5))
-        .build()
+        .connect_timeout(Duration::from_secs(5));
+    let http = match crate::tls::trusting(builder, ca_cert.as_deref())
+        .map_err(anyhow::Error::from)
+        .and_then(|b| Ok(b.build()?))
     {
         Ok(c) => c,
         Err(e) => {

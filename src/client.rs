@@ -5,6 +5,16 @@
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
+/// How a command reaches a running node.
+#[derive(Debug, Clone)]
+pub struct NodeAddress {
+    /// Base URL, `http://` or `https://`.
+    pub url: String,
+    pub api_key: String,
+    /// A PEM CA bundle trusted for an `https://` URL besides the system's roots.
+    pub ca_cert: Option<std::path::PathBuf>,
+}
+
 pub struct AdminClient {
     http: reqwest::Client,
     base: String,
@@ -12,14 +22,14 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
-    pub fn new(base: &str, api_key: &str) -> anyhow::Result<AdminClient> {
+    pub fn new(node: &NodeAddress) -> anyhow::Result<AdminClient> {
+        let builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
         Ok(AdminClient {
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(30))
+            http: crate::tls::trusting(builder, node.ca_cert.as_deref())?
                 .build()
                 .context("HTTP client")?,
-            base: base.trim_end_matches('/').to_string(),
-            api_key: api_key.to_string(),
+            base: node.url.trim_end_matches('/').to_string(),
+            api_key: node.api_key.clone(),
         })
     }
 
@@ -100,9 +110,9 @@ pub enum KeysAction {
     RotateSigningKey,
 }
 
-/// Runs `action` against the node at `base` and prints the result on stdout.
-pub async fn api_keys(base: &str, api_key: &str, action: KeysAction) -> anyhow::Result<()> {
-    let admin = AdminClient::new(base, api_key)?;
+/// Runs `action` against `node` and prints the result on stdout.
+pub async fn api_keys(node: &NodeAddress, action: KeysAction) -> anyhow::Result<()> {
+    let admin = AdminClient::new(node)?;
     let scopes = |k: &Value| {
         k["scopes"]
             .as_array()

@@ -143,12 +143,16 @@ impl Default for RetryConfig {
 pub struct AntiEntropyConfig {
     /// How often each peer with an `http` address is compared. Default 60 s.
     pub interval_ms: u64,
+    /// A PEM CA bundle trusted for peers' `https://` addresses, besides the system's
+    /// roots.
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl Default for AntiEntropyConfig {
     fn default() -> Self {
         AntiEntropyConfig {
             interval_ms: 60_000,
+            ca_cert: None,
         }
     }
 }
@@ -291,6 +295,8 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Most items in one `POST /v1/users/import`. Default 1000.
     pub max_import_items: usize,
+    /// Serve HTTPS with this certificate and key. Default: plain HTTP.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl Default for HttpConfig {
@@ -299,6 +305,7 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 64 * 1024,
             max_import_items: 1000,
+            tls: None,
         }
     }
 }
@@ -411,6 +418,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub keyring: PathBuf,
     pub listen: SocketAddr,
+    /// HTTPS, checked: both files load and the key is the certificate's.
+    pub tls: Option<crate::tls::TlsFiles>,
     pub max_body_bytes: usize,
     pub max_import_items: usize,
     /// (name, SHA-256 of the key).
@@ -619,6 +628,19 @@ impl RawConfig {
         if self.anti_entropy.interval_ms < 100 {
             return Err(invalid("anti_entropy.interval_ms", "must be at least 100"));
         }
+        if let Some(ca) = &self.anti_entropy.ca_cert {
+            crate::tls::read_roots(ca)
+                .map_err(|e| invalid("anti_entropy.ca_cert", e.to_string()))?;
+        }
+        if let Some(tls) = &self.http.tls {
+            if tls.reload_interval_ms < 1000 {
+                return Err(invalid(
+                    "http.tls.reload_interval_ms",
+                    "must be at least 1000",
+                ));
+            }
+            crate::tls::load(tls).map_err(|e| invalid("http.tls", e.to_string()))?;
+        }
         let mut anti_entropy_peers = Vec::new();
         for (i, p) in self.peers.iter().enumerate() {
             if let Some(url) = &p.http {
@@ -752,6 +774,7 @@ impl RawConfig {
             data_dir: self.data_dir,
             keyring: self.keyring,
             listen,
+            tls: self.http.tls,
             max_body_bytes: self.http.max_body_bytes,
             max_import_items: self.http.max_import_items,
             api_keys,

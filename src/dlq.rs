@@ -34,9 +34,9 @@ fn line(e: &Value) -> String {
     )
 }
 
-/// Runs `action` against the node at `base` and prints the result on stdout.
-pub async fn run(base: &str, api_key: &str, action: Action) -> anyhow::Result<()> {
-    let admin = AdminClient::new(base, api_key)?;
+/// Runs `action` against `node` and prints the result on stdout.
+pub async fn run(node: &crate::client::NodeAddress, action: Action) -> anyhow::Result<()> {
+    let admin = AdminClient::new(node)?;
     match action {
         Action::List {
             retry,

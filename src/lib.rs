@@ -16,7 +16,8 @@
 //! - [`validate`]: request validation that reports every problem at once.
 //! - [`tokens`]: access tokens (Ed25519 JWTs), refresh token families, signing keys
 //!   and the JWK set.
-//! - [`api`]: the HTTP API (axum), and the one place errors become status codes.
+//! - [`api`]: the HTTP API (axum), and the one place errors become status codes;
+//!   [`tls`]: HTTPS on its listener (rustls), certificates reloaded when renewed.
 //! - [`metrics`]: every metric name, described at start-up.
 //! - [`replication`]: the outbox publisher and the peer consumers (Kafka).
 //! - [`retry`]: the durable retry queue and dead letters for events not applied.
@@ -58,6 +59,7 @@ pub mod retry;
 pub mod signing;
 pub mod store;
 pub mod sweep;
+pub mod tls;
 pub mod tokens;
 pub mod users;
 pub mod validate;

@@ -95,14 +95,21 @@ struct NodeArgs {
         allow_hyphen_values = true
     )]
     api_key: Option<String>,
+    /// A PEM CA bundle to trust for an https:// URL, besides the system's roots.
+    #[arg(long, env = "AUTHSYNC_CA_CERT", global = true)]
+    ca_cert: Option<std::path::PathBuf>,
 }
 
 impl NodeArgs {
-    /// The URL and key, checked.
-    fn checked(self) -> anyhow::Result<(String, String)> {
+    /// The URL, key and CA, checked.
+    fn checked(self) -> anyhow::Result<authsync::client::NodeAddress> {
         authsync::client::check_url(&self.url)?;
         match self.api_key.filter(|k| !k.is_empty()) {
-            Some(key) => Ok((self.url, key)),
+            Some(api_key) => Ok(authsync::client::NodeAddress {
+                url: self.url,
+                api_key,
+                ca_cert: self.ca_cert,
+            }),
             None => anyhow::bail!("an API key is required: --api-key or AUTHSYNC_API_KEY"),
         }
     }
@@ -246,7 +253,7 @@ async fn run() -> anyhow::Result<()> {
             println!("report: {}", out.display());
         }
         Command::Dlq { node, action } => {
-            let (url, api_key) = node.checked()?;
+            let node = node.checked()?;
             let action = match action {
                 DlqCommand::List {
                     retry,
@@ -261,10 +268,10 @@ async fn run() -> anyhow::Result<()> {
                 DlqCommand::Replay { id } => dlq::Action::Replay { id },
                 DlqCommand::Drop { id } => dlq::Action::Drop { id },
             };
-            dlq::run(&url, &api_key, action).await?;
+            dlq::run(&node, action).await?;
         }
         Command::ApiKeys { node, action } => {
-            let (url, api_key) = node.checked()?;
+            let node = node.checked()?;
             let action = match action {
                 ApiKeysCommand::List => authsync::client::KeysAction::List,
                 ApiKeysCommand::Add { name, scopes } => {
@@ -273,7 +280,7 @@ async fn run() -> anyhow::Result<()> {
                 ApiKeysCommand::Revoke { id } => authsync::client::KeysAction::Revoke { id },
                 ApiKeysCommand::RotateSigningKey => authsync::client::KeysAction::RotateSigningKey,
             };
-            authsync::client::api_keys(&url, &api_key, action).await?;
+            authsync::client::api_keys(&node, action).await?;
         }
         Command::Keys(KeysCommand::ApiKey { name }) => {
             let key = demo::new_api_key()?;

@@ -18,6 +18,8 @@ pub const RECORDS_UNREADABLE_TOTAL: &str = "authsync_records_unreadable_total";
 pub const LOGINS_TOTAL: &str = "authsync_logins_total";
 pub const LOGIN_LOCKOUTS_TOTAL: &str = "authsync_login_lockouts_total";
 pub const RATE_LIMITED_TOTAL: &str = "authsync_rate_limited_total";
+pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "authsync_tls_handshake_failures_total";
+pub const TLS_RELOADS_TOTAL: &str = "authsync_tls_reloads_total";
 pub const PASSWORD_HASH_DURATION_SECONDS: &str = "authsync_password_hash_duration_seconds";
 pub const PASSWORD_UPGRADES_TOTAL: &str = "authsync_password_upgrades_total";
 pub const IMPORT_ITEMS_TOTAL: &str = "authsync_import_items_total";
@@ -135,6 +137,16 @@ fn describe() {
         RATE_LIMITED_TOTAL,
         Unit::Count,
         "Requests refused by the per-address rate limit, by route (login, lookup)."
+    );
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES_TOTAL,
+        Unit::Count,
+        "HTTPS connections dropped before a request: failed or timed-out TLS handshakes."
+    );
+    describe_counter!(
+        TLS_RELOADS_TOTAL,
+        Unit::Count,
+        "Changed certificate files read again, by outcome (loaded, failed: the previous certificate is still served)."
     );
     describe_histogram!(
         PASSWORD_HASH_DURATION_SECONDS,
@@ -396,6 +408,10 @@ pub fn zero_series(sources: &[String], compared: &[String]) {
     counter!(LOGIN_LOCKOUTS_TOTAL).absolute(0);
     for route in ["login", "lookup"] {
         counter!(RATE_LIMITED_TOTAL, "route" => route).absolute(0);
+    }
+    counter!(TLS_HANDSHAKE_FAILURES_TOTAL).absolute(0);
+    for outcome in ["loaded", "failed"] {
+        counter!(TLS_RELOADS_TOTAL, "outcome" => outcome).absolute(0);
     }
     for outcome in ["created", "merged"] {
         counter!(IMPORT_ITEMS_TOTAL, "outcome" => outcome).absolute(0);

@@ -146,18 +146,36 @@ impl Node {
         let http_stop = shutdown.child_token();
         tracker.spawn({
             let ready = ready.clone();
+            let stopping = async move {
+                http_stop.cancelled().await;
+                ready.store(false, Ordering::SeqCst);
+            };
+            let tls = config
+                .tls
+                .as_ref()
+                .map(crate::tls::Acceptor::new)
+                .transpose()?;
             async move {
-                let served = axum::serve(
-                    listener,
-                    app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-                )
-                .with_graceful_shutdown(async move {
-                    http_stop.cancelled().await;
-                    ready.store(false, Ordering::SeqCst);
-                })
-                .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "HTTP server stopped");
+                match tls {
+                    Some(acceptor) => {
+                        let stop = CancellationToken::new();
+                        let serving = crate::tls::serve(listener, acceptor, app, stop.clone());
+                        tokio::join!(serving, async move {
+                            stopping.await;
+                            stop.cancel();
+                        });
+                    }
+                    None => {
+                        let served = axum::serve(
+                            listener,
+                            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+                        )
+                        .with_graceful_shutdown(stopping)
+                        .await;
+                        if let Err(e) = served {
+                            tracing::error!(error = %e, "HTTP server stopped");
+                        }
+                    }
                 }
             }
         });
@@ -208,6 +226,7 @@ impl Node {
                         url: url.clone(),
                     })
                     .collect(),
+                config.anti_entropy.ca_cert.clone(),
                 Duration::from_millis(config.anti_entropy.interval_ms),
                 shutdown.child_token(),
             ));
@@ -227,7 +246,7 @@ impl Node {
         tracker.close();
         ready.store(true, Ordering::SeqCst);
         metrics::gauge!(m::NODE_UP).set(1.0);
-        tracing::info!(region = %config.region, %addr, "node serving");
+        tracing::info!(region = %config.region, %addr, https = config.tls.is_some(), "node serving");
         Ok(Node {
             addr,
             users,

@@ -16,10 +16,15 @@ pub async fn run_node(config: &Path) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     stop_on_signals(shutdown.clone());
     let region = config.region.clone();
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let node = Node::start(config, shutdown).await?;
     // One machine-readable line on stdout for supervisors and tests.
     println!(
-        "authsync node region={region} listening on http://{}",
+        "authsync node region={region} listening on {scheme}://{}",
         node.addr
     );
     node.wait().await;
@@ -30,7 +35,12 @@ pub fn init_logging() {
     use tracing_subscriber::{fmt, EnvFilter};
     let filter = EnvFilter::try_from_env("AUTHSYNC_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("AUTHSYNC_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: a log file or a collector gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     if json {
         builder.json().init();
     } else {
