@@ -37,18 +37,25 @@ fn envelope(c: &mut Criterion) {
     let mut group = c.benchmark_group("envelope");
     for size in [256usize, 2048, 16384] {
         let (record, info) = record_and_info(size);
+        let (key, _) = crypto::new_user_key(&record.id, &rings[1], &regions()).expect("user key");
+        // As a write and a read do it: the user's key is opened each time.
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_with_input(BenchmarkId::new("seal", size), &size, |b, _| {
             b.iter(|| {
                 let mut r = record.clone();
-                crypto::seal(&mut r, &info, &rings[1], &regions()).expect("seal");
+                let user = crypto::open_user_key(&key, &rings[1]).expect("user key");
+                crypto::seal(&mut r, &info, &rings[1], &regions(), &user).expect("seal");
                 r
             })
         });
         let mut sealed = record.clone();
-        crypto::seal(&mut sealed, &info, &rings[1], &regions()).expect("seal");
+        let user = crypto::open_user_key(&key, &rings[1]).expect("user key");
+        crypto::seal(&mut sealed, &info, &rings[1], &regions(), &user).expect("seal");
         group.bench_with_input(BenchmarkId::new("open", size), &size, |b, _| {
-            b.iter(|| crypto::open(&sealed, &rings[1]).expect("open"))
+            b.iter(|| {
+                let user = crypto::open_user_key(&key, &rings[1]).expect("user key");
+                crypto::open(&sealed, &rings[1], &user).expect("open")
+            })
         });
     }
     group.finish();

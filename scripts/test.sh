@@ -48,7 +48,7 @@ if [ "$(id -u)" != 0 ]; then as_root=(unshare --user --map-root-user); fi
     --out "${TMPDIR:-/tmp}/authsync-chaos-ci.json"
 
 echo "== replication tests again, against a real broker process (tansu) =="
-AUTHSYNC_TEST_TANSU="$TANSU" cargo test --locked --test replication --test recovery -- --test-threads=1
+AUTHSYNC_TEST_TANSU="$TANSU" cargo test --locked --test replication --test recovery --test erase -- --test-threads=1
 
 echo "== dashboards and alert rules against a real Prometheus (Debian's package) =="
 AUTHSYNC_TEST_PROMETHEUS="$(command -v prometheus)" AUTHSYNC_TEST_PROMTOOL="$(command -v promtool)" \

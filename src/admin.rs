@@ -409,18 +409,25 @@ async fn internal_records(
         )]));
     }
     let users = s.users.clone();
-    let records = run(move || {
-        let mut out = Vec::with_capacity(req.ids.len());
+    let (records, user_keys) = run(move || {
+        let b64 = |bytes: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let (mut records, mut keys) = (Vec::with_capacity(req.ids.len()), Vec::new());
         for id in &req.ids {
-            // Sent as stored: ciphertext, with the record MAC the receiver checks.
+            // Sent as stored: ciphertext and wrapped keys, with the MACs the receiver
+            // checks.
             if let Some(r) = users.store().get(id.as_bytes())? {
-                out.push(base64::engine::general_purpose::STANDARD.encode(r.encode_to_vec()));
+                if !r.tombstone {
+                    if let Some(k) = users.store().get_user_key(id.as_bytes())? {
+                        keys.push(b64(k.encode_to_vec()));
+                    }
+                }
+                records.push(b64(r.encode_to_vec()));
             }
         }
-        Ok(out)
+        Ok((records, keys))
     })
     .await?;
-    Ok(Json(FetchResponse { records }))
+    Ok(Json(FetchResponse { records, user_keys }))
 }
 
 /// Admin routes (behind the API key) and internal routes (behind peer signatures).

@@ -163,6 +163,11 @@ pub struct FetchRequest {
 pub struct FetchResponse {
     /// Base64 of each stored `Record` (protobuf), ciphertext as stored.
     pub records: Vec<String>,
+    /// Base64 of the `UserKey` of each live record sent, as stored (wrapped). A
+    /// region that pulls records it missed (a restored backup, a lost topic) missed
+    /// their keys too.
+    #[serde(default)]
+    pub user_keys: Vec<String>,
 }
 
 pub fn digests(users: &Users) -> Result<Digests, crate::store::StoreError> {
@@ -294,9 +299,9 @@ pub async fn round(
         let u = users.clone();
         let b = *b;
         let ours = tokio::task::spawn_blocking(move || u.store().stamps_in(b, b + 1)).await??;
-        let ours: HashMap<[u8; 16], (Version, u32)> = ours
+        let ours: HashMap<[u8; 16], (bool, Version, u32)> = ours
             .into_iter()
-            .map(|s| (s.id, (s.version, s.wraps)))
+            .map(|s| (s.id, (s.tombstone, s.version, s.wraps)))
             .collect();
         for s in theirs.stamps {
             let v = Version {
@@ -304,10 +309,11 @@ pub async fn round(
                 logical: s.logical,
                 region: s.region,
             };
-            // Newer, or the same version with more wrapped keys.
+            // An erase over any live version (erases win, as on apply); else newer,
+            // or the same version with more wrapped keys.
             if ours
                 .get(s.id.as_bytes())
-                .is_none_or(|mine| (&mine.0, mine.1) < (&v, s.wraps))
+                .is_none_or(|mine| (mine.0, &mine.1, mine.2) < (s.tombstone, &v, s.wraps))
             {
                 wanted.push(s.id);
             }
@@ -324,6 +330,25 @@ pub async fn round(
             ))
             .await
             .with_context(|| format!("records from {}", peer.region))?;
+        // Keys first, so that the records they open are readable once applied. A key
+        // that does not apply (an erased account, a bad copy) is simply not taken.
+        for encoded in fetched.user_keys {
+            let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(&encoded) else {
+                bail!("{} sent a user key that is not base64", peer.region);
+            };
+            let event = proto::ChangeEvent {
+                origin_region: peer.region.clone(),
+                user_key: proto::UserKey::decode(bytes.as_slice()).ok(),
+                ..Default::default()
+            };
+            if event.user_key.is_none() {
+                bail!("{} sent a user key that does not decode", peer.region);
+            }
+            let u = users.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || u.apply(&event)).await? {
+                tracing::warn!(peer = %peer.region, error = %e, "anti-entropy user key refused");
+            }
+        }
         for encoded in fetched.records {
             report.pulled += 1;
             let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(&encoded) else {
@@ -346,7 +371,7 @@ pub async fn round(
                 origin_region: peer.region.clone(),
                 sequence: 0,
                 record,
-                entry: None,
+                ..Default::default()
             };
             let (u, q, region) = (users.clone(), queue.clone(), peer.region.clone());
             let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<Pulled> {

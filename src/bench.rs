@@ -743,7 +743,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         // The embedded broker has it from the demo; a real one may not. Made before
         // the load: a busy broker can be slow to answer admin requests.
         let topic = crate::demo::BENCH_TOPIC;
-        crate::replication::create_topic(bootstrap, &Default::default(), topic, 1, 1).await?;
+        crate::replication::create_topic(bootstrap, &Default::default(), topic, 1, 1, &[]).await?;
     }
     let http = Arc::new(Http {
         client: reqwest::Client::builder()
@@ -971,13 +971,20 @@ fn crypto_floors(profile_bytes: usize) -> anyhow::Result<(usize, f64, f64)> {
     let record = store.get(id.as_bytes())?.context("record just written")?;
     let record_bytes = record.encode_to_vec().len();
     let keyring = users.keyring();
-    let info = crate::crypto::open(&record, &keyring)?;
+    let user_key = store
+        .get_user_key(id.as_bytes())?
+        .context("user key just written")?;
+    let user = crate::crypto::open_user_key(&user_key, &keyring)?;
+    let info = crate::crypto::open(&record, &keyring, &user)?;
     let rounds = 2000;
     let t = Instant::now();
     for _ in 0..rounds {
         let mut r = record.clone();
-        crate::crypto::seal(&mut r, &info, &keyring, &regions)?;
-        crate::crypto::open(&r, &keyring)?;
+        // What a write does: open the user's key, seal; what a read does: open both.
+        let user = crate::crypto::open_user_key(&user_key, &keyring)?;
+        crate::crypto::seal(&mut r, &info, &keyring, &regions, &user)?;
+        let user = crate::crypto::open_user_key(&user_key, &keyring)?;
+        crate::crypto::open(&r, &keyring, &user)?;
     }
     let seal_open_us = t.elapsed().as_secs_f64() * 1e6 / f64::from(rounds);
     let passwords = Passwords::new(PasswordAlgorithm::Argon2id, &pepper)?;

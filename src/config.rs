@@ -260,12 +260,20 @@ impl Default for ReplicationConfig {
     }
 }
 
+/// The compacted topic beside change topic `topic` that carries its region's user
+/// keys: `<topic>.user-keys`.
+pub fn user_key_topic(topic: &str) -> String {
+    format!("{topic}.user-keys")
+}
+
 /// One peer to consume from, resolved.
 #[derive(Debug, Clone)]
 pub struct Peer {
     pub region: String,
     pub bootstrap_servers: String,
     pub topic: String,
+    /// The peer's user-key topic: [`user_key_topic`] of its topic.
+    pub key_topic: String,
     pub client: std::collections::BTreeMap<String, String>,
 }
 
@@ -274,6 +282,8 @@ pub struct Peer {
 pub struct Replication {
     pub bootstrap_servers: String,
     pub topic: String,
+    /// This region's user-key topic: [`user_key_topic`] of its topic.
+    pub key_topic: String,
     pub partitions: i32,
     pub replication_factor: i32,
     pub create_topics: bool,
@@ -705,16 +715,18 @@ impl RawConfig {
                     if let Some(c) = &p.client {
                         check_client_settings(&format!("{key}.client"), c)?;
                     }
+                    let topic = p
+                        .topic
+                        .clone()
+                        .unwrap_or_else(|| format!("{}{}", kafka.topic_prefix, p.region));
                     peers.push(Peer {
                         region: p.region.clone(),
                         bootstrap_servers: p
                             .bootstrap_servers
                             .clone()
                             .unwrap_or_else(|| kafka.bootstrap_servers.clone()),
-                        topic: p
-                            .topic
-                            .clone()
-                            .unwrap_or_else(|| format!("{}{}", kafka.topic_prefix, p.region)),
+                        key_topic: user_key_topic(&topic),
+                        topic,
                         client: p.client.clone().unwrap_or_else(|| kafka.client.clone()),
                     });
                 }
@@ -743,8 +755,10 @@ impl RawConfig {
                         "must be between 1000 and 300000",
                     ));
                 }
+                let topic = format!("{}{}", kafka.topic_prefix, self.region);
                 Some(Replication {
-                    topic: format!("{}{}", kafka.topic_prefix, self.region),
+                    key_topic: user_key_topic(&topic),
+                    topic,
                     bootstrap_servers: kafka.bootstrap_servers,
                     partitions: kafka.partitions,
                     replication_factor: kafka.replication_factor,

@@ -2,11 +2,20 @@
 //!
 //! Sealing a record:
 //! 1. a fresh 256-bit data key from the system RNG;
-//! 2. HKDF-SHA256 splits it into an AES-256 encryption key and an HMAC-SHA256 key;
+//! 2. HKDF-SHA256 derives the AES-256 encryption key from the data key and the user's
+//!    key together, and the HMAC-SHA256 key from the data key;
 //! 3. the `Info` message is encrypted with AES-256-CBC (PKCS#7, random IV);
 //! 4. HMAC-SHA256 over (associated data ‖ IV ‖ ciphertext) — encrypt-then-MAC;
 //! 5. the data key is wrapped with AES-256-GCM under the active master key of every
 //!    region, each wrap bound to the record id, region and key id.
+//!
+//! The user's key (a [`proto::UserKey`], one per account) is itself wrapped under
+//! every region's master key, but kept apart from the records: in the `user_keys`
+//! column family and a compacted Kafka topic. Erasing an account destroys it, and
+//! from then on no copy of the account's records (an old SST file, a backup, a Kafka
+//! message) can be decrypted, master keys or not: crypto-shredding. The MAC key does
+//! not depend on it, so key recovery can re-wrap a record's data key and renew its
+//! MAC without the user's key.
 //!
 //! The associated data covers every field of the record that is stored outside the
 //! ciphertext (id, version, format, status, index hashes, password hash, timestamps,
@@ -29,8 +38,11 @@ use crate::hlc::Version;
 use crate::keys::{key_id, Keyring};
 use crate::proto;
 
-/// The envelope layout described above.
-pub const ENVELOPE_FORMAT: u32 = 1;
+/// The envelope layout described above (1 was the same without the user's key).
+pub const ENVELOPE_FORMAT: u32 = 2;
+
+/// Length of a user key's id.
+pub const USER_KEY_ID_LEN: usize = 8;
 
 const IV_LEN: usize = 16;
 const MAC_LEN: usize = 32;
@@ -128,6 +140,13 @@ pub fn associated_data(r: &proto::Record) -> Vec<u8> {
         put(&mut out, k.key_id.as_bytes());
         out.extend_from_slice(&k.key_version.to_be_bytes());
     }
+    put(
+        &mut out,
+        r.info
+            .as_ref()
+            .map(|e| e.user_key_id.as_slice())
+            .unwrap_or(&[]),
+    );
     out
 }
 
@@ -135,6 +154,16 @@ fn wrap_aad(record_id: &[u8], region: &str, key_id: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
     put(&mut out, b"authsync/wrap");
     put(&mut out, record_id);
+    put(&mut out, region.as_bytes());
+    put(&mut out, key_id.as_bytes());
+    out
+}
+
+fn user_key_aad(user_id: &[u8], user_key_id: &[u8], region: &str, key_id: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(80);
+    put(&mut out, b"authsync/user-key");
+    put(&mut out, user_id);
+    put(&mut out, user_key_id);
     put(&mut out, region.as_bytes());
     put(&mut out, key_id.as_bytes());
     out
@@ -155,8 +184,12 @@ impl DataKey {
     fn fresh() -> Result<DataKey, CryptoError> {
         Ok(DataKey(Zeroizing::new(random::<32>()?)))
     }
-    fn enc_key(&self) -> Zeroizing<[u8; 32]> {
-        derive(self.0.as_ref(), b"authsync/v1/envelope/enc")
+    /// The encryption key: needs the user's key as well as the data key.
+    fn enc_key(&self, user: &UserSecret) -> Zeroizing<[u8; 32]> {
+        let mut ikm = Zeroizing::new([0u8; 64]);
+        ikm[..32].copy_from_slice(self.0.as_ref());
+        ikm[32..].copy_from_slice(user.key.as_ref());
+        derive(ikm.as_ref(), b"authsync/v2/envelope/enc")
     }
     fn mac_key(&self) -> hmac::Key {
         hmac::Key::new(
@@ -170,23 +203,40 @@ fn gcm_key(key: &[u8; 32]) -> LessSafeKey {
     LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("32-byte AES-256-GCM key"))
 }
 
-/// Wraps `dk` for each of `regions` with that region's active key. A region whose key
-/// the keyring lacks is reported, so the caller decides whether that is fatal.
+/// Wraps `key` for each of `regions` with that region's active key, each wrap bound to
+/// `aad(region, master key id)`. A region whose key the keyring lacks is reported, so
+/// the caller decides whether that is fatal.
 fn wrap_all(
-    dk: &DataKey,
-    record_id: &[u8],
+    key: &[u8; 32],
     keyring: &Keyring,
     regions: &[String],
+    aad: impl Fn(&str, &str) -> Vec<u8>,
 ) -> Result<Vec<proto::WrappedKey>, CryptoError> {
     let mut out = Vec::with_capacity(regions.len());
     for region in regions {
         let master = keyring
             .active_key(region)
             .ok_or_else(|| CryptoError::NoWrappingKey(region.clone()))?;
-        let aad = wrap_aad(record_id, region, &master.key_id());
-        out.push(gcm_wrap(master, &aad, &dk.0)?);
+        out.push(gcm_wrap(master, &aad(region, &master.key_id()), key)?);
     }
     Ok(out)
+}
+
+/// The wrap in `wraps` for this region, opened with the master key version it names.
+fn unwrap_own_of(
+    wraps: &[proto::WrappedKey],
+    keyring: &Keyring,
+    aad: impl Fn(&str, &str) -> Vec<u8>,
+) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
+    let owner = keyring.owner();
+    let wrapped = wraps
+        .iter()
+        .find(|k| k.region == owner)
+        .ok_or_else(|| CryptoError::NoKeyForRegion(owner.to_string()))?;
+    let master = keyring
+        .own_key(wrapped.key_version)
+        .ok_or_else(|| CryptoError::UnknownMasterKey(key_id(owner, wrapped.key_version)))?;
+    gcm_unwrap(master, &aad(owner, &wrapped.key_id), wrapped)
 }
 
 /// `key` wrapped (AES-256-GCM, random nonce) under `master`, bound to `aad`.
@@ -241,32 +291,29 @@ fn gcm_unwrap(
 
 fn unwrap_own(record: &proto::Record, keyring: &Keyring) -> Result<DataKey, CryptoError> {
     let env = record.info.as_ref().ok_or(CryptoError::Integrity)?;
-    let owner = keyring.owner();
-    let wrapped = env
-        .keys
-        .iter()
-        .find(|k| k.region == owner)
-        .ok_or_else(|| CryptoError::NoKeyForRegion(owner.to_string()))?;
-    let master = keyring
-        .own_key(wrapped.key_version)
-        .ok_or_else(|| CryptoError::UnknownMasterKey(key_id(owner, wrapped.key_version)))?;
-    let aad = wrap_aad(&record.id, owner, &wrapped.key_id);
-    Ok(DataKey(gcm_unwrap(master, &aad, wrapped)?))
+    let key = unwrap_own_of(&env.keys, keyring, |region, key_id| {
+        wrap_aad(&record.id, region, key_id)
+    })?;
+    Ok(DataKey(key))
 }
 
-/// Seals `info` into `record` with a fresh data key wrapped for `regions`. Every other
-/// field of `record` must already hold its final value: they are bound into the MAC.
+/// Seals `info` into `record` with a fresh data key wrapped for `regions`, encrypted
+/// under a key that also needs `user`'s key. Every other field of `record` must already
+/// hold its final value: they are bound into the MAC.
 pub fn seal(
     record: &mut proto::Record,
     info: &proto::Info,
     keyring: &Keyring,
     regions: &[String],
+    user: &UserSecret,
 ) -> Result<(), CryptoError> {
     let dk = DataKey::fresh()?;
-    let keys = wrap_all(&dk, &record.id, keyring, regions)?;
+    let keys = wrap_all(&dk.0, keyring, regions, |region, key_id| {
+        wrap_aad(&record.id, region, key_id)
+    })?;
     let iv = random::<IV_LEN>()?;
     let plain = Zeroizing::new(info.encode_to_vec());
-    let ct = Aes256CbcEnc::new(dk.enc_key().as_ref().into(), &iv.into())
+    let ct = Aes256CbcEnc::new(dk.enc_key(user).as_ref().into(), &iv.into())
         .encrypt_padded_vec_mut::<Pkcs7>(&plain);
     record.info = Some(proto::Envelope {
         format: ENVELOPE_FORMAT,
@@ -274,6 +321,7 @@ pub fn seal(
         ciphertext: ct,
         mac: Vec::new(),
         keys,
+        user_key_id: user.id.clone(),
     });
     finish_mac(record, &dk);
     Ok(())
@@ -286,11 +334,28 @@ fn finish_mac(record: &mut proto::Record, dk: &DataKey) {
     env.mac = tag.as_ref().to_vec();
 }
 
-/// Opens the envelope of `record` with this region's key.
-pub fn open(record: &proto::Record, keyring: &Keyring) -> Result<proto::Info, CryptoError> {
+/// The id of the user key `record` was sealed with (empty for a tombstone).
+pub fn user_key_id(record: &proto::Record) -> &[u8] {
+    record
+        .info
+        .as_ref()
+        .map(|e| e.user_key_id.as_slice())
+        .unwrap_or(&[])
+}
+
+/// Opens the envelope of `record` with this region's key and the user's key.
+pub fn open(
+    record: &proto::Record,
+    keyring: &Keyring,
+    user: &UserSecret,
+) -> Result<proto::Info, CryptoError> {
     let dk = unwrap_own(record, keyring)?;
     let env = record.info.as_ref().ok_or(CryptoError::Integrity)?;
-    if env.format != ENVELOPE_FORMAT || env.iv.len() != IV_LEN || env.mac.len() != MAC_LEN {
+    if env.format != ENVELOPE_FORMAT
+        || env.iv.len() != IV_LEN
+        || env.mac.len() != MAC_LEN
+        || env.user_key_id != user.id
+    {
         return Err(CryptoError::Integrity);
     }
     let aad = associated_data(record);
@@ -307,7 +372,7 @@ pub fn open(record: &proto::Record, keyring: &Keyring) -> Result<proto::Info, Cr
         .try_into()
         .map_err(|_| CryptoError::Integrity)?;
     let plain = Zeroizing::new(
-        Aes256CbcDec::new(dk.enc_key().as_ref().into(), &iv.into())
+        Aes256CbcDec::new(dk.enc_key(user).as_ref().into(), &iv.into())
             .decrypt_padded_vec_mut::<Pkcs7>(&env.ciphertext)
             .map_err(|_| CryptoError::Integrity)?,
     );
@@ -325,7 +390,9 @@ pub fn rewrap(
     regions: &[String],
 ) -> Result<(), CryptoError> {
     let dk = unwrap_own(record, keyring)?;
-    let fresh = wrap_all(&dk, &record.id, keyring, regions)?;
+    let fresh = wrap_all(&dk.0, keyring, regions, |region, key_id| {
+        wrap_aad(&record.id, region, key_id)
+    })?;
     let env = record.info.as_mut().ok_or(CryptoError::Integrity)?;
     env.keys.retain(|k| !regions.contains(&k.region));
     env.keys.extend(fresh);
@@ -363,35 +430,162 @@ pub fn extends_wraps(current: &proto::Record, incoming: &proto::Record) -> bool 
     offered.len() > have.len() && have.iter().all(|r| offered.contains(r))
 }
 
-/// Authenticates whole records, tombstones included, with a key every region holds.
-pub struct RecordMac {
-    key: hmac::Key,
+/// A user's key, opened: what [`seal`] and [`open`] need besides the keyring.
+pub struct UserSecret {
+    id: Vec<u8>,
+    key: Zeroizing<[u8; 32]>,
 }
 
-impl RecordMac {
-    pub fn new(index_key: &[u8; 32]) -> RecordMac {
-        RecordMac {
-            key: hmac::Key::new(
-                hmac::HMAC_SHA256,
-                derive(index_key, b"authsync/v1/record-mac").as_ref(),
-            ),
+impl UserSecret {
+    pub fn id(&self) -> &[u8] {
+        &self.id
+    }
+}
+
+/// A new key for the account `user_id`, wrapped for `regions`, and the key itself.
+pub fn new_user_key(
+    user_id: &[u8],
+    keyring: &Keyring,
+    regions: &[String],
+) -> Result<(proto::UserKey, UserSecret), CryptoError> {
+    let secret = UserSecret {
+        id: random::<USER_KEY_ID_LEN>()?.to_vec(),
+        key: Zeroizing::new(random::<32>()?),
+    };
+    let mut wraps = wrap_all(&secret.key, keyring, regions, |region, key_id| {
+        user_key_aad(user_id, &secret.id, region, key_id)
+    })?;
+    wraps.sort_by(|a, b| a.region.cmp(&b.region));
+    let key = proto::UserKey {
+        user_id: user_id.to_vec(),
+        key_id: secret.id.clone(),
+        wraps,
+        mac: Vec::new(),
+    };
+    Ok((key, secret))
+}
+
+/// Opens `key` with this region's master key.
+pub fn open_user_key(key: &proto::UserKey, keyring: &Keyring) -> Result<UserSecret, CryptoError> {
+    if key.key_id.len() != USER_KEY_ID_LEN {
+        return Err(CryptoError::Integrity);
+    }
+    let opened = unwrap_own_of(&key.wraps, keyring, |region, key_id| {
+        user_key_aad(&key.user_id, &key.key_id, region, key_id)
+    })?;
+    Ok(UserSecret {
+        id: key.key_id.clone(),
+        key: opened,
+    })
+}
+
+/// Wraps `key` afresh for `regions` under their active master keys, keeping every
+/// other region's wrap (key recovery and rotation, as [`rewrap`] does for records).
+pub fn rewrap_user_key(
+    key: &mut proto::UserKey,
+    keyring: &Keyring,
+    regions: &[String],
+) -> Result<(), CryptoError> {
+    let secret = open_user_key(key, keyring)?;
+    let fresh = wrap_all(&secret.key, keyring, regions, |region, key_id| {
+        user_key_aad(&key.user_id, &key.key_id, region, key_id)
+    })?;
+    key.wraps.retain(|w| !regions.contains(&w.region));
+    key.wraps.extend(fresh);
+    key.wraps.sort_by(|a, b| a.region.cmp(&b.region));
+    Ok(())
+}
+
+/// `local` with what `incoming` adds: for each region the wrap under the newer master
+/// key version. `None` when it adds nothing, or is another key (the first key of an
+/// account stays its key). Each wrap is authenticated on its own when opened, so the
+/// union is as trustworthy as its parts.
+pub fn merge_user_key(local: &proto::UserKey, incoming: &proto::UserKey) -> Option<proto::UserKey> {
+    if local.user_id != incoming.user_id || local.key_id != incoming.key_id {
+        return None;
+    }
+    let mut merged = local.clone();
+    let mut changed = false;
+    for wrap in &incoming.wraps {
+        match merged.wraps.iter_mut().find(|w| w.region == wrap.region) {
+            Some(w) if w.key_version >= wrap.key_version => {}
+            Some(w) => {
+                *w = wrap.clone();
+                changed = true;
+            }
+            None => {
+                merged.wraps.push(wrap.clone());
+                changed = true;
+            }
+        }
+    }
+    merged.wraps.sort_by(|a, b| a.region.cmp(&b.region));
+    changed.then_some(merged)
+}
+
+/// A protobuf message that carries its own MAC in one of its fields.
+pub trait Authenticated: Message + Clone {
+    /// The HKDF label of its MAC key: one per type, so that no type's tag passes as
+    /// another's.
+    const LABEL: &'static [u8];
+    fn mac_field(&mut self) -> &mut Vec<u8>;
+}
+
+impl Authenticated for proto::Record {
+    const LABEL: &'static [u8] = b"authsync/v1/record-mac";
+    fn mac_field(&mut self) -> &mut Vec<u8> {
+        &mut self.record_mac
+    }
+}
+
+impl Authenticated for proto::Entry {
+    const LABEL: &'static [u8] = b"authsync/v1/entry-mac";
+    fn mac_field(&mut self) -> &mut Vec<u8> {
+        &mut self.mac
+    }
+}
+
+impl Authenticated for proto::UserKey {
+    const LABEL: &'static [u8] = b"authsync/v1/user-key-mac";
+    fn mac_field(&mut self) -> &mut Vec<u8> {
+        &mut self.mac
+    }
+}
+
+/// HMAC-SHA256 over a message's encoding with its MAC field empty, under a key
+/// derived from the index key, which every region holds: what lets a region check a
+/// record (tombstones included), an entry or a user key it cannot open.
+pub struct MessageMac<M> {
+    key: hmac::Key,
+    message: std::marker::PhantomData<fn(&M)>,
+}
+
+impl<M: Authenticated> MessageMac<M> {
+    pub fn new(index_key: &[u8; 32]) -> MessageMac<M> {
+        MessageMac {
+            key: hmac::Key::new(hmac::HMAC_SHA256, derive(index_key, M::LABEL).as_ref()),
+            message: std::marker::PhantomData,
         }
     }
 
-    /// Sets `record_mac` over every other field of the record.
-    pub fn sign(&self, record: &mut proto::Record) {
-        record.record_mac.clear();
-        let tag = hmac::sign(&self.key, &record.encode_to_vec());
-        record.record_mac = tag.as_ref().to_vec();
+    /// Sets the MAC field over every other field.
+    pub fn sign(&self, message: &mut M) {
+        message.mac_field().clear();
+        let tag = hmac::sign(&self.key, &message.encode_to_vec());
+        *message.mac_field() = tag.as_ref().to_vec();
     }
 
-    /// Checks `record_mac` in constant time.
-    pub fn verify(&self, record: &proto::Record) -> Result<(), CryptoError> {
-        let mut unsigned = record.clone();
-        let tag = std::mem::take(&mut unsigned.record_mac);
+    /// Checks the MAC field in constant time.
+    pub fn verify(&self, message: &M) -> Result<(), CryptoError> {
+        let mut unsigned = message.clone();
+        let tag = std::mem::take(unsigned.mac_field());
         hmac::verify(&self.key, &unsigned.encode_to_vec(), &tag).map_err(|_| CryptoError::Integrity)
     }
 }
+
+pub type RecordMac = MessageMac<proto::Record>;
+pub type EntryMac = MessageMac<proto::Entry>;
+pub type UserKeyMac = MessageMac<proto::UserKey>;
 
 fn secret_aad(purpose: &[u8], region: &str, key_id: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
@@ -437,38 +631,6 @@ pub fn open_secret(
     gcm_unwrap(master, &secret_aad(purpose, owner, &sealed.key_id), sealed)
 }
 
-/// The MAC of a replicated [`proto::Entry`], like [`RecordMac`] for records (its own
-/// derived key, so a record's tag can never pass as an entry's).
-pub struct EntryMac {
-    key: hmac::Key,
-}
-
-impl EntryMac {
-    pub fn new(index_key: &[u8; 32]) -> EntryMac {
-        EntryMac {
-            key: hmac::Key::new(
-                hmac::HMAC_SHA256,
-                derive(index_key, b"authsync/v1/entry-mac").as_ref(),
-            ),
-        }
-    }
-
-    /// Sets `mac` over every other field of the entry.
-    pub fn sign(&self, entry: &mut proto::Entry) {
-        entry.mac.clear();
-        entry.mac = hmac::sign(&self.key, &entry.encode_to_vec())
-            .as_ref()
-            .to_vec();
-    }
-
-    /// Checks `mac` in constant time.
-    pub fn verify(&self, entry: &proto::Entry) -> Result<(), CryptoError> {
-        let mut unsigned = entry.clone();
-        let tag = std::mem::take(&mut unsigned.mac);
-        hmac::verify(&self.key, &unsigned.encode_to_vec(), &tag).map_err(|_| CryptoError::Integrity)
-    }
-}
-
 /// Blind index keys, one per searchable field.
 pub struct BlindIndex {
     email: hmac::Key,
@@ -512,6 +674,23 @@ mod tests {
 
     fn regions() -> Vec<String> {
         vec!["af-south".into(), "eu-west".into(), "us-east".into()]
+    }
+
+    /// A key for the sample record's account, wrapped for every region.
+    fn user_key(rings: &[Keyring]) -> proto::UserKey {
+        new_user_key(&[7; 16], &rings[0], &regions()).unwrap().0
+    }
+
+    fn secret(key: &proto::UserKey, ring: &Keyring) -> UserSecret {
+        open_user_key(key, ring).unwrap()
+    }
+
+    fn open_with(
+        record: &proto::Record,
+        ring: &Keyring,
+        key: &proto::UserKey,
+    ) -> Result<proto::Info, CryptoError> {
+        open(record, ring, &open_user_key(key, ring)?)
     }
 
     fn sample() -> (proto::Record, proto::Info) {
@@ -564,10 +743,23 @@ mod tests {
     #[test]
     fn every_region_opens_what_one_region_sealed() {
         let rings = keys::init(&regions()).unwrap();
+        let uk = user_key(&rings);
         let (mut record, info) = sample();
-        seal(&mut record, &info, &rings[1], &regions()).unwrap();
+        seal(
+            &mut record,
+            &info,
+            &rings[1],
+            &regions(),
+            &secret(&uk, &rings[1]),
+        )
+        .unwrap();
         for ring in &rings {
-            assert_eq!(open(&record, ring).unwrap(), info, "{}", ring.owner());
+            assert_eq!(
+                open_with(&record, ring, &uk).unwrap(),
+                info,
+                "{}",
+                ring.owner()
+            );
         }
         let ct = &record.info.as_ref().unwrap().ciphertext;
         assert!(!ct.windows(3).any(|w| w == b"Ada"));
@@ -576,10 +768,25 @@ mod tests {
     #[test]
     fn each_seal_uses_a_fresh_data_key_and_iv() {
         let rings = keys::init(&regions()).unwrap();
+        let uk = user_key(&rings);
         let (mut a, info) = sample();
         let mut b = a.clone();
-        seal(&mut a, &info, &rings[0], &regions()).unwrap();
-        seal(&mut b, &info, &rings[0], &regions()).unwrap();
+        seal(
+            &mut a,
+            &info,
+            &rings[0],
+            &regions(),
+            &secret(&uk, &rings[0]),
+        )
+        .unwrap();
+        seal(
+            &mut b,
+            &info,
+            &rings[0],
+            &regions(),
+            &secret(&uk, &rings[0]),
+        )
+        .unwrap();
         let (ea, eb) = (a.info.unwrap(), b.info.unwrap());
         assert_ne!(ea.iv, eb.iv);
         assert_ne!(ea.ciphertext, eb.ciphertext);
@@ -589,8 +796,16 @@ mod tests {
     #[test]
     fn changing_any_bound_field_fails_with_one_error() {
         let rings = keys::init(&regions()).unwrap();
+        let uk = user_key(&rings);
         let (mut record, info) = sample();
-        seal(&mut record, &info, &rings[0], &regions()).unwrap();
+        seal(
+            &mut record,
+            &info,
+            &rings[0],
+            &regions(),
+            &secret(&uk, &rings[0]),
+        )
+        .unwrap();
         let mut cases: Vec<proto::Record> = Vec::new();
         let mut r = record.clone();
         r.status = proto::Status::Locked as i32;
@@ -618,7 +833,7 @@ mod tests {
         cases.push(r);
         for (i, case) in cases.iter().enumerate() {
             assert_eq!(
-                open(case, &rings[0]),
+                open_with(case, &rings[0], &uk),
                 Err(CryptoError::Integrity),
                 "case {i}"
             );
@@ -628,10 +843,18 @@ mod tests {
     #[test]
     fn a_region_without_its_wrapped_key_says_so() {
         let rings = keys::init(&regions()).unwrap();
+        let uk = user_key(&rings);
         let (mut record, info) = sample();
-        seal(&mut record, &info, &rings[0], &regions()[..2]).unwrap();
+        seal(
+            &mut record,
+            &info,
+            &rings[0],
+            &regions()[..2],
+            &secret(&uk, &rings[0]),
+        )
+        .unwrap();
         assert_eq!(
-            open(&record, &rings[2]),
+            open_with(&record, &rings[2], &uk),
             Err(CryptoError::NoKeyForRegion("us-east".into()))
         );
     }
@@ -639,8 +862,16 @@ mod tests {
     #[test]
     fn rewrap_moves_to_the_new_master_key_without_reencrypting() {
         let mut rings = keys::init(&regions()).unwrap();
+        let uk = user_key(&rings);
         let (mut record, info) = sample();
-        seal(&mut record, &info, &rings[1], &regions()).unwrap();
+        seal(
+            &mut record,
+            &info,
+            &rings[1],
+            &regions(),
+            &secret(&uk, &rings[1]),
+        )
+        .unwrap();
         let ct_before = record.info.as_ref().unwrap().ciphertext.clone();
         rings[1].rotate().unwrap();
         record.version.as_mut().unwrap().logical += 1;
@@ -649,17 +880,25 @@ mod tests {
         assert_eq!(env.ciphertext, ct_before);
         let own = env.keys.iter().find(|k| k.region == "eu-west").unwrap();
         assert_eq!(own.key_version, 2);
-        assert_eq!(open(&record, &rings[1]).unwrap(), info);
-        assert_eq!(open(&record, &rings[0]).unwrap(), info);
+        assert_eq!(open_with(&record, &rings[1], &uk).unwrap(), info);
+        assert_eq!(open_with(&record, &rings[0], &uk).unwrap(), info);
     }
 
     #[test]
     fn adding_wraps_keeps_the_others_and_is_recognised_as_an_extension() {
         let rings = keys::init(&regions()).unwrap();
+        let uk = user_key(&rings);
         let (mut record, info) = sample();
         let without_west = vec!["af-south".to_string(), "us-east".to_string()];
-        seal(&mut record, &info, &rings[0], &without_west).unwrap();
-        assert!(open(&record, &rings[1]).is_err());
+        seal(
+            &mut record,
+            &info,
+            &rings[0],
+            &without_west,
+            &secret(&uk, &rings[0]),
+        )
+        .unwrap();
+        assert!(open_with(&record, &rings[1], &uk).is_err());
         let mut repaired = record.clone();
         rewrap(&mut repaired, &rings[2], &["eu-west".to_string()]).unwrap();
         assert_eq!(
@@ -678,7 +917,7 @@ mod tests {
         };
         assert_eq!(wrap(&repaired, "af-south"), wrap(&record, "af-south"));
         for ring in &rings {
-            assert_eq!(open(&repaired, ring).unwrap(), info);
+            assert_eq!(open_with(&repaired, ring, &uk).unwrap(), info);
         }
         assert!(extends_wraps(&record, &repaired));
         assert!(!extends_wraps(&repaired, &record), "fewer wraps");
@@ -686,6 +925,97 @@ mod tests {
         let mut changed = repaired.clone();
         changed.status += 1;
         assert!(!extends_wraps(&record, &changed), "content changed too");
+    }
+
+    #[test]
+    fn without_its_user_key_a_record_stays_ciphertext_whatever_master_keys_are_held() {
+        let rings = keys::init(&regions()).unwrap();
+        let uk = user_key(&rings);
+        let (mut record, info) = sample();
+        seal(
+            &mut record,
+            &info,
+            &rings[0],
+            &regions(),
+            &secret(&uk, &rings[0]),
+        )
+        .unwrap();
+        assert_eq!(user_key_id(&record), uk.key_id.as_slice());
+        // Another account's key, even with the right id forced onto it, does not open
+        // it: the encryption key derives from the user key's bytes.
+        let other = new_user_key(&[7; 16], &rings[0], &regions()).unwrap().0;
+        assert_eq!(
+            open_with(&record, &rings[0], &other),
+            Err(CryptoError::Integrity)
+        );
+        let mut forged = other.clone();
+        forged.key_id = uk.key_id.clone();
+        assert!(open_with(&record, &rings[0], &forged).is_err());
+        // Naming another key in the envelope breaks its MAC.
+        let mut renamed = record.clone();
+        renamed.info.as_mut().unwrap().user_key_id = other.key_id.clone();
+        assert_eq!(
+            open_with(&renamed, &rings[0], &other),
+            Err(CryptoError::Integrity)
+        );
+        // Key recovery re-wraps the data key without the user key.
+        let mut rewrapped = record.clone();
+        rewrap(&mut rewrapped, &rings[1], &["eu-west".to_string()]).unwrap();
+        assert_eq!(open_with(&rewrapped, &rings[1], &uk).unwrap(), info);
+    }
+
+    #[test]
+    fn a_user_key_opens_in_each_region_it_is_wrapped_for_and_merges_by_union() {
+        let mut rings = keys::init(&regions()).unwrap();
+        let two = vec!["af-south".to_string(), "eu-west".to_string()];
+        let (short, made) = new_user_key(&[7; 16], &rings[0], &two).unwrap();
+        assert_eq!(short.key_id.len(), USER_KEY_ID_LEN);
+        for ring in &rings[..2] {
+            assert_eq!(open_user_key(&short, ring).unwrap().key[..], made.key[..]);
+        }
+        assert_eq!(
+            open_user_key(&short, &rings[2]).err(),
+            Some(CryptoError::NoKeyForRegion("us-east".into()))
+        );
+        // Bound to its account and key id.
+        let mut moved = short.clone();
+        moved.user_id = vec![8; 16];
+        assert_eq!(
+            open_user_key(&moved, &rings[0]).err(),
+            Some(CryptoError::Integrity)
+        );
+        // Key recovery adds the missing region; merging adds it to the short copy,
+        // and merging again adds nothing.
+        let mut full = short.clone();
+        rewrap_user_key(&mut full, &rings[1], &["us-east".to_string()]).unwrap();
+        assert_eq!(
+            open_user_key(&full, &rings[2]).unwrap().key[..],
+            made.key[..]
+        );
+        let merged = merge_user_key(&short, &full).expect("adds us-east");
+        assert_eq!(merged.wraps, full.wraps);
+        assert_eq!(merge_user_key(&merged, &short), None);
+        assert_eq!(merge_user_key(&merged, &full), None);
+        // A rotated master key replaces that region's wrap.
+        rings[0].rotate().unwrap();
+        let mut rotated = merged.clone();
+        rewrap_user_key(&mut rotated, &rings[0], &["af-south".to_string()]).unwrap();
+        let newer = merge_user_key(&merged, &rotated).expect("newer af-south wrap");
+        assert_eq!(newer.wraps[0].key_version, 2);
+        assert_eq!(
+            open_user_key(&newer, &rings[0]).unwrap().key[..],
+            made.key[..]
+        );
+        // Another key for the same account is not merged into the first.
+        let (second, _) = new_user_key(&[7; 16], &rings[0], &regions()).unwrap();
+        assert_eq!(merge_user_key(&merged, &second), None);
+        // The MAC covers every field.
+        let mac = UserKeyMac::new(&[3; 32]);
+        let mut signed = merged.clone();
+        mac.sign(&mut signed);
+        assert!(mac.verify(&signed).is_ok());
+        signed.wraps[1].ciphertext[0] ^= 1;
+        assert_eq!(mac.verify(&signed), Err(CryptoError::Integrity));
     }
 
     #[test]

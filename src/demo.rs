@@ -261,9 +261,12 @@ impl LocalCluster {
                 let cluster =
                     rdkafka::mocking::MockCluster::new(1).context("start the embedded broker")?;
                 for region in DEMO_REGIONS {
-                    cluster
-                        .create_topic(&format!("{TOPIC_PREFIX}{region}"), 3, 1)
-                        .with_context(|| format!("create topic for {region}"))?;
+                    let topic = format!("{TOPIC_PREFIX}{region}");
+                    for t in [crate::config::user_key_topic(&topic), topic] {
+                        cluster
+                            .create_topic(&t, 3, 1)
+                            .with_context(|| format!("create topic {t}"))?;
+                    }
                 }
                 cluster
                     .create_topic(BENCH_TOPIC, 1, 1)

@@ -46,6 +46,7 @@ pub const RETRIES_TOTAL: &str = "authsync_retries_total";
 pub const DEAD_LETTERS_TOTAL: &str = "authsync_dead_letters_total";
 pub const DEAD_LETTERS: &str = "authsync_dead_letters";
 pub const KEY_RECOVERIES_TOTAL: &str = "authsync_key_recoveries_total";
+pub const USER_KEYS_REWRAPPED_TOTAL: &str = "authsync_user_keys_rewrapped_total";
 pub const ANTI_ENTROPY_ROUNDS_TOTAL: &str = "authsync_anti_entropy_rounds_total";
 pub const ANTI_ENTROPY_REPAIRED_TOTAL: &str = "authsync_anti_entropy_repaired_total";
 pub const ANTI_ENTROPY_REFUSED_TOTAL: &str = "authsync_anti_entropy_refused_total";
@@ -121,7 +122,7 @@ fn describe() {
     describe_counter!(
         RECORDS_UNREADABLE_TOTAL,
         Unit::Count,
-        "Reads that failed: integrity (tampered or corrupt), no_key (no data key for this region), unknown_key."
+        "Reads that failed: integrity (tampered or corrupt), no_key (no data key for this region), no_user_key (the account's key has not arrived, or the account was erased), unknown_key."
     );
     describe_counter!(
         LOGINS_TOTAL,
@@ -270,6 +271,11 @@ fn describe() {
         "Records given wrapped keys for regions they lacked (new versions, replicated)."
     );
     describe_counter!(
+        USER_KEYS_REWRAPPED_TOTAL,
+        Unit::Count,
+        "User keys re-wrapped by key recovery: missing (wraps added for regions they lacked, published) or rotation (this region's wrap moved to its current master key)."
+    );
+    describe_counter!(
         ANTI_ENTROPY_ROUNDS_TOTAL,
         Unit::Count,
         "Anti-entropy comparisons with a peer, by peer and outcome."
@@ -393,7 +399,7 @@ pub fn zero_series(sources: &[String], compared: &[String]) {
     ] {
         counter!(STORE_COMMITS_TOTAL, "kind" => kind).absolute(0);
     }
-    for reason in ["integrity", "no_key", "unknown_key", "other"] {
+    for reason in ["integrity", "no_key", "no_user_key", "unknown_key", "other"] {
         counter!(RECORDS_UNREADABLE_TOTAL, "reason" => reason).absolute(0);
     }
     for outcome in [
@@ -410,6 +416,9 @@ pub fn zero_series(sources: &[String], compared: &[String]) {
         counter!(RATE_LIMITED_TOTAL, "route" => route).absolute(0);
     }
     counter!(TLS_HANDSHAKE_FAILURES_TOTAL).absolute(0);
+    for reason in ["missing", "rotation"] {
+        counter!(USER_KEYS_REWRAPPED_TOTAL, "reason" => reason).absolute(0);
+    }
     for outcome in ["loaded", "failed"] {
         counter!(TLS_RELOADS_TOTAL, "outcome" => outcome).absolute(0);
     }

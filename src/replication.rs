@@ -7,6 +7,12 @@
 //! event id. An outbox entry is deleted only after the broker acknowledged it, so with
 //! the broker down the outbox grows and nothing is lost; writes go on meanwhile.
 //!
+//! User keys (see `crypto.rs`) go to a compacted topic beside it, `<topic>.user-keys`,
+//! keyed by user id: created and re-wrapped keys as values, and for an erased account
+//! a null value, so that compaction removes the key from Kafka as the erase removed it
+//! from the store. Every region that applies an erase publishes that null on its own
+//! topic, since a re-wrapped key may have been published there.
+//!
 //! Applying: every node consumes each peer's topic (never its own) in the region's
 //! consumer group. An offset is stored only after the event was durably applied (or
 //! found not newer) or durably parked in the retry queue (see `retry.rs`), so a crash
@@ -89,30 +95,36 @@ pub async fn ensure_topics(r: &Replication) -> anyhow::Result<()> {
     if !r.create_topics {
         return Ok(());
     }
-    let mut wanted = vec![(
-        r.bootstrap_servers.clone(),
-        r.client.clone(),
-        r.topic.clone(),
-    )];
+    let mut wanted = vec![(&r.bootstrap_servers, &r.client, &r.topic, &r.key_topic)];
     for p in &r.peers {
-        wanted.push((
-            p.bootstrap_servers.clone(),
-            p.client.clone(),
-            p.topic.clone(),
-        ));
+        wanted.push((&p.bootstrap_servers, &p.client, &p.topic, &p.key_topic));
     }
-    for (bootstrap, settings, name) in wanted {
+    for (bootstrap, settings, topic, key_topic) in wanted {
+        let (partitions, factor) = (r.partitions, r.replication_factor);
+        create_topic(bootstrap, settings, topic, partitions, factor, &[]).await?;
         create_topic(
-            &bootstrap,
-            &settings,
-            &name,
-            r.partitions,
-            r.replication_factor,
+            bootstrap,
+            settings,
+            key_topic,
+            partitions,
+            factor,
+            USER_KEY_TOPIC_CONFIG,
         )
         .await?;
     }
     Ok(())
 }
+
+/// The user-key topics' settings: compacted, and compacted soon. A key's last value
+/// is kept (for regions that start later), and an erased account's key is gone from
+/// the log within about `max.compaction.lag.ms` of its null value (Kafka 2.3 and
+/// later; a broker that does not compact keeps it, see SECURITY.md).
+pub const USER_KEY_TOPIC_CONFIG: &[(&str, &str)] = &[
+    ("cleanup.policy", "compact"),
+    ("segment.ms", "3600000"),
+    ("max.compaction.lag.ms", "3600000"),
+    ("min.cleanable.dirty.ratio", "0.1"),
+];
 
 /// Creates topic `name` unless it exists.
 pub async fn create_topic(
@@ -121,15 +133,19 @@ pub async fn create_topic(
     name: &str,
     partitions: i32,
     replication_factor: i32,
+    configs: &[(&str, &str)],
 ) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(bootstrap, &[], settings)
         .create()
         .context("create Kafka admin client")?;
-    let topic = NewTopic::new(
+    let mut topic = NewTopic::new(
         name,
         partitions,
         TopicReplication::Fixed(replication_factor),
     );
+    for (key, value) in configs {
+        topic = topic.set(key, value);
+    }
     // Both bounds: with the broker unreachable the request itself would otherwise
     // wait for librdkafka's 60 s socket timeout.
     let opts = AdminOptions::new()
@@ -166,7 +182,7 @@ pub fn start(
     tracker.spawn(publish_loop(
         users.clone(),
         producer,
-        r.topic.clone(),
+        [r.topic.clone(), r.key_topic.clone()],
         r.publish_batch,
         Duration::from_millis(r.publish_interval_ms),
         outbox_signal,
@@ -186,8 +202,8 @@ pub fn start(
                 .create()
                 .with_context(|| format!("create Kafka consumer for peer {}", peer.region))?;
         consumer
-            .subscribe(&[&peer.topic])
-            .with_context(|| format!("subscribe to {}", peer.topic))?;
+            .subscribe(&[&peer.topic, &peer.key_topic])
+            .with_context(|| format!("subscribe to {} and {}", peer.topic, peer.key_topic))?;
         tracker.spawn(consume_loop(
             users.clone(),
             queue.clone(),
@@ -209,7 +225,7 @@ async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
 async fn publish_loop(
     users: Arc<Users>,
     producer: FutureProducer,
-    topic: String,
+    [topic, key_topic]: [String; 2],
     batch: usize,
     idle: Duration,
     signal: Arc<Notify>,
@@ -247,7 +263,7 @@ async fn publish_loop(
         }
         let sends = head.iter().map(|(seq, bytes)| {
             let producer = &producer;
-            let topic = &topic;
+            let (topic, key_topic) = (&topic, &key_topic);
             async move {
                 let Ok(event) = proto::ChangeEvent::decode(bytes.as_slice()) else {
                     // Our own write; undecodable means local corruption. Keep it for an
@@ -255,12 +271,7 @@ async fn publish_loop(
                     tracing::error!(seq, "outbox entry does not decode; left in place");
                     return (*seq, false);
                 };
-                let key = event
-                    .record
-                    .as_ref()
-                    .and_then(|r| Uuid::from_slice(&r.id).ok())
-                    .map(|u| u.to_string())
-                    .unwrap_or_default();
+                let (topic, key, payload) = route(&event, bytes, topic, key_topic);
                 let headers = OwnedHeaders::new()
                     .insert(Header {
                         key: HEADER_ORIGIN,
@@ -270,10 +281,10 @@ async fn publish_loop(
                         key: HEADER_EVENT_ID,
                         value: Some(event.event_id.as_str()),
                     });
-                let record = FutureRecord::to(topic)
-                    .key(&key)
-                    .payload(bytes)
-                    .headers(headers);
+                let mut record = FutureRecord::to(topic).key(&key).headers(headers);
+                if let Some(payload) = payload {
+                    record = record.payload(payload);
+                }
                 match producer.send(record, Duration::from_secs(5)).await {
                     Ok(_) => (*seq, true),
                     Err((e, _)) => {
@@ -311,6 +322,32 @@ async fn publish_loop(
     }
     // Deliver what is in flight; what is not acknowledged stays in the outbox.
     let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+}
+
+/// Where an outbox event goes: (topic, message key, value). Changes go to the change
+/// topic; user keys to the user-key topic, and an erase there as a null value, keyed
+/// by the user id like the key it replaces.
+fn route<'a>(
+    event: &proto::ChangeEvent,
+    bytes: &'a [u8],
+    topic: &'a str,
+    key_topic: &'a str,
+) -> (&'a str, String, Option<&'a [u8]>) {
+    let user = |id: &[u8]| {
+        Uuid::from_slice(id)
+            .map(|u| u.to_string())
+            .unwrap_or_default()
+    };
+    if let Some(record) = &event.record {
+        (topic, user(&record.id), Some(bytes))
+    } else if let Some(key) = &event.user_key {
+        (key_topic, user(&key.user_id), Some(bytes))
+    } else if !event.erased_user.is_empty() {
+        (key_topic, user(&event.erased_user), None)
+    } else {
+        // Entries: one partition, in order.
+        (topic, String::new(), Some(bytes))
+    }
 }
 
 fn report_outbox(head: &[(u64, Vec<u8>)], batch: usize, users: &Users) {
@@ -365,10 +402,10 @@ async fn consume_loop(
                 Some(Err(_)) | None => break,
             }
         }
-        let payloads: Vec<Arc<[u8]>> = msgs
-            .iter()
-            .map(|m| Arc::from(m.payload().unwrap_or(&[])))
-            .collect();
+        // A null value (on a user-key topic: an erased account's key, for compaction)
+        // has nothing to apply.
+        let payloads: Vec<Option<Arc<[u8]>>> =
+            msgs.iter().map(|m| m.payload().map(Arc::from)).collect();
         let mut firsts = apply_batch(&users, &payloads).await;
         for (i, msg) in msgs.iter().enumerate() {
             let source = Source {
@@ -378,9 +415,13 @@ async fn consume_loop(
                 offset: msg.offset(),
             };
             let first = firsts.as_mut().and_then(|f| f[i].take());
-            let Some(outcome) =
-                handle(&users, &queue, payloads[i].clone(), &source, &stop, first).await
-            else {
+            let outcome = match &payloads[i] {
+                None => Some("skipped"),
+                Some(payload) => {
+                    handle(&users, &queue, payload.clone(), &source, &stop, first).await
+                }
+            };
+            let Some(outcome) = outcome else {
                 // Stopping: this offset and the rest stay where they were; they come again.
                 break 'consume;
             };
@@ -412,18 +453,20 @@ fn decode(payload: &[u8]) -> Result<proto::ChangeEvent, ApplyError> {
 /// events then go through [`handle`] one at a time.
 async fn apply_batch(
     users: &Arc<Users>,
-    payloads: &[Arc<[u8]>],
+    payloads: &[Option<Arc<[u8]>>],
 ) -> Option<Vec<Option<ApplyResult>>> {
     let (u, p) = (users.clone(), payloads.to_vec());
     let task = tokio::task::spawn_blocking(move || {
         let mut results: Vec<Option<ApplyResult>> = p
             .iter()
             .map(|payload| {
-                let event = decode(payload)?;
-                let applied = u.apply_deferred(&event)?;
-                Ok((applied, event))
+                let payload = payload.as_ref()?;
+                Some((|| {
+                    let event = decode(payload)?;
+                    let applied = u.apply_deferred(&event)?;
+                    Ok((applied, event))
+                })())
             })
-            .map(Some)
             .collect();
         if let Err(e) = u.store().sync_wal() {
             // Nothing written here is known to be durable: every event is tried again.

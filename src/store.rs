@@ -40,8 +40,18 @@ pub const CF_RETRY: &str = "retry";
 pub const CF_DEAD: &str = "dead_letters";
 /// Replicated entries beside the records (API keys, ...): `kind (4 bytes BE) || key`.
 pub const CF_ENTRIES: &str = "entries";
-const COLUMN_FAMILIES: [&str; 8] = [
-    CF_RECORDS, CF_EMAIL, CF_PHONE, CF_OUTBOX, CF_META, CF_RETRY, CF_DEAD, CF_ENTRIES,
+/// Each account's user key: user id (16 bytes) → `UserKey`. Deleted with the account.
+pub const CF_USER_KEYS: &str = "user_keys";
+const COLUMN_FAMILIES: [&str; 9] = [
+    CF_RECORDS,
+    CF_EMAIL,
+    CF_PHONE,
+    CF_OUTBOX,
+    CF_META,
+    CF_RETRY,
+    CF_DEAD,
+    CF_ENTRIES,
+    CF_USER_KEYS,
 ];
 
 /// A key and its value, as [`Store::scan_kv`] returns them.
@@ -175,6 +185,8 @@ pub struct Change<'a> {
     /// Append a change event to the outbox (local changes); applied remote changes
     /// are not re-published.
     pub outbox: bool,
+    /// The account's new user key, written with it (and published, with `outbox`).
+    pub user_key: Option<&'a proto::UserKey>,
 }
 
 /// Outcome of [`Store::commit`].
@@ -335,6 +347,7 @@ impl Store {
             previous,
             record,
             outbox,
+            user_key: None,
         }])?;
         Ok(Committed {
             event: events.pop().flatten(),
@@ -365,6 +378,7 @@ impl Store {
                 previous,
                 record,
                 outbox: false,
+                user_key: None,
             }],
             false,
         )
@@ -432,6 +446,15 @@ impl Store {
                     pending.insert((field, new.to_vec()), Some(id));
                 }
             }
+            if let Some(key) = change.user_key {
+                batch.put_cf(self.cf(CF_USER_KEYS), id, key.encode_to_vec());
+                if change.outbox {
+                    let (seq, _) = self.append_outbox(&mut batch, record.version.as_ref(), |e| {
+                        e.user_key = Some(key.clone())
+                    });
+                    writing.0.push(seq);
+                }
+            }
             events.push(if change.outbox {
                 let (seq, event) = self.append_outbox(&mut batch, record.version.as_ref(), |e| {
                     e.record = Some(record.clone())
@@ -441,6 +464,16 @@ impl Store {
             } else {
                 None
             });
+            if record.tombstone {
+                // Crypto-shredding: the account's key goes with its data, here and
+                // (through the outbox) from this region's user-key topic, whether the
+                // erase was made here or applied from a peer.
+                batch.delete_cf(self.cf(CF_USER_KEYS), id);
+                let (seq, _) = self.append_outbox(&mut batch, record.version.as_ref(), |e| {
+                    e.erased_user = id.to_vec()
+                });
+                writing.0.push(seq);
+            }
         }
         let mut options = WriteOptions::default();
         options.set_sync(sync);
@@ -448,6 +481,81 @@ impl Store {
             .write_opt(batch, &options)
             .map_err(db_err("write change batch"))?;
         Ok(events)
+    }
+
+    /// The user key of account `id`, undecodable bytes reported as corrupt.
+    pub fn get_user_key(&self, id: &[u8; 16]) -> Result<Option<proto::UserKey>, StoreError> {
+        self.db
+            .get_pinned_cf(self.cf(CF_USER_KEYS), id)
+            .map_err(db_err("read user key"))?
+            .map(|v| {
+                proto::UserKey::decode(v.as_ref())
+                    .map_err(|_| StoreError::Corrupt { what: "user key" })
+            })
+            .transpose()
+    }
+
+    /// Writes a user key received from a peer or re-wrapped by key recovery, with its
+    /// change event when `outbox` is set (a re-wrap is published for the regions it
+    /// adds). The caller holds the account's lock and has checked that the account is
+    /// not erased.
+    pub fn put_user_key(
+        &self,
+        key: &proto::UserKey,
+        outbox: bool,
+        sync: bool,
+    ) -> Result<(), StoreError> {
+        let id: [u8; 16] = key
+            .user_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| StoreError::Corrupt {
+                what: "user key id",
+            })?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_USER_KEYS), id, key.encode_to_vec());
+        let mut seq = None;
+        if outbox {
+            let (s, _) = self.append_outbox(&mut batch, None, |e| e.user_key = Some(key.clone()));
+            seq = Some(s);
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(sync && self.sync);
+        let written = self
+            .db
+            .write_opt(batch, &options)
+            .map_err(db_err("write user key"));
+        if let Some(s) = seq {
+            self.outbox.lock().writing.remove(&s);
+        }
+        written
+    }
+
+    /// Up to `limit` user keys after account id `after`, in id order.
+    pub fn scan_user_keys(
+        &self,
+        after: Option<[u8; 16]>,
+        limit: usize,
+    ) -> Result<Vec<proto::UserKey>, StoreError> {
+        let mode = match &after {
+            Some(a) => IteratorMode::From(a, rocksdb::Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_USER_KEYS), mode) {
+            let (k, v) = item.map_err(db_err("scan user keys"))?;
+            if after.is_some_and(|a| a.as_slice() == &*k) {
+                continue;
+            }
+            out.push(
+                proto::UserKey::decode(v.as_ref())
+                    .map_err(|_| StoreError::Corrupt { what: "user key" })?,
+            );
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// Takes the next outbox sequence (now being written: the caller releases it

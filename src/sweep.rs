@@ -105,10 +105,11 @@ pub async fn key_recovery(
                 let at = *cursor.lock();
                 let (round, next) = users.recover_keys_round(at, batch)?;
                 *cursor.lock() = next;
-                if round.rewrapped + round.recovered > 0 {
+                if round.rewrapped + round.recovered + round.user_keys > 0 {
                     tracing::info!(
                         rewrapped = round.rewrapped,
                         recovered = round.recovered,
+                        user_keys = round.user_keys,
                         "key recovery round"
                     );
                 }

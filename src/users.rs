@@ -14,7 +14,7 @@ use std::time::Instant;
 use parking_lot::RwLock;
 use uuid::Uuid;
 
-use crate::crypto::{self, BlindIndex, CryptoError, RecordMac};
+use crate::crypto::{self, BlindIndex, CryptoError, RecordMac, UserKeyMac, UserSecret};
 use crate::entries::Entries;
 use crate::faults::Faults;
 use crate::hlc::ClockSkew;
@@ -149,6 +149,9 @@ pub struct RecoveryRound {
     pub rewrapped: usize,
     /// Given a wrapped key for regions it lacked (a new version, replicated).
     pub recovered: usize,
+    /// User keys given wraps they lacked (published) or moved to this region's
+    /// current master key (local).
+    pub user_keys: usize,
 }
 
 impl From<StoreError> for ApplyError {
@@ -249,6 +252,7 @@ pub struct Users {
     keyring: RwLock<Arc<Keyring>>,
     index: BlindIndex,
     record_mac: RecordMac,
+    user_key_mac: UserKeyMac,
     passwords: Passwords,
     hlc: Arc<Hlc>,
     min_password: usize,
@@ -288,6 +292,7 @@ impl Users {
             region: keyring.owner().to_string(),
             index: BlindIndex::new(keyring.index_key()),
             record_mac: RecordMac::new(keyring.index_key()),
+            user_key_mac: UserKeyMac::new(keyring.index_key()),
             keyring: RwLock::new(Arc::new(keyring)),
             store,
             passwords,
@@ -375,16 +380,18 @@ impl Users {
             .collect())
     }
 
-    /// Seals `info` into `record` for every region whose key service answers, and
-    /// remembers the record for key recovery when that is not all of them.
+    /// Seals `info` into `record` for every region whose key service answers, under
+    /// `user`'s key, and remembers the record for key recovery when that is not all
+    /// of the regions.
     fn seal(
         &self,
         record: &mut proto::Record,
         info: &proto::Info,
         keyring: &Keyring,
+        user: &UserSecret,
     ) -> Result<(), UserError> {
         let regions = self.wrap_regions(keyring)?;
-        crypto::seal(record, info, keyring, &regions).map_err(UserError::Crypto)?;
+        crypto::seal(record, info, keyring, &regions, user).map_err(UserError::Crypto)?;
         if regions.len() < keyring.regions().count() {
             if let Ok(id) = Uuid::from_slice(&record.id) {
                 let mut short = self.short_wraps.lock();
@@ -408,24 +415,68 @@ impl Users {
         self.index.email(normalised)
     }
 
+    /// The stored user key of account `id`, authenticated.
+    fn user_key(&self, id: &[u8]) -> Result<Option<proto::UserKey>, UserError> {
+        let Ok(id) = <[u8; 16]>::try_from(id) else {
+            return Err(UserError::Unreadable);
+        };
+        let unreadable = || {
+            metrics::counter!(m::RECORDS_UNREADABLE_TOTAL, "reason" => "integrity").increment(1);
+            UserError::Unreadable
+        };
+        match self.store.get_user_key(&id) {
+            Ok(Some(key)) => {
+                self.user_key_mac.verify(&key).map_err(|_| unreadable())?;
+                if key.user_id != id {
+                    return Err(unreadable());
+                }
+                Ok(Some(key))
+            }
+            Ok(None) => Ok(None),
+            Err(StoreError::Corrupt { .. }) => Err(unreadable()),
+            Err(other) => Err(UserError::Store(other)),
+        }
+    }
+
+    /// The opened key of the account `record` belongs to. Not here yet (its user key
+    /// travels on its own topic and may arrive after the record) is a key not yet
+    /// available, like a wrap not yet repaired.
+    fn user_secret(&self, record: &proto::Record) -> Result<UserSecret, UserError> {
+        let Some(key) = self.user_key(&record.id)? else {
+            metrics::counter!(m::RECORDS_UNREADABLE_TOTAL, "reason" => "no_user_key").increment(1);
+            return Err(UserError::KeyUnavailable(self.region.clone()));
+        };
+        if key.key_id != crypto::user_key_id(record) {
+            // Sealed under another key of the account than the one held: not openable
+            // here, and not to be papered over.
+            metrics::counter!(m::RECORDS_UNREADABLE_TOTAL, "reason" => "integrity").increment(1);
+            return Err(UserError::Unreadable);
+        }
+        crypto::open_user_key(&key, &self.keyring()).map_err(|e| self.crypto_failure(e))
+    }
+
+    /// Counts a failed open by reason and maps it to what callers are told.
+    fn crypto_failure(&self, e: CryptoError) -> UserError {
+        let reason = match &e {
+            CryptoError::Integrity => "integrity",
+            CryptoError::NoKeyForRegion(_) => "no_key",
+            CryptoError::UnknownMasterKey(_) => "unknown_key",
+            _ => "other",
+        };
+        metrics::counter!(m::RECORDS_UNREADABLE_TOTAL, "reason" => reason).increment(1);
+        match e {
+            CryptoError::NoKeyForRegion(r) | CryptoError::UnknownMasterKey(r) => {
+                UserError::KeyUnavailable(r)
+            }
+            CryptoError::Integrity => UserError::Unreadable,
+            other => UserError::Crypto(other),
+        }
+    }
+
     fn open_info(&self, record: &proto::Record) -> Result<proto::Info, UserError> {
         self.own_key_available()?;
-        crypto::open(record, &self.keyring()).map_err(|e| {
-            let reason = match &e {
-                CryptoError::Integrity => "integrity",
-                CryptoError::NoKeyForRegion(_) => "no_key",
-                CryptoError::UnknownMasterKey(_) => "unknown_key",
-                _ => "other",
-            };
-            metrics::counter!(m::RECORDS_UNREADABLE_TOTAL, "reason" => reason).increment(1);
-            match e {
-                CryptoError::NoKeyForRegion(r) | CryptoError::UnknownMasterKey(r) => {
-                    UserError::KeyUnavailable(r)
-                }
-                CryptoError::Integrity => UserError::Unreadable,
-                other => UserError::Crypto(other),
-            }
-        })
+        let user = self.user_secret(record)?;
+        crypto::open(record, &self.keyring(), &user).map_err(|e| self.crypto_failure(e))
     }
 
     /// The stored record, authenticated: corrupt or tampered bytes give the one
@@ -487,8 +538,32 @@ impl Users {
             record.created_at_ms = version.physical_ms;
             record.created = Some(version.to_proto());
         }
-        self.seal(&mut record, info, &self.keyring())?;
-        self.commit_sealed(previous, &mut record, kind)?;
+        let keyring = self.keyring();
+        match previous {
+            Some(_) => {
+                let user = self.user_secret(&record)?;
+                self.seal(&mut record, info, &keyring, &user)?;
+                self.commit_sealed(previous, &mut record, kind)?;
+            }
+            None => {
+                // A new account: its key is made here, and written and published with
+                // its first version.
+                let regions = self.wrap_regions(&keyring)?;
+                let (mut key, user) = crypto::new_user_key(&record.id, &keyring, &regions)
+                    .map_err(UserError::Crypto)?;
+                self.user_key_mac.sign(&mut key);
+                self.seal(&mut record, info, &keyring, &user)?;
+                self.record_mac.sign(&mut record);
+                let started = Instant::now();
+                self.store.commit_many(&[StoreChange {
+                    previous: None,
+                    record: &record,
+                    outbox: true,
+                    user_key: Some(&key),
+                }])?;
+                self.committed(kind, started);
+            }
+        }
         Ok(version)
     }
 
@@ -501,12 +576,16 @@ impl Users {
         self.record_mac.sign(record);
         let started = Instant::now();
         self.store.commit(previous, record, true)?;
+        self.committed(kind, started);
+        Ok(())
+    }
+
+    fn committed(&self, kind: &'static str, started: Instant) {
         self.outbox_signal.notify_one();
         metrics::histogram!(m::STORE_COMMIT_DURATION_SECONDS)
             .record(started.elapsed().as_secs_f64());
         metrics::counter!(m::STORE_COMMITS_TOTAL, "kind" => kind).increment(1);
         metrics::counter!(m::OUTBOX_EVENTS_TOTAL).increment(1);
-        Ok(())
     }
 
     fn hash_password(&self, password: &str) -> Result<String, UserError> {
@@ -1044,7 +1123,9 @@ impl Users {
 
     /// Applies a change replicated from another region: stored only when its version
     /// is newer than the stored one, so replays, duplicates and any reordering leave
-    /// the same state. An applied account that claims an email or phone held by
+    /// the same state. Erases are the exception that keeps this true for an erased
+    /// account: a tombstone replaces any live version, and only a later tombstone
+    /// replaces it. An applied account that claims an email or phone held by
     /// another live account is a duplicate: the one with the lower (created version,
     /// id) wins and the other is merged into it, the same decision in every region.
     pub fn apply(&self, event: &proto::ChangeEvent) -> Result<Applied, ApplyError> {
@@ -1069,6 +1150,14 @@ impl Users {
         };
         if let (None, Some(entry)) = (&event.record, &event.entry) {
             return self.entries.apply(entry, sync);
+        }
+        if let (None, Some(key)) = (&event.record, &event.user_key) {
+            return self.apply_user_key(key, sync);
+        }
+        if event.record.is_none() && !event.erased_user.is_empty() {
+            // Only ever published as a null value; the erase itself travels as the
+            // record's tombstone.
+            return Err(ApplyError::Malformed("an erase is never sent as a value"));
         }
         let incoming = event
             .record
@@ -1110,7 +1199,20 @@ impl Users {
                 Err(UserError::Unreadable) => None,
                 Err(e) => return Err(e.into()),
             };
-            if let Some(c) = current.as_ref().filter(|c| record_version(c) >= version) {
+            // Erases win: an erased account stays erased whatever version a concurrent
+            // change carries (ids are never reused, and its key is gone), and an erase
+            // replaces whatever live version is here. Between two erases, the later.
+            if current
+                .as_ref()
+                .is_some_and(|c| c.tombstone && !incoming.tombstone)
+            {
+                return Ok(Applied::Skipped);
+            }
+            let erasing = incoming.tombstone && current.as_ref().is_some_and(|c| !c.tombstone);
+            if let Some(c) = current
+                .as_ref()
+                .filter(|c| !erasing && record_version(c) >= version)
+            {
                 // The same version with more wrapped keys: key recovery's repair.
                 if record_version(c) == version && crypto::extends_wraps(c, incoming) {
                     commit(Some(c), incoming)?;
@@ -1152,6 +1254,39 @@ impl Users {
         )])))
     }
 
+    /// Stores a user key received from a peer: a new one as it is, a known one with the
+    /// wraps it adds ([`crypto::merge_user_key`]). An erased account takes none, or
+    /// a late key event would undo the erase here.
+    fn apply_user_key(&self, key: &proto::UserKey, sync: bool) -> Result<Applied, ApplyError> {
+        let id = Uuid::from_slice(&key.user_id)
+            .map_err(|_| ApplyError::Malformed("user key's account id is not 16 bytes"))?;
+        if key.key_id.len() != crypto::USER_KEY_ID_LEN {
+            return Err(ApplyError::Malformed("user key id is not 8 bytes"));
+        }
+        self.user_key_mac
+            .verify(key)
+            .map_err(|_| ApplyError::Integrity)?;
+        let _locked = self.store.lock(&[id.as_bytes()]);
+        match self.get_record(&id) {
+            Ok(Some(r)) if r.tombstone => return Ok(Applied::Skipped),
+            Ok(_) | Err(UserError::Unreadable) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let mut stored = match self.user_key(&key.user_id) {
+            Ok(None) | Err(UserError::Unreadable) => key.clone(),
+            Ok(Some(local)) => match crypto::merge_user_key(&local, key) {
+                Some(merged) => merged,
+                None => return Ok(Applied::Skipped),
+            },
+            Err(e) => return Err(e.into()),
+        };
+        self.user_key_mac.sign(&mut stored);
+        self.store
+            .put_user_key(&stored, false, sync)
+            .map_err(UserError::from)?;
+        Ok(Applied::Applied)
+    }
+
     /// Gives a record derived from `base` (and replacing `stored`) a version above both,
     /// seals `info` into it with a fresh data key and signs it.
     fn reseal(
@@ -1164,7 +1299,8 @@ impl Users {
         let after = stored.map(record_version).max(Some(record_version(base)));
         record.version = Some(self.hlc.tick_after(after.as_ref()).to_proto());
         record.updated_at_ms = self.hlc.physical_now();
-        self.seal(record, info, &self.keyring())?;
+        let user = self.user_secret(base)?;
+        self.seal(record, info, &self.keyring(), &user)?;
         self.record_mac.sign(record);
         Ok(())
     }
@@ -1209,12 +1345,14 @@ impl Users {
                 previous: prev.as_ref(),
                 record: r,
                 outbox: true,
+                user_key: None,
             })
             .collect();
         changes.push(StoreChange {
             previous: winner_prev.as_ref(),
             record: &winner_record,
             outbox: true,
+            user_key: None,
         });
         self.store.commit_many(&changes)?;
         self.outbox_signal.notify_one();
@@ -1265,13 +1403,53 @@ impl Users {
             for id in noted {
                 if let Some(seen) = self.get_record(&id).ok().flatten() {
                     self.repair_keys(&seen, &mut round)?;
+                    self.repair_user_key(&id, &mut round)?;
                 }
             }
         }
         for seen in batch {
             self.repair_keys(&seen, &mut round)?;
+            if let (false, Ok(id)) = (seen.tombstone, Uuid::from_slice(&seen.id)) {
+                self.repair_user_key(&id, &mut round)?;
+            }
         }
         Ok((round, next))
+    }
+
+    /// Key recovery for the user key of account `id`, as [`Users::repair_keys`] does
+    /// for records: wraps for the regions it lacks (published, so they can read the
+    /// account), and this region's wrap moved to its active master key (kept here).
+    fn repair_user_key(&self, id: &Uuid, round: &mut RecoveryRound) -> Result<(), UserError> {
+        let _locked = self.store.lock(&[id.as_bytes()]);
+        let key = match self.user_key(id.as_bytes()) {
+            Ok(Some(k)) => k,
+            Ok(None) | Err(UserError::Unreadable) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let repair = self.wraps_repair(&key.wraps);
+        let regions = match &repair {
+            KeyRepair::None => return Ok(()),
+            KeyRepair::Missing(regions) => regions.clone(),
+            KeyRepair::OwnKeyOld => vec![self.region.clone()],
+        };
+        let mut fixed = key;
+        if !rewrapped(crypto::rewrap_user_key(
+            &mut fixed,
+            &self.keyring(),
+            &regions,
+        ))? {
+            return Ok(());
+        }
+        self.user_key_mac.sign(&mut fixed);
+        let publish = matches!(repair, KeyRepair::Missing(_));
+        self.store.put_user_key(&fixed, publish, true)?;
+        if publish {
+            self.outbox_signal.notify_one();
+        }
+        let reason = if publish { "missing" } else { "rotation" };
+        metrics::counter!(m::USER_KEYS_REWRAPPED_TOTAL, "reason" => reason).increment(1);
+        round.user_keys += 1;
+        Ok(())
     }
 
     /// Re-wraps `seen`'s data key where [`Users::key_repair`] says so, unless the record
@@ -1307,18 +1485,8 @@ impl Users {
         // adds wraps at the version it holds (`crypto::extends_wraps`). A new
         // version would compete with real changes under last-writer-wins.
         let mut record = previous.clone();
-        match crypto::rewrap(&mut record, &keyring, &regions) {
-            Ok(()) => {}
-            // Not ours to repair (no key for this region): another region's job.
-            Err(CryptoError::NoKeyForRegion(_)) | Err(CryptoError::UnknownMasterKey(_)) => {
-                return Ok(())
-            }
-            Err(CryptoError::Integrity) => {
-                metrics::counter!(m::RECORDS_UNREADABLE_TOTAL, "reason" => "integrity")
-                    .increment(1);
-                return Ok(());
-            }
-            Err(e) => return Err(UserError::Crypto(e)),
+        if !rewrapped(crypto::rewrap(&mut record, &keyring, &regions))? {
+            return Ok(());
         }
         self.record_mac.sign(&mut record);
         if matches!(repair, KeyRepair::Missing(_)) {
@@ -1347,13 +1515,19 @@ impl Users {
         if record.tombstone {
             return KeyRepair::None;
         }
+        self.wraps_repair(&env.keys)
+    }
+
+    /// What key recovery would do to a key wrapped as `wraps` (a record's data key or
+    /// an account's key). Only keys this region can open are repaired by it.
+    fn wraps_repair(&self, wraps: &[proto::WrappedKey]) -> KeyRepair {
         let keyring = self.keyring();
-        let Some(own) = env.keys.iter().find(|k| k.region == keyring.owner()) else {
+        let Some(own) = wraps.iter().find(|k| k.region == keyring.owner()) else {
             return KeyRepair::None;
         };
         let missing: Vec<String> = keyring
             .regions()
-            .filter(|r| self.faults.key_available(r) && !env.keys.iter().any(|k| k.region == *r))
+            .filter(|r| self.faults.key_available(r) && !wraps.iter().any(|k| k.region == *r))
             .map(str::to_string)
             .collect();
         if !missing.is_empty() {
@@ -1363,6 +1537,21 @@ impl Users {
             Some(active) if own.key_version != active.version => KeyRepair::OwnKeyOld,
             _ => KeyRepair::None,
         }
+    }
+}
+
+/// Whether key recovery's re-wrap of one key went through: not this region's to
+/// repair (it holds no wrap it can open: another region's job) and unreadable (counted)
+/// are `false`, so the round goes on; only a failure of the node itself is an error.
+fn rewrapped(result: Result<(), CryptoError>) -> Result<bool, UserError> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(CryptoError::NoKeyForRegion(_)) | Err(CryptoError::UnknownMasterKey(_)) => Ok(false),
+        Err(CryptoError::Integrity) => {
+            metrics::counter!(m::RECORDS_UNREADABLE_TOTAL, "reason" => "integrity").increment(1);
+            Ok(false)
+        }
+        Err(e) => Err(UserError::Crypto(e)),
     }
 }
 
@@ -1397,6 +1586,30 @@ mod tests {
         let passwords = Passwords::new(PasswordAlgorithm::Argon2id, keyring.pepper()).unwrap();
         let hlc = Arc::new(Hlc::new(region, 500, Box::new(SystemClock)));
         Users::new(store, keyring, passwords, hlc, 8)
+    }
+
+    /// Every event in `u`'s outbox, oldest first, taken out of it.
+    fn drain(u: &Users) -> Vec<proto::ChangeEvent> {
+        let head = u.store().outbox_head(10_000).unwrap();
+        let seqs: Vec<u64> = head.iter().map(|(s, _)| *s).collect();
+        u.store().outbox_remove(&seqs).unwrap();
+        head.iter()
+            .map(|(_, b)| <proto::ChangeEvent as prost::Message>::decode(b.as_slice()).unwrap())
+            .collect()
+    }
+
+    /// The first record change among `events`.
+    fn record_event(events: &[proto::ChangeEvent]) -> proto::ChangeEvent {
+        events.iter().find(|e| e.record.is_some()).cloned().unwrap()
+    }
+
+    /// The first user key among `events`.
+    fn key_event(events: &[proto::ChangeEvent]) -> proto::ChangeEvent {
+        events
+            .iter()
+            .find(|e| e.user_key.is_some())
+            .cloned()
+            .unwrap()
     }
 
     fn new_user(email: &str) -> NewUser {
@@ -1481,8 +1694,7 @@ mod tests {
             8,
         );
         fast.create(new_user("future@example.com")).unwrap();
-        let (_, event) = fast.store().outbox_head(1).unwrap().remove(0);
-        let event = <proto::ChangeEvent as prost::Message>::decode(event.as_slice()).unwrap();
+        let event = record_event(&drain(&fast));
         match local.apply(&event) {
             Err(ApplyError::Skew(e)) => assert!(e.ahead_ms >= 9_000, "{e}"),
             other => panic!("expected a refusal, got {other:?}"),
@@ -1502,8 +1714,7 @@ mod tests {
         let mut rings = crate::keys::init(&regions).unwrap().into_iter();
         let origin = users_with(&dir.path().join("o"), rings.next().unwrap());
         origin.create(new_user("transit@example.com")).unwrap();
-        let (_, bytes) = origin.store().outbox_head(1).unwrap().remove(0);
-        let event = <proto::ChangeEvent as prost::Message>::decode(bytes.as_slice()).unwrap();
+        let event = record_event(&drain(&origin));
         let target = users_with(&dir.path().join("t"), rings.next().unwrap());
         let mut locked = event.clone();
         locked.record.as_mut().unwrap().status = Status::Locked as i32;
@@ -1582,9 +1793,10 @@ mod tests {
             keys_unavailable: Some(Default::default()),
             ..Default::default()
         });
-        // A scan of one record per round would need five rounds; the noted ones go first.
+        // A scan of one record per round would need five rounds; the noted ones go
+        // first, each record with its account's key.
         let (round, _) = a.recover_keys_round(None, 1).unwrap();
-        assert_eq!((round.scanned, round.recovered), (1, 5));
+        assert_eq!((round.scanned, round.recovered, round.user_keys), (1, 5, 5));
         let (round, _) = a.recover_keys_round(None, 100).unwrap();
         assert_eq!(
             (round.scanned, round.recovered),
@@ -1616,14 +1828,17 @@ mod tests {
             Err(UserError::KeyUnavailable(_))
         ));
         let (id, _) = a.create(new_user("ada@example.com")).unwrap();
-        let (_, bytes) = a.store().outbox_head(1).unwrap().remove(0);
-        let written = <proto::ChangeEvent as prost::Message>::decode(bytes.as_slice()).unwrap();
+        let events = drain(&a);
+        let (written, key) = (record_event(&events), key_event(&events));
         let env = written.record.as_ref().unwrap().info.as_ref().unwrap();
         assert!(env.keys.iter().all(|k| k.region != "eu-west"));
-        a.store().outbox_remove(&[written.sequence]).unwrap();
+        let wraps = &key.user_key.as_ref().unwrap().wraps;
+        assert!(wraps.iter().all(|k| k.region != "eu-west"));
         // Stored in eu-west all the same (no plaintext is needed to apply it) ...
-        assert_eq!(b.apply(&written).unwrap(), Applied::Applied);
-        assert_eq!(c.apply(&written).unwrap(), Applied::Applied);
+        for region in [&b, &c] {
+            assert_eq!(region.apply(&key).unwrap(), Applied::Applied);
+            assert_eq!(region.apply(&written).unwrap(), Applied::Applied);
+        }
         // ... but not readable there, even once its own key service is back.
         let over = crate::faults::FaultState {
             keys_unavailable: Some(Default::default()),
@@ -1636,9 +1851,13 @@ mod tests {
         assert_eq!((round.scanned, round.recovered), (1, 0));
         a.faults().set(over);
         let (round, _) = a.recover_keys_round(None, 100).unwrap();
-        assert_eq!(round.recovered, 1);
-        let (_, bytes) = a.store().outbox_head(1).unwrap().remove(0);
-        let repaired = <proto::ChangeEvent as prost::Message>::decode(bytes.as_slice()).unwrap();
+        assert_eq!(
+            (round.recovered, round.user_keys),
+            (1, 1),
+            "the record and its key"
+        );
+        let events = drain(&a);
+        let (repaired, repaired_key) = (record_event(&events), key_event(&events));
         let (v0, v1) = (
             record_version(written.record.as_ref().unwrap()),
             record_version(repaired.record.as_ref().unwrap()),
@@ -1655,10 +1874,110 @@ mod tests {
             validate::user_patch(&serde_json::json!({"profile": {"city": "Lagos"}})).unwrap();
         c.update(&id, patch).unwrap();
         assert_eq!(c.apply(&repaired).unwrap(), Applied::Skipped);
-        // eu-west reads the record once the repair arrives.
+        // eu-west reads the record once both repairs arrive.
         assert_eq!(b.apply(&repaired).unwrap(), Applied::Applied);
         assert_eq!(b.apply(&repaired).unwrap(), Applied::Skipped, "once");
+        assert!(matches!(b.get(&id), Err(UserError::KeyUnavailable(_))));
+        assert_eq!(b.apply(&repaired_key).unwrap(), Applied::Applied);
+        assert_eq!(b.apply(&repaired_key).unwrap(), Applied::Skipped, "once");
         assert_eq!(b.get(&id).unwrap().email, "ada@example.com");
         assert_eq!(a.get(&id).unwrap().email, "ada@example.com");
+    }
+
+    #[test]
+    fn an_erase_destroys_the_accounts_key_in_every_region_and_old_copies_stay_ciphertext() {
+        let regions: Vec<String> = ["af-south", "eu-west"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut rings = crate::keys::init(&regions).unwrap();
+        let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+        let b = users_with(dirs[1].path(), rings.remove(1));
+        let a = users_with(dirs[0].path(), rings.remove(0));
+        let (id, _) = a.create(new_user("erase@example.com")).unwrap();
+        let created = drain(&a);
+        for event in &created {
+            assert_eq!(b.apply(event).unwrap(), Applied::Applied);
+        }
+        assert_eq!(b.get(&id).unwrap().email, "erase@example.com");
+        let old_copy = record_event(&created).record.unwrap();
+
+        a.delete(&id).unwrap();
+        assert!(a.store().get_user_key(id.as_bytes()).unwrap().is_none());
+        let erased = drain(&a);
+        let tombstone = record_event(&erased);
+        assert!(tombstone.record.as_ref().unwrap().tombstone);
+        assert!(
+            erased.iter().any(|e| e.erased_user == id.as_bytes()),
+            "a null for the key topic"
+        );
+        // The peer destroys its copy of the key when the tombstone arrives, and
+        // publishes the null on its own key topic too.
+        assert_eq!(b.apply(&tombstone).unwrap(), Applied::Applied);
+        assert!(b.store().get_user_key(id.as_bytes()).unwrap().is_none());
+        assert!(drain(&b).iter().any(|e| e.erased_user == id.as_bytes()));
+        // A key event arriving late (a replay, a re-wrap in flight) does not undo it.
+        assert_eq!(b.apply(&key_event(&created)).unwrap(), Applied::Skipped);
+        assert!(b.store().get_user_key(id.as_bytes()).unwrap().is_none());
+        // What remains: the id, the version and the tombstone flag, nothing sealed.
+        let stored = b.store().get(id.as_bytes()).unwrap().unwrap();
+        assert!(stored.tombstone && stored.info.is_none() && stored.secret.is_empty());
+        assert!(stored.email_index.is_empty() && stored.phone_index.is_empty());
+        assert!(matches!(
+            b.find_by_email("erase@example.com"),
+            Err(UserError::NotFound)
+        ));
+        // A copy from before the erase (an old SST, a backup, a Kafka message), put
+        // back in place, holds a data key this region's master key still opens, but
+        // not the user key the encryption key also needs: it stays ciphertext.
+        for region in [&a, &b] {
+            region
+                .store()
+                .raw_put(
+                    crate::store::CF_RECORDS,
+                    id.as_bytes(),
+                    &prost::Message::encode_to_vec(&old_copy),
+                )
+                .unwrap();
+            assert!(matches!(region.get(&id), Err(UserError::KeyUnavailable(_))));
+            assert!(crypto::rewrap(&mut old_copy.clone(), &region.keyring(), &[]).is_ok());
+        }
+    }
+
+    #[test]
+    fn an_erase_wins_over_a_concurrent_later_change_in_every_region() {
+        let regions: Vec<String> = ["af-south", "eu-west"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut rings = crate::keys::init(&regions).unwrap();
+        let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+        let b = users_with(dirs[1].path(), rings.remove(1));
+        let a = users_with(dirs[0].path(), rings.remove(0));
+        let (id, _) = a.create(new_user("both@example.com")).unwrap();
+        for event in drain(&a) {
+            b.apply(&event).unwrap();
+        }
+        // Erased in af-south; changed in eu-west after it, before the erase arrives.
+        a.delete(&id).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let patch =
+            validate::user_patch(&serde_json::json!({"profile": {"city": "Lagos"}})).unwrap();
+        let changed = b.update(&id, patch).unwrap();
+        let erase = record_event(&drain(&a));
+        let change = record_event(&drain(&b));
+        assert!(record_version(change.record.as_ref().unwrap()) == changed);
+        assert!(changed > record_version(erase.record.as_ref().unwrap()));
+        assert_eq!(a.apply(&change).unwrap(), Applied::Skipped);
+        assert_eq!(b.apply(&erase).unwrap(), Applied::Applied);
+        for region in [&a, &b] {
+            assert!(matches!(region.get(&id), Err(UserError::NotFound)));
+            assert!(region
+                .store()
+                .get_user_key(id.as_bytes())
+                .unwrap()
+                .is_none());
+        }
+        assert_eq!(a.digest().unwrap(), b.digest().unwrap());
     }
 }

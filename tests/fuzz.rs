@@ -228,6 +228,7 @@ fn signed_events_with_any_field_values_apply_without_panicking() {
                         ciphertext: junk.clone(),
                         mac: junk,
                         keys: Vec::new(),
+                        user_key_id: Vec::new(),
                     }),
                     tombstone,
                     merged_into,
@@ -250,7 +251,7 @@ fn signed_events_with_any_field_values_apply_without_panicking() {
                 origin_region: "af-south".into(),
                 sequence: 1,
                 record: Some(r),
-                entry: None,
+                ..Default::default()
             };
             if target.apply(&event).is_ok() {
                 applied.set(applied.get() + 1);
@@ -284,22 +285,37 @@ fn mutated_envelopes_never_open_and_never_panic() {
         id: vec![7; 16],
         ..Default::default()
     };
-    authsync::crypto::seal(
-        &mut record,
-        &info,
-        &keyring,
-        &["af-south".into(), "eu-west".into()],
-    )
-    .unwrap();
-    assert_eq!(authsync::crypto::open(&record, &keyring).unwrap(), info);
+    let regions = ["af-south".to_string(), "eu-west".to_string()];
+    let (key, user) = authsync::crypto::new_user_key(&record.id, &keyring, &regions).unwrap();
+    authsync::crypto::seal(&mut record, &info, &keyring, &regions, &user).unwrap();
+    assert_eq!(
+        authsync::crypto::open(&record, &keyring, &user).unwrap(),
+        info
+    );
     let seed = record.encode_to_vec();
     let mut runner = fuzz_runner();
     runner
         .run(&mutated(vec![seed.clone()]), |bytes| {
             if let Ok(r) = proto::Record::decode(bytes.as_slice()) {
                 // Only bytes that decode to the same record may open.
-                if let Ok(opened) = authsync::crypto::open(&r, &keyring) {
+                if let Ok(opened) = authsync::crypto::open(&r, &keyring, &user) {
                     prop_assert_eq!(&opened, &info);
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    // The user key itself: a mutated one either fails to open or is the same key,
+    // which still opens the record.
+    let mut runner = fuzz_runner();
+    runner
+        .run(&mutated(vec![key.encode_to_vec()]), |bytes| {
+            if let Ok(k) = proto::UserKey::decode(bytes.as_slice()) {
+                if let Ok(opened) = authsync::crypto::open_user_key(&k, &keyring) {
+                    prop_assert_eq!(opened.id(), user.id());
+                    if let Ok(found) = authsync::crypto::open(&record, &keyring, &opened) {
+                        prop_assert_eq!(&found, &info);
+                    }
                 }
             }
             Ok(())

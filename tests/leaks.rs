@@ -5,76 +5,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{call_as, Cluster, API_KEY, REGIONS};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use common::{call_as, kafka_messages, Cluster, API_KEY, REGIONS};
 use serde_json::json;
-
-/// Every message of `topic` as raw bytes (key, payload, each header value), read to
-/// the high watermarks taken first.
-fn raw_messages(bootstrap: &str, topic: &str) -> Vec<Vec<u8>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("leaks-{}", uuid::Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()
-        .expect("consumer");
-    let timeout = Duration::from_secs(10);
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .expect("metadata");
-    let mut pending: Vec<(i32, i64)> = Vec::new();
-    let mut assignment = TopicPartitionList::new();
-    for p in metadata.topics()[0].partitions() {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p.id(), timeout)
-            .expect("watermarks");
-        if high > low {
-            pending.push((p.id(), high));
-            assignment
-                .add_partition_offset(topic, p.id(), Offset::Beginning)
-                .unwrap();
-        }
-    }
-    let mut out = Vec::new();
-    if pending.is_empty() {
-        return out;
-    }
-    consumer.assign(&assignment).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !pending.is_empty() {
-        assert!(Instant::now() < deadline, "{topic} not read in 60 s");
-        match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(m)) => {
-                let mut bytes = m.key().unwrap_or_default().to_vec();
-                bytes.push(0);
-                bytes.extend_from_slice(m.payload().unwrap_or_default());
-                if let Some(h) = m.headers() {
-                    for header in h.iter() {
-                        bytes.push(0);
-                        bytes.extend_from_slice(header.value.unwrap_or_default());
-                    }
-                }
-                out.push(bytes);
-                if let Some(i) = pending.iter().position(|(p, _)| *p == m.partition()) {
-                    if m.offset() + 1 >= pending[i].1 {
-                        pending.swap_remove(i);
-                    }
-                }
-            }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                pending.retain(|(q, _)| *q != p)
-            }
-            Some(Err(e)) => panic!("consume {topic}: {e}"),
-            None => {}
-        }
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_in_any_log_line_or_raw_kafka_message_of_a_three_region_run() {
@@ -227,9 +161,13 @@ async fn no_secret_in_any_log_line_or_raw_kafka_message_of_a_three_region_run() 
         assert!(all_logs.contains(line), "no {line:?} logged:\n{all_logs}");
     }
     let mut messages = 0;
-    for region in REGIONS {
+    let topics = REGIONS.iter().flat_map(|region| {
         let topic = format!("{}{region}", cluster.prefix);
-        for bytes in raw_messages(&cluster.broker.bootstrap, &topic) {
+        [authsync::config::user_key_topic(&topic), topic]
+    });
+    for topic in topics {
+        for message in kafka_messages(&cluster.broker.bootstrap, &topic) {
+            let bytes = message.raw();
             messages += 1;
             for s in &secrets {
                 assert!(
@@ -239,6 +177,6 @@ async fn no_secret_in_any_log_line_or_raw_kafka_message_of_a_three_region_run() 
             }
         }
     }
-    // Records, entries (failures, token families, keys): dozens of events at least.
+    // Records, user keys, entries (failures, token families, keys): dozens at least.
     assert!(messages > 40, "only {messages} messages read");
 }

@@ -93,8 +93,8 @@ async fn no_plaintext_personal_data_in_any_file_or_log() {
     let events = store.outbox_head(10_000).unwrap();
     assert_eq!(
         events.len(),
-        42,
-        "20 creates + 20 updates + 1 import + the region's first token signing key"
+        63,
+        "20 creates + 20 updates + 1 import, the 21 accounts' user keys, and the region's first token signing key"
     );
     for (_, bytes) in events {
         for m in &markers {
@@ -290,7 +290,10 @@ async fn legacy_hashes_log_in_and_are_upgraded_on_first_login() {
             "{}",
             r.secret
         );
-        let info = authsync::crypto::open(&r, &keyring).unwrap();
+        let id: [u8; 16] = r.id.as_slice().try_into().unwrap();
+        let key = store.get_user_key(&id).unwrap().expect("the account's key");
+        let user = authsync::crypto::open_user_key(&key, &keyring).unwrap();
+        let info = authsync::crypto::open(&r, &keyring, &user).unwrap();
         assert!(info.old_hashes.is_empty());
     }
 }

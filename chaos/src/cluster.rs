@@ -55,8 +55,11 @@ impl Broker {
                 let mock =
                     rdkafka::mocking::MockCluster::new(1).context("start the embedded broker")?;
                 for region in REGIONS {
-                    mock.create_topic(&format!("authsync.changes.{region}"), 3, 1)
-                        .with_context(|| format!("create the topic of {region}"))?;
+                    let topic = format!("authsync.changes.{region}");
+                    for t in [authsync::config::user_key_topic(&topic), topic] {
+                        mock.create_topic(&t, 3, 1)
+                            .with_context(|| format!("create topic {t}"))?;
+                    }
                 }
                 Ok(Broker::Embedded(mock))
             }

@@ -455,7 +455,9 @@ impl Broker {
             .flat_map(|r| {
                 [
                     format!("{topic_prefix}{r}"),
+                    authsync::config::user_key_topic(&format!("{topic_prefix}{r}")),
                     format!("{topic_prefix}lost.{r}"),
+                    authsync::config::user_key_topic(&format!("{topic_prefix}lost.{r}")),
                 ]
             })
             .collect();
@@ -516,7 +518,8 @@ pub struct Cluster {
     pub nodes: Vec<TestNode>,
     pub broker: Broker,
     pub prefix: String,
-    _keys: tempfile::TempDir,
+    /// The keyrings of the three regions.
+    pub keys: tempfile::TempDir,
 }
 
 /// How a test cluster differs from the default.
@@ -574,7 +577,7 @@ impl Cluster {
             nodes,
             broker,
             prefix,
-            _keys: keys,
+            keys,
         }
     }
 
@@ -617,4 +620,100 @@ impl Cluster {
             logs.join("\n----\n")
         );
     }
+}
+
+/// One Kafka message as a test reads it back.
+pub struct KafkaMessage {
+    pub partition: i32,
+    pub key: Vec<u8>,
+    /// `None` for a null value (a tombstone for compaction).
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<Vec<u8>>,
+}
+
+impl KafkaMessage {
+    /// Key, payload and header values, separated by zero bytes: what a search for
+    /// leaked bytes looks through.
+    pub fn raw(&self) -> Vec<u8> {
+        let mut bytes = self.key.clone();
+        bytes.push(0);
+        bytes.extend_from_slice(self.payload.as_deref().unwrap_or_default());
+        for h in &self.headers {
+            bytes.push(0);
+            bytes.extend_from_slice(h);
+        }
+        bytes
+    }
+}
+
+/// Every message of `topic`, read to the high watermarks taken first, in offset order
+/// within each partition.
+pub fn kafka_messages(bootstrap: &str, topic: &str) -> Vec<KafkaMessage> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("consumer");
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .expect("metadata");
+    let mut pending: Vec<(i32, i64)> = Vec::new();
+    let mut assignment = TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p.id(), timeout)
+            .expect("watermarks");
+        if high > low {
+            pending.push((p.id(), high));
+            assignment
+                .add_partition_offset(topic, p.id(), Offset::Beginning)
+                .unwrap();
+        }
+    }
+    let mut out = Vec::new();
+    if pending.is_empty() {
+        return out;
+    }
+    consumer.assign(&assignment).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !pending.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{topic} not read in 60 s"
+        );
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                out.push(KafkaMessage {
+                    partition: m.partition(),
+                    key: m.key().unwrap_or_default().to_vec(),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                    headers: m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|x| x.value.unwrap_or_default().to_vec())
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                });
+                if let Some(i) = pending.iter().position(|(p, _)| *p == m.partition()) {
+                    if m.offset() + 1 >= pending[i].1 {
+                        pending.swap_remove(i);
+                    }
+                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                pending.retain(|(q, _)| *q != p)
+            }
+            Some(Err(e)) => panic!("consume {topic}: {e}"),
+            None => {}
+        }
+    }
+    out
 }

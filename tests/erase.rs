@@ -1,0 +1,129 @@
+//! Erase by crypto-shredding, on three regions: an account erased in one region
+//! leaves, in every region, a tombstone and nothing to open it with; the user-key
+//! topics end with a null under the account (what compaction keeps); and a copy of
+//! the account's sealed record taken before the erase, put back into each region's
+//! store, stays ciphertext there.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use authsync::crypto::BlindIndex;
+use authsync::keys::{keyring_path, Keyring};
+use authsync::proto;
+use authsync::store::{IndexField, Store, StoreOptions, CF_RECORDS};
+use common::{kafka_messages, Cluster, REGIONS};
+use prost::Message;
+use serde_json::json;
+
+const EMAIL: &str = "erase-me@quokka.example";
+const WITHIN: Duration = Duration::from_secs(60);
+
+/// Waits (bounded) until `GET path` answers `want` in every region.
+async fn everywhere(cluster: &Cluster, path: &str, want: u16) {
+    for c in cluster.clients() {
+        let deadline = Instant::now() + WITHIN;
+        loop {
+            let r = c.get(path).await;
+            if r.status == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}{path} still answers {} {}",
+                c.url,
+                r.status,
+                r.text
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_account_cannot_be_read_from_any_copy_in_any_region() {
+    let mut cluster = Cluster::start();
+    cluster.warm_up().await;
+    let clients = cluster.clients();
+    let created = clients[0]
+        .post(
+            "/v1/users",
+            json!({"email": EMAIL, "phone": "+14155550199", "password": "correct horse battery",
+                   "profile": {"given_name": "Erasmus"}}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.body["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/users/{id}");
+    // Readable in every region: the record and the account's key both arrived.
+    everywhere(&cluster, &path, 200).await;
+    let uuid = uuid::Uuid::parse_str(&id).unwrap();
+
+    // A sealed version from before the erase, as Kafka keeps it.
+    let topic = format!("{}{}", cluster.prefix, REGIONS[0]);
+    let sealed = kafka_messages(&cluster.broker.bootstrap, &topic)
+        .into_iter()
+        .filter_map(|m| proto::ChangeEvent::decode(m.payload?.as_slice()).ok())
+        .filter_map(|e| e.record)
+        .find(|r| r.id == uuid.as_bytes() && !r.tombstone)
+        .expect("the account's record event in Kafka");
+
+    let erased = clients[1].delete(&path).await;
+    assert_eq!(erased.status, 204, "{}", erased.text);
+    everywhere(&cluster, &path, 404).await;
+
+    // Every region's user-key topic ends with a null under the account: what a
+    // compacting broker keeps of it.
+    for region in REGIONS {
+        let topic = authsync::config::user_key_topic(&format!("{}{region}", cluster.prefix));
+        let deadline = Instant::now() + WITHIN;
+        loop {
+            let last = kafka_messages(&cluster.broker.bootstrap, &topic)
+                .into_iter()
+                .rfind(|m| m.key == id.as_bytes());
+            if last.as_ref().is_some_and(|m| m.payload.is_none()) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{topic} does not end with a null for {id}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    for (node, region) in cluster.nodes.iter_mut().zip(REGIONS) {
+        node.stop();
+        let keyring = Keyring::load(&keyring_path(cluster.keys.path(), region)).unwrap();
+        let store = Store::open(&node.data_dir(), &StoreOptions::default()).unwrap();
+        // What remains: a tombstone; no key, no index entry.
+        let stored = store.get(uuid.as_bytes()).unwrap().expect("the tombstone");
+        assert!(stored.tombstone, "{region}");
+        assert!(
+            stored.info.is_none() && stored.secret.is_empty(),
+            "{region}"
+        );
+        assert!(
+            store.get_user_key(uuid.as_bytes()).unwrap().is_none(),
+            "{region}"
+        );
+        let index = BlindIndex::new(keyring.index_key());
+        assert_eq!(
+            store
+                .lookup(IndexField::Email, &index.email(EMAIL))
+                .unwrap(),
+            None,
+            "{region}"
+        );
+        // The sealed copy put back in place: this region's master key still opens its
+        // data key, and the account's key is gone, so it stays ciphertext.
+        store
+            .raw_put(CF_RECORDS, uuid.as_bytes(), &sealed.encode_to_vec())
+            .unwrap();
+        drop(store);
+        node.start_again();
+        let read = node.client().get(&path).await;
+        assert_eq!(read.status, 503, "{region}: {}", read.text);
+        assert!(!read.text.contains("Erasmus") && !read.text.contains(EMAIL));
+    }
+}
