@@ -71,6 +71,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub faults: FaultsConfig,
     #[serde(default)]
+    pub entries: EntriesConfig,
+    #[serde(default)]
     pub rate_limit: RateLimitConfig,
     #[serde(default)]
     pub request_signing: crate::signing::SigningConfig,
@@ -153,6 +155,22 @@ impl Default for AntiEntropyConfig {
         AntiEntropyConfig {
             interval_ms: 60_000,
             ca_cert: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EntriesConfig {
+    /// How often dead replicated entries (idle login-failure counts, expired refresh
+    /// token families, both for erased accounts) are removed. Default 60 s.
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for EntriesConfig {
+    fn default() -> Self {
+        EntriesConfig {
+            sweep_interval_ms: 60_000,
         }
     }
 }
@@ -446,6 +464,7 @@ pub struct Config {
     /// (region, base URL) of each peer compared by anti-entropy.
     pub anti_entropy_peers: Vec<(String, String)>,
     pub faults: FaultsConfig,
+    pub entries: EntriesConfig,
     pub rate_limit: RateLimitConfig,
     pub request_signing: crate::signing::SigningConfig,
 }
@@ -635,6 +654,9 @@ impl RawConfig {
         if rt.max_bytes < 4096 {
             return Err(invalid("retry.max_bytes", "must be at least 4096"));
         }
+        if self.entries.sweep_interval_ms < 100 {
+            return Err(invalid("entries.sweep_interval_ms", "must be at least 100"));
+        }
         if self.anti_entropy.interval_ms < 100 {
             return Err(invalid("anti_entropy.interval_ms", "must be at least 100"));
         }
@@ -782,6 +804,7 @@ impl RawConfig {
             anti_entropy: self.anti_entropy,
             anti_entropy_peers,
             faults: self.faults,
+            entries: self.entries,
             rate_limit: self.rate_limit,
             request_signing: self.request_signing,
             region: self.region,

@@ -147,6 +147,27 @@ impl Entries {
         Ok(Some(entry))
     }
 
+    /// Removes the entry under (kind, key) here if `dead` holds for it as stored now
+    /// (read again under its lock, so a change that raced the caller's look keeps
+    /// it). Not replicated: each region sweeps its own copies by the same rule, and a
+    /// late copy that brings one back is swept again. Returns whether it was removed.
+    pub fn remove_if(
+        &self,
+        kind: EntryKind,
+        key: &[u8],
+        dead: impl Fn(&proto::Entry) -> bool,
+    ) -> Result<bool, UserError> {
+        let lock = lock_key(kind as u32, key);
+        let _locked = self.store.lock(&[&lock]);
+        match self.get(kind, key)? {
+            Some(entry) if dead(&entry) => {
+                self.store.delete_entry(kind as u32, key)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// The entry under (kind, key). One that fails its MAC is reported as unreadable.
     pub fn get(&self, kind: EntryKind, key: &[u8]) -> Result<Option<proto::Entry>, UserError> {
         let Some(entry) = self.store.get_entry(kind as u32, key)? else {

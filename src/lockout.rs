@@ -105,6 +105,48 @@ impl Lockout {
         }
     }
 
+    /// Removes the entries of every subject whose entries all stopped counting: no
+    /// failure for [`IDLE_RESET_MS`] in any region, or an account that `erased` says
+    /// is gone. Returns how many were removed.
+    pub fn sweep(&self, now_ms: u64, erased: impl Fn(&[u8]) -> bool) -> Result<usize, UserError> {
+        let idle = |e: &proto::LoginFailures| now_ms >= e.last_ms.max(e.cleared_ms) + IDLE_RESET_MS;
+        let mut by_subject: std::collections::BTreeMap<Vec<u8>, Vec<(Vec<u8>, bool)>> =
+            Default::default();
+        for e in self.entries.all(EntryKind::LoginFailures)? {
+            let Some(subject) = e
+                .key
+                .first()
+                .and_then(|&n| e.key.get(1..1 + usize::from(n)))
+            else {
+                continue;
+            };
+            let dead = proto::LoginFailures::decode(e.value.as_slice()).is_ok_and(|f| idle(&f));
+            by_subject
+                .entry(subject.to_vec())
+                .or_default()
+                .push((e.key, dead));
+        }
+        let mut removed = 0;
+        for (subject, keys) in by_subject {
+            let gone = erased(&subject);
+            if !gone && !keys.iter().all(|(_, dead)| *dead) {
+                continue;
+            }
+            for (key, _) in keys {
+                let still_dead = |e: &proto::Entry| {
+                    gone || proto::LoginFailures::decode(e.value.as_slice()).is_ok_and(|f| idle(&f))
+                };
+                if self
+                    .entries
+                    .remove_if(EntryKind::LoginFailures, &key, still_dead)?
+                {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Every region's entry for `subject`, by entry key.
     fn read(&self, subject: &[u8]) -> Result<Vec<(Vec<u8>, proto::LoginFailures)>, UserError> {
         Ok(self
@@ -238,5 +280,48 @@ mod tests {
         assert_eq!(Standing::of(&[a, b, early_clear], now).failures, 3);
         // Fifteen idle minutes: nothing counts.
         assert_eq!(Standing::of(&[a, b], now + IDLE_RESET_MS).failures, 0);
+    }
+
+    #[test]
+    fn the_sweep_removes_subjects_idle_in_every_region_and_erased_accounts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            crate::store::Store::open(dir.path(), &crate::store::StoreOptions::default()).unwrap(),
+        );
+        let hlc = Arc::new(crate::hlc::Hlc::new(
+            "af-south",
+            500,
+            Box::new(crate::hlc::SystemClock),
+        ));
+        let entries = Arc::new(Entries::new(
+            store,
+            hlc,
+            &[1; 32],
+            Arc::new(tokio::sync::Notify::new()),
+        ));
+        let here = Lockout::new(entries.clone(), "af-south");
+        let there = Lockout::new(entries, "eu-west");
+        let now = 10_000_000_000;
+        let long_ago = now - IDLE_RESET_MS - 1;
+        here.failed(b"idle", long_ago).unwrap();
+        there.failed(b"idle", long_ago).unwrap();
+        here.failed(b"busy", now - 1_000).unwrap();
+        // Idle here, not in eu-west: the subject still counts, so both entries stay.
+        here.failed(b"mixed", long_ago).unwrap();
+        there.failed(b"mixed", now - 1_000).unwrap();
+        here.failed(b"an erased account", now - 1_000).unwrap();
+        let removed = here
+            .sweep(now, |subject| subject == b"an erased account")
+            .unwrap();
+        assert_eq!(removed, 3, "idle in both regions, and the erased account");
+        assert!(here.read(b"idle").unwrap().is_empty());
+        assert!(here.read(b"an erased account").unwrap().is_empty());
+        assert_eq!(here.read(b"mixed").unwrap().len(), 2);
+        assert_eq!(here.standing_of(b"busy", now).unwrap().failures, 1);
+        assert_eq!(
+            here.sweep(now, |_| false).unwrap(),
+            0,
+            "nothing left to remove"
+        );
     }
 }

@@ -47,6 +47,7 @@ pub const DEAD_LETTERS_TOTAL: &str = "authsync_dead_letters_total";
 pub const DEAD_LETTERS: &str = "authsync_dead_letters";
 pub const KEY_RECOVERIES_TOTAL: &str = "authsync_key_recoveries_total";
 pub const USER_KEYS_REWRAPPED_TOTAL: &str = "authsync_user_keys_rewrapped_total";
+pub const ENTRIES_SWEPT_TOTAL: &str = "authsync_entries_swept_total";
 pub const ANTI_ENTROPY_ROUNDS_TOTAL: &str = "authsync_anti_entropy_rounds_total";
 pub const ANTI_ENTROPY_REPAIRED_TOTAL: &str = "authsync_anti_entropy_repaired_total";
 pub const ANTI_ENTROPY_REFUSED_TOTAL: &str = "authsync_anti_entropy_refused_total";
@@ -271,6 +272,11 @@ fn describe() {
         "Records given wrapped keys for regions they lacked (new versions, replicated)."
     );
     describe_counter!(
+        ENTRIES_SWEPT_TOTAL,
+        Unit::Count,
+        "Replicated entries removed by the entries sweeper, by kind: login_failures (idle everywhere, or of an erased account), token_family (expired, or of an erased account)."
+    );
+    describe_counter!(
         USER_KEYS_REWRAPPED_TOTAL,
         Unit::Count,
         "User keys re-wrapped by key recovery: missing (wraps added for regions they lacked, published) or rotation (this region's wrap moved to its current master key)."
@@ -418,6 +424,9 @@ pub fn zero_series(sources: &[String], compared: &[String]) {
     counter!(TLS_HANDSHAKE_FAILURES_TOTAL).absolute(0);
     for reason in ["missing", "rotation"] {
         counter!(USER_KEYS_REWRAPPED_TOTAL, "reason" => reason).absolute(0);
+    }
+    for kind in ["login_failures", "token_family"] {
+        counter!(ENTRIES_SWEPT_TOTAL, "kind" => kind).absolute(0);
     }
     for outcome in ["loaded", "failed"] {
         counter!(TLS_RELOADS_TOTAL, "outcome" => outcome).absolute(0);

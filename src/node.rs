@@ -103,7 +103,7 @@ impl Node {
             .ensure_signing_key()
             .context("make this region's first token signing key")?;
         let state = AppState {
-            tokens,
+            tokens: tokens.clone(),
             users: users.clone(),
             metrics: metrics.clone(),
             api_keys: crate::apikeys::ApiKeys::load(&config.api_keys, users.entries())
@@ -205,6 +205,12 @@ impl Node {
             users.clone(),
             Duration::from_millis(config.keys.rewrap_interval_ms),
             config.keys.rewrap_batch,
+            shutdown.child_token(),
+        ));
+        tracker.spawn(sweep::entries(
+            users.clone(),
+            tokens,
+            Duration::from_millis(config.entries.sweep_interval_ms),
             shutdown.child_token(),
         ));
         tracker.spawn(sweep::retry(

@@ -623,6 +623,19 @@ impl Store {
         Ok(event)
     }
 
+    /// Removes the entry under (kind, key) from this store only (the entry sweeps:
+    /// every region removes its own copy by the same rule). The caller holds the
+    /// entry's lock.
+    pub fn delete_entry(&self, kind: u32, key: &[u8]) -> Result<(), StoreError> {
+        self.db
+            .delete_cf_opt(
+                self.cf(CF_ENTRIES),
+                entry_key(kind, key),
+                &self.write_options(),
+            )
+            .map_err(db_err("delete entry"))
+    }
+
     /// The entry stored under (kind, key), undecoded entries reported as corrupt.
     pub fn get_entry(&self, kind: u32, key: &[u8]) -> Result<Option<proto::Entry>, StoreError> {
         self.db

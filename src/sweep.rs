@@ -5,7 +5,9 @@
 //! - `key_recovery`: wraps data keys for regions that lack them and moves this
 //!   region's wraps to its current master key ([`Users::recover_keys_round`]);
 //! - `anti_entropy`: compares digests with each peer and pulls what differs
-//!   ([`crate::antientropy`]).
+//!   ([`crate::antientropy`]);
+//! - `entries`: removes replicated entries that can never matter again: login-failure
+//!   counts gone idle, refresh token families expired, and both for erased accounts.
 //!
 //! Every run is timed and counted (`authsync_sweeper_*{sweeper}`), so an operator sees
 //! a sweeper that stopped running or takes too long.
@@ -119,6 +121,36 @@ pub async fn key_recovery(
         }
     })
     .await
+}
+
+/// The entries sweeper: every `every`, removes dead login-failure entries and refresh
+/// token families from this region's store ([`crate::lockout::Lockout::sweep`],
+/// [`crate::tokens::Tokens::sweep`]).
+pub async fn entries(
+    users: Arc<Users>,
+    tokens: Arc<crate::tokens::Tokens>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    run_every("entries", every, stop, || {
+        let (users, tokens) = (users.clone(), tokens.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let failures = users.sweep_login_failures()?;
+                let families = tokens.sweep()?;
+                metrics::counter!(m::ENTRIES_SWEPT_TOTAL, "kind" => "login_failures")
+                    .increment(failures as u64);
+                metrics::counter!(m::ENTRIES_SWEPT_TOTAL, "kind" => "token_family")
+                    .increment(families as u64);
+                if failures + families > 0 {
+                    tracing::info!(failures, families, "entries swept");
+                }
+                anyhow::Ok(())
+            })
+            .await?
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]

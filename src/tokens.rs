@@ -173,6 +173,31 @@ impl Tokens {
         self.users.clock_now_ms()
     }
 
+    /// Removes the refresh token families that can never refresh again: expired, or
+    /// of an erased account. A revoked family is kept until it expires, so that no
+    /// late copy of it from before the revocation can bring it back to life.
+    pub fn sweep(&self) -> Result<usize, UserError> {
+        let now = self.now_ms();
+        let dead = |e: &proto::Entry| {
+            decode::<proto::TokenFamily>(e).is_some_and(|f| {
+                now >= f.expires_ms
+                    || Uuid::from_slice(&f.user_id).is_ok_and(|u| self.users.is_erased(&u))
+            })
+        };
+        let mut removed = 0;
+        for e in self.users.entries().all(EntryKind::TokenFamily)? {
+            if dead(&e)
+                && self
+                    .users
+                    .entries()
+                    .remove_if(EntryKind::TokenFamily, &e.key, dead)?
+            {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     fn signing_keys(&self) -> Result<Vec<(String, proto::SigningKey)>, UserError> {
         Ok(self
             .users
@@ -476,5 +501,74 @@ mod tests {
         ] {
             assert_eq!(parse_refresh(bad), None, "{bad}");
         }
+    }
+
+    /// Wall-clock time that a test moves forward.
+    struct Manual(Arc<std::sync::atomic::AtomicU64>);
+
+    impl crate::hlc::TimeSource for Manual {
+        fn now_ms(&self) -> u64 {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[test]
+    fn the_sweep_removes_expired_families_and_those_of_erased_accounts_only() {
+        use crate::hlc::TimeSource as _;
+        let dir = tempfile::tempdir().unwrap();
+        let keyring = crate::keys::init(&["af-south".to_string()])
+            .unwrap()
+            .remove(0);
+        let now = Arc::new(std::sync::atomic::AtomicU64::new(
+            crate::hlc::SystemClock.now_ms(),
+        ));
+        let passwords = crate::password::Passwords::new(
+            crate::config::PasswordAlgorithm::Pbkdf2Sha256,
+            keyring.pepper(),
+        )
+        .unwrap();
+        let users = Arc::new(Users::new(
+            Arc::new(crate::store::Store::open(dir.path(), &Default::default()).unwrap()),
+            keyring,
+            passwords,
+            Arc::new(crate::hlc::Hlc::new(
+                "af-south",
+                500,
+                Box::new(Manual(now.clone())),
+            )),
+            8,
+        ));
+        let tokens = Tokens::new(users.clone(), TokenConfig::default());
+        tokens.ensure_signing_key().unwrap();
+        let account = |email: &str| {
+            let body = serde_json::json!({"email": email, "password": "correct horse battery"});
+            users
+                .create(crate::validate::new_user(&body, 8).unwrap())
+                .unwrap()
+                .0
+        };
+        let (kept, erased) = (account("kept@example.com"), account("erased@example.com"));
+        let live = tokens.issue(kept).unwrap();
+        let revoked = tokens.issue(kept).unwrap();
+        tokens.logout(&revoked.refresh_token).unwrap();
+        tokens.issue(erased).unwrap();
+        let families = || users.entries().all(EntryKind::TokenFamily).unwrap().len();
+        assert_eq!(
+            (tokens.sweep().unwrap(), families()),
+            (0, 3),
+            "all still matter"
+        );
+        // An erased account's family goes at once; a revoked one stays until it
+        // expires, so that no late copy from before the revocation revives it.
+        users.delete(&erased).unwrap();
+        assert_eq!((tokens.sweep().unwrap(), families()), (1, 2));
+        assert_eq!(tokens.refresh(&live.refresh_token).unwrap().user_id, kept);
+        // Past the refresh lifetime both go, and the token is simply unknown.
+        now.fetch_add(
+            TokenConfig::default().refresh_ttl_s * 1000 + 1,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        assert_eq!((tokens.sweep().unwrap(), families()), (2, 0));
+        assert!(tokens.refresh(&live.refresh_token).is_err());
     }
 }

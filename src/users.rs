@@ -489,6 +489,20 @@ impl Users {
             .is_some_and(|r| !r.tombstone && Status::try_from(r.status) == Ok(Status::Active)))
     }
 
+    /// Whether `id` names an erased account (a tombstone here). An id not seen here
+    /// yet is not erased.
+    pub fn is_erased(&self, id: &Uuid) -> bool {
+        matches!(self.store.get(id.as_bytes()), Ok(Some(r)) if r.tombstone)
+    }
+
+    /// The login-failure sweep ([`crate::lockout::Lockout::sweep`]) at this node's
+    /// time: subjects idle everywhere, and erased accounts.
+    pub fn sweep_login_failures(&self) -> Result<usize, UserError> {
+        self.lockout.sweep(self.clock_now_ms(), |subject| {
+            Uuid::from_slice(subject).is_ok_and(|id| self.is_erased(&id))
+        })
+    }
+
     fn get_record(&self, id: &Uuid) -> Result<Option<proto::Record>, UserError> {
         let unreadable = || {
             metrics::counter!(m::RECORDS_UNREADABLE_TOTAL, "reason" => "integrity").increment(1);

@@ -2,7 +2,8 @@
 //! leaves, in every region, a tombstone and nothing to open it with; the user-key
 //! topics end with a null under the account (what compaction keeps); and a copy of
 //! the account's sealed record taken before the erase, put back into each region's
-//! store, stays ciphertext there.
+//! store, stays ciphertext there. The account's login-failure counts are swept from
+//! every region after the erase.
 
 mod common;
 
@@ -12,7 +13,7 @@ use authsync::crypto::BlindIndex;
 use authsync::keys::{keyring_path, Keyring};
 use authsync::proto;
 use authsync::store::{IndexField, Store, StoreOptions, CF_RECORDS};
-use common::{kafka_messages, Cluster, REGIONS};
+use common::{kafka_messages, metric_value, Cluster, ClusterOptions, REGIONS};
 use prost::Message;
 use serde_json::json;
 
@@ -42,7 +43,10 @@ async fn everywhere(cluster: &Cluster, path: &str, want: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_erased_account_cannot_be_read_from_any_copy_in_any_region() {
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start_with(ClusterOptions {
+        extra: "[entries]\nsweep_interval_ms = 200\n".into(),
+        ..Default::default()
+    });
     cluster.warm_up().await;
     let clients = cluster.clients();
     let created = clients[0]
@@ -58,6 +62,13 @@ async fn an_erased_account_cannot_be_read_from_any_copy_in_any_region() {
     // Readable in every region: the record and the account's key both arrived.
     everywhere(&cluster, &path, 200).await;
     let uuid = uuid::Uuid::parse_str(&id).unwrap();
+    // Failed logins: counts under the account id, replicated to every region.
+    for _ in 0..3 {
+        let r = clients[2]
+            .post("/v1/login", json!({"login": EMAIL, "password": "not the password"}))
+            .await;
+        assert_eq!(r.status, 401, "{}", r.text);
+    }
 
     // A sealed version from before the erase, as Kafka keeps it.
     let topic = format!("{}{}", cluster.prefix, REGIONS[0]);
@@ -88,6 +99,22 @@ async fn an_erased_account_cannot_be_read_from_any_copy_in_any_region() {
                 Instant::now() < deadline,
                 "{topic} does not end with a null for {id}"
             );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    // The entries sweeper removes the erased account's failure counts everywhere.
+    for c in &clients {
+        let deadline = Instant::now() + WITHIN;
+        while metric_value(
+            &c.metrics().await,
+            "authsync_entries_swept_total",
+            &[("kind", "login_failures")],
+        )
+        .unwrap_or(0.0)
+            < 1.0
+        {
+            assert!(Instant::now() < deadline, "{}: failures not swept", c.url);
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
