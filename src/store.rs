@@ -42,7 +42,10 @@ pub const CF_DEAD: &str = "dead_letters";
 pub const CF_ENTRIES: &str = "entries";
 /// Each account's user key: user id (16 bytes) → `UserKey`. Deleted with the account.
 pub const CF_USER_KEYS: &str = "user_keys";
-const COLUMN_FAMILIES: [&str; 9] = [
+/// Accounts merged into another: winner id ‖ merged id (16 bytes each) → empty. An
+/// erase of the winner erases them too.
+pub const CF_MERGED: &str = "merged";
+const COLUMN_FAMILIES: [&str; 10] = [
     CF_RECORDS,
     CF_EMAIL,
     CF_PHONE,
@@ -52,6 +55,7 @@ const COLUMN_FAMILIES: [&str; 9] = [
     CF_DEAD,
     CF_ENTRIES,
     CF_USER_KEYS,
+    CF_MERGED,
 ];
 
 /// A key and its value, as [`Store::scan_kv`] returns them.
@@ -446,6 +450,21 @@ impl Store {
                     pending.insert((field, new.to_vec()), Some(id));
                 }
             }
+            let merged_entry = |r: &proto::Record| {
+                (r.status == proto::Status::Merged as i32
+                    && !r.tombstone
+                    && r.merged_into.len() == 16)
+                    .then(|| [r.merged_into.as_slice(), &id].concat())
+            };
+            let (was, now) = (change.previous.and_then(merged_entry), merged_entry(record));
+            if was != now {
+                if let Some(was) = was {
+                    batch.delete_cf(self.cf(CF_MERGED), was);
+                }
+                if let Some(now) = now {
+                    batch.put_cf(self.cf(CF_MERGED), now, []);
+                }
+            }
             if let Some(key) = change.user_key {
                 batch.put_cf(self.cf(CF_USER_KEYS), id, key.encode_to_vec());
                 if change.outbox {
@@ -481,6 +500,23 @@ impl Store {
             .write_opt(batch, &options)
             .map_err(db_err("write change batch"))?;
         Ok(events)
+    }
+
+    /// The accounts merged into `winner`.
+    pub fn merged_into(&self, winner: &[u8; 16]) -> Result<Vec<[u8; 16]>, StoreError> {
+        let mut out = Vec::new();
+        let from = IteratorMode::From(winner, rocksdb::Direction::Forward);
+        for item in self.db.iterator_cf(self.cf(CF_MERGED), from) {
+            let (k, _) = item.map_err(db_err("scan merged accounts"))?;
+            if !k.starts_with(winner) {
+                break;
+            }
+            let merged = k[16..].try_into().map_err(|_| StoreError::Corrupt {
+                what: "merged account key",
+            })?;
+            out.push(merged);
+        }
+        Ok(out)
     }
 
     /// The user key of account `id`, undecodable bytes reported as corrupt.

@@ -814,9 +814,35 @@ impl Users {
         self.commit(Some(&previous), record, &info, "status")
     }
 
-    /// Replaces the record by a tombstone: id and version only. Personal data, wrapped
-    /// keys, password hashes and index entries are gone from the current state.
+    /// Erases the account: a tombstone (id and version only) in place of the record,
+    /// its index entries and its user key gone in the same batch, so that no earlier
+    /// copy can be decrypted again (crypto-shredding). Accounts merged into it are the
+    /// same person's and are erased with it, each with its own tombstone. Erasing an
+    /// erased account again finishes what an interrupted erase left of those, and
+    /// answers [`UserError::NotFound`].
     pub fn delete(&self, id: &Uuid) -> Result<Version, UserError> {
+        let version = match self.erase_one(id) {
+            Ok(v) => Some(v),
+            Err(UserError::NotFound) if self.is_erased(id) => None,
+            Err(e) => return Err(e),
+        };
+        let mut pending = self.store.merged_into(id.as_bytes())?;
+        let mut seen = BTreeSet::from([*id]);
+        while let Some(merged) = pending.pop() {
+            let merged = Uuid::from_bytes(merged);
+            if !seen.insert(merged) {
+                continue;
+            }
+            match self.erase_one(&merged) {
+                Ok(_) | Err(UserError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+            pending.extend(self.store.merged_into(merged.as_bytes())?);
+        }
+        version.ok_or(UserError::NotFound)
+    }
+
+    fn erase_one(&self, id: &Uuid) -> Result<Version, UserError> {
         let _locked = self.store.lock(&[id.as_bytes()]);
         let previous = match self.get_record(id)? {
             Some(r) if !r.tombstone => r,
@@ -1993,5 +2019,55 @@ mod tests {
                 .is_none());
         }
         assert_eq!(a.digest().unwrap(), b.digest().unwrap());
+    }
+
+    #[test]
+    fn erasing_an_account_erases_the_accounts_merged_into_it_in_every_region() {
+        let regions: Vec<String> = ["af-south", "eu-west"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut rings = crate::keys::init(&regions).unwrap();
+        let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+        let b = users_with(dirs[1].path(), rings.remove(1));
+        let a = users_with(dirs[0].path(), rings.remove(0));
+        // The same person signs up in both regions before either hears of the other.
+        let (first, _) = a.create(new_user("twice@example.com")).unwrap();
+        let (second, _) = b.create(new_user("twice@example.com")).unwrap();
+        for event in drain(&b) {
+            a.apply(&event).unwrap();
+        }
+        for event in drain(&a) {
+            b.apply(&event).unwrap();
+        }
+        let winner = a.find_by_email("twice@example.com").unwrap().id;
+        let loser = if winner == first { second } else { first };
+        assert_eq!(a.get(&loser).unwrap().merged_into, Some(winner));
+        assert_eq!(
+            a.store().merged_into(winner.as_bytes()).unwrap(),
+            vec![*loser.as_bytes()]
+        );
+
+        a.delete(&winner).unwrap();
+        // As the consumers see them: the erases' nulls for the key topic are skipped.
+        for event in drain(&a).iter().filter(|e| e.erased_user.is_empty()) {
+            b.apply(event).unwrap();
+        }
+        for region in [&a, &b] {
+            for id in [winner, loser] {
+                assert!(matches!(region.get(&id), Err(UserError::NotFound)));
+                assert!(region
+                    .store()
+                    .get_user_key(id.as_bytes())
+                    .unwrap()
+                    .is_none());
+            }
+            assert!(region
+                .store()
+                .merged_into(winner.as_bytes())
+                .unwrap()
+                .is_empty());
+        }
+        assert!(matches!(a.delete(&winner), Err(UserError::NotFound)));
     }
 }

@@ -65,7 +65,10 @@ async fn an_erased_account_cannot_be_read_from_any_copy_in_any_region() {
     // Failed logins: counts under the account id, replicated to every region.
     for _ in 0..3 {
         let r = clients[2]
-            .post("/v1/login", json!({"login": EMAIL, "password": "not the password"}))
+            .post(
+                "/v1/login",
+                json!({"login": EMAIL, "password": "not the password"}),
+            )
             .await;
         assert_eq!(r.status, 401, "{}", r.text);
     }
