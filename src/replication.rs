@@ -360,14 +360,25 @@ fn report_outbox(head: &[(u64, Vec<u8>)], batch: usize, users: &Users) {
             .max(head.len() as u64) as f64
     };
     metrics::gauge!(m::OUTBOX_DEPTH).set(depth);
-    let oldest = head
-        .first()
-        .and_then(|(_, b)| proto::ChangeEvent::decode(b.as_slice()).ok())
-        .and_then(|e| e.record)
-        .and_then(|r| r.version)
-        .map(|v| users.clock_now_ms().saturating_sub(v.physical_ms) as f64 / 1000.0)
+    let oldest = oldest_ms(head)
+        .map(|ms| users.clock_now_ms().saturating_sub(ms) as f64 / 1000.0)
         .unwrap_or(0.0);
     metrics::gauge!(m::OUTBOX_OLDEST_AGE_SECONDS).set(oldest);
+}
+
+/// When the oldest of `head` was written: the first event that carries a time (a
+/// record's or an entry's version). A user key or an erase carries none, and is
+/// written in the same batch as the record event right behind it.
+fn oldest_ms(head: &[(u64, Vec<u8>)]) -> Option<u64> {
+    head.iter().find_map(|(_, bytes)| {
+        let event = proto::ChangeEvent::decode(bytes.as_slice()).ok()?;
+        let version = match (event.record, event.entry) {
+            (Some(r), _) => r.version,
+            (None, Some(e)) => e.version,
+            (None, None) => None,
+        };
+        version.map(|v| v.physical_ms)
+    })
 }
 
 async fn consume_loop(
@@ -591,5 +602,89 @@ async fn handle(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(fill: impl FnOnce(&mut proto::ChangeEvent)) -> Vec<u8> {
+        let mut e = proto::ChangeEvent::default();
+        fill(&mut e);
+        e.encode_to_vec()
+    }
+
+    fn at(ms: u64) -> Option<proto::Version> {
+        Some(proto::Version {
+            physical_ms: ms,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn the_outbox_age_comes_from_the_first_event_that_has_a_time() {
+        let key = event(|e| e.user_key = Some(proto::UserKey::default()));
+        let record = event(|e| {
+            e.record = Some(proto::Record {
+                version: at(1_000),
+                ..Default::default()
+            })
+        });
+        let entry = event(|e| {
+            e.entry = Some(proto::Entry {
+                version: at(500),
+                ..Default::default()
+            })
+        });
+        // A new account's key is written just ahead of its record.
+        assert_eq!(
+            oldest_ms(&[(1, key.clone()), (2, record.clone())]),
+            Some(1_000)
+        );
+        assert_eq!(oldest_ms(&[(1, entry), (2, record)]), Some(500));
+        assert_eq!(oldest_ms(&[(1, key)]), None);
+        assert_eq!(oldest_ms(&[]), None);
+    }
+
+    #[test]
+    fn user_keys_and_erases_go_to_the_user_key_topic_under_the_user_id() {
+        let id = uuid::Uuid::new_v4();
+        let key = proto::ChangeEvent {
+            user_key: Some(proto::UserKey {
+                user_id: id.as_bytes().to_vec(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let bytes = key.encode_to_vec();
+        assert_eq!(
+            route(&key, &bytes, "changes", "keys"),
+            ("keys", id.to_string(), Some(bytes.as_slice()))
+        );
+        let erased = proto::ChangeEvent {
+            erased_user: id.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(
+            route(&erased, &[], "changes", "keys"),
+            ("keys", id.to_string(), None)
+        );
+        let record = proto::ChangeEvent {
+            record: Some(proto::Record {
+                id: id.as_bytes().to_vec(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(route(&record, &[1], "changes", "keys").0, "changes");
+        let entry = proto::ChangeEvent {
+            entry: Some(proto::Entry::default()),
+            ..Default::default()
+        };
+        assert_eq!(
+            route(&entry, &[1], "changes", "keys"),
+            ("changes", String::new(), Some(&[1u8][..]))
+        );
     }
 }
