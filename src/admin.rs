@@ -288,6 +288,32 @@ async fn rotate_signing_key(
     Ok((StatusCode::CREATED, Json(out)))
 }
 
+/// This region's master key versions and what still uses each: the records and user
+/// keys wrapped under it here, and the signing keys sealed under it. A version that
+/// nothing uses can be retired (`authsync keys retire`).
+async fn key_usage(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let (users, tokens) = (s.users.clone(), s.tokens.clone());
+    let out = crate::api::blocking(move || {
+        let usage = users.key_usage()?;
+        let seeds = tokens.seeds_by_version()?;
+        let (versions, active) = users.keyring().own_versions();
+        let count =
+            |m: &std::collections::BTreeMap<u32, u64>, v: u32| m.get(&v).copied().unwrap_or(0);
+        Ok::<_, UserError>(json!({
+            "region": users.region(),
+            "active": active,
+            "versions": versions.iter().map(|&v| json!({
+                "version": v,
+                "records": count(&usage.records, v),
+                "user_keys": count(&usage.user_keys, v),
+                "signing_keys": count(&seeds, v),
+            })).collect::<Vec<_>>(),
+        }))
+    })
+    .await?;
+    Ok(Json(out))
+}
+
 async fn get_faults(State(s): State<AppState>) -> Json<FaultState> {
     Json(s.users.faults().state())
 }
@@ -442,6 +468,7 @@ pub fn routes(state: &AppState) -> (Router<AppState>, Router<AppState>) {
         .route("/v1/admin/dead-letters/{id}/replay", post(replay_dead))
         .route("/v1/admin/api-keys", get(list_api_keys).post(add_api_key))
         .route("/v1/admin/signing-keys/rotate", post(rotate_signing_key))
+        .route("/v1/admin/keys/usage", get(key_usage))
         .route(
             "/v1/admin/api-keys/{id}",
             axum::routing::delete(revoke_api_key),

@@ -337,6 +337,39 @@ impl Keyring {
         Ok(version)
     }
 
+    /// The owner's key versions, ascending, and which one is active.
+    pub fn own_versions(&self) -> (Vec<u32>, u32) {
+        let (_, keys) = &self.regions[&self.owner];
+        let active = keys
+            .iter()
+            .find(|k| k.state == KeyState::Active)
+            .map_or(0, |k| k.version);
+        (keys.iter().map(|k| k.version).collect(), active)
+    }
+
+    /// Destroys a decrypt-only version of the owner's master key: whatever is still
+    /// wrapped under it (in this store, in a backup, in Kafka) can no longer be opened
+    /// here. The active version cannot be retired.
+    pub fn retire(&mut self, version: u32) -> Result<(), KeyError> {
+        let owner = self.owner.clone();
+        let (_, keys) = self
+            .regions
+            .get_mut(&owner)
+            .expect("a parsed keyring has its owner's keys");
+        match keys.iter().position(|k| k.version == version) {
+            None => Err(KeyError::Invalid(format!(
+                "region {owner} has no master key v{version}"
+            ))),
+            Some(i) if keys[i].state == KeyState::Active => Err(KeyError::Invalid(format!(
+                "{owner}/v{version} is the active key; rotate first"
+            ))),
+            Some(i) => {
+                keys.remove(i);
+                Ok(())
+            }
+        }
+    }
+
     /// Takes `peer`'s current active key as this keyring's wrapping key for that region.
     pub fn set_peer_key(&mut self, peer: &Keyring) -> Result<(), KeyError> {
         let active = peer
@@ -455,6 +488,22 @@ pub fn rotate_in_dir(dir: &Path, region: &str) -> Result<u32, KeyError> {
     Ok(version)
 }
 
+/// Retires `version` of `region`'s master key in `dir` ([`Keyring::retire`]). Peers
+/// hold only the active version, so only the region's own file changes.
+pub fn retire_in_dir(dir: &Path, region: &str, version: u32) -> Result<(), KeyError> {
+    let path = keyring_path(dir, region);
+    let mut own = Keyring::load(&path)?;
+    if own.owner() != region {
+        return Err(KeyError::WrongOwner {
+            path,
+            found: own.owner().to_string(),
+            expected: region.to_string(),
+        });
+    }
+    own.retire(version)?;
+    own.save(&path)
+}
+
 fn check_permissions(path: &Path) -> Result<(), KeyError> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).map_err(|source| KeyError::Read {
@@ -554,6 +603,33 @@ mod tests {
         let wrap = peer.active_key("eu-west").unwrap();
         assert_eq!(wrap.version, 2);
         assert_eq!(wrap.key.as_ref(), own.own_key(2).unwrap().key.as_ref());
+    }
+
+    #[test]
+    fn a_retired_version_is_gone_and_the_active_one_cannot_be_retired() {
+        let dir = tempfile::tempdir().unwrap();
+        for ring in init(&regions()).unwrap() {
+            ring.save(&keyring_path(dir.path(), ring.owner())).unwrap();
+        }
+        let err = retire_in_dir(dir.path(), "eu-west", 1).unwrap_err();
+        assert!(err.to_string().contains("is the active key"), "{err}");
+        rotate_in_dir(dir.path(), "eu-west").unwrap();
+        let err = retire_in_dir(dir.path(), "eu-west", 7).unwrap_err();
+        assert!(err.to_string().contains("no master key v7"), "{err}");
+        retire_in_dir(dir.path(), "eu-west", 1).unwrap();
+        let own = Keyring::load(&keyring_path(dir.path(), "eu-west")).unwrap();
+        assert!(own.own_key(1).is_none());
+        assert_eq!(own.own_versions(), (vec![2], 2));
+        // What v1 wrapped no longer opens here.
+        let (key, _) =
+            crate::crypto::new_user_key(&[1; 16], &init(&regions()).unwrap()[1], &regions())
+                .unwrap();
+        let mut wrapped_v1 = key.clone();
+        wrapped_v1.wraps.retain(|w| w.region == "eu-west");
+        assert!(matches!(
+            crate::crypto::open_user_key(&wrapped_v1, &own),
+            Err(crate::crypto::CryptoError::UnknownMasterKey(_))
+        ));
     }
 
     #[test]

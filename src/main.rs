@@ -176,6 +176,20 @@ enum KeysCommand {
         #[arg(long, alias = "out", default_value = "config/keys")]
         dir: PathBuf,
     },
+    /// Destroy an old master key version of a region, once its node reports that
+    /// nothing still uses it: whatever it sealed, backups included, stays sealed.
+    Retire {
+        #[arg(long)]
+        region: String,
+        /// The version to destroy (not the active one).
+        #[arg(long)]
+        version: u32,
+        /// Directory holding the region's keyring.
+        #[arg(long, alias = "out", default_value = "config/keys")]
+        dir: PathBuf,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
     /// Print a new random API key and the SHA-256 line for a node config.
     ApiKey {
         /// Name for the config entry.
@@ -239,6 +253,14 @@ async fn run() -> anyhow::Result<()> {
                 ring.save(&path)?;
                 println!("wrote {}", path.display());
             }
+        }
+        Command::Keys(KeysCommand::Retire {
+            region,
+            version,
+            dir,
+            node,
+        }) => {
+            authsync::client::retire_key(&node.checked()?, &dir, &region, version).await?;
         }
         Command::Keys(KeysCommand::Rotate { region, dir }) => {
             let version = keys::rotate_in_dir(&dir, &region)?;

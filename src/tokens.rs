@@ -27,7 +27,7 @@
 //! - A refresh for an account that is no longer active is refused, and revokes the
 //!   family too.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -171,6 +171,22 @@ impl Tokens {
 
     fn now_ms(&self) -> u64 {
         self.users.clock_now_ms()
+    }
+
+    /// This region's signing keys that sign now or will (not retired, or retired in
+    /// the future), by the master key version their seed is sealed under: a version
+    /// they use cannot be retired.
+    pub fn seeds_by_version(&self) -> Result<BTreeMap<u32, u64>, UserError> {
+        let (region, now) = (self.users.region(), self.now_ms());
+        let mut out = BTreeMap::new();
+        for (_, key) in self.signing_keys()? {
+            if key.region == region && (key.retired_ms == 0 || now < key.retired_ms) {
+                if let Some(sealed) = &key.sealed_seed {
+                    *out.entry(sealed.key_version).or_default() += 1;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Removes the refresh token families that can never refresh again: expired, or

@@ -141,6 +141,13 @@ impl ApplyError {
     }
 }
 
+/// This region's wraps by master key version ([`Users::key_usage`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KeyUsage {
+    pub records: BTreeMap<u32, u64>,
+    pub user_keys: BTreeMap<u32, u64>,
+}
+
 /// What one key-recovery round did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RecoveryRound {
@@ -487,6 +494,49 @@ impl Users {
         Ok(self
             .get_record(id)?
             .is_some_and(|r| !r.tombstone && Status::try_from(r.status) == Ok(Status::Active)))
+    }
+
+    /// How many records and user keys here have this region's wrap under each of its
+    /// master key versions: a full scan, for deciding whether an old version can be
+    /// retired (`authsync keys retire`).
+    pub fn key_usage(&self) -> Result<KeyUsage, UserError> {
+        let mut usage = KeyUsage::default();
+        let own_version = |wraps: &[proto::WrappedKey]| {
+            wraps
+                .iter()
+                .find(|w| w.region == self.region)
+                .map(|w| w.key_version)
+        };
+        let mut cursor = None;
+        loop {
+            let (batch, next) = self.store.scan_records(cursor, 1000)?;
+            for r in &batch {
+                if let Some(v) = r.info.as_ref().and_then(|e| own_version(&e.keys)) {
+                    *usage.records.entry(v).or_default() += 1;
+                }
+            }
+            match next {
+                Some(n) => cursor = Some(n),
+                None => break,
+            }
+        }
+        let mut after = None;
+        loop {
+            let keys = self.store.scan_user_keys(after, 1000)?;
+            for k in &keys {
+                if let Some(v) = own_version(&k.wraps) {
+                    *usage.user_keys.entry(v).or_default() += 1;
+                }
+            }
+            match keys.last() {
+                Some(last) => after = <[u8; 16]>::try_from(last.user_id.as_slice()).ok(),
+                None => break,
+            }
+            if after.is_none() {
+                break;
+            }
+        }
+        Ok(usage)
     }
 
     /// Whether `id` names an erased account (a tombstone here). An id not seen here

@@ -1,12 +1,13 @@
 //! What an attacker or an auditor would check: no plaintext at rest, tamper
-//! detection, legacy hashes, merges on import, key rotation.
+//! detection, legacy hashes, merges on import, key rotation, and retiring an old
+//! master key so that a backup made before it cannot be read.
 
 mod common;
 
 use std::time::Duration;
 
 use authsync::keys::{keyring_path, Keyring};
-use authsync::store::{Store, StoreOptions, CF_RECORDS};
+use authsync::store::{Store, StoreOptions, CF_RECORDS, CF_USER_KEYS};
 use common::{files_under, metric_value, TestNode};
 use serde_json::json;
 
@@ -532,4 +533,120 @@ async fn bytes_changed_inside_an_sst_file_fail_the_read_the_same_way() {
     );
     // The node keeps serving.
     assert_eq!(c.get("/healthz").await.status, 200);
+}
+
+/// `authsync keys retire` for af-south, against the node at `url`: (success, stderr).
+fn retire(node: &TestNode, version: &str) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_authsync"))
+        .args([
+            "keys",
+            "retire",
+            "--region",
+            "af-south",
+            "--version",
+            version,
+        ])
+        .arg("--dir")
+        .arg(node.keys_dir())
+        .args(["--url", &node.url, "--api-key", common::API_KEY])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_master_key_leaves_a_backup_from_before_it_unreadable() {
+    let mut node = TestNode::start_with("[tokens]\npublish_lead_s = 0\n");
+    let id = node.client().create("retire@example.com", PW).await;
+    let path = format!("/v1/users/{id}");
+    // A backup: the record and its user key as they are now, under af-south/v1.
+    node.stop();
+    let uuid = uuid::Uuid::parse_str(&id).unwrap();
+    let (record, key) = {
+        let store = Store::open(&node.data_dir(), &StoreOptions::default()).unwrap();
+        (
+            store.raw_get(CF_RECORDS, uuid.as_bytes()).unwrap().unwrap(),
+            store
+                .raw_get(CF_USER_KEYS, uuid.as_bytes())
+                .unwrap()
+                .unwrap(),
+        )
+    };
+    node.start_again();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_authsync"))
+        .args(["keys", "rotate", "--region", "af-south", "--dir"])
+        .arg(node.keys_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // Before the node has reloaded its keyring, v1 is still active there: refused.
+    let c = node.client();
+    for _ in 0..100 {
+        if c.get("/v1/admin/keys/usage").await.body["active"] == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The signing key's seed is still sealed under v1: retiring it is refused.
+    let (ok, err) = retire(&node, "1");
+    assert!(!ok && err.contains("is still used by"), "{err}");
+    assert_eq!(
+        c.post("/v1/admin/signing-keys/rotate", json!({}))
+            .await
+            .status,
+        201
+    );
+    // Key recovery moves the record and the user key to v2; then nothing uses v1.
+    let mut unused = false;
+    for _ in 0..150 {
+        let usage = c.get("/v1/admin/keys/usage").await.body;
+        let v1 = &usage["versions"][0];
+        assert_eq!(v1["version"], 1, "{usage}");
+        if v1["records"] == 0 && v1["user_keys"] == 0 && v1["signing_keys"] == 0 {
+            unused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(unused, "v1 still in use; log:\n{}", node.log());
+    let (ok, err) = retire(&node, "1");
+    assert!(ok, "{err}");
+    let (ok, err) = retire(&node, "2");
+    assert!(!ok && err.contains("active key"), "{err}");
+    // The node drops v1 at its next keyring reload, and serves as before.
+    let mut dropped = false;
+    for _ in 0..100 {
+        if c.get("/v1/admin/keys/usage").await.body["versions"]
+            == json!([{"version": 2, "records": 1, "user_keys": 1, "signing_keys": 1}])
+        {
+            dropped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(dropped, "{}", c.get("/v1/admin/keys/usage").await.text);
+    assert_eq!(c.get(&path).await.status, 200);
+    let login = c
+        .post(
+            "/v1/login",
+            json!({"login": "retire@example.com", "password": PW}),
+        )
+        .await;
+    assert_eq!(login.status, 200, "{}", login.text);
+
+    // The backup restored in place: its data key and user key are under v1, which no
+    // longer exists anywhere.
+    node.stop();
+    {
+        let store = Store::open(&node.data_dir(), &StoreOptions::default()).unwrap();
+        store.raw_put(CF_RECORDS, uuid.as_bytes(), &record).unwrap();
+        store.raw_put(CF_USER_KEYS, uuid.as_bytes(), &key).unwrap();
+    }
+    node.start_again();
+    let read = node.client().get(&path).await;
+    assert_eq!(read.status, 503, "{}", read.text);
+    assert!(!read.text.contains("retire@example.com"));
 }
