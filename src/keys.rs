@@ -455,15 +455,7 @@ pub fn init(regions: &[String]) -> Result<Vec<Keyring>, KeyError> {
 /// Rotates `region`'s master key in `dir` and hands the new wrapping key to every
 /// other keyring in the directory that lists the region as a peer.
 pub fn rotate_in_dir(dir: &Path, region: &str) -> Result<u32, KeyError> {
-    let path = keyring_path(dir, region);
-    let mut own = Keyring::load(&path)?;
-    if own.owner() != region {
-        return Err(KeyError::WrongOwner {
-            path,
-            found: own.owner().to_string(),
-            expected: region.to_string(),
-        });
-    }
+    let (path, mut own) = load_own(dir, region)?;
     let version = own.rotate()?;
     own.save(&path)?;
     let entries = std::fs::read_dir(dir).map_err(|source| KeyError::Read {
@@ -491,8 +483,15 @@ pub fn rotate_in_dir(dir: &Path, region: &str) -> Result<u32, KeyError> {
 /// Retires `version` of `region`'s master key in `dir` ([`Keyring::retire`]). Peers
 /// hold only the active version, so only the region's own file changes.
 pub fn retire_in_dir(dir: &Path, region: &str, version: u32) -> Result<(), KeyError> {
+    let (path, mut own) = load_own(dir, region)?;
+    own.retire(version)?;
+    own.save(&path)
+}
+
+/// `region`'s keyring in `dir`, and its path, checked to belong to the region.
+fn load_own(dir: &Path, region: &str) -> Result<(PathBuf, Keyring), KeyError> {
     let path = keyring_path(dir, region);
-    let mut own = Keyring::load(&path)?;
+    let own = Keyring::load(&path)?;
     if own.owner() != region {
         return Err(KeyError::WrongOwner {
             path,
@@ -500,8 +499,7 @@ pub fn retire_in_dir(dir: &Path, region: &str, version: u32) -> Result<(), KeyEr
             expected: region.to_string(),
         });
     }
-    own.retire(version)?;
-    own.save(&path)
+    Ok((path, own))
 }
 
 fn check_permissions(path: &Path) -> Result<(), KeyError> {
