@@ -4,12 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages: libclang for RocksDB's bindgen, protoc for the .proto file,
-# OpenSSL and zlib headers for librdkafka (TLS, compression), Prometheus (server and
-# promtool) for the observability tests, and docker-compose to check the compose file
-# (no Docker engine is needed for that).
+# System packages: a C++ compiler and libclang for RocksDB (and its bindgen), protoc
+# for the .proto file, OpenSSL and zlib headers for librdkafka (TLS, compression),
+# Prometheus (server and promtool) for the observability tests, docker-compose to check
+# the compose file (no Docker engine is needed for that), and what the tests run:
+# kill (procps) to stop nodes, python3 for the chaos harness's loopback checks.
 need=()
-for pkg in libclang-dev protobuf-compiler libssl-dev zlib1g-dev pkg-config make prometheus docker-compose; do
+for pkg in g++ libclang-dev protobuf-compiler libssl-dev zlib1g-dev pkg-config make prometheus docker-compose procps python3; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

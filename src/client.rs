@@ -97,6 +97,18 @@ pub async fn retire_key(
     region: &str,
     version: u32,
 ) -> anyhow::Result<()> {
+    // What the keyring file alone can refuse, before the node is asked anything.
+    let path = crate::keys::keyring_path(dir, region);
+    let (held, active) = crate::keys::Keyring::load(&path)?.own_versions();
+    if version == active {
+        bail!("{region}/v{version} is the active key; rotate first");
+    }
+    if !held.contains(&version) {
+        bail!(
+            "{} holds no master key v{version} of {region}",
+            path.display()
+        );
+    }
     let admin = AdminClient::new(node)?;
     let usage = admin
         .expect(reqwest::Method::GET, "/v1/admin/keys/usage", None, 200)

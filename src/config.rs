@@ -12,10 +12,10 @@ use serde::{Deserialize, Serialize};
 /// Why a configuration was refused. The message always names the offending key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("read config file {path}: {source}")]
+    #[error("read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("parse config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -504,9 +504,9 @@ pub fn check_region_name(name: &str) -> Result<(), String> {
 
 impl RawConfig {
     pub fn load(path: &Path) -> Result<RawConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         RawConfig::parse(&text).map_err(|message| ConfigError::Parse {
             path: path.to_path_buf(),

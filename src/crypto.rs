@@ -693,6 +693,17 @@ mod tests {
         open(record, ring, &open_user_key(key, ring)?)
     }
 
+    /// The sample record sealed by `ring` for `regions` under the user key `uk`.
+    fn sealed_sample(
+        ring: &Keyring,
+        regions: &[String],
+        uk: &proto::UserKey,
+    ) -> (proto::Record, proto::Info) {
+        let (mut record, info) = sample();
+        seal(&mut record, &info, ring, regions, &secret(uk, ring)).unwrap();
+        (record, info)
+    }
+
     fn sample() -> (proto::Record, proto::Info) {
         let record = proto::Record {
             id: vec![7; 16],
@@ -744,15 +755,7 @@ mod tests {
     fn every_region_opens_what_one_region_sealed() {
         let rings = keys::init(&regions()).unwrap();
         let uk = user_key(&rings);
-        let (mut record, info) = sample();
-        seal(
-            &mut record,
-            &info,
-            &rings[1],
-            &regions(),
-            &secret(&uk, &rings[1]),
-        )
-        .unwrap();
+        let (record, info) = sealed_sample(&rings[1], &regions(), &uk);
         for ring in &rings {
             assert_eq!(
                 open_with(&record, ring, &uk).unwrap(),
@@ -797,15 +800,7 @@ mod tests {
     fn changing_any_bound_field_fails_with_one_error() {
         let rings = keys::init(&regions()).unwrap();
         let uk = user_key(&rings);
-        let (mut record, info) = sample();
-        seal(
-            &mut record,
-            &info,
-            &rings[0],
-            &regions(),
-            &secret(&uk, &rings[0]),
-        )
-        .unwrap();
+        let (record, _) = sealed_sample(&rings[0], &regions(), &uk);
         let mut cases: Vec<proto::Record> = Vec::new();
         let mut r = record.clone();
         r.status = proto::Status::Locked as i32;
@@ -844,15 +839,7 @@ mod tests {
     fn a_region_without_its_wrapped_key_says_so() {
         let rings = keys::init(&regions()).unwrap();
         let uk = user_key(&rings);
-        let (mut record, info) = sample();
-        seal(
-            &mut record,
-            &info,
-            &rings[0],
-            &regions()[..2],
-            &secret(&uk, &rings[0]),
-        )
-        .unwrap();
+        let (record, _) = sealed_sample(&rings[0], &regions()[..2], &uk);
         assert_eq!(
             open_with(&record, &rings[2], &uk),
             Err(CryptoError::NoKeyForRegion("us-east".into()))
@@ -863,15 +850,7 @@ mod tests {
     fn rewrap_moves_to_the_new_master_key_without_reencrypting() {
         let mut rings = keys::init(&regions()).unwrap();
         let uk = user_key(&rings);
-        let (mut record, info) = sample();
-        seal(
-            &mut record,
-            &info,
-            &rings[1],
-            &regions(),
-            &secret(&uk, &rings[1]),
-        )
-        .unwrap();
+        let (mut record, info) = sealed_sample(&rings[1], &regions(), &uk);
         let ct_before = record.info.as_ref().unwrap().ciphertext.clone();
         rings[1].rotate().unwrap();
         record.version.as_mut().unwrap().logical += 1;
@@ -931,15 +910,7 @@ mod tests {
     fn without_its_user_key_a_record_stays_ciphertext_whatever_master_keys_are_held() {
         let rings = keys::init(&regions()).unwrap();
         let uk = user_key(&rings);
-        let (mut record, info) = sample();
-        seal(
-            &mut record,
-            &info,
-            &rings[0],
-            &regions(),
-            &secret(&uk, &rings[0]),
-        )
-        .unwrap();
+        let (record, info) = sealed_sample(&rings[0], &regions(), &uk);
         assert_eq!(user_key_id(&record), uk.key_id.as_slice());
         // Another account's key, even with the right id forced onto it, does not open
         // it: the encryption key derives from the user key's bytes.

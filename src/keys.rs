@@ -27,19 +27,19 @@ pub const KEYRING_FORMAT: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("read keyring {path}: {source}")]
+    #[error("read keyring {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("keyring {path} is readable by other users (mode {mode:o}); run `chmod 600 {path}`")]
     Permissions { path: PathBuf, mode: u32 },
     #[error("parse keyring {path}: {problem}")]
     Parse { path: PathBuf, problem: String },
-    #[error("write keyring {path}: {source}")]
+    #[error("write keyring {path}: {error}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("keyring {path} belongs to region {found}, expected {expected}")]
     WrongOwner {
@@ -165,9 +165,9 @@ impl Keyring {
         check_permissions(path)?;
         let text =
             Zeroizing::new(
-                std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+                std::fs::read_to_string(path).map_err(|error| KeyError::Read {
                     path: path.to_path_buf(),
-                    source,
+                    error,
                 })?,
             );
         Keyring::parse(&text).map_err(|problem| KeyError::Parse {
@@ -272,9 +272,9 @@ impl Keyring {
         let text = Zeroizing::new(
             serde_json::to_string_pretty(&self.to_file()).expect("keyring serialises"),
         );
-        write_private(path, text.as_bytes()).map_err(|source| KeyError::Write {
+        write_private(path, text.as_bytes()).map_err(|error| KeyError::Write {
             path: path.to_path_buf(),
-            source,
+            error,
         })
     }
 
@@ -458,9 +458,9 @@ pub fn rotate_in_dir(dir: &Path, region: &str) -> Result<u32, KeyError> {
     let (path, mut own) = load_own(dir, region)?;
     let version = own.rotate()?;
     own.save(&path)?;
-    let entries = std::fs::read_dir(dir).map_err(|source| KeyError::Read {
+    let entries = std::fs::read_dir(dir).map_err(|error| KeyError::Read {
         path: dir.to_path_buf(),
-        source,
+        error,
     })?;
     for entry in entries.flatten() {
         let p = entry.path();
@@ -504,9 +504,9 @@ fn load_own(dir: &Path, region: &str) -> Result<(PathBuf, Keyring), KeyError> {
 
 fn check_permissions(path: &Path) -> Result<(), KeyError> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|source| KeyError::Read {
+    let meta = std::fs::metadata(path).map_err(|error| KeyError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {

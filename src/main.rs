@@ -182,7 +182,7 @@ enum KeysCommand {
         #[arg(long)]
         region: String,
         /// The version to destroy (not the active one).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         version: u32,
         /// Directory holding the region's keyring.
         #[arg(long, alias = "out", default_value = "config/keys")]
@@ -198,13 +198,22 @@ enum KeysCommand {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     process::keep_large_allocations_mapped();
-    tokio::runtime::Builder::new_multi_thread()
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("start the async runtime")?
-        .block_on(run())
+        .context("start the async runtime")
+        .and_then(|runtime| runtime.block_on(run()));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The error and its causes on one line, never a backtrace: what an
+            // operator or a supervisor reads.
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run() -> anyhow::Result<()> {

@@ -550,21 +550,9 @@ impl Store {
             })?;
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_USER_KEYS), id, key.encode_to_vec());
-        let mut seq = None;
-        if outbox {
-            let (s, _) = self.append_outbox(&mut batch, None, |e| e.user_key = Some(key.clone()));
-            seq = Some(s);
-        }
-        let mut options = WriteOptions::default();
-        options.set_sync(sync && self.sync);
-        let written = self
-            .db
-            .write_opt(batch, &options)
-            .map_err(db_err("write user key"));
-        if let Some(s) = seq {
-            self.outbox.lock().writing.remove(&s);
-        }
-        written
+        let event = outbox.then_some(|e: &mut proto::ChangeEvent| e.user_key = Some(key.clone()));
+        self.write_with_event(batch, None, event, sync, "write user key")
+            .map(drop)
     }
 
     /// Up to `limit` user keys after account id `after`, in id order.
@@ -637,26 +625,30 @@ impl Store {
             entry_key(entry.kind, &entry.key),
             entry.encode_to_vec(),
         );
-        let mut event = None;
-        let mut seq = None;
-        if outbox {
-            let (s, e) = self.append_outbox(&mut batch, entry.version.as_ref(), |e| {
-                e.entry = Some(entry.clone())
-            });
-            seq = Some(s);
-            event = Some(e);
-        }
+        let event = outbox.then_some(|e: &mut proto::ChangeEvent| e.entry = Some(entry.clone()));
+        self.write_with_event(batch, entry.version.as_ref(), event, sync, "write entry")
+    }
+
+    /// Writes `batch` (synced when `sync` and the WAL policy syncs), with the outbox
+    /// event `fill` completes when there is one, and releases that event's sequence
+    /// whether the write succeeded or not.
+    fn write_with_event(
+        &self,
+        mut batch: WriteBatch,
+        version: Option<&proto::Version>,
+        fill: Option<impl FnOnce(&mut proto::ChangeEvent)>,
+        sync: bool,
+        context: &'static str,
+    ) -> Result<Option<proto::ChangeEvent>, StoreError> {
+        let appended = fill.map(|fill| self.append_outbox(&mut batch, version, fill));
         let mut options = WriteOptions::default();
         options.set_sync(sync && self.sync);
-        let written = self
-            .db
-            .write_opt(batch, &options)
-            .map_err(db_err("write entry"));
-        if let Some(s) = seq {
-            self.outbox.lock().writing.remove(&s);
+        let written = self.db.write_opt(batch, &options).map_err(db_err(context));
+        if let Some((seq, _)) = &appended {
+            self.outbox.lock().writing.remove(seq);
         }
         written?;
-        Ok(event)
+        Ok(appended.map(|(_, event)| event))
     }
 
     /// Removes the entry under (kind, key) from this store only (the entry sweeps:

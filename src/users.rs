@@ -1678,6 +1678,20 @@ mod tests {
         Users::new(store, keyring, passwords, hlc, 8)
     }
 
+    /// af-south and eu-west of one deployment, each with its own store (kept while
+    /// the directories live).
+    fn two_regions() -> (Vec<tempfile::TempDir>, Users, Users) {
+        let regions: Vec<String> = ["af-south", "eu-west"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut rings = crate::keys::init(&regions).unwrap();
+        let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+        let b = users_with(dirs[1].path(), rings.remove(1));
+        let a = users_with(dirs[0].path(), rings.remove(0));
+        (dirs, a, b)
+    }
+
     /// Every event in `u`'s outbox, oldest first, taken out of it.
     fn drain(u: &Users) -> Vec<proto::ChangeEvent> {
         let head = u.store().outbox_head(10_000).unwrap();
@@ -1976,14 +1990,7 @@ mod tests {
 
     #[test]
     fn an_erase_destroys_the_accounts_key_in_every_region_and_old_copies_stay_ciphertext() {
-        let regions: Vec<String> = ["af-south", "eu-west"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let mut rings = crate::keys::init(&regions).unwrap();
-        let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-        let b = users_with(dirs[1].path(), rings.remove(1));
-        let a = users_with(dirs[0].path(), rings.remove(0));
+        let (_dirs, a, b) = two_regions();
         let (id, _) = a.create(new_user("erase@example.com")).unwrap();
         let created = drain(&a);
         for event in &created {
@@ -2036,14 +2043,7 @@ mod tests {
 
     #[test]
     fn an_erase_wins_over_a_concurrent_later_change_in_every_region() {
-        let regions: Vec<String> = ["af-south", "eu-west"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let mut rings = crate::keys::init(&regions).unwrap();
-        let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-        let b = users_with(dirs[1].path(), rings.remove(1));
-        let a = users_with(dirs[0].path(), rings.remove(0));
+        let (_dirs, a, b) = two_regions();
         let (id, _) = a.create(new_user("both@example.com")).unwrap();
         for event in drain(&a) {
             b.apply(&event).unwrap();
@@ -2073,14 +2073,7 @@ mod tests {
 
     #[test]
     fn erasing_an_account_erases_the_accounts_merged_into_it_in_every_region() {
-        let regions: Vec<String> = ["af-south", "eu-west"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let mut rings = crate::keys::init(&regions).unwrap();
-        let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-        let b = users_with(dirs[1].path(), rings.remove(1));
-        let a = users_with(dirs[0].path(), rings.remove(0));
+        let (_dirs, a, b) = two_regions();
         // The same person signs up in both regions before either hears of the other.
         let (first, _) = a.create(new_user("twice@example.com")).unwrap();
         let (second, _) = b.create(new_user("twice@example.com")).unwrap();
