@@ -530,10 +530,17 @@ async fn import(
 
 async fn digest(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     let users = s.users.clone();
-    let (count, digest) = blocking(move || users.digest()).await?;
-    Ok(Json(
-        json!({"count": count, "digest": digest, "region": s.users.region()}),
-    ))
+    let (count, digest, unkeyed) = blocking(move || {
+        let (count, digest) = users.digest()?;
+        Ok((count, digest, users.store().unkeyed_records()?))
+    })
+    .await?;
+    Ok(Json(json!({
+        "count": count,
+        "digest": digest,
+        "region": s.users.region(),
+        "unkeyed": unkeyed,
+    })))
 }
 
 async fn healthz() -> Json<Value> {

@@ -814,6 +814,30 @@ impl Store {
         Ok((count, out))
     }
 
+    /// Live records (not tombstones) whose account key is not here: records this
+    /// region cannot read yet, their key still on its way on the user-key topic.
+    pub fn unkeyed_records(&self) -> Result<u64, StoreError> {
+        let mut unkeyed = 0;
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_RECORDS), IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(db_err("scan records for keys"))?;
+            let id = <[u8; 16]>::try_from(&*k)
+                .map_err(|_| StoreError::Corrupt { what: "record key" })?;
+            if !decode_record(&id, &v)?.tombstone
+                && self
+                    .db
+                    .get_pinned_cf(self.cf(CF_USER_KEYS), id)
+                    .map_err(db_err("read user key"))?
+                    .is_none()
+            {
+                unkeyed += 1;
+            }
+        }
+        Ok(unkeyed)
+    }
+
     /// `(count, SHA-256)` per bucket over the same (id, version, tombstone) as
     /// [`Store::digest`], in one scan.
     pub fn bucket_digests(&self) -> Result<Vec<(u64, [u8; 32])>, StoreError> {

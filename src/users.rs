@@ -387,18 +387,18 @@ impl Users {
             .collect())
     }
 
-    /// Seals `info` into `record` for every region whose key service answers, under
-    /// `user`'s key, and remembers the record for key recovery when that is not all
-    /// of the regions.
+    /// Seals `info` into `record` for `regions` (those whose key service answers,
+    /// from [`Users::wrap_regions`]) under `user`'s key, and remembers the record for
+    /// key recovery when that is not all of the keyring's regions.
     fn seal(
         &self,
         record: &mut proto::Record,
         info: &proto::Info,
         keyring: &Keyring,
+        regions: &[String],
         user: &UserSecret,
     ) -> Result<(), UserError> {
-        let regions = self.wrap_regions(keyring)?;
-        crypto::seal(record, info, keyring, &regions, user).map_err(UserError::Crypto)?;
+        crypto::seal(record, info, keyring, regions, user).map_err(UserError::Crypto)?;
         if regions.len() < keyring.regions().count() {
             if let Ok(id) = Uuid::from_slice(&record.id) {
                 let mut short = self.short_wraps.lock();
@@ -448,18 +448,18 @@ impl Users {
     /// The opened key of the account `record` belongs to. Not here yet (its user key
     /// travels on its own topic and may arrive after the record) is a key not yet
     /// available, like a wrap not yet repaired.
-    fn user_secret(&self, record: &proto::Record) -> Result<UserSecret, UserError> {
+    /// A record sealed under another key than the one held fails in
+    /// [`crypto::open`], which checks the key id the envelope names.
+    fn user_secret(
+        &self,
+        record: &proto::Record,
+        keyring: &Keyring,
+    ) -> Result<UserSecret, UserError> {
         let Some(key) = self.user_key(&record.id)? else {
             metrics::counter!(m::RECORDS_UNREADABLE_TOTAL, "reason" => "no_user_key").increment(1);
             return Err(UserError::KeyUnavailable(self.region.clone()));
         };
-        if key.key_id != crypto::user_key_id(record) {
-            // Sealed under another key of the account than the one held: not openable
-            // here, and not to be papered over.
-            metrics::counter!(m::RECORDS_UNREADABLE_TOTAL, "reason" => "integrity").increment(1);
-            return Err(UserError::Unreadable);
-        }
-        crypto::open_user_key(&key, &self.keyring()).map_err(|e| self.crypto_failure(e))
+        crypto::open_user_key(&key, keyring).map_err(|e| self.crypto_failure(e))
     }
 
     /// Counts a failed open by reason and maps it to what callers are told.
@@ -481,9 +481,17 @@ impl Users {
     }
 
     fn open_info(&self, record: &proto::Record) -> Result<proto::Info, UserError> {
+        Ok(self.opened(record)?.0)
+    }
+
+    /// The record's `Info`, and its account's key for sealing the change that follows:
+    /// the key is read and unwrapped once per change.
+    fn opened(&self, record: &proto::Record) -> Result<(proto::Info, UserSecret), UserError> {
         self.own_key_available()?;
-        let user = self.user_secret(record)?;
-        crypto::open(record, &self.keyring(), &user).map_err(|e| self.crypto_failure(e))
+        let keyring = self.keyring();
+        let user = self.user_secret(record, &keyring)?;
+        let info = crypto::open(record, &keyring, &user).map_err(|e| self.crypto_failure(e))?;
+        Ok((info, user))
     }
 
     /// The stored record, authenticated: corrupt or tampered bytes give the one
@@ -587,14 +595,16 @@ impl Users {
         Ok(r)
     }
 
-    /// Gives `record` a new version, seals `info` into it and commits it.
+    /// Gives `record` a new version, seals `info` into it and commits it: a change to
+    /// `previous` under that account's key, or a new account with a key made here.
     fn commit(
         &self,
-        previous: Option<&proto::Record>,
+        previous: Option<(&proto::Record, &UserSecret)>,
         mut record: proto::Record,
         info: &proto::Info,
         kind: &'static str,
     ) -> Result<Version, UserError> {
+        let (previous, user) = previous.unzip();
         let version = self.hlc.tick_after(previous.map(record_version).as_ref());
         record.version = Some(version.to_proto());
         record.updated_at_ms = version.physical_ms;
@@ -603,20 +613,19 @@ impl Users {
             record.created = Some(version.to_proto());
         }
         let keyring = self.keyring();
-        match previous {
-            Some(_) => {
-                let user = self.user_secret(&record)?;
-                self.seal(&mut record, info, &keyring, &user)?;
+        let regions = self.wrap_regions(&keyring)?;
+        match user {
+            Some(user) => {
+                self.seal(&mut record, info, &keyring, &regions, user)?;
                 self.commit_sealed(previous, &mut record, kind)?;
             }
             None => {
-                // A new account: its key is made here, and written and published with
-                // its first version.
-                let regions = self.wrap_regions(&keyring)?;
+                // A new account: its key is made here, wrapped for the same regions as
+                // its record, and written and published with its first version.
                 let (mut key, user) = crypto::new_user_key(&record.id, &keyring, &regions)
                     .map_err(UserError::Crypto)?;
                 self.user_key_mac.sign(&mut key);
-                self.seal(&mut record, info, &keyring, &user)?;
+                self.seal(&mut record, info, &keyring, &regions, &user)?;
                 self.record_mac.sign(&mut record);
                 let started = Instant::now();
                 self.store.commit_many(&[StoreChange {
@@ -793,7 +802,7 @@ impl Users {
         keys.extend(phone_idx.iter().map(|h| h.as_slice()));
         let _locked = self.store.lock(&keys);
         let previous = self.load_changeable(id)?;
-        let mut info = self.open_info(&previous)?;
+        let (mut info, key) = self.opened(&previous)?;
         let mut conflicts = Vec::new();
         if let Some(h) = &email_idx {
             if self.taken(IndexField::Email, h, Some(id))? {
@@ -830,14 +839,14 @@ impl Users {
                 None => info.profile.remove(&k),
             };
         }
-        self.commit(Some(&previous), record, &info, "update")
+        self.commit(Some((&previous, &key)), record, &info, "update")
     }
 
     pub fn set_password(&self, id: &Uuid, password: &str) -> Result<Version, UserError> {
         let secret = self.hash_password(password)?;
         let _locked = self.store.lock(&[id.as_bytes()]);
         let previous = self.load_changeable(id)?;
-        let mut info = self.open_info(&previous)?;
+        let (mut info, key) = self.opened(&previous)?;
         if !info.email.is_empty() && password.to_lowercase() == info.email.to_lowercase() {
             return Err(UserError::Invalid(vec![Problem::new(
                 "password",
@@ -848,20 +857,20 @@ impl Users {
         info.old_hashes.clear();
         let mut record = previous.clone();
         record.secret = secret;
-        self.commit(Some(&previous), record, &info, "password")
+        self.commit(Some((&previous, &key)), record, &info, "password")
     }
 
     pub fn set_status(&self, id: &Uuid, status: SettableStatus) -> Result<Version, UserError> {
         let _locked = self.store.lock(&[id.as_bytes()]);
         let previous = self.load_changeable(id)?;
-        let info = self.open_info(&previous)?;
+        let (info, key) = self.opened(&previous)?;
         let mut record = previous.clone();
         record.status = match status {
             SettableStatus::Active => Status::Active,
             SettableStatus::Locked => Status::Locked,
             SettableStatus::Disabled => Status::Disabled,
         } as i32;
-        self.commit(Some(&previous), record, &info, "status")
+        self.commit(Some((&previous, &key)), record, &info, "status")
     }
 
     /// Erases the account: a tombstone (id and version only) in place of the record,
@@ -1073,7 +1082,7 @@ impl Users {
             // Changed meanwhile (a password change, say): that change stands.
             return Ok(());
         }
-        let mut info = self.open_info(&previous)?;
+        let (mut info, key) = self.opened(&previous)?;
         let mut record = previous.clone();
         match legacy {
             Some(i) if i < info.old_hashes.len() => {
@@ -1092,7 +1101,7 @@ impl Users {
             Some(_) => return Ok(()),
             None => record.secret = secret,
         }
-        self.commit(Some(&previous), record, &info, "password_upgrade")?;
+        self.commit(Some((&previous, &key)), record, &info, "password_upgrade")?;
         metrics::counter!(m::PASSWORD_UPGRADES_TOTAL).increment(1);
         Ok(())
     }
@@ -1178,7 +1187,7 @@ impl Users {
                 }
                 Some(previous) => {
                     let id = Uuid::from_slice(&previous.id).map_err(|_| UserError::Unreadable)?;
-                    let mut info = self.open_info(&previous)?;
+                    let (mut info, key) = self.opened(&previous)?;
                     let mut record = previous.clone();
                     for (k, v) in item.profile {
                         info.profile.entry(k).or_insert(v);
@@ -1197,7 +1206,7 @@ impl Users {
                             info.other_phones.push(phone);
                         }
                     }
-                    self.commit(Some(&previous), record, &info, "import_merge")?;
+                    self.commit(Some((&previous, &key)), record, &info, "import_merge")?;
                     Ok(ImportResult {
                         id,
                         outcome: ImportOutcome::Merged,
@@ -1382,15 +1391,16 @@ impl Users {
     fn reseal(
         &self,
         record: &mut proto::Record,
-        info: &proto::Info,
+        (info, user): (&proto::Info, &UserSecret),
         base: &proto::Record,
         stored: Option<&proto::Record>,
     ) -> Result<(), UserError> {
         let after = stored.map(record_version).max(Some(record_version(base)));
         record.version = Some(self.hlc.tick_after(after.as_ref()).to_proto());
         record.updated_at_ms = self.hlc.physical_now();
-        let user = self.user_secret(base)?;
-        self.seal(record, info, &self.keyring(), &user)?;
+        let keyring = self.keyring();
+        let regions = self.wrap_regions(&keyring)?;
+        self.seal(record, info, &keyring, &regions, user)?;
         self.record_mac.sign(record);
         Ok(())
     }
@@ -1410,21 +1420,21 @@ impl Users {
         accounts.sort_by_key(|a| merge_rank(&a.0));
         let (winner, winner_prev) = accounts.remove(0);
         let winner_id = winner.id.clone();
-        let mut winner_info = self.open_info(&winner)?;
+        let (mut winner_info, winner_key) = self.opened(&winner)?;
         let mut winner_record = winner.clone();
         let mut merged: Vec<(proto::Record, Option<proto::Record>)> = Vec::new();
         for (loser, loser_prev) in accounts {
-            let info = self.open_info(&loser)?;
+            let (info, key) = self.opened(&loser)?;
             fold_into(&mut winner_record, &mut winner_info, &loser, &info);
             let mut record = loser.clone();
             record.status = Status::Merged as i32;
             record.merged_into = winner_id.clone();
-            self.reseal(&mut record, &info, &loser, loser_prev.as_ref())?;
+            self.reseal(&mut record, (&info, &key), &loser, loser_prev.as_ref())?;
             merged.push((record, loser_prev));
         }
         self.reseal(
             &mut winner_record,
-            &winner_info,
+            (&winner_info, &winner_key),
             &winner,
             winner_prev.as_ref(),
         )?;

@@ -298,6 +298,13 @@ impl Client {
         )
     }
 
+    /// Live records here whose account key has not arrived yet (unreadable here).
+    pub async fn unkeyed(&self) -> u64 {
+        let r = self.get("/v1/admin/digest").await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.body["unkeyed"].as_u64().expect("unkeyed")
+    }
+
     pub async fn metrics(&self) -> String {
         self.http
             .get(format!("{}/metrics", self.url))
@@ -600,7 +607,8 @@ impl Cluster {
         ids
     }
 
-    /// Waits (bounded) until every region has the same digest over `count` records.
+    /// Waits (bounded) until every region has the same digest over `count` records,
+    /// and the account key of every live one: every region reads every account.
     pub async fn converged(&self, count: u64, within: Duration) -> String {
         let deadline = std::time::Instant::now() + within;
         let mut last = Vec::new();
@@ -610,7 +618,13 @@ impl Cluster {
                 last.push(c.digest().await);
             }
             if last.iter().all(|d| d.0 == count && d.1 == last[0].1) {
-                return last[0].1.clone();
+                let mut unkeyed = 0;
+                for c in self.clients() {
+                    unkeyed += c.unkeyed().await;
+                }
+                if unkeyed == 0 {
+                    return last[0].1.clone();
+                }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
