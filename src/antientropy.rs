@@ -32,7 +32,7 @@ use crate::keys::Keyring;
 use crate::metrics as m;
 use crate::proto;
 use crate::retry::{RetryQueue, Source};
-use crate::store::{Stamp, BUCKETS};
+use crate::store::{record_rank, Stamp, BUCKETS};
 use crate::users::{Applied, Users};
 
 pub const PEER_HEADER: &str = "x-authsync-peer";
@@ -309,12 +309,11 @@ pub async fn round(
                 logical: s.logical,
                 region: s.region,
             };
-            // An erase over any live version (erases win, as on apply); else newer,
-            // or the same version with more wrapped keys.
-            if ours
-                .get(s.id.as_bytes())
-                .is_none_or(|mine| (mine.0, &mine.1, mine.2) < (s.tombstone, &v, s.wraps))
-            {
+            // Ranked as apply ranks them, and at one rank more wrapped keys win.
+            if ours.get(s.id.as_bytes()).is_none_or(|mine| {
+                (record_rank(mine.0, mine.1.clone()), mine.2)
+                    < (record_rank(s.tombstone, v), s.wraps)
+            }) {
                 wanted.push(s.id);
             }
         }

@@ -97,18 +97,11 @@ pub async fn retire_key(
     region: &str,
     version: u32,
 ) -> anyhow::Result<()> {
-    // What the keyring file alone can refuse, before the node is asked anything.
-    let path = crate::keys::keyring_path(dir, region);
-    let (held, active) = crate::keys::Keyring::load(&path)?.own_versions();
-    if version == active {
-        bail!("{region}/v{version} is the active key; rotate first");
-    }
-    if !held.contains(&version) {
-        bail!(
-            "{} holds no master key v{version} of {region}",
-            path.display()
-        );
-    }
+    // Retired in memory first: what the keyring alone refuses (the active version, a
+    // version it does not hold) is refused before the node is asked anything. Peers
+    // hold only active versions, so only this file changes.
+    let (path, mut keyring) = crate::keys::load_own(dir, region)?;
+    keyring.retire(version)?;
     let admin = AdminClient::new(node)?;
     let usage = admin
         .expect(reqwest::Method::GET, "/v1/admin/keys/usage", None, 200)
@@ -121,7 +114,10 @@ pub async fn retire_key(
         );
     }
     if usage["active"] == version {
-        bail!("{region}/v{version} is the active key; rotate first");
+        bail!(
+            "the node of {region} still wraps new data under v{version}: it has not \
+             reloaded the rotated keyring yet; try again after keys.reload_interval_ms"
+        );
     }
     let Some(held) = usage["versions"]
         .as_array()
@@ -141,7 +137,7 @@ pub async fn retire_key(
              rotate-signing-key` moves the signing key once its successor signs; try again then"
         );
     }
-    crate::keys::retire_in_dir(dir, region, version)?;
+    keyring.save(&path)?;
     println!(
         "region {region}: master key v{version} retired; nothing sealed under it can be opened \
          any more, backups included. The node drops it at its next keyring reload."

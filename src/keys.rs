@@ -480,16 +480,8 @@ pub fn rotate_in_dir(dir: &Path, region: &str) -> Result<u32, KeyError> {
     Ok(version)
 }
 
-/// Retires `version` of `region`'s master key in `dir` ([`Keyring::retire`]). Peers
-/// hold only the active version, so only the region's own file changes.
-pub fn retire_in_dir(dir: &Path, region: &str, version: u32) -> Result<(), KeyError> {
-    let (path, mut own) = load_own(dir, region)?;
-    own.retire(version)?;
-    own.save(&path)
-}
-
 /// `region`'s keyring in `dir`, and its path, checked to belong to the region.
-fn load_own(dir: &Path, region: &str) -> Result<(PathBuf, Keyring), KeyError> {
+pub fn load_own(dir: &Path, region: &str) -> Result<(PathBuf, Keyring), KeyError> {
     let path = keyring_path(dir, region);
     let own = Keyring::load(&path)?;
     if own.owner() != region {
@@ -609,12 +601,17 @@ mod tests {
         for ring in init(&regions()).unwrap() {
             ring.save(&keyring_path(dir.path(), ring.owner())).unwrap();
         }
-        let err = retire_in_dir(dir.path(), "eu-west", 1).unwrap_err();
+        let retire = |version| {
+            let (path, mut own) = load_own(dir.path(), "eu-west")?;
+            own.retire(version)?;
+            own.save(&path)
+        };
+        let err = retire(1).unwrap_err();
         assert!(err.to_string().contains("is the active key"), "{err}");
         rotate_in_dir(dir.path(), "eu-west").unwrap();
-        let err = retire_in_dir(dir.path(), "eu-west", 7).unwrap_err();
+        let err = retire(7).unwrap_err();
         assert!(err.to_string().contains("no master key v7"), "{err}");
-        retire_in_dir(dir.path(), "eu-west", 1).unwrap();
+        retire(1).unwrap();
         let own = Keyring::load(&keyring_path(dir.path(), "eu-west")).unwrap();
         assert!(own.own_key(1).is_none());
         assert_eq!(own.own_versions(), (vec![2], 2));

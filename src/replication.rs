@@ -366,18 +366,11 @@ fn report_outbox(head: &[(u64, Vec<u8>)], batch: usize, users: &Users) {
     metrics::gauge!(m::OUTBOX_OLDEST_AGE_SECONDS).set(oldest);
 }
 
-/// When the oldest of `head` was written: the first event that carries a time (a
-/// record's or an entry's version). A user key or an erase carries none, and is
-/// written in the same batch as the record event right behind it.
+/// When the oldest of `head` was written: the first event's `written_ms`.
 fn oldest_ms(head: &[(u64, Vec<u8>)]) -> Option<u64> {
     head.iter().find_map(|(_, bytes)| {
         let event = proto::ChangeEvent::decode(bytes.as_slice()).ok()?;
-        let version = match (event.record, event.entry) {
-            (Some(r), _) => r.version,
-            (None, Some(e)) => e.version,
-            (None, None) => None,
-        };
-        version.map(|v| v.physical_ms)
+        (event.written_ms != 0).then_some(event.written_ms)
     })
 }
 
@@ -623,28 +616,36 @@ mod tests {
     }
 
     #[test]
-    fn the_outbox_age_comes_from_the_first_event_that_has_a_time() {
-        let key = event(|e| e.user_key = Some(proto::UserKey::default()));
-        let record = event(|e| {
-            e.record = Some(proto::Record {
-                version: at(1_000),
-                ..Default::default()
-            })
-        });
-        let entry = event(|e| {
-            e.entry = Some(proto::Entry {
-                version: at(500),
-                ..Default::default()
-            })
-        });
-        // A new account's key is written just ahead of its record.
+    fn the_outbox_age_is_its_head_events_whatever_its_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path(), &Default::default()).unwrap();
+        // A re-wrapped user key published by key recovery, then an erase: the
+        // tombstone and the null for the user-key topic.
+        let key = proto::UserKey {
+            user_id: vec![1; 16],
+            key_id: vec![2; 8],
+            ..Default::default()
+        };
+        store.put_user_key(&key, at(1_000).as_ref(), false).unwrap();
+        let tombstone = proto::Record {
+            id: vec![1; 16],
+            version: at(2_000),
+            tombstone: true,
+            ..Default::default()
+        };
+        store.commit(None, &tombstone, true).unwrap();
+        let head = store.outbox_head(10).unwrap();
+        assert_eq!(head.len(), 3);
+        assert_eq!(oldest_ms(&head), Some(1_000));
         assert_eq!(
-            oldest_ms(&[(1, key.clone()), (2, record.clone())]),
-            Some(1_000)
+            oldest_ms(&head[2..]),
+            Some(2_000),
+            "the erase's null has its time"
         );
-        assert_eq!(oldest_ms(&[(1, entry), (2, record)]), Some(500));
-        assert_eq!(oldest_ms(&[(1, key)]), None);
-        assert_eq!(oldest_ms(&[]), None);
+        // An event from before the field (none) is passed over.
+        let old = event(|e| e.entry = Some(proto::Entry::default()));
+        assert_eq!(oldest_ms(&[(0, old.clone()), head[1].clone()]), Some(2_000));
+        assert_eq!(oldest_ms(&[(0, old)]), None);
     }
 
     #[test]

@@ -538,7 +538,7 @@ impl Store {
     pub fn put_user_key(
         &self,
         key: &proto::UserKey,
-        outbox: bool,
+        publish: Option<&proto::Version>,
         sync: bool,
     ) -> Result<(), StoreError> {
         let id: [u8; 16] = key
@@ -550,8 +550,10 @@ impl Store {
             })?;
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_USER_KEYS), id, key.encode_to_vec());
-        let event = outbox.then_some(|e: &mut proto::ChangeEvent| e.user_key = Some(key.clone()));
-        self.write_with_event(batch, None, event, sync, "write user key")
+        let event = publish
+            .is_some()
+            .then_some(|e: &mut proto::ChangeEvent| e.user_key = Some(key.clone()));
+        self.write_with_event(batch, publish, event, sync, "write user key")
             .map(drop)
     }
 
@@ -598,10 +600,15 @@ impl Store {
             seq
         };
         let origin = version.map(|v| v.region.clone()).unwrap_or_default();
+        let written_ms = version.map_or_else(
+            || crate::hlc::TimeSource::now_ms(&crate::hlc::SystemClock),
+            |v| v.physical_ms,
+        );
         let mut event = proto::ChangeEvent {
             event_id: format!("{origin}:{seq}"),
             origin_region: origin,
             sequence: seq,
+            written_ms,
             ..Default::default()
         };
         fill(&mut event);
@@ -1063,6 +1070,14 @@ fn entry_key(kind: u32, key: &[u8]) -> Vec<u8> {
     k.extend_from_slice(&kind.to_be_bytes());
     k.extend_from_slice(key);
     k
+}
+
+/// How replicated copies of one record replace each other, on apply and in
+/// anti-entropy: an erase above any live version (ids are never reused and an erased
+/// account's key is gone, so it stays erased whatever a concurrent change carries),
+/// then the later version, last writer wins.
+pub fn record_rank(tombstone: bool, version: Version) -> (bool, Version) {
+    (tombstone, version)
 }
 
 pub fn record_version(record: &proto::Record) -> Version {

@@ -24,7 +24,9 @@ use crate::lockout::Lockout;
 use crate::metrics as m;
 use crate::password::{self, Passwords, SaltPosition, Verified};
 use crate::proto::{self, Status};
-use crate::store::{record_version, Change as StoreChange, IndexField, Store, StoreError};
+use crate::store::{
+    record_rank, record_version, Change as StoreChange, IndexField, Store, StoreError,
+};
 use crate::validate::{
     normalize_email, normalize_phone, Change, ImportItem, NewUser, Problem, SettableStatus,
     UserPatch,
@@ -494,8 +496,6 @@ impl Users {
         Ok((info, user))
     }
 
-    /// The stored record, authenticated: corrupt or tampered bytes give the one
-    /// generic [`UserError::Unreadable`] and count in the metric.
     /// Whether `id` names a live, active account (not deleted, merged, locked or
     /// disabled).
     pub fn is_active(&self, id: &Uuid) -> Result<bool, UserError> {
@@ -561,6 +561,8 @@ impl Users {
         })
     }
 
+    /// The stored record, authenticated: corrupt or tampered bytes give the one
+    /// generic [`UserError::Unreadable`] and count in the metric.
     fn get_record(&self, id: &Uuid) -> Result<Option<proto::Record>, UserError> {
         let unreadable = || {
             metrics::counter!(m::RECORDS_UNREADABLE_TOTAL, "reason" => "integrity").increment(1);
@@ -1298,22 +1300,14 @@ impl Users {
                 Err(UserError::Unreadable) => None,
                 Err(e) => return Err(e.into()),
             };
-            // Erases win: an erased account stays erased whatever version a concurrent
-            // change carries (ids are never reused, and its key is gone), and an erase
-            // replaces whatever live version is here. Between two erases, the later.
-            if current
+            let rank = record_rank(incoming.tombstone, version.clone());
+            if let Some((c, held)) = current
                 .as_ref()
-                .is_some_and(|c| c.tombstone && !incoming.tombstone)
-            {
-                return Ok(Applied::Skipped);
-            }
-            let erasing = incoming.tombstone && current.as_ref().is_some_and(|c| !c.tombstone);
-            if let Some(c) = current
-                .as_ref()
-                .filter(|c| !erasing && record_version(c) >= version)
+                .map(|c| (c, record_rank(c.tombstone, record_version(c))))
+                .filter(|(_, held)| *held >= rank)
             {
                 // The same version with more wrapped keys: key recovery's repair.
-                if record_version(c) == version && crypto::extends_wraps(c, incoming) {
+                if held == rank && crypto::extends_wraps(c, incoming) {
                     commit(Some(c), incoming)?;
                     return Ok(Applied::Applied);
                 }
@@ -1381,7 +1375,7 @@ impl Users {
         };
         self.user_key_mac.sign(&mut stored);
         self.store
-            .put_user_key(&stored, false, sync)
+            .put_user_key(&stored, None, sync)
             .map_err(UserError::from)?;
         Ok(Applied::Applied)
     }
@@ -1542,7 +1536,16 @@ impl Users {
         }
         self.user_key_mac.sign(&mut fixed);
         let publish = matches!(repair, KeyRepair::Missing(_));
-        self.store.put_user_key(&fixed, publish, true)?;
+        // Published for the regions it adds, stamped with this region and its time.
+        let stamp = publish.then(|| {
+            crate::hlc::Version {
+                physical_ms: self.clock_now_ms(),
+                logical: 0,
+                region: self.region.clone(),
+            }
+            .to_proto()
+        });
+        self.store.put_user_key(&fixed, stamp.as_ref(), true)?;
         if publish {
             self.outbox_signal.notify_one();
         }
