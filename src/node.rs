@@ -157,14 +157,7 @@ impl Node {
                 .transpose()?;
             async move {
                 match tls {
-                    Some(acceptor) => {
-                        let stop = CancellationToken::new();
-                        let serving = crate::tls::serve(listener, acceptor, app, stop.clone());
-                        tokio::join!(serving, async move {
-                            stopping.await;
-                            stop.cancel();
-                        });
-                    }
+                    Some(acceptor) => crate::tls::serve(listener, acceptor, app, stopping).await,
                     None => {
                         let served = axum::serve(
                             listener,

@@ -523,7 +523,7 @@ impl Store {
     pub fn get_user_key(&self, id: &[u8; 16]) -> Result<Option<proto::UserKey>, StoreError> {
         self.db
             .get_pinned_cf(self.cf(CF_USER_KEYS), id)
-            .map_err(db_err("read user key"))?
+            .map_err(read_err("read user key", "user key"))?
             .map(|v| {
                 proto::UserKey::decode(v.as_ref())
                     .map_err(|_| StoreError::Corrupt { what: "user key" })
@@ -532,7 +532,7 @@ impl Store {
     }
 
     /// Writes a user key received from a peer or re-wrapped by key recovery, with its
-    /// change event when `outbox` is set (a re-wrap is published for the regions it
+    /// change event when `publish` names its origin and time (a re-wrap is published for the regions it
     /// adds). The caller holds the account's lock and has checked that the account is
     /// not erased.
     pub fn put_user_key(

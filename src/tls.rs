@@ -205,27 +205,30 @@ impl Acceptor {
     }
 }
 
-/// Serves `app` over TLS on `listener` until `stop`, then lets open connections finish
-/// their requests. Handlers see the client's address as `ConnectInfo<SocketAddr>`, as
-/// with `axum::serve`.
+/// Serves `app` over TLS on `listener` until `shutdown` completes, then lets open
+/// connections finish their requests, as `axum::serve(..).with_graceful_shutdown`
+/// does. Handlers see the client's address as `ConnectInfo<SocketAddr>`.
 pub async fn serve(
     listener: TcpListener,
     acceptor: Acceptor,
     app: axum::Router,
-    stop: CancellationToken,
+    shutdown: impl std::future::Future<Output = ()>,
 ) {
     let Acceptor {
         acceptor,
         current,
         files,
     } = acceptor;
-    tokio::spawn(Acceptor::reload(current, files, stop.clone()));
+    let stop = CancellationToken::new();
+    let _stop_reloads = stop.clone().drop_guard();
+    tokio::spawn(Acceptor::reload(current, files, stop));
+    tokio::pin!(shutdown);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder =
         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     loop {
         let (tcp, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
