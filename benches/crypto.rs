@@ -2,7 +2,8 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-use authsync::crypto::{self, BlindIndex};
+use authsync::crypto::blind_index::BlindIndex;
+use authsync::crypto::envelope;
 use authsync::proto;
 
 fn regions() -> Vec<String> {
@@ -33,28 +34,28 @@ fn record_and_info(size: usize) -> (proto::Record, proto::Info) {
 }
 
 fn envelope(c: &mut Criterion) {
-    let rings = authsync::keys::init(&regions()).expect("keyrings");
+    let rings = authsync::crypto::keyring::init(&regions()).expect("keyrings");
     let mut group = c.benchmark_group("envelope");
     for size in [256usize, 2048, 16384] {
         let (record, info) = record_and_info(size);
-        let (key, _) = crypto::new_user_key(&record.id, &rings[1], &regions()).expect("user key");
+        let (key, _) = envelope::new_user_key(&record.id, &rings[1], &regions()).expect("user key");
         // As a write and a read do it: the user's key is opened each time.
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_with_input(BenchmarkId::new("seal", size), &size, |b, _| {
             b.iter(|| {
                 let mut r = record.clone();
-                let user = crypto::open_user_key(&key, &rings[1]).expect("user key");
-                crypto::seal(&mut r, &info, &rings[1], &regions(), &user).expect("seal");
+                let user = envelope::open_user_key(&key, &rings[1]).expect("user key");
+                envelope::seal(&mut r, &info, &rings[1], &regions(), &user).expect("seal");
                 r
             })
         });
         let mut sealed = record.clone();
-        let user = crypto::open_user_key(&key, &rings[1]).expect("user key");
-        crypto::seal(&mut sealed, &info, &rings[1], &regions(), &user).expect("seal");
+        let user = envelope::open_user_key(&key, &rings[1]).expect("user key");
+        envelope::seal(&mut sealed, &info, &rings[1], &regions(), &user).expect("seal");
         group.bench_with_input(BenchmarkId::new("open", size), &size, |b, _| {
             b.iter(|| {
-                let user = crypto::open_user_key(&key, &rings[1]).expect("user key");
-                crypto::open(&sealed, &rings[1], &user).expect("open")
+                let user = envelope::open_user_key(&key, &rings[1]).expect("user key");
+                envelope::open(&sealed, &rings[1], &user).expect("open")
             })
         });
     }
@@ -62,7 +63,7 @@ fn envelope(c: &mut Criterion) {
 }
 
 fn blind_index(c: &mut Criterion) {
-    let rings = authsync::keys::init(&regions()).expect("keyrings");
+    let rings = authsync::crypto::keyring::init(&regions()).expect("keyrings");
     let index = BlindIndex::new(rings[0].index_key());
     c.bench_function("blind_index/email", |b| {
         b.iter(|| index.email("ada.lovelace@example.com"))

@@ -7,19 +7,22 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion};
 use prost::Message;
 
-use authsync::config::{PasswordAlgorithm, WalSync};
-use authsync::hlc::{Hlc, SystemClock};
-use authsync::password::Passwords;
-use authsync::store::{Store, StoreOptions};
-use authsync::users::Users;
-use authsync::validate::{self, UserPatch};
+use authsync::accounts::input::{self, UserPatch};
+use authsync::accounts::users::Users;
+use authsync::common::hlc::{Hlc, SystemClock};
+use authsync::crypto::password::PasswordAlgorithm;
+use authsync::crypto::password::Passwords;
+use authsync::storage::store::WalSync;
+use authsync::storage::store::{Store, StoreOptions};
 
 fn setup(dir: &std::path::Path, wal_sync: WalSync) -> Users {
     let regions: Vec<String> = ["af-south", "eu-west", "us-east"]
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let keyring = authsync::keys::init(&regions).expect("keyrings").remove(0);
+    let keyring = authsync::crypto::keyring::init(&regions)
+        .expect("keyrings")
+        .remove(0);
     let store = Arc::new(
         Store::open(
             dir,
@@ -40,7 +43,7 @@ fn writes(c: &mut Criterion) {
     for (name, policy) in [("fsync", WalSync::Always), ("no_fsync", WalSync::Never)] {
         let dir = tempfile::tempdir().expect("temp dir");
         let users = setup(dir.path(), policy);
-        let user = validate::new_user(
+        let user = input::new_user(
             &serde_json::json!({"email": "bench@example.com", "password": "correct horse battery",
                                 "profile": {"given_name": "Ada", "family_name": "Lovelace", "city": "London"}}),
             8,
@@ -60,18 +63,18 @@ fn writes(c: &mut Criterion) {
                         &id,
                         UserPatch {
                             email: None,
-                            phone: validate::Change::Keep,
+                            phone: input::Change::Keep,
                             profile,
                         },
                     )
                     .expect("update")
             })
         });
-        let record = authsync::store::decode_record(
+        let record = authsync::storage::store::decode_record(
             id.as_bytes(),
             &users
                 .store()
-                .raw_get(authsync::store::CF_RECORDS, id.as_bytes())
+                .raw_get(authsync::storage::store::CF_RECORDS, id.as_bytes())
                 .expect("get")
                 .expect("present"),
         )
@@ -85,7 +88,7 @@ fn writes(c: &mut Criterion) {
                 key[..8].copy_from_slice(&k.to_be_bytes());
                 users
                     .store()
-                    .raw_put(authsync::store::CF_RECORDS, &key, &value)
+                    .raw_put(authsync::storage::store::CF_RECORDS, &key, &value)
                     .expect("put")
             })
         });

@@ -7,10 +7,14 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use authsync::demo::{self, DemoOptions};
-use authsync::dlq;
-use authsync::keys;
-use authsync::process;
+use authsync::accounts::api_keys::{new_api_key, sha256_hex};
+use authsync::crypto::keyring;
+use authsync::node::local_cluster::DemoOptions;
+use authsync::node::process;
+
+mod cli;
+
+use cli::{admin_client, dlq};
 
 #[derive(Parser)]
 #[command(
@@ -58,7 +62,7 @@ enum Command {
     Keys(KeysCommand),
     /// Load a three-region cluster end to end and measure it beside the machine's
     /// floors (raw RocksDB puts, the envelope, the password hash, a Kafka round trip).
-    Bench(authsync::bench::BenchOptions),
+    Bench(cli::bench::BenchOptions),
     /// Inspect and act on a node's dead letters (and its retry queue).
     Dlq {
         #[command(flatten)]
@@ -102,10 +106,10 @@ struct NodeArgs {
 
 impl NodeArgs {
     /// The URL, key and CA, checked.
-    fn checked(self) -> anyhow::Result<authsync::client::NodeAddress> {
-        authsync::client::check_url(&self.url)?;
+    fn checked(self) -> anyhow::Result<admin_client::NodeAddress> {
+        admin_client::check_url(&self.url)?;
         match self.api_key.filter(|k| !k.is_empty()) {
-            Some(api_key) => Ok(authsync::client::NodeAddress {
+            Some(api_key) => Ok(admin_client::NodeAddress {
                 url: self.url,
                 api_key,
                 ca_cert: self.ca_cert,
@@ -231,7 +235,7 @@ async fn run() -> anyhow::Result<()> {
         } => {
             let shutdown = CancellationToken::new();
             process::stop_on_signals(shutdown.clone());
-            demo::run(
+            cli::demo::run(
                 DemoOptions {
                     data_dir,
                     api_key,
@@ -252,13 +256,13 @@ async fn run() -> anyhow::Result<()> {
         }) => {
             std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
             for r in &regions {
-                let path = keys::keyring_path(&out, r);
+                let path = keyring::keyring_path(&out, r);
                 if path.exists() && !force {
                     anyhow::bail!("{} exists; pass --force to replace it", path.display());
                 }
             }
-            for ring in keys::init(&regions)? {
-                let path = keys::keyring_path(&out, ring.owner());
+            for ring in keyring::init(&regions)? {
+                let path = keyring::keyring_path(&out, ring.owner());
                 ring.save(&path)?;
                 println!("wrote {}", path.display());
             }
@@ -269,18 +273,18 @@ async fn run() -> anyhow::Result<()> {
             dir,
             node,
         }) => {
-            authsync::client::retire_key(&node.checked()?, &dir, &region, version).await?;
+            admin_client::retire_key(&node.checked()?, &dir, &region, version).await?;
         }
         Command::Keys(KeysCommand::Rotate { region, dir }) => {
-            let version = keys::rotate_in_dir(&dir, &region)?;
+            let version = keyring::rotate_in_dir(&dir, &region)?;
             println!(
                 "region {region}: master key v{version} is active; older versions decrypt only"
             );
         }
         Command::Bench(options) => {
             let out = options.out.clone();
-            let report = authsync::bench::run(options).await?;
-            print!("{}", authsync::bench::table(&report));
+            let report = cli::bench::run(options).await?;
+            print!("{}", cli::bench::table(&report));
             println!("report: {}", out.display());
         }
         Command::Dlq { node, action } => {
@@ -304,22 +308,22 @@ async fn run() -> anyhow::Result<()> {
         Command::ApiKeys { node, action } => {
             let node = node.checked()?;
             let action = match action {
-                ApiKeysCommand::List => authsync::client::KeysAction::List,
+                ApiKeysCommand::List => admin_client::KeysAction::List,
                 ApiKeysCommand::Add { name, scopes } => {
-                    authsync::client::KeysAction::Add { name, scopes }
+                    admin_client::KeysAction::Add { name, scopes }
                 }
-                ApiKeysCommand::Revoke { id } => authsync::client::KeysAction::Revoke { id },
-                ApiKeysCommand::RotateSigningKey => authsync::client::KeysAction::RotateSigningKey,
+                ApiKeysCommand::Revoke { id } => admin_client::KeysAction::Revoke { id },
+                ApiKeysCommand::RotateSigningKey => admin_client::KeysAction::RotateSigningKey,
             };
-            authsync::client::api_keys(&node, action).await?;
+            admin_client::api_keys(&node, action).await?;
         }
         Command::Keys(KeysCommand::ApiKey { name }) => {
-            let key = demo::new_api_key()?;
+            let key = new_api_key()?;
             println!("api key (give to the caller): {key}");
             println!();
             println!("[[api_keys]]");
             println!("name = \"{name}\"");
-            println!("sha256 = \"{}\"", demo::sha256_hex(&key));
+            println!("sha256 = \"{}\"", sha256_hex(&key));
         }
     }
     Ok(())

@@ -9,14 +9,15 @@ use prost::Message;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use authsync::config::PasswordAlgorithm;
-use authsync::hlc::{Hlc, SystemClock};
-use authsync::keys::Keyring;
-use authsync::password::Passwords;
+use authsync::accounts::error::Applied;
+use authsync::accounts::input::{self, Change, UserPatch};
+use authsync::accounts::users::Users;
+use authsync::common::hlc::{Hlc, SystemClock};
+use authsync::crypto::keyring::Keyring;
+use authsync::crypto::password::PasswordAlgorithm;
+use authsync::crypto::password::Passwords;
 use authsync::proto;
-use authsync::store::{Store, StoreOptions};
-use authsync::users::{Applied, Users};
-use authsync::validate::{self, Change, UserPatch};
+use authsync::storage::store::{Store, StoreOptions};
 
 const REGIONS: [&str; 3] = ["af-south", "eu-west", "us-east"];
 
@@ -29,7 +30,8 @@ fn node(dir: &std::path::Path, keyring: Keyring) -> Users {
 }
 
 fn keyrings() -> Vec<Keyring> {
-    authsync::keys::init(&REGIONS.iter().map(|r| r.to_string()).collect::<Vec<_>>()).unwrap()
+    authsync::crypto::keyring::init(&REGIONS.iter().map(|r| r.to_string()).collect::<Vec<_>>())
+        .unwrap()
 }
 
 /// Loads a keyring copy: `Keyring` is not Clone on purpose (key material).
@@ -86,7 +88,7 @@ proptest! {
         // Four users created in af-south and delivered to eu-west, so both can write them.
         let mut ids = Vec::new();
         for u in 0..4 {
-            let new = validate::new_user(
+            let new = input::new_user(
                 &serde_json::json!({"email": format!("u{u}@example.com"), "password": "correct horse battery"}),
                 8,
             ).unwrap();

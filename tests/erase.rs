@@ -9,10 +9,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use authsync::crypto::BlindIndex;
-use authsync::keys::{keyring_path, Keyring};
+use authsync::crypto::blind_index::BlindIndex;
+use authsync::crypto::keyring::{keyring_path, Keyring};
 use authsync::proto;
-use authsync::store::{IndexField, Store, StoreOptions, CF_RECORDS};
+use authsync::storage::store::{IndexField, Store, StoreOptions, CF_RECORDS};
 use common::{kafka_messages, metric_value, Cluster, ClusterOptions, REGIONS};
 use prost::Message;
 use serde_json::json;
@@ -89,7 +89,8 @@ async fn an_erased_account_cannot_be_read_from_any_copy_in_any_region() {
     // Every region's user-key topic ends with a null under the account: what a
     // compacting broker keeps of it.
     for region in REGIONS {
-        let topic = authsync::config::user_key_topic(&format!("{}{region}", cluster.prefix));
+        let topic =
+            authsync::replication::topics::user_key_topic(&format!("{}{region}", cluster.prefix));
         let deadline = Instant::now() + WITHIN;
         loop {
             let last = kafka_messages(&cluster.broker.bootstrap, &topic)

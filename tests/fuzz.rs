@@ -18,12 +18,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use authsync::hlc::{Hlc, SystemClock, Version};
-use authsync::password::Passwords;
+use authsync::accounts::input;
+use authsync::accounts::users::Users;
+use authsync::common::hlc::{Hlc, SystemClock, Version};
+use authsync::crypto::password::Passwords;
 use authsync::proto;
-use authsync::store::{Store, StoreOptions};
-use authsync::users::Users;
-use authsync::validate;
+use authsync::storage::store::{Store, StoreOptions};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use prost::Message;
@@ -84,12 +84,12 @@ fn mutated(seeds: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn users(dir: &Path) -> Users {
-    let keyring = authsync::keys::init(&["af-south".to_string(), "eu-west".to_string()])
+    let keyring = authsync::crypto::keyring::init(&["af-south".to_string(), "eu-west".to_string()])
         .unwrap()
         .remove(1);
     let store = Arc::new(Store::open(dir, &StoreOptions::default()).unwrap());
     let passwords = Passwords::new(
-        authsync::config::PasswordAlgorithm::Argon2id,
+        authsync::crypto::password::PasswordAlgorithm::Argon2id,
         keyring.pepper(),
     )
     .unwrap();
@@ -106,16 +106,14 @@ fn write_event_corpus() {
     let users = users(dir.path());
     let body = serde_json::json!({"email": "corpus@example.com", "phone": "+14155552671",
         "password": "correct horse battery", "profile": {"given_name": "Corpus"}});
-    let (id, _) = users.create(validate::new_user(&body, 8).unwrap()).unwrap();
+    let (id, _) = users.create(input::new_user(&body, 8).unwrap()).unwrap();
     let patch = serde_json::json!({"profile": {"family_name": "Seed"}});
     users
-        .update(&id, validate::user_patch(&patch).unwrap())
+        .update(&id, input::user_patch(&patch).unwrap())
         .unwrap();
     let other =
         serde_json::json!({"email": "gone@example.com", "password": "correct horse battery"});
-    let (gone, _) = users
-        .create(validate::new_user(&other, 8).unwrap())
-        .unwrap();
+    let (gone, _) = users.create(input::new_user(&other, 8).unwrap()).unwrap();
     users.delete(&gone).unwrap();
     users
         .entries()
@@ -181,15 +179,19 @@ fn change_events_from_the_wire_never_panic_and_change_nothing_unless_valid() {
 /// fields say, applying them must not panic, and the store must stay readable.
 #[test]
 fn signed_events_with_any_field_values_apply_without_panicking() {
-    let rings = authsync::keys::init(&["af-south".to_string(), "eu-west".to_string()]).unwrap();
-    let mac = authsync::crypto::RecordMac::new(rings[0].index_key());
+    let rings =
+        authsync::crypto::keyring::init(&["af-south".to_string(), "eu-west".to_string()]).unwrap();
+    let mac = authsync::crypto::envelope::RecordMac::new(rings[0].index_key());
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path(), &StoreOptions::default()).unwrap());
     let target = {
         // The target shares the origin's deployment keys.
         let ring = rings.into_iter().nth(1).unwrap();
-        let passwords =
-            Passwords::new(authsync::config::PasswordAlgorithm::Argon2id, ring.pepper()).unwrap();
+        let passwords = Passwords::new(
+            authsync::crypto::password::PasswordAlgorithm::Argon2id,
+            ring.pepper(),
+        )
+        .unwrap();
         let hlc = Arc::new(Hlc::new("eu-west", 60_000, Box::new(SystemClock)));
         Users::new(store, ring, passwords, hlc, 8)
     };
@@ -274,7 +276,7 @@ fn signed_events_with_any_field_values_apply_without_panicking() {
 
 #[test]
 fn mutated_envelopes_never_open_and_never_panic() {
-    let keyring = authsync::keys::init(&["af-south".to_string(), "eu-west".to_string()])
+    let keyring = authsync::crypto::keyring::init(&["af-south".to_string(), "eu-west".to_string()])
         .unwrap()
         .remove(0);
     let info = proto::Info {
@@ -286,10 +288,11 @@ fn mutated_envelopes_never_open_and_never_panic() {
         ..Default::default()
     };
     let regions = ["af-south".to_string(), "eu-west".to_string()];
-    let (key, user) = authsync::crypto::new_user_key(&record.id, &keyring, &regions).unwrap();
-    authsync::crypto::seal(&mut record, &info, &keyring, &regions, &user).unwrap();
+    let (key, user) =
+        authsync::crypto::envelope::new_user_key(&record.id, &keyring, &regions).unwrap();
+    authsync::crypto::envelope::seal(&mut record, &info, &keyring, &regions, &user).unwrap();
     assert_eq!(
-        authsync::crypto::open(&record, &keyring, &user).unwrap(),
+        authsync::crypto::envelope::open(&record, &keyring, &user).unwrap(),
         info
     );
     let seed = record.encode_to_vec();
@@ -298,7 +301,7 @@ fn mutated_envelopes_never_open_and_never_panic() {
         .run(&mutated(vec![seed.clone()]), |bytes| {
             if let Ok(r) = proto::Record::decode(bytes.as_slice()) {
                 // Only bytes that decode to the same record may open.
-                if let Ok(opened) = authsync::crypto::open(&r, &keyring, &user) {
+                if let Ok(opened) = authsync::crypto::envelope::open(&r, &keyring, &user) {
                     prop_assert_eq!(&opened, &info);
                 }
             }
@@ -311,9 +314,10 @@ fn mutated_envelopes_never_open_and_never_panic() {
     runner
         .run(&mutated(vec![key.encode_to_vec()]), |bytes| {
             if let Ok(k) = proto::UserKey::decode(bytes.as_slice()) {
-                if let Ok(opened) = authsync::crypto::open_user_key(&k, &keyring) {
+                if let Ok(opened) = authsync::crypto::envelope::open_user_key(&k, &keyring) {
                     prop_assert_eq!(opened.id(), user.id());
-                    if let Ok(found) = authsync::crypto::open(&record, &keyring, &opened) {
+                    if let Ok(found) = authsync::crypto::envelope::open(&record, &keyring, &opened)
+                    {
                         prop_assert_eq!(&found, &info);
                     }
                 }
@@ -384,12 +388,12 @@ fn every_request_body_validator_takes_any_json_without_panicking() {
         .collect();
     // Each seed is accepted by at least one validator: the corpus is of real bodies.
     for s in &seeds {
-        let ok = validate::new_user(s, 8).is_ok()
-            || validate::user_patch(s).is_ok()
-            || validate::login(s).is_ok()
-            || validate::new_status(s).is_ok()
-            || validate::new_password(s, 8).is_ok()
-            || validate::import(s, 100).is_ok();
+        let ok = input::new_user(s, 8).is_ok()
+            || input::user_patch(s).is_ok()
+            || input::login(s).is_ok()
+            || input::new_status(s).is_ok()
+            || input::new_password(s, 8).is_ok()
+            || input::import(s, 100).is_ok();
         assert!(ok, "corpus body accepted by no validator: {s}");
     }
     let mut runner = fuzz_runner();
@@ -399,12 +403,12 @@ fn every_request_body_validator_takes_any_json_without_panicking() {
     ];
     runner
         .run(&inputs, |body| {
-            let _ = validate::new_user(&body, 8);
-            let _ = validate::user_patch(&body);
-            let _ = validate::login(&body);
-            let _ = validate::new_status(&body);
-            let _ = validate::new_password(&body, 8);
-            let _ = validate::import(&body, 100);
+            let _ = input::new_user(&body, 8);
+            let _ = input::user_patch(&body);
+            let _ = input::login(&body);
+            let _ = input::new_status(&body);
+            let _ = input::new_password(&body, 8);
+            let _ = input::import(&body, 100);
             Ok(())
         })
         .unwrap();

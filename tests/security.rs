@@ -6,8 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use authsync::keys::{keyring_path, Keyring};
-use authsync::store::{Store, StoreOptions, CF_RECORDS, CF_USER_KEYS};
+use authsync::crypto::keyring::{keyring_path, Keyring};
+use authsync::storage::store::{Store, StoreOptions, CF_RECORDS, CF_USER_KEYS};
 use common::{files_under, metric_value, TestNode};
 use serde_json::json;
 
@@ -293,8 +293,8 @@ async fn legacy_hashes_log_in_and_are_upgraded_on_first_login() {
         );
         let id: [u8; 16] = r.id.as_slice().try_into().unwrap();
         let key = store.get_user_key(&id).unwrap().expect("the account's key");
-        let user = authsync::crypto::open_user_key(&key, &keyring).unwrap();
-        let info = authsync::crypto::open(&r, &keyring, &user).unwrap();
+        let user = authsync::crypto::envelope::open_user_key(&key, &keyring).unwrap();
+        let info = authsync::crypto::envelope::open(&r, &keyring, &user).unwrap();
         assert!(info.old_hashes.is_empty());
     }
 }
@@ -490,7 +490,7 @@ async fn bytes_changed_inside_an_sst_file_fail_the_read_the_same_way() {
         let store = Store::open(&node.data_dir(), &StoreOptions::default()).unwrap();
         let key = *uuid::Uuid::parse_str(&id).unwrap().as_bytes();
         let bytes = store.raw_get(CF_RECORDS, &key).unwrap().unwrap();
-        let record = authsync::store::decode_record(&key, &bytes).unwrap();
+        let record = authsync::storage::store::decode_record(&key, &bytes).unwrap();
         record.info.unwrap().ciphertext[..24].to_vec()
     };
     let mut changed = 0;

@@ -28,7 +28,7 @@ use anyhow::{bail, Context};
 use crate::netns::Namespace;
 use crate::proxy::{LinkFaults, Proxy, Upstream};
 
-pub const REGIONS: [&str; 3] = authsync::demo::DEMO_REGIONS;
+pub const REGIONS: [&str; 3] = authsync::node::local_cluster::DEMO_REGIONS;
 
 /// Where the Kafka-protocol broker comes from.
 pub enum BrokerKind {
@@ -56,7 +56,7 @@ impl Broker {
                     rdkafka::mocking::MockCluster::new(1).context("start the embedded broker")?;
                 for region in REGIONS {
                     let topic = format!("authsync.changes.{region}");
-                    for t in [authsync::config::user_key_topic(&topic), topic] {
+                    for t in [authsync::replication::topics::user_key_topic(&topic), topic] {
                         mock.create_topic(&t, 3, 1)
                             .with_context(|| format!("create topic {t}"))?;
                     }
@@ -203,7 +203,7 @@ impl Cluster {
             base_port,
             api_key,
         } = opts;
-        authsync::demo::init_keyrings(&root)?;
+        authsync::node::local_cluster::init_keyrings(&root)?;
         let broker = Broker::start(&broker, &root)?;
         let broker_addr = broker.addr()?;
         let listens: Vec<SocketAddr> = (0..REGIONS.len())
@@ -212,7 +212,7 @@ impl Cluster {
         let urls: Vec<String> = listens.iter().map(|a| format!("http://{a}")).collect();
         let bootstrap = broker_addr.to_string();
         let create_topics = matches!(broker, Broker::Tansu { .. });
-        let shared = authsync::demo::Shared {
+        let shared = authsync::node::local_cluster::Shared {
             root: &root,
             api_key: &api_key,
             bootstrap: &bootstrap,
@@ -230,7 +230,8 @@ impl Cluster {
         for (i, name) in REGIONS.iter().enumerate() {
             let ns = &namespaces[i];
             let config = config_dir.join(format!("{name}.toml"));
-            let text = authsync::demo::node_config(&shared, name, &listens[i].to_string());
+            let text =
+                authsync::node::local_cluster::node_config(&shared, name, &listens[i].to_string());
             std::fs::write(&config, text)?;
             let broker_link = Proxy::start_on(ns.listen(broker_addr)?, broker_addr)?;
             let mut peer_links = BTreeMap::new();

@@ -131,7 +131,7 @@ fn parse_fault(name: &str) -> Result<Fault, String> {
 }
 
 fn main() -> anyhow::Result<()> {
-    authsync::process::keep_large_allocations_mapped();
+    authsync::node::process::keep_large_allocations_mapped();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -139,8 +139,8 @@ fn main() -> anyhow::Result<()> {
         .context("start the async runtime")?;
     match cli.command {
         Some(Command::Node { config }) => {
-            authsync::process::init_logging();
-            runtime.block_on(authsync::process::run_node(&config))
+            authsync::node::process::init_logging();
+            runtime.block_on(authsync::node::process::run_node(&config))
         }
         None => {
             let args = cli.run;

@@ -18,7 +18,7 @@ use std::process::Command;
 use serde_json::Value;
 
 const KEY: &str = "chaos-compose-test-key-0123456789";
-const REGIONS: [&str; 3] = authsync::demo::DEMO_REGIONS;
+const REGIONS: [&str; 3] = authsync::node::local_cluster::DEMO_REGIONS;
 
 /// Kills whatever the stand-in left running.
 struct Services(PathBuf);
@@ -61,7 +61,7 @@ fn the_compose_target_breaks_containers_through_docker_and_checks_everything() {
             .unwrap();
     }
     let bootstrap = broker.bootstrap_servers();
-    authsync::demo::init_keyrings(root).unwrap();
+    authsync::node::local_cluster::init_keyrings(root).unwrap();
     let ports: Vec<u16> = (0..3)
         .map(|_| {
             std::net::TcpListener::bind("127.0.0.1:0")
@@ -75,7 +75,7 @@ fn the_compose_target_breaks_containers_through_docker_and_checks_everything() {
         .iter()
         .map(|p| format!("http://127.0.0.1:{p}"))
         .collect();
-    let shared = authsync::demo::Shared {
+    let shared = authsync::node::local_cluster::Shared {
         root,
         api_key: KEY,
         bootstrap: &bootstrap,
@@ -89,7 +89,7 @@ fn the_compose_target_breaks_containers_through_docker_and_checks_everything() {
         let listen = format!("127.0.0.1:{}", ports[i]);
         std::fs::write(
             &config,
-            authsync::demo::node_config(&shared, region, &listen),
+            authsync::node::local_cluster::node_config(&shared, region, &listen),
         )
         .unwrap();
         let service = format!("authsync-{region}");

@@ -14,7 +14,7 @@ pub const REGIONS: [&str; 3] = ["af-south", "eu-west", "us-east"];
 pub const API_KEY: &str = "test-api-key-0123456789";
 
 pub fn sha256_hex(s: &str) -> String {
-    authsync::demo::sha256_hex(s)
+    authsync::accounts::api_keys::sha256_hex(s)
 }
 
 /// One node process with its own data directory.
@@ -462,9 +462,11 @@ impl Broker {
             .flat_map(|r| {
                 [
                     format!("{topic_prefix}{r}"),
-                    authsync::config::user_key_topic(&format!("{topic_prefix}{r}")),
+                    authsync::replication::topics::user_key_topic(&format!("{topic_prefix}{r}")),
                     format!("{topic_prefix}lost.{r}"),
-                    authsync::config::user_key_topic(&format!("{topic_prefix}lost.{r}")),
+                    authsync::replication::topics::user_key_topic(&format!(
+                        "{topic_prefix}lost.{r}"
+                    )),
                 ]
             })
             .collect();

@@ -1,0 +1,11 @@
+//! Layer 2, accounts: every operation on accounts as one region performs it. Inside,
+//! each file uses only those before it: `error` → `input` → `entries` →
+//! {`lockout`, `api_keys`} → `users` → `tokens`. It may use common, crypto and storage.
+
+pub mod api_keys;
+pub mod entries;
+pub mod error;
+pub mod input;
+pub mod lockout;
+pub mod tokens;
+pub mod users;

@@ -1,0 +1,616 @@
+//! Access and refresh tokens.
+//!
+//! A login returns an access token and a refresh token.
+//!
+//! **Access token.** A JWT signed with Ed25519 (`alg` EdDSA) through ring. Its claims
+//! are `sub` (the user id), `iss`, `aud`, `iat`, `exp` and `jti`, and its header's
+//! `kid` names the signing key.
+//!
+//! **Signing keys.** Each region signs with keys of its own. They are replicated
+//! [`crate::accounts::entries`]: the public key in clear, the private seed sealed under the
+//! region's master key. So `/.well-known/jwks.json` serves every region's public keys,
+//! and any region can check any token.
+//! - A node without a key makes one at start.
+//! - A rotation (`POST /v1/admin/signing-keys/rotate`) publishes the new key at once,
+//!   but it signs only `tokens.publish_lead_s` later. Verifiers that cache the JWKS
+//!   therefore see it before any token carries it.
+//! - The old key stops signing when the new one starts, and stays published until the
+//!   tokens it signed have expired.
+//!
+//! **Refresh token.** `rt1.<family>.<generation>.<secret>`. Each family is a replicated
+//! entry holding the SHA-256 of its current secret and of the last few before it, so
+//! the secret itself is never stored or sent to Kafka.
+//! - A refresh rotates the token: a new generation with a new secret.
+//! - Presenting an earlier generation is reuse: a stolen token raced the real one. The
+//!   whole family is then revoked, in every region.
+//! - A logout revokes the family.
+//! - A refresh for an account that is no longer active is refused, and revokes the
+//!   family too.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
+use parking_lot::Mutex;
+use prost::Message;
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::accounts::error::UserError;
+use crate::accounts::users::Users;
+use crate::common::config::{invalid, Invalid};
+use crate::proto::{self, EntryKind};
+
+/// How many earlier secrets a family remembers, to tell reuse from a forgery.
+const PREVIOUS_KEPT: usize = 8;
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenConfig {
+    /// `iss` of the access tokens. Default "authsync".
+    pub issuer: String,
+    /// `aud` of the access tokens. Default "authsync".
+    pub audience: String,
+    /// Lifetime of an access token. Default 900 s.
+    pub access_ttl_s: u64,
+    /// Lifetime of a refresh token family from its login. Default 30 days.
+    pub refresh_ttl_s: u64,
+    /// How long a new signing key is published before it signs. Default 600 s.
+    pub publish_lead_s: u64,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        TokenConfig {
+            issuer: "authsync".into(),
+            audience: "authsync".into(),
+            access_ttl_s: 900,
+            refresh_ttl_s: 30 * 24 * 3600,
+            publish_lead_s: 600,
+        }
+    }
+}
+
+/// What a login or a refresh hands out.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub user_id: Uuid,
+    pub access_token: String,
+    pub expires_in: u64,
+    pub refresh_token: String,
+}
+
+impl Issued {
+    pub fn json(&self) -> Value {
+        json!({
+            "user_id": self.user_id,
+            "access_token": self.access_token,
+            "token_type": "Bearer",
+            "expires_in": self.expires_in,
+            "refresh_token": self.refresh_token,
+        })
+    }
+}
+
+/// Why a refresh token was refused (each a 401 with its own code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Not a token of this deployment, or not known here (yet).
+    Invalid,
+    /// An earlier generation: the family is now revoked.
+    Reused,
+    Revoked,
+    Expired,
+    /// The account is no longer active: the family is now revoked.
+    AccountInactive,
+}
+
+impl Refused {
+    pub fn code(self) -> &'static str {
+        match self {
+            Refused::Invalid => "invalid_token",
+            Refused::Reused => "token_reused",
+            Refused::Revoked => "token_revoked",
+            Refused::Expired => "token_expired",
+            Refused::AccountInactive => "account_inactive",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("refresh token refused: {}", .0.code())]
+    Refused(Refused),
+    #[error(transparent)]
+    User(#[from] UserError),
+}
+
+pub struct Tokens {
+    users: Arc<Users>,
+    config: TokenConfig,
+    /// Unsealed signing keys by kid.
+    signers: Mutex<HashMap<String, Arc<Ed25519KeyPair>>>,
+}
+
+fn decode<M: Message + Default>(e: &proto::Entry) -> Option<M> {
+    M::decode(e.value.as_slice()).ok()
+}
+
+/// A refresh token's parts: family, generation, secret.
+fn parse_refresh(token: &str) -> Option<([u8; 16], u32, [u8; 32])> {
+    let mut parts = token.trim().split('.');
+    if parts.next()? != "rt1" {
+        return None;
+    }
+    let family: [u8; 16] = B64.decode(parts.next()?).ok()?.try_into().ok()?;
+    let generation: u32 = parts.next()?.parse().ok()?;
+    let secret: [u8; 32] = B64.decode(parts.next()?).ok()?.try_into().ok()?;
+    parts
+        .next()
+        .is_none()
+        .then_some((family, generation, secret))
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    crate::crypto::primitives::sha256(bytes).to_vec()
+}
+
+fn random<const N: usize>() -> Result<[u8; N], UserError> {
+    crate::crypto::primitives::random::<N>().map_err(UserError::Crypto)
+}
+
+impl Tokens {
+    pub fn new(users: Arc<Users>, config: TokenConfig) -> Tokens {
+        Tokens {
+            users,
+            config,
+            signers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.users.clock_now_ms()
+    }
+
+    /// This region's signing keys that sign now or will (not retired, or retired in
+    /// the future), by the master key version their seed is sealed under: a version
+    /// they use cannot be retired.
+    pub fn seeds_by_version(&self) -> Result<BTreeMap<u32, u64>, UserError> {
+        let (region, now) = (self.users.region(), self.now_ms());
+        let mut out = BTreeMap::new();
+        for (_, key) in self.signing_keys()? {
+            if key.region == region && (key.retired_ms == 0 || now < key.retired_ms) {
+                if let Some(sealed) = &key.sealed_seed {
+                    *out.entry(sealed.key_version).or_default() += 1;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the refresh token families that can never refresh again: expired, or
+    /// of an erased account. A revoked family is kept until it expires, so that no
+    /// late copy of it from before the revocation can bring it back to life.
+    pub fn sweep(&self) -> Result<usize, UserError> {
+        let now = self.now_ms();
+        let dead = |e: &proto::Entry| {
+            decode::<proto::TokenFamily>(e).is_some_and(|f| {
+                now >= f.expires_ms
+                    || Uuid::from_slice(&f.user_id).is_ok_and(|u| self.users.is_erased(&u))
+            })
+        };
+        let mut removed = 0;
+        for e in self.users.entries().all(EntryKind::TokenFamily)? {
+            if dead(&e)
+                && self
+                    .users
+                    .entries()
+                    .remove_if(EntryKind::TokenFamily, &e.key, dead)?
+            {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn signing_keys(&self) -> Result<Vec<(String, proto::SigningKey)>, UserError> {
+        Ok(self
+            .users
+            .entries()
+            .all(EntryKind::SigningKey)?
+            .iter()
+            .filter_map(|e| {
+                let kid = String::from_utf8(e.key.clone()).ok()?;
+                Some((kid, decode::<proto::SigningKey>(e)?))
+            })
+            .collect())
+    }
+
+    /// Makes this region's first signing key, signing at once, when it has none.
+    pub fn ensure_signing_key(&self) -> Result<(), UserError> {
+        let region = self.users.region().to_string();
+        if self.signing_keys()?.iter().any(|(_, k)| k.region == region) {
+            return Ok(());
+        }
+        let now = self.now_ms();
+        self.add_signing_key(now)?;
+        Ok(())
+    }
+
+    fn add_signing_key(&self, signs_from_ms: u64) -> Result<String, UserError> {
+        let now = self.now_ms();
+        let region = self.users.region().to_string();
+        let kid = format!("{region}-{}", hex::encode(random::<6>()?));
+        let seed = zeroize::Zeroizing::new(random::<32>()?);
+        let pair = Ed25519KeyPair::from_seed_unchecked(seed.as_ref())
+            .map_err(|_| UserError::Crypto(crate::crypto::primitives::CryptoError::Random))?;
+        let sealed =
+            crate::crypto::envelope::seal_secret(&self.users.keyring(), kid.as_bytes(), &seed)
+                .map_err(UserError::Crypto)?;
+        let value = proto::SigningKey {
+            region,
+            public_key: pair.public_key().as_ref().to_vec(),
+            sealed_seed: Some(sealed),
+            published_ms: now,
+            signs_from_ms,
+            retired_ms: 0,
+        };
+        self.users
+            .entries()
+            .put(EntryKind::SigningKey, kid.as_bytes(), value.encode_to_vec())?;
+        Ok(kid)
+    }
+
+    /// Publishes a new signing key for this region now; it signs from
+    /// `publish_lead_s` on, and this region's current keys stop signing then.
+    pub fn rotate(&self) -> Result<Value, UserError> {
+        let signs_from = self.now_ms() + self.config.publish_lead_s * 1000;
+        let region = self.users.region().to_string();
+        for (kid, key) in self.signing_keys()? {
+            if key.region == region && key.retired_ms == 0 {
+                self.users
+                    .entries()
+                    .update(EntryKind::SigningKey, kid.as_bytes(), |stored| {
+                        let mut k: proto::SigningKey = decode(stored?)?;
+                        (k.retired_ms == 0).then(|| {
+                            k.retired_ms = signs_from;
+                            k.encode_to_vec()
+                        })
+                    })?;
+            }
+        }
+        let kid = self.add_signing_key(signs_from)?;
+        Ok(json!({"kid": kid, "signs_from_ms": signs_from}))
+    }
+
+    /// The key this region signs with now: the latest whose time has come, not retired.
+    fn signer(&self) -> Result<(String, Arc<Ed25519KeyPair>), UserError> {
+        let now = self.now_ms();
+        let region = self.users.region().to_string();
+        let (kid, key) = self
+            .signing_keys()?
+            .into_iter()
+            .filter(|(_, k)| {
+                k.region == region
+                    && k.signs_from_ms <= now
+                    && (k.retired_ms == 0 || now < k.retired_ms)
+            })
+            .max_by_key(|(_, k)| k.signs_from_ms)
+            .ok_or(UserError::KeyUnavailable(region))?;
+        if let Some(pair) = self.signers.lock().get(&kid) {
+            return Ok((kid, pair.clone()));
+        }
+        let sealed = key.sealed_seed.as_ref().ok_or(UserError::Unreadable)?;
+        let seed =
+            crate::crypto::envelope::open_secret(&self.users.keyring(), kid.as_bytes(), sealed)
+                .map_err(|_| UserError::Unreadable)?;
+        let pair = Arc::new(
+            Ed25519KeyPair::from_seed_and_public_key(seed.as_ref(), &key.public_key)
+                .map_err(|_| UserError::Unreadable)?,
+        );
+        self.signers.lock().insert(kid.clone(), pair.clone());
+        Ok((kid, pair))
+    }
+
+    /// Every region's published keys whose tokens may still be valid, as a JWK set.
+    pub fn jwks(&self) -> Result<Value, UserError> {
+        let now = self.now_ms();
+        let ttl_ms = self.config.access_ttl_s * 1000;
+        let mut keys: Vec<(String, proto::SigningKey)> = self
+            .signing_keys()?
+            .into_iter()
+            .filter(|(_, k)| k.retired_ms == 0 || now < k.retired_ms + ttl_ms)
+            .collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(json!({"keys": keys.iter().map(|(kid, k)| json!({
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": B64.encode(&k.public_key),
+            "kid": kid,
+            "use": "sig",
+            "alg": "EdDSA",
+        })).collect::<Vec<_>>()}))
+    }
+
+    fn access_token(&self, user: &Uuid) -> Result<(String, u64), UserError> {
+        let (kid, pair) = self.signer()?;
+        let now_s = self.now_ms() / 1000;
+        let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": kid});
+        let claims = json!({
+            "iss": self.config.issuer,
+            "aud": self.config.audience,
+            "sub": user.to_string(),
+            "iat": now_s,
+            "exp": now_s + self.config.access_ttl_s,
+            "jti": B64.encode(random::<16>()?),
+        });
+        let signing_input = format!(
+            "{}.{}",
+            B64.encode(header.to_string()),
+            B64.encode(claims.to_string())
+        );
+        let sig = pair.sign(signing_input.as_bytes());
+        Ok((
+            format!("{signing_input}.{}", B64.encode(sig.as_ref())),
+            self.config.access_ttl_s,
+        ))
+    }
+
+    fn refresh_token(family: &[u8; 16], generation: u32, secret: &[u8; 32]) -> String {
+        format!(
+            "rt1.{}.{generation}.{}",
+            B64.encode(family),
+            B64.encode(secret)
+        )
+    }
+
+    /// Tokens for a user who just logged in: a new refresh family.
+    pub fn issue(&self, user: Uuid) -> Result<Issued, UserError> {
+        let (access_token, expires_in) = self.access_token(&user)?;
+        let family = random::<16>()?;
+        let secret = random::<32>()?;
+        let now = self.now_ms();
+        let value = proto::TokenFamily {
+            user_id: user.as_bytes().to_vec(),
+            generation: 0,
+            current_hash: sha256(&secret),
+            previous_hashes: Vec::new(),
+            created_ms: now,
+            expires_ms: now + self.config.refresh_ttl_s * 1000,
+            revoked_ms: 0,
+            revoked_reason: String::new(),
+        };
+        self.users
+            .entries()
+            .put(EntryKind::TokenFamily, &family, value.encode_to_vec())?;
+        Ok(Issued {
+            user_id: user,
+            access_token,
+            expires_in,
+            refresh_token: Self::refresh_token(&family, 0, &secret),
+        })
+    }
+
+    fn revoke_family(&self, family: &[u8; 16], reason: &str) -> Result<(), UserError> {
+        let now = self.now_ms();
+        self.users
+            .entries()
+            .update(EntryKind::TokenFamily, family, |stored| {
+                let mut f: proto::TokenFamily = decode(stored?)?;
+                (f.revoked_ms == 0).then(|| {
+                    f.revoked_ms = now;
+                    f.revoked_reason = reason.to_string();
+                    f.encode_to_vec()
+                })
+            })?;
+        Ok(())
+    }
+
+    /// Rotates a refresh token: new tokens, the presented one spent.
+    pub fn refresh(&self, token: &str) -> Result<Issued, TokenError> {
+        let Some((family, generation, secret)) = parse_refresh(token) else {
+            return Err(TokenError::Refused(Refused::Invalid));
+        };
+        let hash = sha256(&secret);
+        let now = self.now_ms();
+        let mut outcome: Result<(Uuid, [u8; 32], u32), Refused> = Err(Refused::Invalid);
+        self.users
+            .entries()
+            .update(EntryKind::TokenFamily, &family, |stored| {
+                let mut f: proto::TokenFamily = decode(stored?)?;
+                let current = crate::crypto::primitives::ct_eq(&f.current_hash, &hash);
+                let earlier = f
+                    .previous_hashes
+                    .iter()
+                    .any(|h| crate::crypto::primitives::ct_eq(h, &hash));
+                if f.revoked_ms != 0 {
+                    outcome = Err(if current || earlier {
+                        Refused::Revoked
+                    } else {
+                        Refused::Invalid
+                    });
+                    return None;
+                }
+                if now >= f.expires_ms && (current || earlier) {
+                    outcome = Err(Refused::Expired);
+                    return None;
+                }
+                if earlier && generation < f.generation {
+                    outcome = Err(Refused::Reused);
+                    f.revoked_ms = now;
+                    f.revoked_reason = "reused".into();
+                    return Some(f.encode_to_vec());
+                }
+                if !(current && generation == f.generation) {
+                    return None;
+                }
+                let Ok(user) = Uuid::from_slice(&f.user_id) else {
+                    return None;
+                };
+                let Ok(next) = random::<32>() else {
+                    return None;
+                };
+                f.previous_hashes.push(std::mem::take(&mut f.current_hash));
+                if f.previous_hashes.len() > PREVIOUS_KEPT {
+                    f.previous_hashes.remove(0);
+                }
+                f.current_hash = sha256(&next);
+                f.generation += 1;
+                outcome = Ok((user, next, f.generation));
+                Some(f.encode_to_vec())
+            })?;
+        let (user, next, generation) = outcome.map_err(TokenError::Refused)?;
+        if !self.users.is_active(&user)? {
+            self.revoke_family(&family, "account_inactive")?;
+            return Err(TokenError::Refused(Refused::AccountInactive));
+        }
+        let (access_token, expires_in) = self.access_token(&user)?;
+        Ok(Issued {
+            user_id: user,
+            access_token,
+            expires_in,
+            refresh_token: Self::refresh_token(&family, generation, &next),
+        })
+    }
+
+    /// Revokes the family of `token`, in every region. A token of a family already
+    /// revoked is accepted (logging out twice is not an error).
+    pub fn logout(&self, token: &str) -> Result<(), TokenError> {
+        let Some((family, _, secret)) = parse_refresh(token) else {
+            return Err(TokenError::Refused(Refused::Invalid));
+        };
+        let hash = sha256(&secret);
+        let known = self
+            .users
+            .entries()
+            .get(EntryKind::TokenFamily, &family)?
+            .and_then(|e| decode::<proto::TokenFamily>(&e))
+            .is_some_and(|f| {
+                crate::crypto::primitives::ct_eq(&f.current_hash, &hash)
+                    || f.previous_hashes
+                        .iter()
+                        .any(|h| crate::crypto::primitives::ct_eq(h, &hash))
+            });
+        if !known {
+            return Err(TokenError::Refused(Refused::Invalid));
+        }
+        self.revoke_family(&family, "logout")?;
+        Ok(())
+    }
+}
+
+impl TokenConfig {
+    /// Checks the `[tokens]` section.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.issuer.trim().is_empty() || self.audience.trim().is_empty() {
+            return Err(invalid("tokens", "issuer and audience must not be empty"));
+        }
+        if !(60..=86_400).contains(&self.access_ttl_s) {
+            return Err(invalid("tokens.access_ttl_s", "must be from 60 to 86400"));
+        }
+        if !(self.access_ttl_s..=365 * 86_400).contains(&self.refresh_ttl_s) {
+            return Err(invalid(
+                "tokens.refresh_ttl_s",
+                "must be from access_ttl_s to a year",
+            ));
+        }
+        if self.publish_lead_s > 7 * 86_400 {
+            return Err(invalid("tokens.publish_lead_s", "must be at most a week"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_tokens_parse_only_in_their_exact_shape() {
+        let t = Tokens::refresh_token(&[1; 16], 7, &[2; 32]);
+        assert_eq!(parse_refresh(&t), Some(([1; 16], 7, [2; 32])));
+        for bad in [
+            "",
+            "rt1",
+            "rt2.AQEBAQEBAQEBAQEBAQEBAQ.0.AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI",
+            "rt1.AQEB.0.AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI",
+            "rt1.AQEBAQEBAQEBAQEBAQEBAQ.-1.AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI",
+            "rt1.AQEBAQEBAQEBAQEBAQEBAQ.0.AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI.x",
+            "rt1.AQEBAQEBAQEBAQEBAQEBAQ.0.!!",
+        ] {
+            assert_eq!(parse_refresh(bad), None, "{bad}");
+        }
+    }
+
+    /// Wall-clock time that a test moves forward.
+    struct Manual(Arc<std::sync::atomic::AtomicU64>);
+
+    impl crate::common::hlc::TimeSource for Manual {
+        fn now_ms(&self) -> u64 {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[test]
+    fn the_sweep_removes_expired_families_and_those_of_erased_accounts_only() {
+        use crate::common::hlc::TimeSource as _;
+        let dir = tempfile::tempdir().unwrap();
+        let keyring = crate::crypto::keyring::init(&["af-south".to_string()])
+            .unwrap()
+            .remove(0);
+        let now = Arc::new(std::sync::atomic::AtomicU64::new(
+            crate::common::hlc::SystemClock.now_ms(),
+        ));
+        let passwords = crate::crypto::password::Passwords::new(
+            crate::crypto::password::PasswordAlgorithm::Pbkdf2Sha256,
+            keyring.pepper(),
+        )
+        .unwrap();
+        let users = Arc::new(Users::new(
+            Arc::new(crate::storage::store::Store::open(dir.path(), &Default::default()).unwrap()),
+            keyring,
+            passwords,
+            Arc::new(crate::common::hlc::Hlc::new(
+                "af-south",
+                500,
+                Box::new(Manual(now.clone())),
+            )),
+            8,
+        ));
+        let tokens = Tokens::new(users.clone(), TokenConfig::default());
+        tokens.ensure_signing_key().unwrap();
+        let account = |email: &str| {
+            let body = serde_json::json!({"email": email, "password": "correct horse battery"});
+            users
+                .create(crate::accounts::input::new_user(&body, 8).unwrap())
+                .unwrap()
+                .0
+        };
+        let (kept, erased) = (account("kept@example.com"), account("erased@example.com"));
+        let live = tokens.issue(kept).unwrap();
+        let revoked = tokens.issue(kept).unwrap();
+        tokens.logout(&revoked.refresh_token).unwrap();
+        tokens.issue(erased).unwrap();
+        let families = || users.entries().all(EntryKind::TokenFamily).unwrap().len();
+        assert_eq!(
+            (tokens.sweep().unwrap(), families()),
+            (0, 3),
+            "all still matter"
+        );
+        // An erased account's family goes at once; a revoked one stays until it
+        // expires, so that no late copy from before the revocation revives it.
+        users.delete(&erased).unwrap();
+        assert_eq!((tokens.sweep().unwrap(), families()), (1, 2));
+        assert_eq!(tokens.refresh(&live.refresh_token).unwrap().user_id, kept);
+        // Past the refresh lifetime both go, and the token is simply unknown.
+        now.fetch_add(
+            TokenConfig::default().refresh_ttl_s * 1000 + 1,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        assert_eq!((tokens.sweep().unwrap(), families()), (2, 0));
+        assert!(tokens.refresh(&live.refresh_token).is_err());
+    }
+}

@@ -1,0 +1,86 @@
+//! What handlers take from a request, checked: a JSON body ([`JsonBody`]), an id, a
+//! query string; and [`blocking`], which runs their store work off the async workers.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::header;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::accounts::error::Problem;
+use crate::api::error::ApiError;
+
+/// A JSON request body: the right content type, within the size limit, and
+/// well-formed JSON. Its fields are checked by the `validate` functions.
+pub struct JsonBody(pub Value);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                let essence = v
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+                essence == "application/json" || essence.ends_with("+json")
+            })
+            .unwrap_or(false);
+        if !is_json {
+            return Err(ApiError::unsupported_media_type());
+        }
+        let bytes = Bytes::from_request(req, state).await?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::malformed_json(format!("is not valid JSON: {e}")))
+    }
+}
+
+/// Runs a blocking operation (RocksDB, password hashing) off the async workers, its
+/// error answered as [`ApiError`] answers it.
+pub async fn blocking<T, E>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    E: Into<ApiError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(e) => {
+            tracing::error!(error = %e, "blocking task failed");
+            Err(ApiError::internal())
+        }
+    }
+}
+
+pub fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::invalid(vec![Problem::new("id", "must be a UUID")]))
+}
+
+/// Reports a bad id and a bad body together.
+pub fn merge_problems<T>(
+    id: Result<Uuid, ApiError>,
+    body: Result<T, Vec<Problem>>,
+) -> Result<(Uuid, T), ApiError> {
+    match (id, body) {
+        (Ok(id), Ok(b)) => Ok((id, b)),
+        (id, body) => {
+            let mut details = id.err().map(ApiError::into_details).unwrap_or_default();
+            details.extend(body.err().unwrap_or_default());
+            Err(ApiError::invalid(details))
+        }
+    }
+}
+
+/// The query string `raw` as `T` (unknown parameters refused when `T` says so).
+pub fn query<T: serde::de::DeserializeOwned>(raw: Option<String>) -> Result<T, ApiError> {
+    serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::invalid(vec![Problem::new("query", e.to_string())]))
+}

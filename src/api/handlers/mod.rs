@@ -1,0 +1,8 @@
+//! The handlers, one file per API area. Each uses only `state`, `error` and
+//! `extract` of the API layer; `api/mod.rs` routes to them.
+
+pub mod admin;
+pub mod health;
+pub mod peers;
+pub mod sessions;
+pub mod users;

@@ -1,0 +1,79 @@
+//! `/v1/internal/`: what a peer region's anti-entropy reads here (bucket digests,
+//! stamps, records as stored). Only peers of the deployment get here: the routes sit
+//! behind the peer signature check (`api/middleware`).
+
+use axum::extract::{Path, State};
+use axum::Json;
+use base64::Engine as _;
+use prost::Message as _;
+use serde_json::{json, Value};
+
+use crate::accounts::error::Problem;
+use crate::api::error::ApiError;
+use crate::api::extract::{blocking, JsonBody};
+use crate::api::state::AppState;
+use crate::replication::anti_entropy::{
+    self, FetchRequest, FetchResponse, StampJson, Stamps, MAX_FETCH,
+};
+use crate::storage::store::{StoreError, BUCKETS};
+
+pub async fn internal_digests(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let users = s.users.clone();
+    let d = blocking(move || anti_entropy::digests(&users)).await?;
+    Ok(Json(json!(d)))
+}
+
+pub async fn internal_bucket(
+    State(s): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<Stamps>, ApiError> {
+    let bucket = raw
+        .parse::<usize>()
+        .ok()
+        .filter(|b| *b < BUCKETS)
+        .ok_or_else(|| {
+            ApiError::invalid(vec![Problem::new(
+                "bucket",
+                format!("must be a number below {BUCKETS}"),
+            )])
+        })?;
+    let users = s.users.clone();
+    let stamps = blocking(move || users.store().stamps_in(bucket, bucket + 1)).await?;
+    Ok(Json(Stamps {
+        stamps: stamps.iter().map(StampJson::from).collect(),
+    }))
+}
+
+pub async fn internal_records(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<FetchResponse>, ApiError> {
+    let req: FetchRequest = serde_json::from_value(body)
+        .map_err(|e| ApiError::invalid(vec![Problem::new("ids", e.to_string())]))?;
+    if req.ids.len() > MAX_FETCH {
+        return Err(ApiError::invalid(vec![Problem::new(
+            "ids",
+            format!("at most {MAX_FETCH} per request"),
+        )]));
+    }
+    let users = s.users.clone();
+    let (records, user_keys) = blocking(move || {
+        let b64 = |bytes: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let (mut records, mut keys) = (Vec::with_capacity(req.ids.len()), Vec::new());
+        for id in &req.ids {
+            // Sent as stored: ciphertext and wrapped keys, with the MACs the receiver
+            // checks.
+            if let Some(r) = users.store().get(id.as_bytes())? {
+                if !r.tombstone {
+                    if let Some(k) = users.store().get_user_key(id.as_bytes())? {
+                        keys.push(b64(k.encode_to_vec()));
+                    }
+                }
+                records.push(b64(r.encode_to_vec()));
+            }
+        }
+        Ok::<_, StoreError>((records, keys))
+    })
+    .await?;
+    Ok(Json(FetchResponse { records, user_keys }))
+}

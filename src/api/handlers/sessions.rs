@@ -1,0 +1,89 @@
+//! Sessions: `/v1/login`, `/v1/token/refresh`, `/v1/logout`, and the public keys
+//! tokens verify with (`/.well-known/jwks.json`).
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::Value;
+
+use crate::accounts::error::Problem;
+use crate::accounts::input;
+use crate::api::error::{no_content, ApiError};
+use crate::api::extract::{blocking, JsonBody};
+use crate::api::state::AppState;
+
+pub async fn login(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let req = input::login(&body).map_err(ApiError::invalid)?;
+    let users = s.users.clone();
+    let tokens = s.tokens.clone();
+    let issued = blocking(move || {
+        let id = users.login(&req.login, &req.password)?;
+        tokens.issue(id)
+    })
+    .await?;
+    Ok(Json(issued.json()))
+}
+
+/// `{refresh_token}`, and nothing else.
+fn refresh_token_of(body: &Value) -> Result<String, ApiError> {
+    let mut problems = Vec::new();
+    match body.as_object() {
+        None => problems.push(Problem::new("body", "must be an object {refresh_token}")),
+        Some(fields) => {
+            for k in fields.keys().filter(|k| *k != "refresh_token") {
+                problems.push(Problem::new(
+                    k.chars().take(64).collect::<String>(),
+                    "is not a known field",
+                ));
+            }
+            match fields.get("refresh_token") {
+                Some(Value::String(t)) if !t.is_empty() && t.len() <= 512 => {
+                    if problems.is_empty() {
+                        return Ok(t.clone());
+                    }
+                }
+                _ => problems.push(Problem::new(
+                    "refresh_token",
+                    "is required (the refresh token a login or refresh returned)",
+                )),
+            }
+        }
+    }
+    Err(ApiError::invalid(problems))
+}
+
+pub async fn refresh(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let token = refresh_token_of(&body)?;
+    let tokens = s.tokens.clone();
+    let issued = blocking(move || tokens.refresh(&token)).await?;
+    Ok(Json(issued.json()))
+}
+
+pub async fn logout(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let token = refresh_token_of(&body)?;
+    let tokens = s.tokens.clone();
+    blocking(move || tokens.logout(&token)).await?;
+    Ok(no_content())
+}
+
+pub async fn jwks(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let tokens = s.tokens.clone();
+    let set = blocking(move || tokens.jwks()).await?;
+    let mut resp = Json(set).into_response();
+    // Verifiers may cache it this long; a new key is published well before it signs.
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("public, max-age=300"),
+    );
+    Ok(resp)
+}

@@ -1,0 +1,35 @@
+//! What every handler and middleware shares: the services of one node.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::accounts::api_keys::ApiKeys;
+use crate::accounts::tokens::Tokens;
+use crate::accounts::users::Users;
+use crate::api::middleware::rate_limit::RateLimiter;
+use crate::api::middleware::signing::Verifier;
+use crate::replication::retry_queue::RetryQueue;
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub users: Arc<Users>,
+    pub metrics: PrometheusHandle,
+    /// The accepted API keys and their scopes.
+    pub api_keys: Arc<ApiKeys>,
+    pub ready: Arc<AtomicBool>,
+    pub max_import_items: usize,
+    pub retry: Arc<RetryQueue>,
+    /// Whether `/v1/admin/faults` exists.
+    pub faults_enabled: bool,
+    pub tokens: Arc<Tokens>,
+    /// Per-address limit on logins and lookups; `None` when off.
+    pub rate_limit: Option<Arc<RateLimiter>>,
+    /// The header naming the end user's address, when the callers set one.
+    pub client_ip_header: Option<axum::http::HeaderName>,
+    /// Checks signed requests; `None` when no client signs.
+    pub signatures: Option<Arc<Verifier>>,
+    pub max_body_bytes: usize,
+}

@@ -1,0 +1,12 @@
+//! Layer 0, common: what every layer above shares and nothing here depends on: the
+//! hybrid logical clock and record versions, metric names, fault switches, TLS,
+//! region names, config problems and the job schedule.
+//! It may use only `proto` and outside crates.
+
+pub mod config;
+pub mod faults;
+pub mod hlc;
+pub mod metrics;
+pub mod region;
+pub mod schedule;
+pub mod tls;

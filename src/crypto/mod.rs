@@ -1,0 +1,9 @@
+//! Layer 1, crypto: primitives, keyrings, the envelope with user keys and MACs, blind
+//! indexes and password hashing. Inside it, `primitives` is below `keyring`, which is
+//! below the rest. It may use common; never storage (storage never uses it either).
+
+pub mod blind_index;
+pub mod envelope;
+pub mod keyring;
+pub mod password;
+pub mod primitives;

@@ -1,0 +1,113 @@
+//! Scheduled sweepers: each runs on its own interval as a task of the node's tracker
+//! and stops with the node.
+//!
+//! - `retry`: tries due parked events again ([`crate::replication::retry_queue`]);
+//! - `key_recovery`: wraps data keys for regions that lack them and moves this
+//!   region's wraps to its current master key ([`Users::recover_keys_round`]);
+//! - `anti_entropy`: compares digests with each peer and pulls what differs
+//!   ([`crate::replication::anti_entropy`]);
+//! - `entries`: removes replicated entries that can never matter again: login-failure
+//!   counts gone idle, refresh token families expired, and both for erased accounts.
+//!
+//! Every run is timed and counted (`authsync_sweeper_*{sweeper}`), so an operator sees
+//! a sweeper that stopped running or takes too long.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::accounts::users::Users;
+use crate::common::metrics as m;
+use crate::common::schedule::run_every;
+use crate::replication::retry_queue::RetryQueue;
+
+/// The retry sweeper.
+pub async fn retry(
+    queue: Arc<RetryQueue>,
+    users: Arc<Users>,
+    every: Duration,
+    batch: usize,
+    stop: CancellationToken,
+) {
+    run_every("retry", every, stop, || {
+        let queue = queue.clone();
+        let users = users.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let now = users.clock_now_ms();
+                let report = queue.sweep(&users, now, batch)?;
+                if report != Default::default() {
+                    tracing::info!(?report, "retry sweep");
+                }
+                queue.report(users.clock_now_ms())?;
+                anyhow::Ok(())
+            })
+            .await?
+        }
+    })
+    .await
+}
+
+/// The key recovery sweeper: one bounded round per run, resuming where the last
+/// one stopped.
+pub async fn key_recovery(
+    users: Arc<Users>,
+    every: Duration,
+    batch: usize,
+    stop: CancellationToken,
+) {
+    let cursor = Arc::new(parking_lot::Mutex::new(None));
+    run_every("key_recovery", every, stop, || {
+        let users = users.clone();
+        let cursor = cursor.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let at = *cursor.lock();
+                let (round, next) = users.recover_keys_round(at, batch)?;
+                *cursor.lock() = next;
+                if round.rewrapped + round.recovered + round.user_keys > 0 {
+                    tracing::info!(
+                        rewrapped = round.rewrapped,
+                        recovered = round.recovered,
+                        user_keys = round.user_keys,
+                        "key recovery round"
+                    );
+                }
+                anyhow::Ok(())
+            })
+            .await?
+        }
+    })
+    .await
+}
+
+/// The entries sweeper: every `every`, removes dead login-failure entries and refresh
+/// token families from this region's store ([`crate::accounts::lockout::Lockout::sweep`],
+/// [`crate::accounts::tokens::Tokens::sweep`]).
+pub async fn entries(
+    users: Arc<Users>,
+    tokens: Arc<crate::accounts::tokens::Tokens>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    run_every("entries", every, stop, || {
+        let (users, tokens) = (users.clone(), tokens.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let failures = users.sweep_login_failures()?;
+                let families = tokens.sweep()?;
+                metrics::counter!(m::ENTRIES_SWEPT_TOTAL, "kind" => "login_failures")
+                    .increment(failures as u64);
+                metrics::counter!(m::ENTRIES_SWEPT_TOTAL, "kind" => "token_family")
+                    .increment(families as u64);
+                if failures + families > 0 {
+                    tracing::info!(failures, families, "entries swept");
+                }
+                anyhow::Ok(())
+            })
+            .await?
+        }
+    })
+    .await;
+}

@@ -1,0 +1,1022 @@
+//! The durable retry queue and the dead-letter queue for replicated events.
+//!
+//! The stream is the fast path: a consumer applies each event as it arrives. An event
+//! that cannot be applied now (this region's key service is unavailable, a transient
+//! storage error, a clock too far ahead, an injected fault) is parked here, durably,
+//! before the consumer stores its offset, so the partition moves on and nothing is
+//! lost. The retry sweeper tries parked events again with exponential backoff and
+//! jitter, by the same timestamp-checked rule; after the last attempt an event moves
+//! to the dead-letter queue with its whole history. Events that can never apply (they
+//! do not decode, or fail their integrity check) go there at once.
+//!
+//! Layout (column family `retry`):
+//! - `e` + id (8 bytes, big-endian) → `RetryEntry`;
+//! - `d` + next attempt (ms, 8 bytes BE) + id → empty: the due index, so a sweep reads
+//!   only what is due.
+//!
+//! Column family `dead_letters`: id (8 bytes BE) → `RetryEntry` with `dead_at_ms`.
+//! Ids come from one sequence (persisted in `meta`) and keep their value when an entry
+//! moves to dead letters.
+//!
+//! The queue is bounded by entries and bytes. A full queue refuses to park: the
+//! consumer then holds its position and tries the event again in place, and the
+//! `authsync_retry_queue_full` gauge says so. Nothing is dropped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use prost::Message;
+use uuid::Uuid;
+
+use crate::accounts::error::{Applied, ApplyError};
+use crate::accounts::users::Users;
+use crate::common::config::{invalid, Invalid};
+use crate::common::hlc::Version;
+use crate::common::metrics as m;
+use crate::proto;
+use crate::storage::store::{KvOp, Store, StoreError, CF_DEAD, CF_RETRY};
+use serde::{Deserialize, Serialize};
+
+const META_NEXT_ID: &[u8] = b"retry_next_id";
+const ENTRY: u8 = b'e';
+const DUE: u8 = b'd';
+/// Attempts kept in an entry's history: every one up to `retry.max_attempts` (at most
+/// 1000); replays of a dead letter beyond that keep the first half and the latest.
+const HISTORY_LIMIT: usize = 1024;
+
+/// How parked events are retried and how much may be parked.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts in all, the one that parked the event included.
+    pub max_attempts: u32,
+    pub base_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub max_entries: u64,
+    pub max_bytes: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 10,
+            base_backoff_ms: 1_000,
+            max_backoff_ms: 300_000,
+            max_entries: 100_000,
+            max_bytes: 256 << 20,
+        }
+    }
+}
+
+/// The delay before attempt `attempt + 1`, after `attempt` failures: exponential from
+/// `base`, capped at `max`, with "equal jitter" (half fixed, half random, from
+/// `unit` in [0, 1)) so that events parked together do not retry together.
+pub fn backoff_ms(attempt: u32, base: u64, max: u64, unit: f64) -> u64 {
+    let exp = base.saturating_mul(1u64 << attempt.saturating_sub(1).min(32));
+    let capped = exp.min(max).max(1);
+    let half = capped / 2;
+    half + ((capped - half) as f64 * unit.clamp(0.0, 1.0)) as u64
+}
+
+/// Where a parked event came from.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    pub region: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("retry queue is full ({entries} entries, {bytes} bytes)")]
+    Full { entries: u64, bytes: u64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Where an event went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parked {
+    Retry(u64),
+    Dead(u64),
+}
+
+/// What replaying a dead letter did.
+#[derive(Debug)]
+pub enum Replayed {
+    Done(Applied),
+    Failed(String),
+    NotFound,
+}
+
+/// Counts of one sweep, by outcome.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    pub applied: usize,
+    pub skipped: usize,
+    pub rescheduled: usize,
+    pub dead_lettered: usize,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    entries: u64,
+    bytes: u64,
+    dead: u64,
+    next_id: u64,
+    /// SHA-256 of the payload → entry id: a redelivered event (the same bytes) does
+    /// not park twice.
+    by_payload: HashMap<[u8; 32], u64>,
+    /// Payload hashes of the dead letters, for the same reason.
+    dead_payloads: HashMap<[u8; 32], u64>,
+    full: bool,
+}
+
+pub struct RetryQueue {
+    store: Arc<Store>,
+    policy: RetryPolicy,
+    counts: Mutex<Counts>,
+}
+
+fn entry_key(id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(ENTRY);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn due_key(at_ms: u64, id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(DUE);
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn payload_hash(payload: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, payload).as_ref());
+    out
+}
+
+fn decode_entry(bytes: &[u8]) -> Result<proto::RetryEntry, StoreError> {
+    proto::RetryEntry::decode(bytes).map_err(|_| StoreError::Corrupt {
+        what: "retry entry",
+    })
+}
+
+fn push_history(entry: &mut proto::RetryEntry, at_ms: u64, error: String) {
+    if entry.history.len() >= HISTORY_LIMIT {
+        // Keep the first attempts (how it started) and the latest ones.
+        entry.history.remove(HISTORY_LIMIT / 2);
+    }
+    entry.history.push(proto::Attempt { at_ms, error });
+}
+
+impl RetryQueue {
+    /// Opens the queue over `store`, counting what is parked.
+    pub fn open(store: Arc<Store>, policy: RetryPolicy) -> Result<RetryQueue, StoreError> {
+        let mut counts = Counts {
+            next_id: store.meta_u64(META_NEXT_ID)?.max(1),
+            ..Default::default()
+        };
+        let mut from = Vec::new();
+        loop {
+            let page = store.scan_kv(CF_RETRY, &[ENTRY], &from, 1024)?;
+            let Some((last, _)) = page.last() else { break };
+            from = last.clone();
+            from.push(0);
+            for (k, v) in &page {
+                counts.entries += 1;
+                counts.bytes += (k.len() + v.len()) as u64;
+                let Ok(e) = decode_entry(v) else {
+                    tracing::error!("a retry entry does not decode; it stays for an operator");
+                    continue;
+                };
+                counts.next_id = counts.next_id.max(e.id.saturating_add(1));
+                counts.by_payload.insert(payload_hash(&e.event), e.id);
+            }
+        }
+        let mut from = Vec::new();
+        loop {
+            let page = store.scan_kv(CF_DEAD, &[], &from, 1024)?;
+            let Some((last, _)) = page.last() else { break };
+            from = last.clone();
+            from.push(0);
+            for (k, v) in &page {
+                counts.dead += 1;
+                if let Ok(id) = <[u8; 8]>::try_from(k.as_slice()) {
+                    let id = u64::from_be_bytes(id);
+                    counts.next_id = counts.next_id.max(id.saturating_add(1));
+                    if let Ok(e) = decode_entry(v) {
+                        counts.dead_payloads.insert(payload_hash(&e.event), id);
+                    }
+                }
+            }
+        }
+        let q = RetryQueue {
+            store,
+            policy,
+            counts: Mutex::new(counts),
+        };
+        Ok(q)
+    }
+
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
+    /// (entries, bytes, dead letters).
+    pub fn sizes(&self) -> (u64, u64, u64) {
+        let c = self.counts.lock();
+        (c.entries, c.bytes, c.dead)
+    }
+
+    /// Parks an event that failed with `error`. Permanent failures go to dead letters
+    /// (never refused); the rest to the retry queue, unless it is full.
+    pub fn park(
+        &self,
+        payload: &[u8],
+        source: &Source,
+        error: &ApplyError,
+        now_ms: u64,
+    ) -> Result<Parked, QueueError> {
+        let event = proto::ChangeEvent::decode(payload).ok();
+        let mut entry = proto::RetryEntry {
+            event: payload.to_vec(),
+            source_region: source.region.clone(),
+            topic: source.topic.clone(),
+            partition: source.partition,
+            offset: source.offset,
+            attempts: 1,
+            first_failed_ms: now_ms,
+            last_error: error.to_string(),
+            reason: error.reason().to_string(),
+            ..Default::default()
+        };
+        if let Some(e) = &event {
+            entry.event_id = e.event_id.clone();
+            if let Some(r) = &e.record {
+                entry.record_id = r.id.clone();
+                entry.version = r.version.clone();
+            }
+        }
+        push_history(&mut entry, now_ms, error.to_string());
+        let hash = payload_hash(payload);
+        let mut c = self.counts.lock();
+        if let Some(id) = c.dead_payloads.get(&hash) {
+            // Already a dead letter (delivered again after a crash).
+            return Ok(Parked::Dead(*id));
+        }
+        if error.is_permanent() {
+            entry.id = c.next_id;
+            entry.dead_at_ms = now_ms;
+            self.store.write_kv(&[
+                KvOp::Put {
+                    cf: CF_DEAD,
+                    key: entry.id.to_be_bytes().to_vec(),
+                    value: entry.encode_to_vec(),
+                },
+                KvOp::MaxU64 {
+                    key: META_NEXT_ID,
+                    value: entry.id + 1,
+                },
+            ])?;
+            c.next_id += 1;
+            c.dead += 1;
+            c.dead_payloads.insert(hash, entry.id);
+            metrics::counter!(m::DEAD_LETTERS_TOTAL, "reason" => error.reason()).increment(1);
+            return Ok(Parked::Dead(entry.id));
+        }
+        if let Some(id) = c.by_payload.get(&hash) {
+            // Delivered again (a replay after a crash before the offset was stored):
+            // it is already waiting.
+            return Ok(Parked::Retry(*id));
+        }
+        entry.id = c.next_id;
+        entry.next_attempt_ms = self.next_attempt(1, error, now_ms);
+        let value = entry.encode_to_vec();
+        let key = entry_key(entry.id);
+        let size = (key.len() + value.len()) as u64;
+        if c.entries + 1 > self.policy.max_entries || c.bytes + size > self.policy.max_bytes {
+            c.full = true;
+            metrics::gauge!(m::RETRY_QUEUE_FULL).set(1.0);
+            metrics::counter!(m::RETRY_QUEUE_REFUSED_TOTAL).increment(1);
+            return Err(QueueError::Full {
+                entries: c.entries,
+                bytes: c.bytes,
+            });
+        }
+        self.store.write_kv(&[
+            KvOp::Put {
+                cf: CF_RETRY,
+                key,
+                value,
+            },
+            KvOp::Put {
+                cf: CF_RETRY,
+                key: due_key(entry.next_attempt_ms, entry.id),
+                value: Vec::new(),
+            },
+            KvOp::MaxU64 {
+                key: META_NEXT_ID,
+                value: entry.id + 1,
+            },
+        ])?;
+        c.next_id += 1;
+        c.entries += 1;
+        c.bytes += size;
+        c.by_payload.insert(hash, entry.id);
+        metrics::counter!(m::RETRY_PARKED_TOTAL, "reason" => error.reason()).increment(1);
+        Ok(Parked::Retry(entry.id))
+    }
+
+    /// When to try again after `attempts` failures. An event from a clock that runs
+    /// ahead is not tried before local time has caught up with it, so waiting for the
+    /// clock does not use up its attempts.
+    fn next_attempt(&self, attempts: u32, error: &ApplyError, now_ms: u64) -> u64 {
+        let backoff = now_ms.saturating_add(backoff_ms(
+            attempts,
+            self.policy.base_backoff_ms,
+            self.policy.max_backoff_ms,
+            rand::random::<f64>(),
+        ));
+        match error {
+            ApplyError::Skew(s) => {
+                let fits = now_ms
+                    .saturating_add(s.ahead_ms.saturating_sub(s.limit_ms))
+                    .saturating_add(1);
+                backoff.max(fits)
+            }
+            _ => backoff,
+        }
+    }
+
+    /// Parked entries due at `now_ms`, earliest first, at most `limit`.
+    pub fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<proto::RetryEntry>, StoreError> {
+        let mut out = Vec::new();
+        for (k, _) in self.store.scan_kv(CF_RETRY, &[DUE], &[], limit)? {
+            let Ok(at) = <[u8; 8]>::try_from(&k[1..9.min(k.len())]) else {
+                continue;
+            };
+            if u64::from_be_bytes(at) > now_ms {
+                break;
+            }
+            let Ok(id) = <[u8; 8]>::try_from(&k[9.min(k.len())..]) else {
+                continue;
+            };
+            if let Some(v) = self
+                .store
+                .get_kv(CF_RETRY, &entry_key(u64::from_be_bytes(id)))?
+            {
+                match decode_entry(&v) {
+                    Ok(e) => out.push(e),
+                    // Left in place for an operator; the sweep goes on with the rest.
+                    Err(_) => tracing::error!("a retry entry does not decode"),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes an entry whose event was applied (or found not newer).
+    fn resolve(&self, entry: &proto::RetryEntry) -> Result<(), StoreError> {
+        let mut c = self.counts.lock();
+        let key = entry_key(entry.id);
+        let Some(stored) = self.store.get_kv(CF_RETRY, &key)? else {
+            return Ok(());
+        };
+        self.store.write_kv(&[
+            KvOp::Delete {
+                cf: CF_RETRY,
+                key: key.clone(),
+            },
+            KvOp::Delete {
+                cf: CF_RETRY,
+                key: due_key(entry.next_attempt_ms, entry.id),
+            },
+        ])?;
+        c.entries = c.entries.saturating_sub(1);
+        c.bytes = c.bytes.saturating_sub((key.len() + stored.len()) as u64);
+        c.by_payload.remove(&payload_hash(&entry.event));
+        self.clear_full(&mut c);
+        Ok(())
+    }
+
+    fn clear_full(&self, c: &mut Counts) {
+        if c.full && c.entries < self.policy.max_entries && c.bytes < self.policy.max_bytes {
+            c.full = false;
+            metrics::gauge!(m::RETRY_QUEUE_FULL).set(0.0);
+        }
+    }
+
+    /// Records a failed attempt: reschedules the entry, or moves it to dead letters
+    /// when its attempts are spent or the failure is permanent. True when it died.
+    fn failed(
+        &self,
+        mut entry: proto::RetryEntry,
+        error: &ApplyError,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut c = self.counts.lock();
+        let old_key = entry_key(entry.id);
+        let Some(stored) = self.store.get_kv(CF_RETRY, &old_key)? else {
+            return Ok(false);
+        };
+        let old_due = due_key(entry.next_attempt_ms, entry.id);
+        entry.attempts += 1;
+        entry.last_error = error.to_string();
+        entry.reason = error.reason().to_string();
+        push_history(&mut entry, now_ms, error.to_string());
+        let dies = error.is_permanent() || entry.attempts >= self.policy.max_attempts;
+        let mut ops = vec![KvOp::Delete {
+            cf: CF_RETRY,
+            key: old_due,
+        }];
+        let old_size = (old_key.len() + stored.len()) as u64;
+        if dies {
+            entry.dead_at_ms = now_ms;
+            entry.next_attempt_ms = 0;
+            ops.push(KvOp::Delete {
+                cf: CF_RETRY,
+                key: old_key,
+            });
+            ops.push(KvOp::Put {
+                cf: CF_DEAD,
+                key: entry.id.to_be_bytes().to_vec(),
+                value: entry.encode_to_vec(),
+            });
+            self.store.write_kv(&ops)?;
+            c.entries = c.entries.saturating_sub(1);
+            c.bytes = c.bytes.saturating_sub(old_size);
+            c.dead += 1;
+            let hash = payload_hash(&entry.event);
+            c.by_payload.remove(&hash);
+            c.dead_payloads.insert(hash, entry.id);
+            self.clear_full(&mut c);
+            metrics::counter!(m::DEAD_LETTERS_TOTAL, "reason" => error.reason()).increment(1);
+            return Ok(true);
+        }
+        entry.next_attempt_ms = self.next_attempt(entry.attempts, error, now_ms);
+        let value = entry.encode_to_vec();
+        let new_size = (old_key.len() + value.len()) as u64;
+        ops.push(KvOp::Put {
+            cf: CF_RETRY,
+            key: old_key,
+            value,
+        });
+        ops.push(KvOp::Put {
+            cf: CF_RETRY,
+            key: due_key(entry.next_attempt_ms, entry.id),
+            value: Vec::new(),
+        });
+        self.store.write_kv(&ops)?;
+        // History grows the entry a little; the bound is checked when parking.
+        c.bytes = c.bytes.saturating_sub(old_size) + new_size;
+        Ok(false)
+    }
+
+    /// One sweep: every due entry (at most `limit`) is tried once.
+    pub fn sweep(
+        &self,
+        users: &Users,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<SweepReport, StoreError> {
+        let mut report = SweepReport::default();
+        for entry in self.due(now_ms, limit)? {
+            let result = match proto::ChangeEvent::decode(entry.event.as_slice()) {
+                Ok(event) => users.apply(&event),
+                Err(_) => Err(ApplyError::Malformed("event does not decode")),
+            };
+            let outcome = match result {
+                Ok(applied) => {
+                    self.resolve(&entry)?;
+                    match applied {
+                        Applied::Applied => {
+                            report.applied += 1;
+                            "applied"
+                        }
+                        Applied::Merged => {
+                            report.applied += 1;
+                            "merged"
+                        }
+                        Applied::Skipped => {
+                            report.skipped += 1;
+                            "skipped"
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        entry = entry.id,
+                        attempts = entry.attempts + 1,
+                        error = %e,
+                        "retry of a parked event failed"
+                    );
+                    if self.failed(entry, &e, now_ms)? {
+                        report.dead_lettered += 1;
+                        "dead_lettered"
+                    } else {
+                        report.rescheduled += 1;
+                        "rescheduled"
+                    }
+                }
+            };
+            metrics::counter!(m::RETRIES_TOTAL, "outcome" => outcome).increment(1);
+        }
+        Ok(report)
+    }
+
+    /// Parked entries after id `after`, at most `limit`, in id order.
+    pub fn list_retry(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<proto::RetryEntry>, StoreError> {
+        let from = entry_key(after.saturating_add(1));
+        self.store
+            .scan_kv(CF_RETRY, &[ENTRY], &from, limit)?
+            .iter()
+            .map(|(_, v)| decode_entry(v))
+            .collect()
+    }
+
+    /// Dead letters after id `after`, at most `limit`, in id order.
+    pub fn list_dead(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<proto::RetryEntry>, StoreError> {
+        let from = after.saturating_add(1).to_be_bytes();
+        self.store
+            .scan_kv(CF_DEAD, &[], &from, limit)?
+            .iter()
+            .map(|(_, v)| decode_entry(v))
+            .collect()
+    }
+
+    pub fn get_dead(&self, id: u64) -> Result<Option<proto::RetryEntry>, StoreError> {
+        self.store
+            .get_kv(CF_DEAD, &id.to_be_bytes())?
+            .map(|v| decode_entry(&v))
+            .transpose()
+    }
+
+    /// Deletes a dead letter. False when there was none with this id.
+    pub fn drop_dead(&self, id: u64) -> Result<bool, StoreError> {
+        let mut c = self.counts.lock();
+        let Some(stored) = self.store.get_kv(CF_DEAD, &id.to_be_bytes())? else {
+            return Ok(false);
+        };
+        if let Ok(e) = decode_entry(&stored) {
+            c.dead_payloads.remove(&payload_hash(&e.event));
+        }
+        self.store.write_kv(&[KvOp::Delete {
+            cf: CF_DEAD,
+            key: id.to_be_bytes().to_vec(),
+        }])?;
+        c.dead = c.dead.saturating_sub(1);
+        Ok(true)
+    }
+
+    /// Applies a dead letter now, by the same rule as every replicated event. Applied
+    /// (or found not newer), it leaves the queue; failing, it stays with the attempt
+    /// added to its history.
+    pub fn replay_dead(&self, users: &Users, id: u64) -> Result<Replayed, StoreError> {
+        let Some(mut entry) = self.get_dead(id)? else {
+            return Ok(Replayed::NotFound);
+        };
+        let result = match proto::ChangeEvent::decode(entry.event.as_slice()) {
+            Ok(event) => users.apply(&event),
+            Err(_) => Err(ApplyError::Malformed("event does not decode")),
+        };
+        let now = users.clock_now_ms();
+        match result {
+            Ok(applied) => {
+                if self.drop_dead(id)? {
+                    metrics::counter!(m::RETRIES_TOTAL, "outcome" => "replayed").increment(1);
+                }
+                Ok(Replayed::Done(applied))
+            }
+            Err(e) => {
+                let _c = self.counts.lock();
+                if self.store.get_kv(CF_DEAD, &id.to_be_bytes())?.is_some() {
+                    entry.attempts += 1;
+                    entry.last_error = e.to_string();
+                    entry.reason = e.reason().to_string();
+                    push_history(&mut entry, now, format!("replay: {e}"));
+                    self.store.write_kv(&[KvOp::Put {
+                        cf: CF_DEAD,
+                        key: id.to_be_bytes().to_vec(),
+                        value: entry.encode_to_vec(),
+                    }])?;
+                }
+                Ok(Replayed::Failed(e.to_string()))
+            }
+        }
+    }
+
+    /// Sets the queue gauges.
+    pub fn report(&self, now_ms: u64) -> Result<(), StoreError> {
+        let (entries, bytes, dead) = self.sizes();
+        metrics::gauge!(m::RETRY_QUEUE_ENTRIES).set(entries as f64);
+        metrics::gauge!(m::RETRY_QUEUE_BYTES).set(bytes as f64);
+        metrics::gauge!(m::DEAD_LETTERS).set(dead as f64);
+        // Ids grow with time, so the first entry is the oldest.
+        let oldest = self
+            .list_retry(0, 1)?
+            .first()
+            .map(|e| now_ms.saturating_sub(e.first_failed_ms) as f64 / 1000.0)
+            .unwrap_or(0.0);
+        metrics::gauge!(m::RETRY_QUEUE_OLDEST_AGE_SECONDS).set(oldest);
+        let full = self.counts.lock().full;
+        metrics::gauge!(m::RETRY_QUEUE_FULL).set(if full { 1.0 } else { 0.0 });
+        Ok(())
+    }
+}
+
+/// An entry as the admin API and the CLI show it: never the payload (ciphertext).
+pub fn entry_json(e: &proto::RetryEntry) -> serde_json::Value {
+    let version = e.version.as_ref().map(Version::from_proto);
+    serde_json::json!({
+        "id": e.id,
+        "event_id": e.event_id,
+        "source_region": e.source_region,
+        "topic": e.topic,
+        "partition": e.partition,
+        "offset": e.offset,
+        "record_id": Uuid::from_slice(&e.record_id).ok().map(|u| u.to_string()),
+        "version": version.map(|v| serde_json::json!({"ts": v.ts(), "region": v.region})),
+        "reason": e.reason,
+        "attempts": e.attempts,
+        "first_failed_ms": e.first_failed_ms,
+        "next_attempt_ms": (e.next_attempt_ms > 0).then_some(e.next_attempt_ms),
+        "dead_at_ms": (e.dead_at_ms > 0).then_some(e.dead_at_ms),
+        "last_error": e.last_error,
+        "bytes": e.event.len(),
+        "history": e.history.iter().map(|a| serde_json::json!({"at_ms": a.at_ms, "error": a.error})).collect::<Vec<_>>(),
+    })
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// How often the retry sweeper looks for due events. Default 1 s.
+    pub sweep_interval_ms: u64,
+    /// Events tried per sweep at most. Default 500.
+    pub sweep_batch: usize,
+    /// Attempts before an event becomes a dead letter, the first included. Default 10.
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt, with jitter. Default 1 s.
+    pub backoff_base_ms: u64,
+    /// Longest retry delay. Default 5 min.
+    pub backoff_max_ms: u64,
+    /// Bound on parked events. Default 100000.
+    pub max_entries: u64,
+    /// Bound on parked bytes. Default 256 MiB.
+    pub max_bytes: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            sweep_interval_ms: 1_000,
+            sweep_batch: 500,
+            max_attempts: 10,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 300_000,
+            max_entries: 100_000,
+            max_bytes: 256 << 20,
+        }
+    }
+}
+
+impl RetryConfig {
+    /// Checks the `[retry]` section.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.sweep_interval_ms < 10 {
+            return Err(invalid("retry.sweep_interval_ms", "must be at least 10"));
+        }
+        if self.sweep_batch == 0 {
+            return Err(invalid("retry.sweep_batch", "must be at least 1"));
+        }
+        if !(1..=1000).contains(&self.max_attempts) {
+            return Err(invalid("retry.max_attempts", "must be between 1 and 1000"));
+        }
+        if self.backoff_base_ms == 0 || self.backoff_base_ms > self.backoff_max_ms {
+            return Err(invalid(
+                "retry.backoff_base_ms",
+                "must be at least 1 and at most retry.backoff_max_ms",
+            ));
+        }
+        if self.max_entries == 0 {
+            return Err(invalid("retry.max_entries", "must be at least 1"));
+        }
+        if self.max_bytes < 4096 {
+            return Err(invalid("retry.max_bytes", "must be at least 4096"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::common::faults::FaultState;
+    use crate::common::hlc::{Hlc, SystemClock, TimeSource};
+    use crate::crypto::keyring::Keyring;
+    use crate::crypto::password::PasswordAlgorithm;
+    use crate::crypto::password::Passwords;
+    use crate::storage::store::StoreOptions;
+
+    fn users_in(dir: &std::path::Path, keyring: Keyring, time: Box<dyn TimeSource>) -> Arc<Users> {
+        let region = keyring.owner().to_string();
+        let store = Arc::new(Store::open(dir, &StoreOptions::default()).unwrap());
+        let passwords = Passwords::new(PasswordAlgorithm::Argon2id, keyring.pepper()).unwrap();
+        let hlc = Arc::new(Hlc::new(region, 500, time));
+        Arc::new(Users::new(store, keyring, passwords, hlc, 8))
+    }
+
+    /// Region a with one account created, and region b, empty.
+    struct Pair {
+        _dirs: (tempfile::TempDir, tempfile::TempDir),
+        b: Arc<Users>,
+        event: Vec<u8>,
+        id: Uuid,
+    }
+
+    fn pair(time_b: Box<dyn TimeSource>) -> Pair {
+        let mut rings = crate::crypto::keyring::init(&["a".into(), "b".into()]).unwrap();
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let ring_b = rings.remove(1);
+        let a = users_in(da.path(), rings.remove(0), Box::new(SystemClock));
+        let b = users_in(db.path(), ring_b, time_b);
+        let input = crate::accounts::input::new_user(
+            &serde_json::json!({"email": "parked@example.com", "password": "correct horse battery"}),
+            8,
+        )
+        .unwrap();
+        let (id, _) = a.create(input).unwrap();
+        // The account's key reaches b on its own topic; the record is the event here.
+        let mut event = Vec::new();
+        for (_, bytes) in a.store().outbox_head(10).unwrap() {
+            let decoded = proto::ChangeEvent::decode(bytes.as_slice()).unwrap();
+            if decoded.user_key.is_some() {
+                b.apply(&decoded).unwrap();
+            } else if decoded.record.is_some() && event.is_empty() {
+                event = bytes;
+            }
+        }
+        Pair {
+            _dirs: (da, db),
+            b,
+            event,
+            id,
+        }
+    }
+
+    fn queue(users: &Users, policy: RetryPolicy) -> RetryQueue {
+        RetryQueue::open(users.store().clone(), policy).unwrap()
+    }
+
+    fn source() -> Source {
+        Source {
+            region: "a".into(),
+            topic: "authsync.changes.a".into(),
+            partition: 0,
+            offset: 7,
+        }
+    }
+
+    fn apply(users: &Users, payload: &[u8]) -> Result<Applied, ApplyError> {
+        users.apply(&proto::ChangeEvent::decode(payload).unwrap())
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_half_of_it_jittered() {
+        assert_eq!(backoff_ms(1, 1000, 60_000, 0.0), 500);
+        assert_eq!(backoff_ms(1, 1000, 60_000, 1.0), 1000);
+        assert_eq!(backoff_ms(3, 1000, 60_000, 0.0), 2000);
+        assert_eq!(backoff_ms(3, 1000, 60_000, 1.0), 4000);
+        assert_eq!(backoff_ms(20, 1000, 60_000, 1.0), 60_000);
+        assert_eq!(backoff_ms(20, 1000, 60_000, 0.0), 30_000);
+        assert_eq!(backoff_ms(u32::MAX, u64::MAX, u64::MAX, 1.0), u64::MAX);
+    }
+
+    #[test]
+    fn a_transient_failure_is_parked_retried_and_applied() {
+        let p = pair(Box::new(SystemClock));
+        let q = queue(&p.b, RetryPolicy::default());
+        p.b.faults().set(FaultState {
+            apply_failures: Some(2),
+            ..Default::default()
+        });
+        let err = apply(&p.b, &p.event).unwrap_err();
+        assert_eq!(err.reason(), "injected");
+        let now = p.b.clock_now_ms();
+        assert_eq!(
+            q.park(&p.event, &source(), &err, now).unwrap(),
+            Parked::Retry(1)
+        );
+        // The same event delivered again waits in the same entry.
+        assert_eq!(
+            q.park(&p.event, &source(), &err, now).unwrap(),
+            Parked::Retry(1)
+        );
+        assert_eq!(q.sizes().0, 1);
+        assert_eq!(
+            q.sweep(&p.b, now, 10).unwrap(),
+            SweepReport::default(),
+            "not due yet"
+        );
+        let later = now + 3_600_000;
+        let r = q.sweep(&p.b, later, 10).unwrap();
+        assert_eq!(r.rescheduled, 1, "the second injected failure");
+        let r = q.sweep(&p.b, later + 3_600_000, 10).unwrap();
+        assert_eq!(r.applied, 1);
+        assert_eq!(q.sizes(), (0, 0, 0));
+        assert_eq!(p.b.get(&p.id).unwrap().email, "parked@example.com");
+        // The parked entry kept where it came from.
+        assert!(q.list_retry(0, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_poison_event_dies_after_its_attempts_and_replays_once_fixed() {
+        let p = pair(Box::new(SystemClock));
+        let q = queue(
+            &p.b,
+            RetryPolicy {
+                max_attempts: 3,
+                ..Default::default()
+            },
+        );
+        p.b.faults().set(FaultState {
+            poisoned_ids: Some([p.id].into()),
+            ..Default::default()
+        });
+        let now = p.b.clock_now_ms();
+        let err = apply(&p.b, &p.event).unwrap_err();
+        q.park(&p.event, &source(), &err, now).unwrap();
+        let mut t = now;
+        let mut report = SweepReport::default();
+        for _ in 0..5 {
+            t += 3_600_000;
+            let r = q.sweep(&p.b, t, 10).unwrap();
+            report.rescheduled += r.rescheduled;
+            report.dead_lettered += r.dead_lettered;
+        }
+        assert_eq!((report.rescheduled, report.dead_lettered), (1, 1));
+        assert_eq!(q.sizes(), (0, 0, 1));
+        let dead = q.list_dead(0, 10).unwrap();
+        assert_eq!(dead.len(), 1);
+        let d = &dead[0];
+        assert_eq!((d.attempts, d.history.len()), (3, 3));
+        assert_eq!(
+            (d.partition, d.offset, d.topic.as_str()),
+            (0, 7, "authsync.changes.a")
+        );
+        assert_eq!(d.record_id, p.id.as_bytes().to_vec());
+        assert!(d.dead_at_ms >= now && d.last_error.contains("poisoned"));
+        // Replayed before the cause is fixed: it stays, with one more attempt.
+        assert!(matches!(
+            q.replay_dead(&p.b, d.id).unwrap(),
+            Replayed::Failed(_)
+        ));
+        assert_eq!(q.get_dead(d.id).unwrap().unwrap().attempts, 4);
+        p.b.faults().set(FaultState {
+            poisoned_ids: Some(Default::default()),
+            ..Default::default()
+        });
+        assert!(matches!(
+            q.replay_dead(&p.b, d.id).unwrap(),
+            Replayed::Done(Applied::Applied)
+        ));
+        assert_eq!(q.sizes(), (0, 0, 0));
+        assert!(p.b.get(&p.id).is_ok());
+        assert!(matches!(
+            q.replay_dead(&p.b, d.id).unwrap(),
+            Replayed::NotFound
+        ));
+    }
+
+    #[test]
+    fn events_that_can_never_apply_go_straight_to_dead_letters() {
+        let p = pair(Box::new(SystemClock));
+        let q = queue(&p.b, RetryPolicy::default());
+        let garbage = b"\xff\xff not protobuf";
+        let err = ApplyError::Malformed("event does not decode");
+        assert_eq!(
+            q.park(garbage, &source(), &err, p.b.clock_now_ms())
+                .unwrap(),
+            Parked::Dead(1)
+        );
+        let mut altered = proto::ChangeEvent::decode(p.event.as_slice()).unwrap();
+        altered.record.as_mut().unwrap().status = proto::Status::Disabled as i32;
+        let err = p.b.apply(&altered).unwrap_err();
+        assert_eq!(err.reason(), "integrity");
+        let parked = q
+            .park(
+                &altered.encode_to_vec(),
+                &source(),
+                &err,
+                p.b.clock_now_ms(),
+            )
+            .unwrap();
+        assert_eq!(parked, Parked::Dead(2));
+        assert_eq!(q.sizes(), (0, 0, 2));
+        assert!(q.drop_dead(1).unwrap());
+        assert!(!q.drop_dead(1).unwrap());
+        assert_eq!(q.sizes().2, 1);
+    }
+
+    #[test]
+    fn the_bound_refuses_new_entries_and_holds_across_restarts() {
+        let p = pair(Box::new(SystemClock));
+        let policy = RetryPolicy {
+            max_entries: 2,
+            ..Default::default()
+        };
+        let q = queue(&p.b, policy.clone());
+        let err = ApplyError::Injected("transient apply failure");
+        let now = p.b.clock_now_ms();
+        let mut events = Vec::new();
+        for seq in 0..3u64 {
+            let mut e = proto::ChangeEvent::decode(p.event.as_slice()).unwrap();
+            e.event_id = format!("a:{}", 100 + seq);
+            events.push(e.encode_to_vec());
+        }
+        q.park(&events[0], &source(), &err, now).unwrap();
+        q.park(&events[1], &source(), &err, now).unwrap();
+        assert!(matches!(
+            q.park(&events[2], &source(), &err, now),
+            Err(QueueError::Full { entries: 2, .. })
+        ));
+        assert_eq!(q.sizes().0, 2);
+        drop(q);
+        // Counted again from disk: still full, nothing lost.
+        let q = queue(&p.b, policy);
+        assert_eq!(q.sizes().0, 2);
+        assert!(q.park(&events[2], &source(), &err, now).is_err());
+        // Once due entries apply, there is room again.
+        let r = q.sweep(&p.b, now + 3_600_000, 10).unwrap();
+        assert_eq!(r.applied + r.skipped, 2);
+        assert_eq!(
+            q.park(&events[2], &source(), &err, now).unwrap(),
+            Parked::Retry(3)
+        );
+    }
+
+    /// Physical time that follows tokio's (paused) clock.
+    struct TokioTime {
+        start: tokio::time::Instant,
+        base_ms: u64,
+    }
+
+    impl TimeSource for TokioTime {
+        fn now_ms(&self) -> u64 {
+            self.base_ms + self.start.elapsed().as_millis() as u64
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_retry_sweeper_applies_a_parked_event_on_its_backoff_schedule() {
+        let time = TokioTime {
+            start: tokio::time::Instant::now(),
+            base_ms: SystemClock.now_ms(),
+        };
+        let p = pair(Box::new(time));
+        let q = Arc::new(queue(
+            &p.b,
+            RetryPolicy {
+                base_backoff_ms: 1_000,
+                max_backoff_ms: 8_000,
+                ..Default::default()
+            },
+        ));
+        p.b.faults().set(FaultState {
+            apply_failures: Some(4),
+            ..Default::default()
+        });
+        let err = apply(&p.b, &p.event).unwrap_err();
+        let parked_at = p.b.clock_now_ms();
+        q.park(&p.event, &source(), &err, parked_at).unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(crate::node::sweepers::retry(
+            q.clone(),
+            p.b.clone(),
+            std::time::Duration::from_millis(100),
+            100,
+            stop.clone(),
+        ));
+        // Three more failures, waiting at most 1 + 2 + 4 + 8 s: applied within 16 s.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(q.sizes().0, 1, "not applied before its first backoff");
+        tokio::time::sleep(std::time::Duration::from_secs(16)).await;
+        assert_eq!(q.sizes(), (0, 0, 0));
+        assert!(p.b.get(&p.id).is_ok());
+        stop.cancel();
+        task.await.unwrap();
+    }
+}
