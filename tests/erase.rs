@@ -90,7 +90,7 @@ async fn an_erased_account_cannot_be_read_from_any_copy_in_any_region() {
     // compacting broker keeps of it.
     for region in REGIONS {
         let topic =
-            authsync::replication::topics::user_key_topic(&format!("{}{region}", cluster.prefix));
+            authsync::replication::config::user_key_topic(&format!("{}{region}", cluster.prefix));
         let deadline = Instant::now() + WITHIN;
         loop {
             let last = kafka_messages(&cluster.broker.bootstrap, &topic)

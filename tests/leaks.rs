@@ -163,7 +163,7 @@ async fn no_secret_in_any_log_line_or_raw_kafka_message_of_a_three_region_run() 
     let mut messages = 0;
     let topics = REGIONS.iter().flat_map(|region| {
         let topic = format!("{}{region}", cluster.prefix);
-        [authsync::replication::topics::user_key_topic(&topic), topic]
+        [authsync::replication::config::user_key_topic(&topic), topic]
     });
     for topic in topics {
         for message in kafka_messages(&cluster.broker.bootstrap, &topic) {

@@ -56,7 +56,7 @@ impl Broker {
                     rdkafka::mocking::MockCluster::new(1).context("start the embedded broker")?;
                 for region in REGIONS {
                     let topic = format!("authsync.changes.{region}");
-                    for t in [authsync::replication::topics::user_key_topic(&topic), topic] {
+                    for t in [authsync::replication::config::user_key_topic(&topic), topic] {
                         mock.create_topic(&t, 3, 1)
                             .with_context(|| format!("create topic {t}"))?;
                     }

@@ -51,6 +51,14 @@ pub async fn run_every<F, Fut>(
     }
 }
 
+/// Sleeps `d` unless `stop` comes first: `false` when stopping.
+pub async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -921,4 +921,38 @@ mod tests {
         revived.tombstone = false;
         assert_eq!(mac.verify(&revived), Err(CryptoError::Integrity));
     }
+
+    #[test]
+    /// With the keyring: a retired master key version is gone, and what it wrapped
+    /// no longer opens.
+    fn a_retired_version_is_gone_and_the_active_one_cannot_be_retired() {
+        let dir = tempfile::tempdir().unwrap();
+        for ring in keyring::init(&regions()).unwrap() {
+            ring.save(&keyring::keyring_path(dir.path(), ring.owner()))
+                .unwrap();
+        }
+        let retire = |version| {
+            let (path, mut own) = keyring::load_own(dir.path(), "eu-west")?;
+            own.retire(version)?;
+            own.save(&path)
+        };
+        let err = retire(1).unwrap_err();
+        assert!(err.to_string().contains("is the active key"), "{err}");
+        keyring::rotate_in_dir(dir.path(), "eu-west").unwrap();
+        let err = retire(7).unwrap_err();
+        assert!(err.to_string().contains("no master key v7"), "{err}");
+        retire(1).unwrap();
+        let own = Keyring::load(&keyring::keyring_path(dir.path(), "eu-west")).unwrap();
+        assert!(own.own_key(1).is_none());
+        assert_eq!(own.own_versions(), (vec![2], 2));
+        // What v1 wrapped no longer opens here.
+        let (key, _) =
+            new_user_key(&[1; 16], &keyring::init(&regions()).unwrap()[1], &regions()).unwrap();
+        let mut wrapped_v1 = key.clone();
+        wrapped_v1.wraps.retain(|w| w.region == "eu-west");
+        assert!(matches!(
+            open_user_key(&wrapped_v1, &own),
+            Err(CryptoError::UnknownMasterKey(_))
+        ));
+    }
 }

@@ -634,41 +634,6 @@ mod tests {
     }
 
     #[test]
-    fn a_retired_version_is_gone_and_the_active_one_cannot_be_retired() {
-        let dir = tempfile::tempdir().unwrap();
-        for ring in init(&regions()).unwrap() {
-            ring.save(&keyring_path(dir.path(), ring.owner())).unwrap();
-        }
-        let retire = |version| {
-            let (path, mut own) = load_own(dir.path(), "eu-west")?;
-            own.retire(version)?;
-            own.save(&path)
-        };
-        let err = retire(1).unwrap_err();
-        assert!(err.to_string().contains("is the active key"), "{err}");
-        rotate_in_dir(dir.path(), "eu-west").unwrap();
-        let err = retire(7).unwrap_err();
-        assert!(err.to_string().contains("no master key v7"), "{err}");
-        retire(1).unwrap();
-        let own = Keyring::load(&keyring_path(dir.path(), "eu-west")).unwrap();
-        assert!(own.own_key(1).is_none());
-        assert_eq!(own.own_versions(), (vec![2], 2));
-        // What v1 wrapped no longer opens here.
-        let (key, _) = crate::crypto::envelope::new_user_key(
-            &[1; 16],
-            &init(&regions()).unwrap()[1],
-            &regions(),
-        )
-        .unwrap();
-        let mut wrapped_v1 = key.clone();
-        wrapped_v1.wraps.retain(|w| w.region == "eu-west");
-        assert!(matches!(
-            crate::crypto::envelope::open_user_key(&wrapped_v1, &own),
-            Err(crate::crypto::primitives::CryptoError::UnknownMasterKey(_))
-        ));
-    }
-
-    #[test]
     fn malformed_keyrings_name_the_problem() {
         let err = Keyring::parse("{\"format\": 1}").unwrap_err();
         assert!(err.contains("missing field"), "{err}");

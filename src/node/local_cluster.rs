@@ -245,7 +245,7 @@ impl LocalCluster {
                     rdkafka::mocking::MockCluster::new(1).context("start the embedded broker")?;
                 for region in DEMO_REGIONS {
                     let topic = format!("{TOPIC_PREFIX}{region}");
-                    for t in [crate::replication::topics::user_key_topic(&topic), topic] {
+                    for t in [crate::replication::config::user_key_topic(&topic), topic] {
                         cluster
                             .create_topic(&t, 3, 1)
                             .with_context(|| format!("create topic {t}"))?;

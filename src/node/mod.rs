@@ -29,7 +29,7 @@ use crate::crypto::keyring::Keyring;
 use crate::crypto::password::Passwords;
 use crate::node::config::Config;
 use crate::replication::anti_entropy;
-use crate::replication::retry_queue::{RetryPolicy, RetryQueue};
+use crate::replication::retry_queue::{self, RetryPolicy, RetryQueue};
 use crate::storage::store::{Store, StoreOptions};
 
 /// A node that has bound its listener and is serving.
@@ -212,7 +212,7 @@ impl Node {
             Duration::from_millis(config.entries.sweep_interval_ms),
             shutdown.child_token(),
         ));
-        tracker.spawn(sweepers::retry(
+        tracker.spawn(retry_queue::sweeper(
             queue.clone(),
             users.clone(),
             Duration::from_millis(config.retry.sweep_interval_ms),

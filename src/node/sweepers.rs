@@ -1,7 +1,8 @@
 //! Scheduled sweepers: each runs on its own interval as a task of the node's tracker
-//! and stops with the node.
+//! and stops with the node. The retry sweeper and anti-entropy rounds live with
+//! replication (`retry_queue::sweeper`, `anti_entropy::sweeper`); these two act on
+//! accounts:
 //!
-//! - `retry`: tries due parked events again ([`crate::replication::retry_queue`]);
 //! - `key_recovery`: wraps data keys for regions that lack them and moves this
 //!   region's wraps to its current master key ([`Users::recover_keys_round`]);
 //! - `anti_entropy`: compares digests with each peer and pulls what differs
@@ -20,34 +21,6 @@ use tokio_util::sync::CancellationToken;
 use crate::accounts::users::Users;
 use crate::common::metrics as m;
 use crate::common::schedule::run_every;
-use crate::replication::retry_queue::RetryQueue;
-
-/// The retry sweeper.
-pub async fn retry(
-    queue: Arc<RetryQueue>,
-    users: Arc<Users>,
-    every: Duration,
-    batch: usize,
-    stop: CancellationToken,
-) {
-    run_every("retry", every, stop, || {
-        let queue = queue.clone();
-        let users = users.clone();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let now = users.clock_now_ms();
-                let report = queue.sweep(&users, now, batch)?;
-                if report != Default::default() {
-                    tracing::info!(?report, "retry sweep");
-                }
-                queue.report(users.clock_now_ms())?;
-                anyhow::Ok(())
-            })
-            .await?
-        }
-    })
-    .await
-}
 
 /// The key recovery sweeper: one bounded round per run, resuming where the last
 /// one stopped.

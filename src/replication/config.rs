@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::config::{invalid, Invalid};
 use crate::common::region::check_region_name;
-use crate::replication::topics::user_key_topic;
 
 /// Kafka client settings that authsync sets itself for its guarantees.
 pub const RESERVED_KAFKA_SETTINGS: &[&str] = &[
@@ -103,6 +102,12 @@ impl Default for ReplicationConfig {
             fetch_wait_max_ms: DEFAULT_FETCH_WAIT_MAX_MS,
         }
     }
+}
+
+/// The compacted topic beside change topic `topic` that carries its region's user
+/// keys: `<topic>.user-keys`.
+pub fn user_key_topic(topic: &str) -> String {
+    format!("{topic}.user-keys")
 }
 
 /// One peer to consume from, resolved.

@@ -16,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 use crate::accounts::error::{Applied, ApplyError};
 use crate::accounts::users::Users;
 use crate::common::metrics as m;
+use crate::common::schedule::sleep_or_stop;
 use crate::proto;
 use crate::replication::config::Peer;
 use crate::replication::retry_queue::{Parked, RetryQueue, Source};
-use crate::replication::sleep_or_stop;
 
 pub async fn consume_loop(
     users: Arc<Users>,

@@ -99,10 +99,3 @@ pub fn start(
     }
     Ok(())
 }
-
-pub(crate) async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = stop.cancelled() => false,
-        _ = tokio::time::sleep(d) => true,
-    }
-}

@@ -15,8 +15,8 @@ use uuid::Uuid;
 
 use crate::accounts::users::Users;
 use crate::common::metrics as m;
+use crate::common::schedule::sleep_or_stop;
 use crate::proto;
-use crate::replication::sleep_or_stop;
 use crate::replication::topics::{HEADER_EVENT_ID, HEADER_ORIGIN};
 
 pub async fn publish_loop(

@@ -27,6 +27,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use prost::Message;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::accounts::error::{Applied, ApplyError};
@@ -34,9 +36,9 @@ use crate::accounts::users::Users;
 use crate::common::config::{invalid, Invalid};
 use crate::common::hlc::Version;
 use crate::common::metrics as m;
+use crate::common::schedule::run_every;
 use crate::proto;
 use crate::storage::store::{KvOp, Store, StoreError, CF_DEAD, CF_RETRY};
-use serde::{Deserialize, Serialize};
 
 const META_NEXT_ID: &[u8] = b"retry_next_id";
 const ENTRY: u8 = b'e';
@@ -721,6 +723,34 @@ impl RetryConfig {
     }
 }
 
+/// The retry sweeper: every `every`, tries up to `batch` due events again, dead
+/// letters those past their last attempt, and reports the queue's size.
+pub async fn sweeper(
+    queue: Arc<RetryQueue>,
+    users: Arc<Users>,
+    every: std::time::Duration,
+    batch: usize,
+    stop: CancellationToken,
+) {
+    run_every("retry", every, stop, || {
+        let queue = queue.clone();
+        let users = users.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let now = users.clock_now_ms();
+                let report = queue.sweep(&users, now, batch)?;
+                if report != Default::default() {
+                    tracing::info!(?report, "retry sweep");
+                }
+                queue.report(users.clock_now_ms())?;
+                anyhow::Ok(())
+            })
+            .await?
+        }
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1003,7 +1033,7 @@ mod tests {
         let parked_at = p.b.clock_now_ms();
         q.park(&p.event, &source(), &err, parked_at).unwrap();
         let stop = tokio_util::sync::CancellationToken::new();
-        let task = tokio::spawn(crate::node::sweepers::retry(
+        let task = tokio::spawn(sweeper(
             q.clone(),
             p.b.clone(),
             std::time::Duration::from_millis(100),

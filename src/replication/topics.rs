@@ -15,12 +15,6 @@ use crate::replication::config::{client_config, Replication};
 pub const HEADER_ORIGIN: &str = "authsync-origin-region";
 pub const HEADER_EVENT_ID: &str = "authsync-event-id";
 
-/// The compacted topic beside change topic `topic` that carries its region's user
-/// keys: `<topic>.user-keys`.
-pub fn user_key_topic(topic: &str) -> String {
-    format!("{topic}.user-keys")
-}
-
 /// Creates this region's topic and each peer's topic where missing, so consumers never
 /// subscribe to a topic that does not exist yet (some brokers do not create topics on
 /// first use; the embedded broker's topics are made by the demo instead).

@@ -462,9 +462,9 @@ impl Broker {
             .flat_map(|r| {
                 [
                     format!("{topic_prefix}{r}"),
-                    authsync::replication::topics::user_key_topic(&format!("{topic_prefix}{r}")),
+                    authsync::replication::config::user_key_topic(&format!("{topic_prefix}{r}")),
                     format!("{topic_prefix}lost.{r}"),
-                    authsync::replication::topics::user_key_topic(&format!(
+                    authsync::replication::config::user_key_topic(&format!(
                         "{topic_prefix}lost.{r}"
                     )),
                 ]
