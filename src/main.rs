@@ -14,7 +14,7 @@ use authsync::node::process;
 
 mod cli;
 
-use cli::{admin_client, dlq};
+use cli::{admin_client, api_keys, dlq};
 
 #[derive(Parser)]
 #[command(
@@ -273,7 +273,7 @@ async fn run() -> anyhow::Result<()> {
             dir,
             node,
         }) => {
-            admin_client::retire_key(&node.checked()?, &dir, &region, version).await?;
+            cli::keys::retire_key(&node.checked()?, &dir, &region, version).await?;
         }
         Command::Keys(KeysCommand::Rotate { region, dir }) => {
             let version = keyring::rotate_in_dir(&dir, &region)?;
@@ -308,14 +308,12 @@ async fn run() -> anyhow::Result<()> {
         Command::ApiKeys { node, action } => {
             let node = node.checked()?;
             let action = match action {
-                ApiKeysCommand::List => admin_client::KeysAction::List,
-                ApiKeysCommand::Add { name, scopes } => {
-                    admin_client::KeysAction::Add { name, scopes }
-                }
-                ApiKeysCommand::Revoke { id } => admin_client::KeysAction::Revoke { id },
-                ApiKeysCommand::RotateSigningKey => admin_client::KeysAction::RotateSigningKey,
+                ApiKeysCommand::List => api_keys::KeysAction::List,
+                ApiKeysCommand::Add { name, scopes } => api_keys::KeysAction::Add { name, scopes },
+                ApiKeysCommand::Revoke { id } => api_keys::KeysAction::Revoke { id },
+                ApiKeysCommand::RotateSigningKey => api_keys::KeysAction::RotateSigningKey,
             };
-            admin_client::api_keys(&node, action).await?;
+            api_keys::run(&node, action).await?;
         }
         Command::Keys(KeysCommand::ApiKey { name }) => {
             let key = new_api_key()?;

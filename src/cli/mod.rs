@@ -2,6 +2,8 @@
 //! other client of it, and the library never uses them.
 
 pub mod admin_client;
+pub mod api_keys;
 pub mod bench;
 pub mod demo;
 pub mod dlq;
+pub mod keys;

@@ -1,4 +1,10 @@
-//! One region's node: open everything, serve, run background tasks, shut down in order.
+//! Layer 5, the node: one region's node put together. It opens everything, serves,
+//! runs the background tasks and shuts down in order; `config` gathers every
+//! component's config section, `sweepers` runs the accounts' scheduled jobs,
+//! `local_cluster` starts node processes (demo, bench, chaos and the tests use it) and
+//! `process` is what every authsync process does around its work. It may use every
+//! layer; nothing in the library uses it.
+//!
 //!
 //! Start-up: keyring (refused if readable by others or owned by another region) →
 //! RocksDB → user service → HTTP listener. Shutdown (on the root cancellation token):
