@@ -5,7 +5,6 @@
 //! `process` is what every authsync process does around its work. It may use every
 //! layer; nothing in the library uses it.
 //!
-//!
 //! Start-up: keyring (refused if readable by others or owned by another region) →
 //! RocksDB → user service → HTTP listener. Shutdown (on the root cancellation token):
 //! stop accepting and finish in-flight requests, stop the background tasks, flush the
