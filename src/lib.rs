@@ -20,9 +20,9 @@
 //! - [`api`] (layer 4): the router, its state, the one file where errors become
 //!   HTTP statuses (`api/error.rs`), extractors, middleware, handlers by area.
 //! - [`node`] (layer 5): start-up and ordered shutdown, the config that gathers every
-//!   component's section, the sweepers, and the local cluster launcher that
-//!   `authsync demo`, `authsync bench`, the chaos harness and the tests start nodes
-//!   with.
+//!   component's section, the sweepers, the launcher that `authsync demo` and
+//!   `authsync bench` (through the local cluster), the chaos harness and the tests
+//!   start node processes with, and the local cluster.
 //!
 //! The binary (`src/main.rs` and `src/cli/`: demo, bench, dlq, the admin client) uses
 //! this library from outside, like the chaos harness does.

@@ -92,9 +92,10 @@ const UNITS: &[(&str, &[(&str, u32)])] = &[
         &[
             ("config", 0),
             ("sweepers", 0),
-            ("local_cluster", 0),
-            ("", 1),
-            ("process", 2),
+            ("launcher", 0),
+            ("local_cluster", 1),
+            ("", 2),
+            ("process", 3),
         ],
     ),
 ];

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use authsync::node::launcher::{NodeCommand, NodeProcess};
+
 use crate::netns::Namespace;
 use crate::proxy::{LinkFaults, Proxy, Upstream};
 
@@ -164,7 +166,7 @@ struct Region {
     name: &'static str,
     namespace: Arc<Namespace>,
     config: PathBuf,
-    node: Option<Child>,
+    node: Option<NodeProcess>,
     broker_link: Proxy,
     /// Links into the other regions, by their index.
     peer_links: BTreeMap<usize, Proxy>,
@@ -272,19 +274,17 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Starts region `i`'s node in its namespace and returns at once: the URL it prints
+    /// is inside the namespace, so [`Cluster::wait_ready`] asks `/readyz` through the
+    /// harness's link instead (and this async harness must not block on the line).
     fn spawn_node(&mut self, i: usize) -> anyhow::Result<()> {
         let region = &mut self.regions[i];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.root.join(format!("{}.log", region.name)))?;
-        let mut cmd = Command::new(&self.node_exe);
-        cmd.arg("node")
-            .arg("--config")
-            .arg(&region.config)
-            .stdout(Stdio::null())
-            .stderr(log);
-        region.node = Some(region.namespace.spawn(&mut cmd)?);
+        let node = NodeCommand::new(&self.node_exe, &region.config)
+            .name(region.name)
+            .stderr_log(self.root.join(format!("{}.log", region.name)))
+            .wait_for_url(None)
+            .spawn_with(|cmd| region.namespace.spawn(cmd))?;
+        region.node = Some(node);
         Ok(())
     }
 
@@ -314,19 +314,17 @@ impl Cluster {
 
     /// Sends `signal` to region `i`'s node (SIGKILL, SIGSTOP, SIGCONT, SIGTERM).
     pub fn signal(&mut self, i: usize, signal: libc::c_int) {
-        if let Some(child) = &self.regions[i].node {
-            // SAFETY: signalling a child this process started and has not reaped.
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, signal);
+        if let Some(node) = self.regions[i].node.as_mut() {
+            if let Err(e) = node.signal(signal) {
+                tracing::warn!(region = self.regions[i].name, error = %e, "signal the node");
             }
         }
     }
 
     /// Kills region `i`'s node with SIGKILL and reaps it.
     pub fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.regions[i].node.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut node) = self.regions[i].node.take() {
+            node.kill();
         }
     }
 
@@ -362,8 +360,8 @@ impl Cluster {
             .build()?;
         let deadline = Instant::now() + within;
         loop {
-            if let Some(child) = self.regions[i].node.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
+            if let Some(node) = self.regions[i].node.as_mut() {
+                if let Some(status) = node.try_exited() {
                     bail!(
                         "node {} exited with {status} (see {}/{}.log)",
                         self.regions[i].name,
@@ -391,13 +389,14 @@ impl Cluster {
             self.signal(i, libc::SIGTERM);
         }
         for region in self.regions.iter_mut() {
-            if let Some(mut child) = region.node.take() {
+            if let Some(mut node) = region.node.take() {
+                // Polled here rather than with the blocking `NodeProcess::stop`: the
+                // links a stopping node still uses run on this runtime.
                 let deadline = Instant::now() + Duration::from_secs(15);
-                while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                while node.try_exited().is_none() && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                let _ = child.kill();
-                let _ = child.wait();
+                node.kill();
             }
         }
         for region in std::mem::take(&mut self.regions) {
@@ -413,9 +412,8 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         for region in self.regions.iter_mut() {
-            if let Some(mut child) = region.node.take() {
-                let _ = child.kill();
-                let _ = child.wait();
+            if let Some(mut node) = region.node.take() {
+                node.kill();
             }
         }
     }

@@ -8,16 +8,15 @@
 //! separate metrics, separate failure domain — on consecutive ports. SIGTERM or
 //! Ctrl-C stops the nodes in order and then the broker.
 
-use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 
 use crate::accounts::api_keys::{new_api_key, sha256_hex};
 use crate::crypto::keyring::{self, keyring_path};
+use crate::node::launcher::{NodeCommand, NodeProcess};
 
 pub const DEMO_REGIONS: [&str; 3] = ["af-south", "eu-west", "us-east"];
 const TOPIC_PREFIX: &str = "authsync.changes.";
@@ -120,83 +119,14 @@ create_topics = {create_topics}
     text
 }
 
-/// A region's node process, stopped with SIGTERM when dropped.
-struct NodeProcess {
-    region: &'static str,
-    child: Child,
-    url: String,
-}
-
-impl NodeProcess {
-    fn spawn(region: &'static str, config: &Path) -> anyhow::Result<NodeProcess> {
-        use std::os::unix::process::CommandExt;
-        let exe = std::env::current_exe().context("find the authsync executable")?;
-        let mut cmd = Command::new(exe);
-        cmd.args(["node", "--config"])
-            .arg(config)
-            .stdout(Stdio::piped());
-        // If the demo dies without stopping its nodes, the kernel stops them.
-        // SAFETY: prctl is async-signal-safe and touches only the child.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("start node {region}"))?;
-        let stdout = child.stdout.take().context("node stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(url.trim().to_string());
-                }
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(url) => Ok(NodeProcess { region, child, url }),
-            Err(_) => {
-                let _ = child.kill();
-                bail!("node {region} did not start (see its log above)")
-            }
-        }
-    }
-
-    fn terminate(&mut self) {
-        // SAFETY: sending a signal to our own child process.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-    }
-
-    fn wait(&mut self, within: Duration) {
-        let deadline = std::time::Instant::now() + within;
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        tracing::warn!(
-            region = self.region,
-            "node did not stop in time; killing it"
-        );
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.terminate();
-            self.wait(Duration::from_secs(10));
-        }
-    }
+/// A region's node: `authsync node` from this executable, its log on our stderr, and
+/// stopped by the kernel if the thread that started it dies without stopping it.
+fn spawn_node(region: &'static str, config: &Path) -> anyhow::Result<NodeProcess> {
+    NodeCommand::current_exe(config)?
+        .name(region)
+        .die_with_parent(true)
+        .wait_for_url(Some(Duration::from_secs(60)))
+        .spawn()
 }
 
 /// Three regions on this machine: keyrings and configs under one root, the embedded
@@ -291,7 +221,7 @@ impl LocalCluster {
             let path = config_dir.join(format!("{region}.toml"));
             std::fs::write(&path, node_config(&shared, region, &listens[i]))
                 .with_context(|| format!("write {}", path.display()))?;
-            nodes.push(NodeProcess::spawn(region, &path)?);
+            nodes.push(spawn_node(region, &path)?);
             configs.push(path);
         }
         Ok(LocalCluster {
@@ -307,7 +237,10 @@ impl LocalCluster {
 
     /// Each region's URL, in [`DEMO_REGIONS`] order.
     pub fn urls(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| n.url.clone()).collect()
+        self.nodes
+            .iter()
+            .map(|n| n.url().unwrap_or_default().to_string())
+            .collect()
     }
 
     /// Whether the broker is the embedded one.
@@ -317,17 +250,13 @@ impl LocalCluster {
 
     /// Stops region `i` as SIGTERM does (killed if it takes longer than `within`).
     pub fn stop(&mut self, i: usize, within: Duration) {
-        let node = &mut self.nodes[i];
-        if let Ok(None) = node.child.try_wait() {
-            node.terminate();
-            node.wait(within);
-        }
+        self.nodes[i].stop(within);
     }
 
     /// Starts region `i` again from its data directory; returns once it listens.
     pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
         self.stop(i, Duration::from_secs(15));
-        self.nodes[i] = NodeProcess::spawn(DEMO_REGIONS[i], &self.configs[i])?;
+        self.nodes[i] = spawn_node(DEMO_REGIONS[i], &self.configs[i])?;
         Ok(())
     }
 
@@ -335,16 +264,20 @@ impl LocalCluster {
     pub fn exited(&mut self) -> Option<&'static str> {
         self.nodes
             .iter_mut()
-            .find_map(|n| matches!(n.child.try_wait(), Ok(Some(_))).then_some(n.region))
+            .zip(DEMO_REGIONS)
+            .find_map(|(n, region)| n.try_exited().is_some().then_some(region))
     }
 
     /// Stops every node in parallel, then the broker.
     pub fn shutdown(mut self) {
         for n in self.nodes.iter_mut() {
-            n.terminate();
+            if let Err(e) = n.terminate() {
+                tracing::warn!(region = n.name(), error = %e, "SIGTERM failed");
+            }
         }
         for n in self.nodes.iter_mut() {
-            n.wait(Duration::from_secs(15));
+            // SIGTERM was sent above: this waits, and kills the node if it is late.
+            n.stop(Duration::from_secs(15));
         }
     }
 }

@@ -11,6 +11,7 @@
 //! WAL, close RocksDB.
 
 pub mod config;
+pub mod launcher;
 pub mod local_cluster;
 pub mod process;
 pub mod sweepers;

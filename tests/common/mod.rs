@@ -2,12 +2,12 @@
 //! directories, and talks to them over HTTP.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use authsync::node::launcher::{NodeCommand, NodeProcess};
 use serde_json::Value;
 
 pub const REGIONS: [&str; 3] = ["af-south", "eu-west", "us-east"];
@@ -22,7 +22,7 @@ pub struct TestNode {
     pub dir: tempfile::TempDir,
     pub region: String,
     pub url: String,
-    child: Option<Child>,
+    process: Option<NodeProcess>,
     stderr_log: PathBuf,
 }
 
@@ -81,7 +81,7 @@ rewrap_interval_ms = 200
             dir,
             region,
             url: String::new(),
-            child: None,
+            process: None,
             stderr_log,
         };
         node.spawn();
@@ -105,63 +105,44 @@ rewrap_interval_ms = 200
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
 
+    /// Starts the node through the launcher `authsync demo` uses, not bound to the
+    /// spawning thread (a test may start a node from a short-lived one).
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.stderr_log)
-            .expect("open node log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_authsync"))
-            .args(["node", "--config"])
-            .arg(self.config_path())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("start authsync node");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(url.trim().to_string());
-                }
+        let launched = NodeCommand::new(env!("CARGO_BIN_EXE_authsync"), self.config_path())
+            .name(self.region.clone())
+            .stderr_log(&self.stderr_log)
+            .wait_for_url(Some(Duration::from_secs(60)))
+            .spawn();
+        match launched {
+            Ok(process) => {
+                self.url = process
+                    .url()
+                    .expect("a launch that waits for the URL has one")
+                    .to_string();
+                self.process = Some(process);
             }
-        });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(url) => self.url = url,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("node did not start; log:\n{}", self.log());
-            }
+            Err(e) => panic!("node did not start: {e:#}; log:\n{}", self.log()),
         }
-        self.child = Some(child);
     }
 
     /// SIGKILL: no shutdown path runs.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(mut p) = self.process.take() {
+            p.kill();
         }
     }
 
     /// SIGTERM and wait for the orderly shutdown.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            unsafe_sigterm(c.id());
-            for _ in 0..300 {
-                if let Ok(Some(status)) = c.try_wait() {
-                    assert!(
-                        status.success(),
-                        "node exited with {status}; log:\n{}",
-                        self.log()
-                    );
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+        if let Some(mut p) = self.process.take() {
+            match p.stop(Duration::from_secs(15)) {
+                Some(status) => assert!(
+                    status.success(),
+                    "node exited with {status}; log:\n{}",
+                    self.log()
+                ),
+                None => panic!("node did not stop within 15 s of SIGTERM"),
             }
-            let _ = c.kill();
-            panic!("node did not stop within 15 s of SIGTERM");
         }
     }
 
@@ -171,7 +152,7 @@ rewrap_interval_ms = 200
     }
 
     pub fn start_again(&mut self) {
-        assert!(self.child.is_none(), "node still running");
+        assert!(self.process.is_none(), "node still running");
         self.spawn();
     }
 
@@ -181,13 +162,6 @@ rewrap_interval_ms = 200
             http: reqwest::Client::new(),
         }
     }
-}
-
-fn unsafe_sigterm(pid: u32) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status();
 }
 
 impl Drop for TestNode {

@@ -1,0 +1,261 @@
+//! Applying change events replicated from other regions: records (newest wins, erases
+//! first), user keys and entries. Duplicate accounts found here go to `merge`.
+
+use uuid::Uuid;
+
+use super::{Users, LOCK_RETRIES};
+use crate::accounts::error::{Applied, ApplyError, Problem, UserError};
+use crate::crypto::envelope;
+use crate::proto;
+use crate::storage::store::{record_rank, record_version, IndexField};
+
+impl Users {
+    /// Applies a change replicated from another region: stored only when its version
+    /// is newer than the stored one, so replays, duplicates and any reordering leave
+    /// the same state. Erases are the exception that keeps this true for an erased
+    /// account: a tombstone replaces any live version, and only a later tombstone
+    /// replaces it. An applied account that claims an email or phone held by
+    /// another live account is a duplicate: the one with the lower (created version,
+    /// id) wins and the other is merged into it, the same decision in every region.
+    pub fn apply(&self, event: &proto::ChangeEvent) -> Result<Applied, ApplyError> {
+        self.apply_with(event, true)
+    }
+
+    /// [`Users::apply`] for one event of a batch: a plain apply is written without
+    /// waiting for the disk, and is durable once the caller has called
+    /// [`crate::storage::store::Store::sync_wal`] (which it must do before it records the event as done). A
+    /// merge of duplicates, which writes new versions of its own, is synced at once.
+    pub fn apply_deferred(&self, event: &proto::ChangeEvent) -> Result<Applied, ApplyError> {
+        self.apply_with(event, false)
+    }
+
+    fn apply_with(&self, event: &proto::ChangeEvent, sync: bool) -> Result<Applied, ApplyError> {
+        let commit = |previous: Option<&proto::Record>, record: &proto::Record| {
+            if sync {
+                self.store.commit(previous, record, false).map(drop)
+            } else {
+                self.store.commit_unsynced(previous, record)
+            }
+        };
+        if let (None, Some(entry)) = (&event.record, &event.entry) {
+            return self.entries.apply(entry, sync);
+        }
+        if let (None, Some(key)) = (&event.record, &event.user_key) {
+            return self.apply_user_key(key, sync);
+        }
+        if event.record.is_none() && !event.erased_user.is_empty() {
+            // Only ever published as a null value; the erase itself travels as the
+            // record's tombstone.
+            return Err(ApplyError::Malformed("an erase is never sent as a value"));
+        }
+        let incoming = event
+            .record
+            .as_ref()
+            .ok_or(ApplyError::Malformed("event without a record"))?;
+        let id = Uuid::from_slice(&incoming.id)
+            .map_err(|_| ApplyError::Malformed("record id is not 16 bytes"))?;
+        if incoming
+            .version
+            .as_ref()
+            .is_none_or(|v| v.logical >= crate::common::hlc::LOGICAL_LIMIT)
+        {
+            return Err(ApplyError::Malformed("record without a valid version"));
+        }
+        self.record_mac
+            .verify(incoming)
+            .map_err(|_| ApplyError::Integrity)?;
+        let version = record_version(incoming);
+        self.hlc.observe(&version)?;
+        if self.faults.take_apply_failure() {
+            return Err(ApplyError::Injected("transient apply failure"));
+        }
+        if self.faults.is_poisoned(&id) {
+            return Err(ApplyError::Injected("record is poisoned"));
+        }
+        let claims: Vec<(IndexField, Vec<u8>)> = [IndexField::Email, IndexField::Phone]
+            .into_iter()
+            .filter_map(|f| crate::storage::store::indexed(incoming, f).map(|h| (f, h.to_vec())))
+            .collect();
+        let mut owners: Vec<[u8; 16]> = Vec::new();
+        for _ in 0..LOCK_RETRIES {
+            let mut keys: Vec<&[u8]> = vec![id.as_bytes()];
+            keys.extend(claims.iter().map(|(_, h)| h.as_slice()));
+            keys.extend(owners.iter().map(|o| o.as_slice()));
+            let _locked = self.store.lock(&keys);
+            // A local copy that fails its integrity check is replaced by the incoming one.
+            let current = match self.get_record(&id) {
+                Ok(c) => c,
+                Err(UserError::Unreadable) => None,
+                Err(e) => return Err(e.into()),
+            };
+            let rank = record_rank(incoming.tombstone, version.clone());
+            if let Some((c, held)) = current
+                .as_ref()
+                .map(|c| (c, record_rank(c.tombstone, record_version(c))))
+                .filter(|(_, held)| *held >= rank)
+            {
+                // The same version with more wrapped keys: key recovery's repair.
+                if held == rank && envelope::extends_wraps(c, incoming) {
+                    commit(Some(c), incoming)?;
+                    return Ok(Applied::Applied);
+                }
+                return Ok(Applied::Skipped);
+            }
+            let mut found: Vec<proto::Record> = Vec::new();
+            for (field, hash) in &claims {
+                let hash: [u8; 32] = hash
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| ApplyError::Malformed("index hash"))?;
+                if let Some(other) = self.find_record(*field, &hash)? {
+                    if other.id != incoming.id && !found.iter().any(|f| f.id == other.id) {
+                        found.push(other);
+                    }
+                }
+            }
+            let mut found_ids: Vec<[u8; 16]> = found
+                .iter()
+                .filter_map(|r| <[u8; 16]>::try_from(r.id.as_slice()).ok())
+                .collect();
+            found_ids.sort_unstable();
+            if found_ids != owners {
+                owners = found_ids;
+                continue;
+            }
+            if found.is_empty() {
+                commit(current.as_ref(), incoming)?;
+                return Ok(Applied::Applied);
+            }
+            self.merge_duplicates(current.as_ref(), incoming.clone(), found)?;
+            return Ok(Applied::Merged);
+        }
+        Err(ApplyError::User(UserError::Conflict(vec![Problem::new(
+            "id",
+            "index owners kept changing while applying; retry",
+        )])))
+    }
+
+    /// Stores a user key received from a peer: a new one as it is, a known one with the
+    /// wraps it adds ([`envelope::merge_user_key`]). An erased account takes none, or
+    /// a late key event would undo the erase here.
+    fn apply_user_key(&self, key: &proto::UserKey, sync: bool) -> Result<Applied, ApplyError> {
+        let id = Uuid::from_slice(&key.user_id)
+            .map_err(|_| ApplyError::Malformed("user key's account id is not 16 bytes"))?;
+        if key.key_id.len() != envelope::USER_KEY_ID_LEN {
+            return Err(ApplyError::Malformed("user key id is not 8 bytes"));
+        }
+        self.user_key_mac
+            .verify(key)
+            .map_err(|_| ApplyError::Integrity)?;
+        let _locked = self.store.lock(&[id.as_bytes()]);
+        match self.get_record(&id) {
+            Ok(Some(r)) if r.tombstone => return Ok(Applied::Skipped),
+            Ok(_) | Err(UserError::Unreadable) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let mut stored = match self.user_key(&key.user_id) {
+            Ok(None) | Err(UserError::Unreadable) => key.clone(),
+            Ok(Some(local)) => match envelope::merge_user_key(&local, key) {
+                Some(merged) => merged,
+                None => return Ok(Applied::Skipped),
+            },
+            Err(e) => return Err(e.into()),
+        };
+        self.user_key_mac.sign(&mut stored);
+        self.store
+            .put_user_key(&stored, None, sync)
+            .map_err(UserError::from)?;
+        Ok(Applied::Applied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::accounts::error::{Applied, ApplyError};
+    use crate::accounts::users::testkit::{drain, new_user, record_event, users_with};
+    use crate::accounts::users::Users;
+    use crate::common::hlc::{Hlc, SystemClock};
+    use crate::crypto::password::{PasswordAlgorithm, Passwords};
+    use crate::proto::Status;
+    use crate::storage::store::{Store, StoreOptions};
+
+    struct Ahead(u64);
+
+    impl crate::common::hlc::TimeSource for Ahead {
+        fn now_ms(&self) -> u64 {
+            SystemClock.now_ms() + self.0
+        }
+    }
+
+    #[test]
+    fn events_from_a_clock_too_far_ahead_are_refused_and_change_nothing() {
+        use crate::common::hlc::TimeSource;
+        let rings =
+            crate::crypto::keyring::init(&["af-south".to_string(), "eu-west".to_string()]).unwrap();
+        let mut rings = rings.into_iter();
+        let (a, b) = (rings.next().unwrap(), rings.next().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let fast = Users::new(
+            Arc::new(Store::open(&dir.path().join("a"), &StoreOptions::default()).unwrap()),
+            a,
+            Passwords::new(PasswordAlgorithm::Argon2id, &[1; 32]).unwrap(),
+            Arc::new(Hlc::new("af-south", 500, Box::new(Ahead(10_000)))),
+            8,
+        );
+        let local = Users::new(
+            Arc::new(Store::open(&dir.path().join("b"), &StoreOptions::default()).unwrap()),
+            b,
+            Passwords::new(PasswordAlgorithm::Argon2id, &[1; 32]).unwrap(),
+            Arc::new(Hlc::new("eu-west", 500, Box::new(SystemClock))),
+            8,
+        );
+        fast.create(new_user("future@example.com")).unwrap();
+        let event = record_event(&drain(&fast));
+        match local.apply(&event) {
+            Err(ApplyError::Skew(e)) => assert!(e.ahead_ms >= 9_000, "{e}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(local.digest().unwrap().0, 0, "nothing stored");
+        // The local clock did not jump either.
+        assert!(local.hlc.tick().physical_ms < SystemClock.now_ms() + 1_000);
+    }
+
+    #[test]
+    fn events_altered_in_transit_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let regions: Vec<String> = ["af-south", "eu-west"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut rings = crate::crypto::keyring::init(&regions).unwrap().into_iter();
+        let origin = users_with(&dir.path().join("o"), rings.next().unwrap());
+        origin.create(new_user("transit@example.com")).unwrap();
+        let event = record_event(&drain(&origin));
+        let target = users_with(&dir.path().join("t"), rings.next().unwrap());
+        let mut locked = event.clone();
+        locked.record.as_mut().unwrap().status = Status::Locked as i32;
+        assert!(matches!(target.apply(&locked), Err(ApplyError::Integrity)));
+        let mut newer = event.clone();
+        newer
+            .record
+            .as_mut()
+            .unwrap()
+            .version
+            .as_mut()
+            .unwrap()
+            .logical += 1;
+        assert!(matches!(target.apply(&newer), Err(ApplyError::Integrity)));
+        let mut empty = event.clone();
+        empty.record = None;
+        assert!(matches!(
+            target.apply(&empty),
+            Err(ApplyError::Malformed(_))
+        ));
+        assert_eq!(target.digest().unwrap().0, 0);
+        // The genuine event applies, once.
+        assert_eq!(target.apply(&event).unwrap(), Applied::Applied);
+        assert_eq!(target.apply(&event).unwrap(), Applied::Skipped);
+    }
+}

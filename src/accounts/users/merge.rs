@@ -1,0 +1,153 @@
+//! Merging duplicate accounts found while applying: which one wins, what the winner
+//! takes from the others, and the one batch that writes them all.
+
+use super::{Users, CURRENT_HASH};
+use crate::accounts::error::UserError;
+use crate::common::hlc::Version;
+use crate::common::metrics as m;
+use crate::crypto::envelope::UserSecret;
+use crate::proto::{self, Status};
+use crate::storage::store::{record_version, Change as StoreChange};
+
+/// Order of precedence between duplicate accounts: the earlier creation wins, then
+/// the lower id. Records without a creation version rank by their version.
+fn merge_rank(r: &proto::Record) -> (Version, Vec<u8>) {
+    let created = r
+        .created
+        .as_ref()
+        .map(Version::from_proto)
+        .unwrap_or_else(|| record_version(r));
+    (created, r.id.clone())
+}
+
+/// Folds a duplicate account into the winner: the winner's values stand, missing
+/// profile fields and a missing phone are taken, every password hash is kept as a
+/// legacy hash so either account's password still logs in, and the loser's other
+/// addresses are remembered.
+fn fold_into(
+    winner: &mut proto::Record,
+    info: &mut proto::Info,
+    loser: &proto::Record,
+    loser_info: &proto::Info,
+) {
+    for (k, v) in &loser_info.profile {
+        info.profile.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    for h in &loser_info.old_hashes {
+        if !info.old_hashes.contains(h) {
+            info.old_hashes.push(h.clone());
+        }
+    }
+    if winner.secret.is_empty() {
+        winner.secret = loser.secret.clone();
+    } else if !loser.secret.is_empty() && loser.secret != winner.secret {
+        let h = proto::LegacyHash {
+            algorithm: CURRENT_HASH.into(),
+            hash: loser.secret.clone(),
+            source: "merged-account".into(),
+            ..Default::default()
+        };
+        if !info.old_hashes.contains(&h) {
+            info.old_hashes.push(h);
+        }
+    }
+    let mut emails = vec![loser_info.email.clone()];
+    emails.extend(loser_info.other_emails.iter().cloned());
+    for e in emails {
+        if !e.is_empty() && e != info.email && !info.other_emails.contains(&e) {
+            info.other_emails.push(e);
+        }
+    }
+    let mut phones = Vec::new();
+    if !loser_info.phone.is_empty() {
+        if info.phone.is_empty() && !loser.phone_index.is_empty() {
+            info.phone = loser_info.phone.clone();
+            winner.phone_index = loser.phone_index.clone();
+        } else {
+            phones.push(loser_info.phone.clone());
+        }
+    }
+    phones.extend(loser_info.other_phones.iter().cloned());
+    for p in phones {
+        if p != info.phone && !info.other_phones.contains(&p) {
+            info.other_phones.push(p);
+        }
+    }
+}
+
+impl Users {
+    /// Gives a record derived from `base` (and replacing `stored`) a version above both,
+    /// seals `info` into it with a fresh data key and signs it.
+    fn reseal(
+        &self,
+        record: &mut proto::Record,
+        (info, user): (&proto::Info, &UserSecret),
+        base: &proto::Record,
+        stored: Option<&proto::Record>,
+    ) -> Result<(), UserError> {
+        let after = stored.map(record_version).max(Some(record_version(base)));
+        record.version = Some(self.hlc.tick_after(after.as_ref()).to_proto());
+        record.updated_at_ms = self.hlc.physical_now();
+        let keyring = self.keyring();
+        let regions = self.wrap_regions(&keyring)?;
+        self.seal(record, info, &keyring, &regions, user)?;
+        self.record_mac.sign(record);
+        Ok(())
+    }
+
+    /// Merges duplicate accounts: `incoming` (replacing `current` under its id) and
+    /// the live accounts that hold its email or phone. The callers hold every lock.
+    pub(super) fn merge_duplicates(
+        &self,
+        current: Option<&proto::Record>,
+        incoming: proto::Record,
+        others: Vec<proto::Record>,
+    ) -> Result<(), UserError> {
+        // (record, what it replaces in the store)
+        let mut accounts: Vec<(proto::Record, Option<proto::Record>)> =
+            vec![(incoming, current.cloned())];
+        accounts.extend(others.into_iter().map(|o| (o.clone(), Some(o))));
+        accounts.sort_by_key(|a| merge_rank(&a.0));
+        let (winner, winner_prev) = accounts.remove(0);
+        let winner_id = winner.id.clone();
+        let (mut winner_info, winner_key) = self.opened(&winner)?;
+        let mut winner_record = winner.clone();
+        let mut merged: Vec<(proto::Record, Option<proto::Record>)> = Vec::new();
+        for (loser, loser_prev) in accounts {
+            let (info, key) = self.opened(&loser)?;
+            fold_into(&mut winner_record, &mut winner_info, &loser, &info);
+            let mut record = loser.clone();
+            record.status = Status::Merged as i32;
+            record.merged_into = winner_id.clone();
+            self.reseal(&mut record, (&info, &key), &loser, loser_prev.as_ref())?;
+            merged.push((record, loser_prev));
+        }
+        self.reseal(
+            &mut winner_record,
+            (&winner_info, &winner_key),
+            &winner,
+            winner_prev.as_ref(),
+        )?;
+        // Losers first: their index entries go before the winner (re)claims them.
+        let mut changes: Vec<StoreChange<'_>> = merged
+            .iter()
+            .map(|(r, prev)| StoreChange {
+                previous: prev.as_ref(),
+                record: r,
+                outbox: true,
+                user_key: None,
+            })
+            .collect();
+        changes.push(StoreChange {
+            previous: winner_prev.as_ref(),
+            record: &winner_record,
+            outbox: true,
+            user_key: None,
+        });
+        self.store.commit_many(&changes)?;
+        self.outbox_signal.notify_one();
+        metrics::counter!(m::STORE_COMMITS_TOTAL, "kind" => "merge")
+            .increment(changes.len() as u64);
+        Ok(())
+    }
+}
