@@ -79,3 +79,29 @@ impl Users {
         metrics::counter!(m::OUTBOX_EVENTS_TOTAL).increment(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::accounts::users::testkit::{drain, key_event, new_user, record_event, users};
+    use crate::storage::store::IndexField;
+
+    #[test]
+    fn a_change_lands_with_its_index_entries_and_its_outbox_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = users(dir.path());
+        let (id, _) = u.create(new_user("ada@example.com")).unwrap();
+        let hash = u.email_index("ada@example.com");
+        assert_eq!(
+            u.store().lookup(IndexField::Email, &hash).unwrap(),
+            Some(*id.as_bytes())
+        );
+        let events = drain(&u);
+        let record = record_event(&events).record.unwrap();
+        assert_eq!(record.id, id.as_bytes().to_vec());
+        assert!(!record.tombstone);
+        assert_eq!(
+            key_event(&events).user_key.unwrap().user_id,
+            id.as_bytes().to_vec()
+        );
+    }
+}

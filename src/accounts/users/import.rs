@@ -126,3 +126,40 @@ impl Users {
         )]))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::accounts::input;
+    use crate::accounts::users::testkit::users;
+    use crate::accounts::users::ImportOutcome;
+
+    fn items(email: &str) -> Vec<crate::accounts::input::ImportItem> {
+        // MD5 of "correct horse battery", as a legacy shop stored it.
+        let body = serde_json::json!([{"email": email, "source": "legacy-shop",
+            "legacy_hash": {"algorithm": "md5", "hash": "88e4ddd2402d92d50e1879d6ecd9ffd4"}}]);
+        input::import(&body, 10).unwrap()
+    }
+
+    #[test]
+    fn an_imported_account_logs_in_with_its_old_password_and_a_second_import_merges() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = users(dir.path());
+        let first = u.import(items("grace@example.com")).unwrap();
+        assert_eq!(first[0].outcome, ImportOutcome::Created);
+        let again = u.import(items("Grace@Example.com")).unwrap();
+        assert_eq!(again[0].outcome, ImportOutcome::Merged);
+        assert_eq!(again[0].id, first[0].id, "merged into the same account");
+        assert_eq!(
+            u.login("grace@example.com", "correct horse battery")
+                .unwrap(),
+            first[0].id
+        );
+        // The legacy hash was replaced by a current one: the password still works.
+        assert_eq!(
+            u.login("grace@example.com", "correct horse battery")
+                .unwrap(),
+            first[0].id
+        );
+        assert!(u.login("grace@example.com", "wrong password!").is_err());
+    }
+}

@@ -218,3 +218,48 @@ impl Users {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::accounts::error::UserError;
+    use crate::accounts::input::SettableStatus;
+    use crate::accounts::users::testkit::{new_user, users};
+
+    #[test]
+    fn a_good_password_logs_in_and_a_wrong_one_fails_like_an_unknown_login() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = users(dir.path());
+        let (id, _) = u.create(new_user("ada@example.com")).unwrap();
+        assert_eq!(
+            u.login("ada@example.com", "correct horse battery").unwrap(),
+            id
+        );
+        let wrong = u.login("ada@example.com", "not the password").unwrap_err();
+        let unknown = u
+            .login("nobody@example.com", "correct horse battery")
+            .unwrap_err();
+        assert!(matches!(wrong, UserError::LoginFailed { .. }), "{wrong:?}");
+        assert_eq!(
+            std::mem::discriminant(&wrong),
+            std::mem::discriminant(&unknown),
+            "an unknown login must not be told apart: {unknown:?}"
+        );
+    }
+
+    #[test]
+    fn a_locked_account_is_refused_even_with_its_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = users(dir.path());
+        let (id, _) = u.create(new_user("ada@example.com")).unwrap();
+        u.set_status(&id, SettableStatus::Locked).unwrap();
+        let e = u
+            .login("ada@example.com", "correct horse battery")
+            .unwrap_err();
+        assert!(matches!(e, UserError::Forbidden("locked")), "{e:?}");
+        u.set_status(&id, SettableStatus::Active).unwrap();
+        assert_eq!(
+            u.login("ada@example.com", "correct horse battery").unwrap(),
+            id
+        );
+    }
+}

@@ -151,3 +151,29 @@ impl Users {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::accounts::error::{Applied, UserError};
+    use crate::accounts::users::testkit::{drain, new_user, two_regions};
+
+    #[test]
+    fn the_same_email_created_in_two_regions_ends_as_one_account_the_earlier_one() {
+        let (_dirs, a, b) = two_regions();
+        let (first, _) = a.create(new_user("ada@example.com")).unwrap();
+        let (second, _) = b.create(new_user("ada@example.com")).unwrap();
+        let outcomes: Vec<Applied> = drain(&a).iter().map(|e| b.apply(e).unwrap()).collect();
+        assert!(outcomes.contains(&Applied::Merged), "{outcomes:?}");
+        assert_eq!(b.find_by_email("ada@example.com").unwrap().id, first);
+        let merged_into = match b.get(&second) {
+            Err(UserError::Merged(into)) => Some(into),
+            Ok(view) => view.merged_into,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(
+            merged_into,
+            Some(first),
+            "the later account points at the earlier"
+        );
+    }
+}

@@ -131,3 +131,28 @@ impl Users {
         Ok((info, user))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::accounts::error::UserError;
+    use crate::accounts::users::testkit::{new_user, users};
+    use crate::common::faults::FaultState;
+
+    #[test]
+    fn without_its_master_key_a_region_reads_nothing_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = users(dir.path());
+        let (id, _) = u.create(new_user("ada@example.com")).unwrap();
+        assert_eq!(u.get(&id).unwrap().profile["given_name"], "Ada");
+        u.faults().set(FaultState {
+            keys_unavailable: Some(["af-south".to_string()].into()),
+            ..Default::default()
+        });
+        assert!(matches!(u.get(&id), Err(UserError::KeyUnavailable(_))));
+        u.faults().set(FaultState {
+            keys_unavailable: Some(Default::default()),
+            ..Default::default()
+        });
+        assert_eq!(u.get(&id).unwrap().email, "ada@example.com");
+    }
+}
