@@ -33,7 +33,8 @@ impl Users {
     /// Checks a login (email or phone) and password. Unknown logins and wrong
     /// passwords give the same error after the same hashing work; a correct password
     /// on a locked or disabled account is refused as such.
-    /// Checks a login, behind the per-account brute-force backoff ([`crate::accounts::lockout`]):
+    ///
+    /// It runs behind the per-account brute-force backoff ([`crate::accounts::lockout`]):
     /// too soon after repeated failures it is refused with
     /// [`UserError::TooManyAttempts`] before any hashing; a wrong password is counted
     /// and answered with [`UserError::LoginFailed`], saying how long the next attempt

@@ -167,7 +167,6 @@ mod tests {
             .collect();
         let created = handles
             .into_iter()
-            .filter(|_| true)
             .map(|h| h.join().unwrap())
             .filter(|ok| *ok)
             .count();
