@@ -20,7 +20,7 @@ use crate::accounts::tokens::TokenConfig;
 use crate::api::config::HttpConfig;
 use crate::api::middleware::rate_limit::RateLimitConfig;
 use crate::api::middleware::signing::{SigningConfig, Verifier};
-use crate::common::config::Invalid;
+use crate::common::config::{self as common_config, Invalid};
 use crate::common::faults::FaultsConfig;
 use crate::common::hlc::ClockConfig;
 use crate::common::region::check_region_name;
@@ -49,11 +49,7 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
-    Invalid {
-        key: key.to_string(),
-        problem: problem.into(),
-    }
-    .into()
+    common_config::invalid(key, problem).into()
 }
 
 impl From<Invalid> for ConfigError {

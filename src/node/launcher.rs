@@ -10,7 +10,7 @@
 //! [`run_node`]: crate::node::process::run_node
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -85,10 +85,6 @@ impl NodeCommand {
     pub fn wait_for_url(mut self, within: Option<Duration>) -> NodeCommand {
         self.wait_for_url = within;
         self
-    }
-
-    pub fn config(&self) -> &Path {
-        &self.config
     }
 
     /// Starts the node with [`Command::spawn`].
@@ -210,10 +206,6 @@ impl NodeProcess {
 
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     /// Its exit status if it has exited (reaping it), `None` while it runs.
