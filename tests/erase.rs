@@ -160,3 +160,118 @@ async fn an_erased_account_cannot_be_read_from_any_copy_in_any_region() {
         assert_eq!(node.client().unkeyed().await, 1, "{region}");
     }
 }
+
+/// Sets `topic`'s configs to the node's user-key settings with `overrides` on top (an
+/// alter replaces a topic's whole config, as `kafka-configs --alter` without
+/// `--add-config` would).
+async fn alter_topic(bootstrap: &str, topic: &str, overrides: &[(&str, &str)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let mut alter = AlterConfig::new(ResourceSpecifier::Topic(topic));
+    let mut settings: Vec<(&str, &str)> =
+        authsync::replication::topics::USER_KEY_TOPIC_CONFIG.to_vec();
+    settings.retain(|(k, _)| overrides.iter().all(|(o, _)| o != k));
+    settings.extend_from_slice(overrides);
+    for (k, v) in settings {
+        alter = alter.set(k, v);
+    }
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    for result in admin
+        .alter_configs([&alter], &opts)
+        .await
+        .expect("alter configs")
+    {
+        result.unwrap_or_else(|(r, code)| panic!("alter {r:?}: {code}"));
+    }
+}
+
+/// What the erase design relies on and only a compacting broker shows: after the erase,
+/// the log cleaner removes the account's key message from every user-key topic, so no
+/// copy of the key that opens the account's old records is left in Kafka. The null
+/// stays (until `delete.retention.ms`), and a plain consumer reading each topic from
+/// the start finds no value under the account's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a broker that compacts: Apache Kafka (AUTHSYNC_TEST_KAFKA_DIR, set by scripts/test.sh)"]
+async fn compaction_removes_an_erased_accounts_key_from_every_user_key_topic() {
+    let cluster = Cluster::start();
+    assert!(
+        cluster.broker.is_apache_kafka(),
+        "run with AUTHSYNC_TEST_KAFKA_DIR: the embedded broker does not compact"
+    );
+    let bootstrap = cluster.broker.bootstrap.clone();
+    let topics: Vec<String> = REGIONS
+        .iter()
+        .map(|r| authsync::replication::config::user_key_topic(&format!("{}{r}", cluster.prefix)))
+        .collect();
+    cluster.warm_up().await;
+    // Segments roll within a second of their first message and are compacted as soon
+    // as they are rolled (the node's own settings wait an hour for both).
+    for topic in &topics {
+        alter_topic(
+            &bootstrap,
+            topic,
+            &[
+                ("segment.ms", "1000"),
+                ("max.compaction.lag.ms", "1000"),
+                ("min.compaction.lag.ms", "0"),
+                ("min.cleanable.dirty.ratio", "0.01"),
+                ("delete.retention.ms", "3600000"),
+            ],
+        )
+        .await;
+    }
+    let clients = cluster.clients();
+    let id = clients[0].create(EMAIL, "correct horse battery").await;
+    everywhere(&cluster, &format!("/v1/users/{id}"), 200).await;
+    let keyed = |topic: &str| {
+        let messages = kafka_messages(&bootstrap, topic);
+        let under: Vec<_> = messages
+            .into_iter()
+            .filter(|m| m.key == id.as_bytes())
+            .collect();
+        let values = under.iter().filter(|m| m.payload.is_some()).count();
+        (values, under.len() - values)
+    };
+    let before: Vec<(usize, usize)> = topics.iter().map(|t| keyed(t)).collect();
+    assert!(
+        before.iter().any(|(values, _)| *values > 0),
+        "the account's key was never on a user-key topic: {before:?}"
+    );
+
+    let erased = clients[1].delete(&format!("/v1/users/{id}")).await;
+    assert_eq!(erased.status, 204, "{}", erased.text);
+    everywhere(&cluster, &format!("/v1/users/{id}"), 404).await;
+
+    // A segment rolls on the first append after `segment.ms`, so accounts keep being
+    // created (their keys land on every partition in time) until the cleaner has run.
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(120);
+    let mut fillers = 0;
+    let after = loop {
+        let now: Vec<(usize, usize)> = topics.iter().map(|t| keyed(t)).collect();
+        if now.iter().all(|(values, nulls)| *values == 0 && *nulls > 0) {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after {fillers} more accounts and {:?}, (key values, nulls) under the erased id per topic: {now:?}",
+            started.elapsed()
+        );
+        clients[fillers % 3]
+            .create(
+                &format!("filler{fillers}@quokka.example"),
+                "correct horse battery",
+            )
+            .await;
+        fillers += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!(
+        "compaction: (key values, nulls) under the erased account per user-key topic went from {before:?} to {after:?} in {:?} ({fillers} accounts created meanwhile)",
+        started.elapsed()
+    );
+}

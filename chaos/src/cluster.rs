@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,14 +36,15 @@ pub const REGIONS: [&str; 3] = authsync::node::local_cluster::DEMO_REGIONS;
 pub enum BrokerKind {
     /// librdkafka's mock cluster, in this process: no setup, but it cannot be killed.
     Embedded,
-    /// A tansu process started from this binary path: it can be killed and restarted.
-    Tansu(PathBuf),
+    /// Apache Kafka in KRaft mode, one process run by this script (the project's
+    /// `scripts/kafka.sh`): it can be killed with SIGKILL and restarted on its log dirs.
+    Kafka(PathBuf),
 }
 
 enum Broker {
     Embedded(rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>),
-    Tansu {
-        bin: PathBuf,
+    Kafka {
+        script: PathBuf,
         dir: PathBuf,
         addr: SocketAddr,
         child: Option<Child>,
@@ -65,14 +66,11 @@ impl Broker {
                 }
                 Ok(Broker::Embedded(mock))
             }
-            BrokerKind::Tansu(bin) => {
-                let dir = root.join("broker");
-                std::fs::create_dir_all(&dir)?;
-                let addr = free_addr()?;
-                let mut broker = Broker::Tansu {
-                    bin: bin.clone(),
-                    dir,
-                    addr,
+            BrokerKind::Kafka(script) => {
+                let mut broker = Broker::Kafka {
+                    script: script.clone(),
+                    dir: root.join("broker"),
+                    addr: free_port_pair()?,
                     child: None,
                 };
                 broker.restart()?;
@@ -87,7 +85,7 @@ impl Broker {
                 .bootstrap_servers()
                 .parse()
                 .context("the embedded broker's address"),
-            Broker::Tansu { addr, .. } => Ok(*addr),
+            Broker::Kafka { addr, .. } => Ok(*addr),
         }
     }
 
@@ -95,7 +93,7 @@ impl Broker {
     fn kill(&mut self) -> bool {
         match self {
             Broker::Embedded(_) => false,
-            Broker::Tansu { child, .. } => {
+            Broker::Kafka { child, .. } => {
                 if let Some(mut c) = child.take() {
                     let _ = c.kill();
                     let _ = c.wait();
@@ -105,10 +103,11 @@ impl Broker {
         }
     }
 
-    /// (Re)starts the tansu process on the same address and storage.
+    /// (Re)starts the broker on the same address and log dirs. The script formats the
+    /// log dirs on the first start only, then execs the JVM, so the child is the broker.
     fn restart(&mut self) -> anyhow::Result<()> {
-        let Broker::Tansu {
-            bin,
+        let Broker::Kafka {
+            script,
             dir,
             addr,
             child,
@@ -120,31 +119,32 @@ impl Broker {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let url = format!("tcp://{addr}");
+        std::fs::create_dir_all(&*dir)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join("tansu.log"))?;
-        // The SQLite path is taken relative to the working directory.
-        let started = Command::new(&*bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .current_dir(&*dir)
-            .stdout(Stdio::null())
+            .open(dir.join("broker.log"))?;
+        let started = Command::new(&*script)
+            .arg("run")
+            .arg(&*dir)
+            .arg(addr.port().to_string())
+            .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .with_context(|| format!("start {}", bin.display()))?;
-        *child = Some(started);
-        let deadline = Instant::now() + Duration::from_secs(30);
+            .with_context(|| format!("start {}", script.display()))?;
+        let started = child.insert(started);
+        // The first start formats the log dirs and a restart after SIGKILL recovers
+        // them, each before the broker listens.
+        let deadline = Instant::now() + Duration::from_secs(90);
         while std::net::TcpStream::connect(*addr).is_err() {
+            if let Some(status) = started.try_wait()? {
+                bail!(
+                    "the broker exited ({status}) before it listened; see {}",
+                    dir.join("broker.log").display()
+                );
+            }
             if Instant::now() > deadline {
-                bail!("tansu did not listen on {addr}");
+                bail!("the broker did not listen on {addr} within 90 s");
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -158,8 +158,19 @@ impl Drop for Broker {
     }
 }
 
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+/// A free loopback port whose successor is free too: the broker's client listener and
+/// its controller's.
+fn free_port_pair() -> anyhow::Result<SocketAddr> {
+    for _ in 0..100 {
+        let first = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = first.local_addr()?;
+        if addr.port() < u16::MAX
+            && std::net::TcpListener::bind(("127.0.0.1", addr.port() + 1)).is_ok()
+        {
+            return Ok(addr);
+        }
+    }
+    bail!("no two adjacent free ports on 127.0.0.1")
 }
 
 struct Region {
@@ -213,7 +224,7 @@ impl Cluster {
             .collect();
         let urls: Vec<String> = listens.iter().map(|a| format!("http://{a}")).collect();
         let bootstrap = broker_addr.to_string();
-        let create_topics = matches!(broker, Broker::Tansu { .. });
+        let create_topics = matches!(broker, Broker::Kafka { .. });
         let shared = authsync::node::local_cluster::Shared {
             root: &root,
             api_key: &api_key,
@@ -337,7 +348,7 @@ impl Cluster {
 
     /// Whether the broker is a process of its own, which can be killed and restarted.
     pub fn broker_restartable(&self) -> bool {
-        matches!(self.broker, Broker::Tansu { .. })
+        matches!(self.broker, Broker::Kafka { .. })
     }
 
     /// Kills the broker; `false` when it is the embedded one, which cannot be.

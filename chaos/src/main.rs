@@ -61,10 +61,14 @@ struct RunArgs {
     /// How long the regions may take to agree once the faults stop.
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     convergence_timeout: Duration,
-    /// A tansu binary to run as the broker (it can then be killed and restarted);
-    /// without it, the embedded broker.
-    #[arg(long, env = "AUTHSYNC_TEST_TANSU")]
-    tansu: Option<PathBuf>,
+    /// local: the broker. `embedded`: librdkafka's mock cluster in this process.
+    /// `kafka`: Apache Kafka (KRaft, one process) run by `--kafka-script`, which the
+    /// `broker-restart` fault kills with SIGKILL and restarts on its log dirs.
+    #[arg(long, value_enum, default_value = "embedded")]
+    broker: BrokerArg,
+    /// local, `--broker kafka`: the script that fetches and runs Apache Kafka.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka.sh"))]
+    kafka_script: PathBuf,
     /// Keep the cluster's files here (default: a temporary directory).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -104,6 +108,12 @@ struct RunArgs {
 enum TargetKind {
     Local,
     Compose,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BrokerArg {
+    Embedded,
+    Kafka,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -153,9 +163,9 @@ fn main() -> anyhow::Result<()> {
                         bail!("network namespaces are not available: run as root or under `unshare --user --map-root-user`");
                     }
                     TargetOptions::Local {
-                        broker: match args.tansu {
-                            Some(bin) => BrokerKind::Tansu(bin),
-                            None => BrokerKind::Embedded,
+                        broker: match args.broker {
+                            BrokerArg::Kafka => BrokerKind::Kafka(args.kafka_script),
+                            BrokerArg::Embedded => BrokerKind::Embedded,
                         },
                         dir: args.dir,
                         node_exe: std::env::current_exe().context("find this executable")?,

@@ -61,7 +61,7 @@ pub struct Report {
     pub seed: u64,
     pub duration_s: u64,
     pub faults: Vec<Fault>,
-    /// Which cluster: local (embedded broker or tansu) or docker compose.
+    /// Which cluster: local (the embedded broker or Apache Kafka) or docker compose.
     pub target: &'static str,
     /// Operations by kind, then by outcome.
     pub ops: BTreeMap<String, BTreeMap<&'static str, usize>>,

@@ -24,7 +24,7 @@ pub enum Fault {
     Kill,
     /// SIGSTOP a node, SIGCONT after the hold.
     Pause,
-    /// Kill the broker process, restart it after the hold (tansu or compose).
+    /// Kill the broker process, restart it after the hold (Apache Kafka, locally or in compose).
     BrokerRestart,
     /// Blackhole one region's link to the broker (compose: its broker leaves the
     /// network).

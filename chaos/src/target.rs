@@ -30,7 +30,7 @@ pub struct Scan {
 impl Target {
     pub fn name(&self) -> &'static str {
         match self {
-            Target::Local(c) if c.broker_restartable() => "local, tansu",
+            Target::Local(c) if c.broker_restartable() => "local, Apache Kafka",
             Target::Local(_) => "local, embedded broker",
             Target::Compose(_) => "docker compose",
         }
@@ -48,7 +48,7 @@ impl Target {
     pub fn unsupported(&self, fault: Fault) -> Option<&'static str> {
         match self {
             Target::Local(c) if fault == Fault::BrokerRestart && !c.broker_restartable() => {
-                Some("the embedded broker lives in the harness's process (use --tansu)")
+                Some("the embedded broker lives in the harness's process (use --broker kafka)")
             }
             Target::Local(_) => None,
             Target::Compose(c) => crate::compose::supports(fault, c.fault_switches).err(),

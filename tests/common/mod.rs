@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -322,8 +322,10 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// The broker the replication tests use:
-/// - `AUTHSYNC_TEST_TANSU=/path/to/tansu`: a real broker process per test (tansu, with
-///   SQLite storage in a temporary directory), which tests can kill and restart;
+/// - `AUTHSYNC_TEST_KAFKA_DIR=DIR`: the Apache Kafka broker that `scripts/kafka.sh start
+///   DIR` runs (scripts/test.sh starts one for a whole test stage). Tests share it, each
+///   on its own topic prefix, and one that takes the broker away kills it with SIGKILL
+///   and starts it again on the same log dirs (so that stage runs one test at a time);
 /// - `AUTHSYNC_TEST_KAFKA=host:port`: an already running broker, not controlled;
 /// - otherwise librdkafka's mock cluster in this process (a real Kafka-protocol
 ///   listener on loopback).
@@ -332,66 +334,14 @@ pub struct Broker {
     /// Nodes must create their topics (real brokers); the mock's are made here.
     pub external: bool,
     mock: Option<mpsc::Sender<MockCommand>>,
-    tansu: Option<Tansu>,
+    kafka_dir: Option<PathBuf>,
+    /// Whether this test killed the shared broker and has not started it again.
+    killed: bool,
 }
 
 enum MockCommand {
     Down,
     Up,
-}
-
-struct Tansu {
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Tansu {
-    fn spawn(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("tansu.log"))
-            .expect("tansu log");
-        // The SQLite path is taken relative to the working directory.
-        let child = Command::new(&self.bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .current_dir(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start tansu");
-        self.child = Some(child);
-        for _ in 0..300 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("tansu did not listen on {url}");
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 pub fn free_port() -> u16 {
@@ -401,21 +351,34 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Runs `scripts/kafka.sh VERB DIR`, which waits until the broker is gone or listens.
+fn kafka_script(verb: &str, dir: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh");
+    let status = Command::new(&script)
+        .arg(verb)
+        .arg(dir)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+    assert!(
+        status.success(),
+        "scripts/kafka.sh {verb} {}: {status}",
+        dir.display()
+    );
+}
+
 impl Broker {
     pub fn start(topic_prefix: &str) -> Broker {
-        if let Some(bin) = std::env::var_os("AUTHSYNC_TEST_TANSU").filter(|b| !b.is_empty()) {
-            let mut t = Tansu {
-                bin: PathBuf::from(bin),
-                dir: tempfile::tempdir().expect("tansu dir"),
-                port: free_port(),
-                child: None,
-            };
-            t.spawn();
+        if let Some(dir) = std::env::var_os("AUTHSYNC_TEST_KAFKA_DIR").filter(|d| !d.is_empty()) {
+            let dir = PathBuf::from(dir);
+            let port = std::fs::read_to_string(dir.join("port"))
+                .unwrap_or_else(|e| panic!("{}/port (scripts/kafka.sh start): {e}", dir.display()));
             return Broker {
-                bootstrap: format!("127.0.0.1:{}", t.port),
+                bootstrap: format!("127.0.0.1:{}", port.trim()),
                 external: true,
                 mock: None,
-                tansu: Some(t),
+                kafka_dir: Some(dir),
+                killed: false,
             };
         }
         if let Some(b) = std::env::var("AUTHSYNC_TEST_KAFKA")
@@ -426,7 +389,8 @@ impl Broker {
                 bootstrap: b,
                 external: true,
                 mock: None,
-                tansu: None,
+                kafka_dir: None,
+                killed: false,
             };
         }
         let (boot_tx, boot_rx) = mpsc::channel();
@@ -465,14 +429,17 @@ impl Broker {
             bootstrap: boot_rx.recv().expect("mock bootstrap servers"),
             external: false,
             mock: Some(cmd_tx),
-            tansu: None,
+            kafka_dir: None,
+            killed: false,
         }
     }
 
-    /// Takes the broker away (kill -9 for a real one). False when it cannot be controlled.
+    /// Takes the broker away (kill -9 for Apache Kafka). False when it cannot be
+    /// controlled.
     pub fn down(&mut self) -> bool {
-        if let Some(t) = &mut self.tansu {
-            t.kill();
+        if let Some(dir) = &self.kafka_dir {
+            kafka_script("kill", dir);
+            self.killed = true;
             return true;
         }
         self.mock
@@ -480,10 +447,11 @@ impl Broker {
             .is_some_and(|tx| tx.send(MockCommand::Down).is_ok())
     }
 
-    /// Brings it back (a real one restarts on the same port and storage).
+    /// Brings it back (Apache Kafka restarts on the same port and log dirs).
     pub fn up(&mut self) -> bool {
-        if let Some(t) = &mut self.tansu {
-            t.spawn();
+        if let Some(dir) = &self.kafka_dir {
+            kafka_script("start", dir);
+            self.killed = false;
             return true;
         }
         self.mock
@@ -492,7 +460,21 @@ impl Broker {
     }
 
     pub fn controllable(&self) -> bool {
-        self.mock.is_some() || self.tansu.is_some()
+        self.mock.is_some() || self.kafka_dir.is_some()
+    }
+
+    /// Whether this is Apache Kafka, which compacts topics (the mock cluster does not).
+    pub fn is_apache_kafka(&self) -> bool {
+        self.kafka_dir.is_some()
+    }
+}
+
+impl Drop for Broker {
+    /// A test that failed with the shared broker down leaves it running for the next.
+    fn drop(&mut self) {
+        if let (true, Some(dir)) = (self.killed, &self.kafka_dir) {
+            kafka_script("start", dir);
+        }
     }
 }
 
