@@ -47,7 +47,7 @@ EOF
     mkdir -p "$HOME_DIR"
     rm -rf "$LIBS.partial"
     (cd "$work" && mvn -B -q -Dstyle.color=never dependency:copy-dependencies \
-        -DoutputDirectory="$LIBS.partial" -DincludeScope=runtime)
+        -DoutputDirectory="$LIBS.partial" -DincludeScope=runtime) >&2
     # SLF4J 1.7 arrives with an old dependency; with both on the class path the broker
     # logs nothing.
     rm -f "$LIBS.partial"/slf4j-api-1.*.jar
