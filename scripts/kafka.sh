@@ -83,9 +83,13 @@ EOF
 # Writes DIR/server.properties and formats DIR/data on the first start.
 prepare() {
     local dir="$1" port="${2:-}"
-    mkdir -p "$dir"
     if [ ! -f "$dir/server.properties" ]; then
         [ -n "$port" ] || port="$(free_pair)"
+        if ! [[ "$port" =~ ^[0-9]+$ ]] || [ "$port" -lt 1024 ] || [ "$port" -gt 65534 ]; then
+            echo "PORT must be a number from 1024 to 65534 (the controller takes PORT+1): $port" >&2
+            exit 2
+        fi
+        mkdir -p "$dir"
         cat >"$dir/server.properties" <<EOF
 node.id=1
 process.roles=broker,controller
