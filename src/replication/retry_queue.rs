@@ -6,7 +6,9 @@
 //! before the consumer stores its offset, so the partition moves on and nothing is
 //! lost. The retry sweeper tries parked events again with exponential backoff and
 //! jitter, by the same timestamp-checked rule; after the last attempt an event moves
-//! to the dead-letter queue with its whole history. Events that can never apply (they
+//! to the dead-letter queue with its whole history. An event parked for want of a key
+//! does not wait out its backoff once the key is here: when its account's user key
+//! arrives (or this region's key service answers again), the next sweep tries it. Events that can never apply (they
 //! do not decode, or fail their integrity check) go there at once.
 //!
 //! Layout (column family `retry`):
@@ -32,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::accounts::error::{Applied, ApplyError};
-use crate::accounts::users::Users;
+use crate::accounts::users::{KeyArrivals, Users};
 use crate::common::config::{invalid, Invalid};
 use crate::common::hlc::Version;
 use crate::common::metrics as m;
@@ -119,6 +121,8 @@ pub struct SweepReport {
     pub skipped: usize,
     pub rescheduled: usize,
     pub dead_lettered: usize,
+    /// Entries brought forward because their key arrived.
+    pub expedited: usize,
 }
 
 #[derive(Debug, Default)]
@@ -132,7 +136,37 @@ struct Counts {
     by_payload: HashMap<[u8; 32], u64>,
     /// Payload hashes of the dead letters, for the same reason.
     dead_payloads: HashMap<[u8; 32], u64>,
+    /// Account id → entries waiting for its key (reason `key_unavailable`).
+    waiting_for_key: HashMap<[u8; 16], Vec<u64>>,
     full: bool,
+}
+
+impl Counts {
+    fn wait_for_key(&mut self, entry: &proto::RetryEntry) {
+        if let Some(account) = waiting_key(entry) {
+            self.waiting_for_key.entry(account).or_default().push(entry.id);
+        }
+    }
+
+    fn stop_waiting(&mut self, entry: &proto::RetryEntry) {
+        let Some(account) = waiting_key(entry) else {
+            return;
+        };
+        if let Some(ids) = self.waiting_for_key.get_mut(&account) {
+            ids.retain(|id| *id != entry.id);
+            if ids.is_empty() {
+                self.waiting_for_key.remove(&account);
+            }
+        }
+    }
+}
+
+/// The account whose key `entry` waits for, when it waits for one.
+fn waiting_key(entry: &proto::RetryEntry) -> Option<[u8; 16]> {
+    if entry.reason != "key_unavailable" {
+        return None;
+    }
+    <[u8; 16]>::try_from(entry.record_id.as_slice()).ok()
 }
 
 pub struct RetryQueue {
@@ -198,6 +232,7 @@ impl RetryQueue {
                 };
                 counts.next_id = counts.next_id.max(e.id.saturating_add(1));
                 counts.by_payload.insert(payload_hash(&e.event), e.id);
+                counts.wait_for_key(&e);
             }
         }
         let mut from = Vec::new();
@@ -330,6 +365,7 @@ impl RetryQueue {
         c.entries += 1;
         c.bytes += size;
         c.by_payload.insert(hash, entry.id);
+        c.wait_for_key(&entry);
         metrics::counter!(m::RETRY_PARKED_TOTAL, "reason" => error.reason()).increment(1);
         Ok(Parked::Retry(entry.id))
     }
@@ -402,8 +438,62 @@ impl RetryQueue {
         c.entries = c.entries.saturating_sub(1);
         c.bytes = c.bytes.saturating_sub((key.len() + stored.len()) as u64);
         c.by_payload.remove(&payload_hash(&entry.event));
+        c.stop_waiting(entry);
         self.clear_full(&mut c);
         Ok(())
+    }
+
+    /// Brings forward to `now_ms` the entries waiting for a key that `arrivals` says is
+    /// here now. Returns how many.
+    fn expedite(&self, arrivals: &KeyArrivals, now_ms: u64) -> Result<usize, StoreError> {
+        let mut c = self.counts.lock();
+        let ids: Vec<u64> = if arrivals.all {
+            c.waiting_for_key.values().flatten().copied().collect()
+        } else {
+            arrivals
+                .accounts
+                .iter()
+                .filter_map(|a| c.waiting_for_key.get(a.as_bytes()))
+                .flatten()
+                .copied()
+                .collect()
+        };
+        let mut expedited = 0;
+        for id in ids {
+            let key = entry_key(id);
+            let Some(stored) = self.store.get_kv(CF_RETRY, &key)? else {
+                continue;
+            };
+            let Ok(mut entry) = decode_entry(&stored) else {
+                continue;
+            };
+            if entry.next_attempt_ms <= now_ms {
+                continue;
+            }
+            let old_due = due_key(entry.next_attempt_ms, id);
+            entry.next_attempt_ms = now_ms;
+            let value = entry.encode_to_vec();
+            let new_size = (key.len() + value.len()) as u64;
+            self.store.write_kv(&[
+                KvOp::Delete {
+                    cf: CF_RETRY,
+                    key: old_due,
+                },
+                KvOp::Put {
+                    cf: CF_RETRY,
+                    key: due_key(now_ms, id),
+                    value: Vec::new(),
+                },
+                KvOp::Put {
+                    cf: CF_RETRY,
+                    key: key.clone(),
+                    value,
+                },
+            ])?;
+            c.bytes = c.bytes.saturating_sub((key.len() + stored.len()) as u64) + new_size;
+            expedited += 1;
+        }
+        Ok(expedited)
     }
 
     fn clear_full(&self, c: &mut Counts) {
@@ -427,6 +517,7 @@ impl RetryQueue {
             return Ok(false);
         };
         let old_due = due_key(entry.next_attempt_ms, entry.id);
+        c.stop_waiting(&entry);
         entry.attempts += 1;
         entry.last_error = error.to_string();
         entry.reason = error.reason().to_string();
@@ -476,17 +567,22 @@ impl RetryQueue {
         self.store.write_kv(&ops)?;
         // History grows the entry a little; the bound is checked when parking.
         c.bytes = c.bytes.saturating_sub(old_size) + new_size;
+        c.wait_for_key(&entry);
         Ok(false)
     }
 
-    /// One sweep: every due entry (at most `limit`) is tried once.
+    /// One sweep: the entries whose key arrived since the last one are due at once,
+    /// then every due entry (at most `limit`) is tried once.
     pub fn sweep(
         &self,
         users: &Users,
         now_ms: u64,
         limit: usize,
     ) -> Result<SweepReport, StoreError> {
-        let mut report = SweepReport::default();
+        let mut report = SweepReport {
+            expedited: self.expedite(&users.take_key_arrivals(), now_ms)?,
+            ..Default::default()
+        };
         for entry in self.due(now_ms, limit)? {
             let result = match proto::ChangeEvent::decode(entry.event.as_slice()) {
                 Ok(event) => users.apply(&event),
@@ -773,11 +869,20 @@ mod tests {
     struct Pair {
         _dirs: (tempfile::TempDir, tempfile::TempDir),
         b: Arc<Users>,
+        /// The account's record event, not applied at b.
         event: Vec<u8>,
+        /// Its user key event, applied at b unless the pair came from `pair_without_key`.
+        key_event: Vec<u8>,
         id: Uuid,
     }
 
     fn pair(time_b: Box<dyn TimeSource>) -> Pair {
+        let p = pair_without_key(time_b);
+        apply(&p.b, &p.key_event).unwrap();
+        p
+    }
+
+    fn pair_without_key(time_b: Box<dyn TimeSource>) -> Pair {
         let mut rings = crate::crypto::keyring::init(&["a".into(), "b".into()]).unwrap();
         let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let ring_b = rings.remove(1);
@@ -790,25 +895,46 @@ mod tests {
         .unwrap();
         let (id, _) = a.create(input).unwrap();
         // The account's key reaches b on its own topic; the record is the event here.
-        let mut event = Vec::new();
+        let (mut event, mut key_event) = (Vec::new(), Vec::new());
         for (_, bytes) in a.store().outbox_head(10).unwrap() {
             let decoded = proto::ChangeEvent::decode(bytes.as_slice()).unwrap();
             if decoded.user_key.is_some() {
-                b.apply(&decoded).unwrap();
+                key_event = bytes;
             } else if decoded.record.is_some() && event.is_empty() {
                 event = bytes;
             }
         }
+        assert!(!event.is_empty() && !key_event.is_empty());
         Pair {
             _dirs: (da, db),
             b,
             event,
+            key_event,
             id,
         }
     }
 
     fn queue(users: &Users, policy: RetryPolicy) -> RetryQueue {
         RetryQueue::open(users.store().clone(), policy).unwrap()
+    }
+
+    /// An account at b with the email of the pair's account: applying the pair's
+    /// event merges the two, which opens both, so it needs the incoming one's key.
+    fn duplicate_at_b(p: &Pair) {
+        let input = crate::accounts::input::new_user(
+            &serde_json::json!({"email": "parked@example.com", "password": "another horse battery"}),
+            8,
+        )
+        .unwrap();
+        p.b.create(input).unwrap();
+    }
+
+    impl RetryQueue {
+        /// When parked entry `id` is next due.
+        fn due_at(&self, id: u64) -> Option<u64> {
+            let v = self.store.get_kv(CF_RETRY, &entry_key(id)).unwrap()?;
+            Some(decode_entry(&v).unwrap().next_attempt_ms)
+        }
     }
 
     fn source() -> Source {
@@ -870,6 +996,61 @@ mod tests {
         assert_eq!(p.b.get(&p.id).unwrap().email, "parked@example.com");
         // The parked entry kept where it came from.
         assert!(q.list_retry(0, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_event_waiting_for_its_key_is_tried_as_soon_as_the_key_arrives() {
+        let p = pair_without_key(Box::new(SystemClock));
+        duplicate_at_b(&p);
+        let q = queue(&p.b, RetryPolicy::default());
+        let err = apply(&p.b, &p.event).unwrap_err();
+        assert_eq!(err.reason(), "key_unavailable");
+        let mut t = p.b.clock_now_ms();
+        q.park(&p.event, &source(), &err, t).unwrap();
+        // Tried while the key is still missing: the backoff grows to minutes.
+        for _ in 0..8 {
+            t = q.due_at(1).unwrap();
+            let r = q.sweep(&p.b, t, 10).unwrap();
+            assert_eq!((r.rescheduled, r.expedited), (1, 0));
+        }
+        let next = q.due_at(1).unwrap();
+        assert!(next - t >= 60_000, "backoff {} ms", next - t);
+        // Swept before its key arrives: nothing is due.
+        assert_eq!(q.sweep(&p.b, t + 1, 10).unwrap(), SweepReport::default());
+        // Its key arrives: the next sweep applies it, long before its backoff is up.
+        apply(&p.b, &p.key_event).unwrap();
+        let r = q.sweep(&p.b, t + 2, 10).unwrap();
+        assert_eq!((r.expedited, r.applied), (1, 1));
+        assert_eq!(q.sizes().0, 0);
+    }
+
+    #[test]
+    fn events_waiting_for_this_regions_key_service_are_tried_once_it_answers() {
+        let p = pair(Box::new(SystemClock));
+        duplicate_at_b(&p);
+        let q = queue(&p.b, RetryPolicy::default());
+        p.b.faults().set(FaultState {
+            keys_unavailable: Some(["b".to_string()].into()),
+            ..Default::default()
+        });
+        let err = apply(&p.b, &p.event).unwrap_err();
+        assert_eq!(err.reason(), "key_unavailable");
+        let mut t = p.b.clock_now_ms();
+        q.park(&p.event, &source(), &err, t).unwrap();
+        for _ in 0..6 {
+            t = q.due_at(1).unwrap();
+            assert_eq!(q.sweep(&p.b, t, 10).unwrap().rescheduled, 1);
+        }
+        // Counted again from disk, as after a restart: it still waits for its key.
+        drop(q);
+        let q = queue(&p.b, RetryPolicy::default());
+        p.b.faults().set(FaultState {
+            keys_unavailable: Some(Default::default()),
+            ..Default::default()
+        });
+        let r = q.sweep(&p.b, t + 1, 10).unwrap();
+        assert_eq!((r.expedited, r.applied), (1, 1));
+        assert_eq!(q.sizes().0, 0);
     }
 
     #[test]

@@ -165,6 +165,7 @@ impl Users {
         self.store
             .put_user_key(&stored, None, sync)
             .map_err(UserError::from)?;
+        self.note_key_arrival(id);
         Ok(Applied::Applied)
     }
 }

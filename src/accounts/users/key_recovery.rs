@@ -98,6 +98,7 @@ impl Users {
             .to_proto()
         });
         self.store.put_user_key(&fixed, stamp.as_ref(), true)?;
+        self.note_key_arrival(*id);
         if publish {
             self.outbox_signal.notify_one();
         }

@@ -31,6 +31,7 @@
 //! - `key_recovery`: re-wrapping keys after a key outage or a rotation.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -146,7 +147,27 @@ pub struct Users {
     /// Replicated entries beside the records (API keys, login failures).
     entries: Arc<Entries>,
     lockout: Lockout,
+    /// Keys that became available since the retry sweeper last asked.
+    key_arrivals: parking_lot::Mutex<KeyArrivals>,
+    /// Whether this region's key service answered when the sweeper last asked.
+    own_key_was_available: AtomicBool,
 }
+
+/// Keys that became available since the retry sweeper last asked
+/// ([`Users::take_key_arrivals`]): events parked because their key was missing are
+/// tried again at once instead of waiting out their backoff.
+#[derive(Debug, Default, PartialEq)]
+pub struct KeyArrivals {
+    /// Accounts whose user key arrived here, or gained a wrap.
+    pub accounts: BTreeSet<Uuid>,
+    /// Any account's key may have become available: this region's key service answers
+    /// again, the keyring was reloaded, or more accounts arrived than are remembered.
+    pub all: bool,
+}
+
+/// At most this many accounts are remembered between two retry sweeps; past it,
+/// [`KeyArrivals::all`].
+const KEY_ARRIVALS_REMEMBERED: usize = 10_000;
 
 /// At most this many ids are remembered for repair after a key outage.
 const SHORT_WRAPS_REMEMBERED: usize = 100_000;
@@ -182,7 +203,37 @@ impl Users {
             faults: Arc::new(Faults::default()),
             short_wraps: Default::default(),
             entries,
+            key_arrivals: Default::default(),
+            own_key_was_available: AtomicBool::new(true),
         }
+    }
+
+    /// Notes that account `id`'s user key arrived or gained a wrap.
+    pub(super) fn note_key_arrival(&self, id: Uuid) {
+        let mut arrivals = self.key_arrivals.lock();
+        if arrivals.all {
+            return;
+        }
+        if arrivals.accounts.len() >= KEY_ARRIVALS_REMEMBERED {
+            arrivals.accounts.clear();
+            arrivals.all = true;
+        } else {
+            arrivals.accounts.insert(id);
+        }
+    }
+
+    /// The keys that became available since the last call, for the retry sweeper.
+    pub fn take_key_arrivals(&self) -> KeyArrivals {
+        let mut arrivals = std::mem::take(&mut *self.key_arrivals.lock());
+        let available = self.faults.key_available(&self.region);
+        let was_available = self.own_key_was_available.swap(available, Ordering::Relaxed);
+        if available && !was_available {
+            arrivals.all = true;
+        }
+        if arrivals.all {
+            arrivals.accounts.clear();
+        }
+        arrivals
     }
 
     /// The replicated entries beside the records.
@@ -245,6 +296,8 @@ impl Users {
             );
         }
         *self.keyring.write() = Arc::new(new);
+        // A master key it adds may open what was parked for want of one.
+        self.key_arrivals.lock().all = true;
         Ok(())
     }
 }
