@@ -11,7 +11,10 @@ BUILD_PACKAGES=(g++ libclang-dev protobuf-compiler libssl-dev zlib1g-dev pkg-con
 install_packages() {
     local need=() pkg
     for pkg in "$@"; do
-        dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+        # Installed, not merely known: a removed package whose config files remain
+        # is still listed, as "deinstall ok config-files".
+        [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" = "install ok installed" ] ||
+            need+=("$pkg")
     done
     [ ${#need[@]} -gt 0 ] || return 0
     echo "installing with apt-get: ${need[*]}"
