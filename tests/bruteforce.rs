@@ -38,17 +38,22 @@ async fn login(url: &str, who: &str, password: &str) -> Answer {
     }
 }
 
-/// Wrong passwords at `url` until it answers 429 (bounded); returns that answer.
-async fn until_refused(url: &str, who: &str) -> Answer {
-    let deadline = Instant::now() + Duration::from_secs(20);
+/// Wrong passwords at `url`, each as soon as it is allowed, until a failure says the
+/// next attempt waits at least `seconds` (bounded).
+async fn fail_until_waiting(url: &str, who: &str, seconds: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let a = login(url, who, WRONG).await;
-        if a.status == 429 {
-            return a;
+        match a.status {
+            401 if a.body["retry_after_s"].as_u64() >= Some(seconds) => return,
+            401 => {}
+            429 => tokio::time::sleep(Duration::from_secs(a.retry_after.unwrap_or(1))).await,
+            other => panic!("{other}: {}", a.body),
         }
-        assert_eq!(a.status, 401, "{}", a.body);
-        assert!(Instant::now() < deadline, "{url} never refused {who}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            Instant::now() < deadline,
+            "{who} never had to wait {seconds} s"
+        );
     }
 }
 
@@ -82,14 +87,24 @@ async fn failed_logins_back_off_in_every_region_and_a_good_password_resets_them(
     // An account that does not exist answers the same way.
     five_failures_then_a_wait(&urls[0], "nobody@example.com").await;
 
-    // Switching regions gains nothing: the failures made in af-south count there.
+    // Switching regions gains nothing: once af-south's failures have arrived, the
+    // first attempt in another region is refused unhashed, as in af-south (counters
+    // of each region's own would give five more guesses there).
+    // (A wait of at least 8 s first, so that it outlasts the replication lag.)
+    tokio::join!(
+        fail_until_waiting(&urls[0], "ada@example.com", 8),
+        fail_until_waiting(&urls[0], "nobody@example.com", 8)
+    );
+    common::entries_arrived(&urls, 1).await;
     for url in &urls[1..] {
-        let a = until_refused(url, "ada@example.com").await;
-        assert!(a.retry_after.unwrap() >= 1, "{}", a.body);
+        for who in ["ada@example.com", "nobody@example.com"] {
+            let a = login(url, who, WRONG).await;
+            assert_eq!(a.status, 429, "{who} at {url}: {}", a.body);
+            assert!(a.retry_after.unwrap() >= 1, "{}", a.body);
+        }
         // While refused, even the right password is not looked at.
         let a = login(url, "ada@example.com", PW).await;
         assert_eq!(a.status, 429, "{}", a.body);
-        until_refused(url, "nobody@example.com").await;
     }
 
     // Once the wait is over, the right password gets in and the count starts again,
@@ -141,10 +156,16 @@ async fn each_address_has_a_token_bucket_for_logins_and_lookups() {
             .header("x-forwarded-for", from)
             .send()
     };
-    for _ in 0..3 {
-        assert_eq!(lookup("203.0.113.7, 10.0.0.1").await.unwrap().status(), 404);
+    // The platform appends the end user's address; what the client wrote to the left
+    // of it (a new address each time, to get a fresh bucket) does not count.
+    for header in [
+        "10.0.0.1, 203.0.113.7",
+        "10.0.0.2, 203.0.113.7",
+        "10.0.0.3,203.0.113.7",
+    ] {
+        assert_eq!(lookup(header).await.unwrap().status(), 404);
     }
-    let refused = lookup("203.0.113.7").await.unwrap();
+    let refused = lookup("10.0.0.4, 203.0.113.7").await.unwrap();
     assert_eq!(refused.status(), 429);
     assert_eq!(refused.headers()["retry-after"], "2");
     let body: Value = refused.json().await.unwrap();
@@ -184,4 +205,49 @@ async fn each_address_has_a_token_bucket_for_logins_and_lookups() {
         ),
         Some(1.0)
     );
+}
+
+/// The attack: reading `/metrics` around a login to learn whether it named an account
+/// (the hash histograms counted known accounts only, and one sample per hash, so an
+/// account with legacy hashes added several).
+#[tokio::test]
+async fn every_failed_login_adds_one_sample_to_each_hash_histogram_whatever_it_names() {
+    let node = TestNode::start();
+    let client = node.client();
+    client.create("ada@example.com", PW).await;
+    let items: Vec<Value> = (1..=3)
+        .map(|i| {
+            json!({"email": "legacy@example.com", "source": format!("shop{i}"),
+            "legacy_hash": {"algorithm": "md5", "hash": format!("{i:032x}")}})
+        })
+        .collect();
+    let imported = client.post("/v1/users/import", Value::Array(items)).await;
+    assert_eq!(imported.status, 200, "{}", imported.text);
+    let histograms = [
+        "authsync_password_hash_seconds_count",
+        "authsync_password_hash_wait_seconds_count",
+        "authsync_password_hash_duration_seconds_count",
+    ];
+    let counts = |text: &str| -> Vec<f64> {
+        histograms
+            .iter()
+            .map(|h| common::metric_value(text, h, &[]).unwrap_or(0.0))
+            .collect()
+    };
+    for who in [
+        "nobody@example.com",
+        "ada@example.com",
+        "legacy@example.com",
+    ] {
+        let before = counts(&client.metrics().await);
+        let a = login(&node.url, who, WRONG).await;
+        assert_eq!(a.status, 401, "{}", a.body);
+        let after = counts(&client.metrics().await);
+        let added: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        assert_eq!(
+            added,
+            vec![1.0; 3],
+            "{who}: samples added to {histograms:?}"
+        );
+    }
 }

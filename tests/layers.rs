@@ -33,7 +33,8 @@ const UNITS: &[(&str, &[(&str, u32)])] = &[
             ("faults", 2),
             ("schedule", 2),
             ("tls", 2),
-            ("", 3),
+            ("serve", 3),
+            ("", 4),
         ],
     ),
     (
@@ -41,6 +42,7 @@ const UNITS: &[(&str, &[(&str, u32)])] = &[
         &[
             ("primitives", 0),
             ("keyring", 1),
+            ("wraps", 1),
             ("envelope", 2),
             ("blind_index", 2),
             ("password", 2),
@@ -53,6 +55,7 @@ const UNITS: &[(&str, &[(&str, u32)])] = &[
         &[
             ("error", 0),
             ("input", 1),
+            ("bounds", 1),
             ("entries", 2),
             ("lockout", 3),
             ("api_keys", 3),

@@ -440,14 +440,25 @@ async fn operator_and_internal_endpoints_refuse_bad_input_and_strangers() {
     ] {
         let r = c.send(method, path, Some(json!({"ids": []}))).await;
         assert_eq!(r.status, 401, "{path}");
+        // A current time, a known peer and a MAC of the right length: refused by the
+        // MAC check itself, not as expired or malformed.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
         let forged = http
             .request(method.parse().unwrap(), format!("{}{path}", node.url))
-            .header("x-authsync-peer", "eu-west:1700000000000:00ff")
+            .header(
+                "x-authsync-peer",
+                format!("eu-west:{now_ms}:{}", "00".repeat(32)),
+            )
             .json(&json!({"ids": []}))
             .send()
             .await
             .unwrap();
         assert_eq!(forged.status(), 401, "{path}");
+        let answer = forged.text().await.unwrap();
+        assert!(answer.contains("bad peer signature"), "{path}: {answer}");
     }
     // The CLI says what is wrong and changes nothing.
     let out = Command::new(env!("CARGO_BIN_EXE_authsync"))

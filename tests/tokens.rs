@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
-use common::{call_as, Cluster, ClusterOptions, API_KEY};
+use common::{call_as, entries_arrived, Cluster, ClusterOptions, API_KEY};
 use serde_json::{json, Value};
 
 const PW: &str = "correct horse battery";
@@ -97,27 +97,6 @@ async fn jwks_with(url: &str, kid: &Value) -> Value {
 fn kid_of(jwt: &str) -> Value {
     let header = jwt.split('.').next().unwrap();
     serde_json::from_slice::<Value>(&B64.decode(header).unwrap()).unwrap()["kid"].clone()
-}
-
-/// Waits until every entry af-south wrote so far has reached `url`: entries travel on
-/// one partition in order, so once a key added now works there, so does the rest.
-async fn entries_arrived(urls: &[String], n: usize) {
-    let (status, added) = call(
-        &urls[0],
-        "POST",
-        "/v1/admin/api-keys",
-        Some(json!({"name": format!("marker-{n}"), "scopes": ["read"]})),
-    )
-    .await;
-    assert_eq!(status, 201, "{added}");
-    let key = added["key"].as_str().unwrap();
-    for url in &urls[1..] {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while call_as(url, key, "GET", "/v1/admin/digest", None).await.0 != 403 {
-            assert!(Instant::now() < deadline, "the marker never reached {url}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,5 +264,145 @@ async fn tokens_verify_everywhere_rotate_and_are_revoked_everywhere() {
         verify(&signed_by_new, &jwks_with(url, &new_kid).await);
         // Tokens the old key signed still verify.
         verify(access, &jwks(url).await);
+    }
+}
+
+/// Waits until `url` holds account `id` at `version`.
+async fn record_arrived(url: &str, id: &Value, version: &Value) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = call(
+            url,
+            "GET",
+            &format!("/v1/users/{}", id.as_str().unwrap()),
+            None,
+        )
+        .await;
+        if status == 200 && body["version"] == *version {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} never saw version {version}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The attack: a stolen refresh token outlives the password change that was meant to
+/// lock its thief out. Sessions opened in every region, one of them already rotated;
+/// the password changed in a third; every one of them must end everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_or_a_lock_ends_every_session_in_every_region() {
+    let cluster = Cluster::start();
+    cluster.warm_up().await;
+    let clients = cluster.clients();
+    let urls: Vec<String> = clients.iter().map(|c| c.url.clone()).collect();
+    let ada = json!(clients[0].create("ada@example.com", PW).await);
+    cluster.converged(4, Duration::from_secs(60)).await;
+    let mut sessions: Vec<Value> = Vec::new();
+    for url in &urls {
+        sessions.push(login(url).await["refresh_token"].clone());
+    }
+    let (status, rotated) = refresh(&urls[2], &sessions[2]).await;
+    assert_eq!(status, 200, "{rotated}");
+    sessions[2] = rotated["refresh_token"].clone();
+
+    let user = format!("/v1/users/{}", ada.as_str().unwrap());
+    let (status, body) = call(
+        &urls[1],
+        "PUT",
+        &format!("{user}/password"),
+        Some(json!({"password": "a brand new passphrase"})),
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    let version = call(&urls[1], "GET", &user, None).await.1["version"].clone();
+    for url in &urls {
+        record_arrived(url, &ada, &version).await;
+    }
+    // Each session presented in a region other than the one that opened it.
+    for (i, token) in sessions.iter().enumerate() {
+        let url = &urls[(i + 1) % urls.len()];
+        let (status, body) = refresh(url, token).await;
+        assert_eq!(
+            (status, &body["error"]),
+            (401, &json!("token_revoked")),
+            "session {i} at {url}: {body}"
+        );
+    }
+    // A login with the new password opens a session that works.
+    let (status, fresh) = call(
+        &urls[0],
+        "POST",
+        "/v1/login",
+        Some(json!({"login": "ada@example.com", "password": "a brand new passphrase"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{fresh}");
+    // (Once its family has reached us-east.)
+    entries_arrived(&urls, 1).await;
+    let (status, body) = refresh(&urls[2], &fresh["refresh_token"]).await;
+    assert_eq!(status, 200, "{body}");
+    let session = body["refresh_token"].clone();
+
+    // Locked and unlocked again: the session from before the lock stays ended.
+    for status_name in ["locked", "active"] {
+        let (status, body) = call(
+            &urls[0],
+            "PUT",
+            &format!("{user}/status"),
+            Some(json!({"status": status_name})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let version = call(&urls[0], "GET", &user, None).await.1["version"].clone();
+    record_arrived(&urls[2], &ada, &version).await;
+    let (status, body) = refresh(&urls[2], &session).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (401, &json!("token_revoked")),
+        "{body}"
+    );
+}
+
+/// The attack: a copied refresh token used in two regions within the replication lag
+/// (made long here by taking the broker away). Each region rotates it, as neither can
+/// know of the other; once they hear of each other, both branches are refused in
+/// every region, rather than one silently winning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_refresh_token_rotated_in_two_regions_at_once_is_revoked_everywhere() {
+    let mut cluster = Cluster::start();
+    cluster.warm_up().await;
+    let clients = cluster.clients();
+    let urls: Vec<String> = clients.iter().map(|c| c.url.clone()).collect();
+    clients[0].create("ada@example.com", PW).await;
+    cluster.converged(4, Duration::from_secs(60)).await;
+    let session = login(&urls[0]).await["refresh_token"].clone();
+    entries_arrived(&urls, 1).await;
+
+    assert!(cluster.broker.down(), "this test takes the broker away");
+    let (status, at_a) = refresh(&urls[0], &session).await;
+    assert_eq!(status, 200, "{at_a}");
+    let (status, at_b) = refresh(&urls[1], &session).await;
+    assert_eq!(status, 200, "{at_b}");
+    assert!(cluster.broker.up());
+    // Everything both regions wrote has arrived everywhere (a marker from each, behind
+    // its rotation on its region's partition).
+    entries_arrived(&urls, 2).await;
+    entries_arrived(&[urls[1].clone(), urls[0].clone(), urls[2].clone()], 3).await;
+
+    // Presented once each, in every region (a success would rotate and hide the fork).
+    // Refused as revoked, or as unknown where the branch that won there never held it.
+    for url in &urls {
+        for (name, issued) in [("af-south's", &at_a), ("eu-west's", &at_b)] {
+            let (status, body) = refresh(url, &issued["refresh_token"]).await;
+            assert!(
+                status == 401
+                    && (body["error"] == "token_revoked" || body["error"] == "invalid_token"),
+                "{name} rotation presented at {url}: {status} {body}"
+            );
+        }
     }
 }

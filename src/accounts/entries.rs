@@ -40,27 +40,79 @@ pub fn entry_version(entry: &proto::Entry) -> Version {
         .unwrap_or_else(Version::zero)
 }
 
-/// `winner` with the revocation `loser` carries and it lacks, for the kinds that have
-/// one (API keys, refresh token families); `None` when there is nothing to add.
-fn keep_revocation(kind: u32, winner: &[u8], loser: &[u8]) -> Option<Vec<u8>> {
+/// What merging a replicated entry with the stored one adds to the newer of the two.
+enum Merged {
+    /// The newer one's value carrying a revocation the older one had: stored at the
+    /// newer one's version. A revocation is never undone by a later change made before
+    /// it arrived, and of two revocations the earlier is kept, so every region ends
+    /// with the same value whatever order the changes came in.
+    Revocation(Vec<u8>),
+    /// A refresh token family rotated twice from one generation (two regions each took
+    /// the same token within the replication lag, so one holder had a copy): revoked
+    /// here, as a reuse seen in one region is, by a change of this region's own that
+    /// replicates.
+    Fork(Vec<u8>),
+}
+
+/// `winner` (the newer entry's value) merged with `loser`'s for the kinds where last
+/// writer wins alone would lose something; `None` when the winner stands as it is.
+fn merge(kind: u32, winner: &[u8], loser: &[u8], now_ms: u64) -> Option<Merged> {
     use prost::Message as _;
     if kind == EntryKind::ApiKey as u32 {
         let mut w = proto::ApiKey::decode(winner).ok()?;
         let l = proto::ApiKey::decode(loser).ok()?;
-        if w.revoked_at_ms == 0 && l.revoked_at_ms != 0 {
+        if l.revoked_at_ms != 0 && (w.revoked_at_ms == 0 || l.revoked_at_ms < w.revoked_at_ms) {
             w.revoked_at_ms = l.revoked_at_ms;
-            return Some(w.encode_to_vec());
+            return Some(Merged::Revocation(w.encode_to_vec()));
         }
     } else if kind == EntryKind::TokenFamily as u32 {
         let mut w = proto::TokenFamily::decode(winner).ok()?;
         let l = proto::TokenFamily::decode(loser).ok()?;
-        if w.revoked_ms == 0 && l.revoked_ms != 0 {
+        let earlier = |a: &proto::TokenFamily, b: &proto::TokenFamily| {
+            (a.revoked_ms, &a.revoked_reason) < (b.revoked_ms, &b.revoked_reason)
+        };
+        if l.revoked_ms != 0 && (w.revoked_ms == 0 || earlier(&l, &w)) {
             w.revoked_ms = l.revoked_ms;
             w.revoked_reason = l.revoked_reason;
-            return Some(w.encode_to_vec());
+            return Some(Merged::Revocation(w.encode_to_vec()));
+        }
+        if w.revoked_ms == 0 && l.revoked_ms == 0 && forked(&w, &l) {
+            w.revoked_ms = now_ms.max(1);
+            w.revoked_reason = "reused".into();
+            // The other branch's secret is known here too: presented, it is refused
+            // as revoked rather than unknown.
+            if !w.previous_hashes.contains(&l.current_hash) {
+                w.previous_hashes.push(l.current_hash);
+                let excess = w
+                    .previous_hashes
+                    .len()
+                    .saturating_sub(crate::accounts::bounds::MAX_FAMILY_HISTORY);
+                w.previous_hashes.drain(..excess);
+            }
+            return Some(Merged::Fork(w.encode_to_vec()));
         }
     }
     None
+}
+
+/// Whether two copies of one refresh token family went separate ways: the later
+/// generation's history does not hold the earlier one's current secret. Beyond the
+/// history a family keeps, nothing can be told, and nothing is assumed.
+fn forked(a: &proto::TokenFamily, b: &proto::TokenFamily) -> bool {
+    let (later, earlier) = if a.generation >= b.generation {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let back = (later.generation - earlier.generation) as usize;
+    if back == 0 {
+        return later.current_hash != earlier.current_hash;
+    }
+    later
+        .previous_hashes
+        .len()
+        .checked_sub(back)
+        .is_some_and(|i| later.previous_hashes[i] != earlier.current_hash)
 }
 
 fn lock_key(kind: u32, key: &[u8]) -> Vec<u8> {
@@ -214,8 +266,9 @@ impl Entries {
             return Err(ApplyError::Malformed("entry without a valid version"));
         }
         self.mac.verify(entry).map_err(|_| ApplyError::Integrity)?;
+        crate::accounts::bounds::entry(entry)?;
         let version = entry_version(entry);
-        self.hlc.observe(&version)?;
+        crate::accounts::bounds::observe(&self.hlc, &version)?;
         // Kinds this node does not know are kept as they are: a newer node may know.
         let written = {
             let lock = lock_key(entry.kind, &entry.key);
@@ -226,20 +279,43 @@ impl Entries {
             };
             let incoming_wins = stored.as_ref().is_none_or(|s| entry_version(s) < version);
             let (mut winner, loser) = match stored {
-                Some(s) if !incoming_wins => (s, entry.clone()),
-                other => (entry.clone(), other.unwrap_or_default()),
+                Some(s) if !incoming_wins => (s, Some(entry.clone())),
+                other => (entry.clone(), other),
             };
-            // A revocation is never undone by last-writer-wins: a change made in
-            // another region before it arrived keeps it.
-            match keep_revocation(entry.kind, &winner.value, &loser.value) {
-                Some(value) => {
+            // Last writer wins, except where that would undo a revocation or hide a
+            // refresh token taken in two regions at once.
+            let merged = loser.and_then(|loser| {
+                merge(
+                    entry.kind,
+                    &winner.value,
+                    &loser.value,
+                    self.hlc.physical_now(),
+                )
+            });
+            let mut outbox = false;
+            let changed = merged.is_some();
+            match merged {
+                Some(Merged::Revocation(value)) => winner.value = value,
+                Some(Merged::Fork(value)) => {
                     winner.value = value;
-                    self.mac.sign(&mut winner);
+                    winner.version = Some(
+                        self.hlc
+                            .tick_after(Some(&entry_version(&winner)))
+                            .to_proto(),
+                    );
+                    outbox = true;
+                    metrics::counter!(m::TOKEN_FAMILIES_FORKED_TOTAL).increment(1);
                 }
                 None if !incoming_wins => return Ok(Applied::Skipped),
                 None => {}
             }
-            self.store.commit_entry(&winner, false, sync)?;
+            if changed {
+                self.mac.sign(&mut winner);
+            }
+            self.store.commit_entry(&winner, outbox, sync || outbox)?;
+            if outbox {
+                self.outbox_signal.notify_one();
+            }
             winner
         };
         self.changed(&written);
@@ -288,6 +364,38 @@ mod tests {
         Entries::new(store, hlc, &[7; 32], Arc::new(tokio::sync::Notify::new()))
     }
 
+    fn api_key(name: &str) -> Vec<u8> {
+        use prost::Message as _;
+        proto::ApiKey {
+            name: name.into(),
+            scopes: vec!["read".into()],
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn now_ms() -> u64 {
+        use crate::common::hlc::TimeSource as _;
+        crate::common::hlc::SystemClock.now_ms()
+    }
+
+    /// A refresh token family as a node writes one: at `generation`, its current secret's
+    /// hash `current` (a byte, repeated) after `previous`.
+    fn family(generation: u32, current: u8, previous: &[u8], revoked_ms: u64) -> Vec<u8> {
+        use prost::Message as _;
+        proto::TokenFamily {
+            user_id: vec![1; 16],
+            generation,
+            current_hash: vec![current; 32],
+            previous_hashes: previous.iter().map(|h| vec![*h; 32]).collect(),
+            created_ms: now_ms(),
+            expires_ms: now_ms() + 86_400_000,
+            revoked_ms,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
     #[test]
     fn a_newer_entry_wins_an_older_or_forged_one_changes_nothing() {
         let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -300,8 +408,8 @@ mod tests {
             let seen = seen.clone();
             move |e| seen.lock().push(e.value.clone())
         });
-        let first = a.put(EntryKind::ApiKey, b"k", b"one".to_vec()).unwrap();
-        let second = a.put(EntryKind::ApiKey, b"k", b"two".to_vec()).unwrap();
+        let first = a.put(EntryKind::ApiKey, b"k", api_key("one")).unwrap();
+        let second = a.put(EntryKind::ApiKey, b"k", api_key("two")).unwrap();
         assert!(entry_version(&second) > entry_version(&first));
         // Out of order: the newer one stays.
         assert_eq!(b.apply(&second, true).unwrap(), Applied::Applied);
@@ -309,12 +417,12 @@ mod tests {
         assert_eq!(b.apply(&second, true).unwrap(), Applied::Skipped);
         assert_eq!(
             b.get(EntryKind::ApiKey, b"k").unwrap().unwrap().value,
-            b"two"
+            api_key("two")
         );
-        assert_eq!(*seen.lock(), vec![b"two".to_vec()]);
+        assert_eq!(*seen.lock(), vec![api_key("two")]);
         // Changed on the way (by someone without the index key): refused, nothing stored.
         let mut forged = second.clone();
-        forged.value = b"admin for everyone".to_vec();
+        forged.value = api_key("admin for everyone");
         forged.version.as_mut().unwrap().physical_ms += 1000;
         assert!(matches!(b.apply(&forged, true), Err(ApplyError::Integrity)));
         let mut unversioned = second.clone();
@@ -325,7 +433,7 @@ mod tests {
         ));
         assert_eq!(
             b.get(EntryKind::ApiKey, b"k").unwrap().unwrap().value,
-            b"two"
+            api_key("two")
         );
         assert_eq!(b.all(EntryKind::ApiKey).unwrap().len(), 1);
         assert_eq!(seen.lock().len(), 1);
@@ -339,19 +447,18 @@ mod tests {
             entries(da.path(), "af-south"),
             entries(db.path(), "eu-west"),
         );
-        let family = |generation: u32, revoked_ms: u64| {
-            proto::TokenFamily {
-                generation,
-                revoked_ms,
-                ..Default::default()
-            }
-            .encode_to_vec()
-        };
-        let created = a.put(EntryKind::TokenFamily, b"f", family(0, 0)).unwrap();
+        let created = a
+            .put(EntryKind::TokenFamily, b"f", family(0, 0, &[], 0))
+            .unwrap();
         b.apply(&created, true).unwrap();
         // af-south revokes; eu-west, not knowing yet, rotates: its change is newer.
-        let revoked = a.put(EntryKind::TokenFamily, b"f", family(0, 5)).unwrap();
-        let rotated = b.put(EntryKind::TokenFamily, b"f", family(1, 0)).unwrap();
+        let revoked_at = now_ms();
+        let revoked = a
+            .put(EntryKind::TokenFamily, b"f", family(0, 0, &[], revoked_at))
+            .unwrap();
+        let rotated = b
+            .put(EntryKind::TokenFamily, b"f", family(1, 1, &[0], 0))
+            .unwrap();
         assert!(entry_version(&rotated) > entry_version(&revoked));
         // Each side takes the other's change, in either order: both end revoked.
         assert_eq!(b.apply(&revoked, true).unwrap(), Applied::Applied);
@@ -359,10 +466,80 @@ mod tests {
         for side in [&a, &b] {
             let got = side.get(EntryKind::TokenFamily, b"f").unwrap().unwrap();
             let f = proto::TokenFamily::decode(got.value.as_slice()).unwrap();
-            assert_eq!(f.revoked_ms, 5);
+            assert_eq!(f.revoked_ms, revoked_at);
         }
         // Once both agree, delivering either again changes nothing.
         assert_eq!(b.apply(&revoked, true).unwrap(), Applied::Skipped);
         assert_eq!(a.apply(&rotated, true).unwrap(), Applied::Skipped);
+    }
+
+    /// The attack: one refresh token used in two regions within the replication lag.
+    /// Each region's rotation succeeds where it is made; once both have met, in either
+    /// order, the family is revoked everywhere, identically.
+    #[test]
+    fn two_rotations_of_one_generation_revoke_the_family_in_every_region() {
+        use prost::Message as _;
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let (a, b, c) = (
+            entries(dirs[0].path(), "af-south"),
+            entries(dirs[1].path(), "eu-west"),
+            entries(dirs[2].path(), "us-east"),
+        );
+        let created = a
+            .put(EntryKind::TokenFamily, b"f", family(0, 0, &[], 0))
+            .unwrap();
+        b.apply(&created, true).unwrap();
+        c.apply(&created, true).unwrap();
+        // A straight line of rotations is no fork, however late it arrives.
+        let first = a
+            .put(EntryKind::TokenFamily, b"f", family(1, 1, &[0], 0))
+            .unwrap();
+        assert!(!forked(
+            &proto::TokenFamily::decode(created.value.as_slice()).unwrap(),
+            &proto::TokenFamily::decode(first.value.as_slice()).unwrap()
+        ));
+        // Both regions rotate generation 1 before either hears of the other.
+        let at_a = a
+            .put(EntryKind::TokenFamily, b"f", family(2, 0xa, &[0, 1], 0))
+            .unwrap();
+        b.apply(&first, true).unwrap();
+        let at_b = b
+            .put(EntryKind::TokenFamily, b"f", family(2, 0xb, &[0, 1], 0))
+            .unwrap();
+        // A later rotation on one branch does not hide it.
+        let at_b_again = b
+            .put(
+                EntryKind::TokenFamily,
+                b"f",
+                family(3, 0xb2, &[0, 1, 0xb], 0),
+            )
+            .unwrap();
+        assert_eq!(a.apply(&at_b, true).unwrap(), Applied::Applied);
+        // (Newer than af-south's revocation, or not: either way it stays revoked.)
+        a.apply(&at_b_again, true).unwrap();
+        assert_eq!(b.apply(&at_a, true).unwrap(), Applied::Applied);
+        // A third region hears of them in the other order.
+        for e in [&at_b_again, &first, &at_a] {
+            c.apply(e, true).unwrap();
+        }
+        // Each region that found the fork revoked the family by a change of its own;
+        // those replicate too, and every region ends with the same entry.
+        let sides = [&a, &b, &c];
+        let current = |side: &Entries| side.get(EntryKind::TokenFamily, b"f").unwrap().unwrap();
+        let revocations: Vec<proto::Entry> = sides.iter().map(|s| current(s)).collect();
+        for (i, side) in sides.iter().enumerate() {
+            for (j, e) in revocations.iter().enumerate() {
+                if i != j {
+                    side.apply(e, true).unwrap();
+                }
+            }
+        }
+        let got: Vec<proto::Entry> = sides.iter().map(|s| current(s)).collect();
+        for e in &got {
+            let f = proto::TokenFamily::decode(e.value.as_slice()).unwrap();
+            assert_ne!(f.revoked_ms, 0, "{f:?}");
+            assert_eq!(f.revoked_reason, "reused");
+        }
+        assert!(got.windows(2).all(|w| w[0] == w[1]), "{got:?}");
     }
 }

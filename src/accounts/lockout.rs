@@ -2,8 +2,15 @@
 //!
 //! After [`FREE_FAILURES`] consecutive failed logins, each further attempt must wait
 //! 2^(n−5) s after the last failure, n being the failures so far, at most
-//! [`MAX_WAIT_MS`]. A good password resets the count, and so do [`IDLE_RESET_MS`]
-//! without failures. An attempt that comes too early is refused without hashing.
+//! [`MAX_WAIT_MS`]; after [`DAILY_CEILING`] failures, a day. A good password resets
+//! the count, and so does a day without failures ([`IDLE_RESET_MS`], longer than any
+//! wait, so waiting out the backoff never brings the free attempts back). An attempt
+//! that comes too early is refused without hashing.
+//!
+//! What that leaves an attacker who paces guesses at the allowed rate, against one
+//! account, all regions together: 5 at once, 10 more within 17 minutes, then one every
+//! 15 minutes up to [`DAILY_CEILING`] (50) failures about 9 hours in, then one a day.
+//! Measured by `a_paced_attacker_gets_at_most_the_daily_ceiling_per_day`.
 //!
 //! The count is kept as replicated [`crate::accounts::entries`], one per (subject, region). Each
 //! region writes only its own entry: its current streak of failures, and when it last
@@ -12,12 +19,19 @@
 //! that began after the latest good password anywhere, so an attacker gains nothing by
 //! switching regions (within the replication lag).
 //!
+//! Within a region, an attempt is checked and counted in one step
+//! ([`Lockout::begin`]): attempts whose password is still being verified count as
+//! failures to the attempts that come after them, so concurrent guesses cannot all pass
+//! the check before the first failure is written.
+//!
 //! The subject is the account's id, or, for a login that matches no account, the
 //! login's blind index. Unknown logins are counted and refused exactly like known
 //! ones, so the answers do not tell whether an account exists.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use prost::Message;
 
 use crate::accounts::entries::Entries;
@@ -26,15 +40,21 @@ use crate::proto::{self, EntryKind};
 
 /// Failures allowed before attempts have to wait.
 pub const FREE_FAILURES: u32 = 5;
-/// The longest wait between attempts: 15 minutes.
+/// The longest wait between attempts below the daily ceiling: 15 minutes.
 pub const MAX_WAIT_MS: u64 = 15 * 60 * 1000;
-/// Without a failure for this long, the count starts again.
-pub const IDLE_RESET_MS: u64 = 15 * 60 * 1000;
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+/// Failures after which every further attempt waits a day.
+pub const DAILY_CEILING: u32 = 50;
+/// Without a failure for this long, the count starts again: longer than any wait.
+pub const IDLE_RESET_MS: u64 = DAY_MS + 60 * 60 * 1000;
 
 /// How long the attempt after `failures` consecutive failures must wait after the last.
 pub fn wait_ms(failures: u32) -> u64 {
     if failures < FREE_FAILURES {
         return 0;
+    }
+    if failures >= DAILY_CEILING {
+        return DAY_MS;
     }
     let exp = failures - FREE_FAILURES;
     if exp >= 20 {
@@ -62,24 +82,85 @@ impl Standing {
             cleared_ms,
             ..Default::default()
         };
-        for e in entries {
-            if e.count > 0 && e.first_ms > cleared_ms && now_ms < e.last_ms + IDLE_RESET_MS {
-                s.failures = s.failures.saturating_add(e.count);
-                s.last_failure_ms = s.last_failure_ms.max(e.last_ms);
-            }
+        let counting = || {
+            entries
+                .iter()
+                .filter(move |e| e.count > 0 && e.first_ms > cleared_ms)
+        };
+        // The streak is idle only when it is idle everywhere: a region that stopped
+        // failing keeps its count while another goes on.
+        let last_ms = counting().map(|e| e.last_ms).max().unwrap_or(0);
+        if now_ms >= last_ms.saturating_add(IDLE_RESET_MS) {
+            return s;
         }
+        for e in counting() {
+            s.failures = s.failures.saturating_add(e.count);
+        }
+        s.last_failure_ms = last_ms;
         s
     }
 
     /// How long from `now_ms` until the next attempt may be made (0: now).
     pub fn retry_after_ms(&self, now_ms: u64) -> u64 {
-        (self.last_failure_ms + wait_ms(self.failures)).saturating_sub(now_ms)
+        self.last_failure_ms
+            .saturating_add(wait_ms(self.failures))
+            .saturating_sub(now_ms)
+    }
+
+    /// This standing with `pending` attempts, still being verified, counted as failures
+    /// made at `now_ms`.
+    fn with_pending(&self, pending: u32, now_ms: u64) -> Standing {
+        if pending == 0 {
+            return *self;
+        }
+        Standing {
+            failures: self.failures.saturating_add(pending),
+            last_failure_ms: self.last_failure_ms.max(now_ms),
+            cleared_ms: self.cleared_ms,
+        }
     }
 }
+
+/// Stripes of the in-flight attempts, so that logins to different accounts rarely
+/// wait for each other's check.
+const STRIPES: usize = 64;
+
+/// One stripe: subject → attempts of it in flight.
+type Stripe = Mutex<HashMap<Vec<u8>, u32>>;
 
 pub struct Lockout {
     entries: Arc<Entries>,
     region: String,
+    /// Subject → attempts between their check and their outcome, by stripe.
+    in_flight: Box<[Stripe]>,
+}
+
+/// A login attempt that passed the check ([`Lockout::begin`]); until it is dropped it
+/// counts as a failure to the attempts after it. Record its outcome with
+/// [`Lockout::failed`] or [`Lockout::succeeded`] before dropping it.
+pub struct Attempt<'a> {
+    lockout: &'a Lockout,
+    subject: Vec<u8>,
+    standing: Standing,
+}
+
+impl Attempt<'_> {
+    /// The standing the check read (the attempts in flight not counted).
+    pub fn standing(&self) -> &Standing {
+        &self.standing
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        let mut flying = self.lockout.stripe(&self.subject).lock();
+        if let Some(n) = flying.get_mut(&self.subject) {
+            *n -= 1;
+            if *n == 0 {
+                flying.remove(&self.subject);
+            }
+        }
+    }
 }
 
 /// The entry key of (subject, region): the subject's length first, so that subjects of
@@ -102,7 +183,39 @@ impl Lockout {
         Lockout {
             entries,
             region: region.to_string(),
+            in_flight: (0..STRIPES).map(|_| Mutex::default()).collect(),
         }
+    }
+
+    fn stripe(&self, subject: &[u8]) -> &Stripe {
+        let h = subject.iter().fold(0usize, |h, b| {
+            h.wrapping_mul(31).wrapping_add(usize::from(*b))
+        });
+        &self.in_flight[h % STRIPES]
+    }
+
+    /// Checks an attempt for `subject` at `now_ms` and, when it may go ahead, holds its
+    /// place: the attempts of this region still in flight count as failures, so of many
+    /// concurrent attempts only as many pass as the standing allows. Refused with
+    /// [`UserError::TooManyAttempts`] before any hashing.
+    pub fn begin(&self, subject: &[u8], now_ms: u64) -> Result<Attempt<'_>, UserError> {
+        let mut flying = self.stripe(subject).lock();
+        // Read under the stripe's lock: a failure is written before its attempt leaves
+        // the in-flight count, so every finished attempt is in one or the other.
+        let standing = self.standing_of(subject, now_ms)?;
+        let pending = flying.get(subject).copied().unwrap_or(0);
+        let retry_after_ms = standing
+            .with_pending(pending, now_ms)
+            .retry_after_ms(now_ms);
+        if retry_after_ms > 0 {
+            return Err(UserError::TooManyAttempts { retry_after_ms });
+        }
+        *flying.entry(subject.to_vec()).or_default() += 1;
+        Ok(Attempt {
+            lockout: self,
+            subject: subject.to_vec(),
+            standing,
+        })
     }
 
     /// Removes the entries of every subject whose entries all stopped counting: no
@@ -174,6 +287,8 @@ impl Lockout {
     pub fn failed(&self, subject: &[u8], now_ms: u64) -> Result<Standing, UserError> {
         let mut all = self.read(subject)?;
         let cleared_ms = all.iter().map(|(_, e)| e.cleared_ms).max().unwrap_or(0);
+        // Idle everywhere: every region's streak is over.
+        let idle = Self::standing(&all, now_ms).failures == 0;
         let own_key = key(subject, &self.region);
         let written = self
             .entries
@@ -181,13 +296,11 @@ impl Lockout {
                 let mut own = stored
                     .and_then(|e| proto::LoginFailures::decode(e.value.as_slice()).ok())
                     .unwrap_or_default();
-                let streak_over = own.count == 0
-                    || own.first_ms <= cleared_ms
-                    || now_ms >= own.last_ms + IDLE_RESET_MS;
+                let streak_over = own.count == 0 || own.first_ms <= cleared_ms || idle;
                 if streak_over {
                     own.count = 1;
                     // After the clear, even when the clock says otherwise.
-                    own.first_ms = now_ms.max(cleared_ms + 1);
+                    own.first_ms = now_ms.max(cleared_ms.saturating_add(1));
                 } else {
                     own.count = own.count.saturating_add(1);
                 }
@@ -246,7 +359,10 @@ mod tests {
         assert_eq!(wait_ms(10), 32_000);
         assert_eq!(wait_ms(14), 512_000);
         assert_eq!(wait_ms(15), MAX_WAIT_MS);
-        assert_eq!(wait_ms(u32::MAX), MAX_WAIT_MS);
+        assert_eq!(wait_ms(DAILY_CEILING - 1), MAX_WAIT_MS);
+        assert_eq!(wait_ms(DAILY_CEILING), DAY_MS);
+        assert_eq!(wait_ms(u32::MAX), DAY_MS);
+        const { assert!(IDLE_RESET_MS > DAY_MS, "waiting never resets the count") };
     }
 
     fn streak(count: u32, first_ms: u64, last_ms: u64) -> proto::LoginFailures {
@@ -278,16 +394,14 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(Standing::of(&[a, b, early_clear], now).failures, 3);
-        // Fifteen idle minutes: nothing counts.
+        // Idle past the reset: nothing counts.
         assert_eq!(Standing::of(&[a, b], now + IDLE_RESET_MS).failures, 0);
     }
 
-    #[test]
-    fn the_sweep_removes_subjects_idle_in_every_region_and_erased_accounts() {
-        let dir = tempfile::tempdir().unwrap();
+    fn lockouts(dir: &std::path::Path, regions: &[&str]) -> Vec<Lockout> {
         let store = Arc::new(
             crate::storage::store::Store::open(
-                dir.path(),
+                dir,
                 &crate::storage::store::StoreOptions::default(),
             )
             .unwrap(),
@@ -303,8 +417,47 @@ mod tests {
             &[1; 32],
             Arc::new(tokio::sync::Notify::new()),
         ));
-        let here = Lockout::new(entries.clone(), "af-south");
-        let there = Lockout::new(entries, "eu-west");
+        regions
+            .iter()
+            .map(|r| Lockout::new(entries.clone(), r))
+            .collect()
+    }
+
+    /// The attack: guesses paced at exactly the rate the lockout allows, for three days,
+    /// round-robin over three regions (which share one store here, as replication
+    /// would make them after the lag).
+    #[test]
+    fn a_paced_attacker_gets_at_most_the_daily_ceiling_per_day() {
+        let dir = tempfile::tempdir().unwrap();
+        let regions = lockouts(dir.path(), &["af-south", "eu-west", "us-east"]);
+        let start = 10_000_000_000u64;
+        let mut now = start;
+        let mut per_day = [0u32; 3];
+        let mut turn = 0;
+        while now < start + 3 * DAY_MS {
+            let region = &regions[turn % 3];
+            let attempt = region.begin(b"victim", now);
+            match attempt {
+                Ok(a) => {
+                    region.failed(b"victim", now).unwrap();
+                    drop(a);
+                    per_day[((now - start) / DAY_MS) as usize] += 1;
+                    turn += 1;
+                }
+                Err(UserError::TooManyAttempts { retry_after_ms }) => now += retry_after_ms,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        assert!(per_day[0] <= DAILY_CEILING, "{per_day:?}");
+        assert!(per_day[1] <= 2 && per_day[2] <= 2, "{per_day:?}");
+    }
+
+    #[test]
+    fn the_sweep_removes_subjects_idle_in_every_region_and_erased_accounts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut both = lockouts(dir.path(), &["af-south", "eu-west"]);
+        let there = both.pop().unwrap();
+        let here = both.pop().unwrap();
         let now = 10_000_000_000;
         let long_ago = now - IDLE_RESET_MS - 1;
         here.failed(b"idle", long_ago).unwrap();

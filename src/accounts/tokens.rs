@@ -22,10 +22,20 @@
 //! the secret itself is never stored or sent to Kafka.
 //! - A refresh rotates the token: a new generation with a new secret.
 //! - Presenting an earlier generation is reuse: a stolen token raced the real one. The
-//!   whole family is then revoked, in every region.
+//!   whole family is then revoked, in every region. The generation is told by the
+//!   secret: the number in the token is not trusted.
+//! - Two regions that each rotate the same generation within the replication lag
+//!   (one holder had a copy) both succeed at first; once either region holds both
+//!   rotations, the family is revoked, and so in every region
+//!   ([`crate::accounts::entries`] merges families rather than keeping the last writer).
 //! - A logout revokes the family.
 //! - A refresh for an account that is no longer active is refused, and revokes the
 //!   family too.
+//! - So is a refresh of a family issued before the account's credentials last changed
+//!   (a password change or reset, a status change, a merge into it: the record's
+//!   `credentials_changed_ms`, which the family copies at login). The record carries
+//!   the change to every region, so every session of the account ends everywhere once
+//!   it arrives; an erase ends them as an inactive account does.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -45,7 +55,7 @@ use crate::common::config::{invalid, Invalid};
 use crate::proto::{self, EntryKind};
 
 /// How many earlier secrets a family remembers, to tell reuse from a forgery.
-const PREVIOUS_KEPT: usize = 8;
+const PREVIOUS_KEPT: usize = crate::accounts::bounds::MAX_FAMILY_HISTORY;
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -322,7 +332,7 @@ impl Tokens {
         let mut keys: Vec<(String, proto::SigningKey)> = self
             .signing_keys()?
             .into_iter()
-            .filter(|(_, k)| k.retired_ms == 0 || now < k.retired_ms + ttl_ms)
+            .filter(|(_, k)| k.retired_ms == 0 || now < k.retired_ms.saturating_add(ttl_ms))
             .collect();
         keys.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(json!({"keys": keys.iter().map(|(kid, k)| json!({
@@ -367,8 +377,9 @@ impl Tokens {
         )
     }
 
-    /// Tokens for a user who just logged in: a new refresh family.
-    pub fn issue(&self, user: Uuid) -> Result<Issued, UserError> {
+    /// Tokens for a user who just logged in against credentials `credentials_ms` (the
+    /// record's `credentials_changed_ms` then): a new refresh family.
+    pub fn issue(&self, user: Uuid, credentials_ms: u64) -> Result<Issued, UserError> {
         let (access_token, expires_in) = self.access_token(&user)?;
         let family = random::<16>()?;
         let secret = random::<32>()?;
@@ -382,6 +393,7 @@ impl Tokens {
             expires_ms: now + self.config.refresh_ttl_s * 1000,
             revoked_ms: 0,
             revoked_reason: String::new(),
+            credentials_changed_ms: credentials_ms,
         };
         self.users
             .entries()
@@ -411,12 +423,12 @@ impl Tokens {
 
     /// Rotates a refresh token: new tokens, the presented one spent.
     pub fn refresh(&self, token: &str) -> Result<Issued, TokenError> {
-        let Some((family, generation, secret)) = parse_refresh(token) else {
+        let Some((family, _, secret)) = parse_refresh(token) else {
             return Err(TokenError::Refused(Refused::Invalid));
         };
         let hash = sha256(&secret);
         let now = self.now_ms();
-        let mut outcome: Result<(Uuid, [u8; 32], u32), Refused> = Err(Refused::Invalid);
+        let mut outcome: Result<(Uuid, [u8; 32], u32, u64), Refused> = Err(Refused::Invalid);
         self.users
             .entries()
             .update(EntryKind::TokenFamily, &family, |stored| {
@@ -438,13 +450,15 @@ impl Tokens {
                     outcome = Err(Refused::Expired);
                     return None;
                 }
-                if earlier && generation < f.generation {
+                // Which generation the token is comes from its secret, not from the
+                // number written in it, which its holder can change.
+                if earlier {
                     outcome = Err(Refused::Reused);
                     f.revoked_ms = now;
                     f.revoked_reason = "reused".into();
                     return Some(f.encode_to_vec());
                 }
-                if !(current && generation == f.generation) {
+                if !current {
                     return None;
                 }
                 let Ok(user) = Uuid::from_slice(&f.user_id) else {
@@ -458,14 +472,21 @@ impl Tokens {
                     f.previous_hashes.remove(0);
                 }
                 f.current_hash = sha256(&next);
-                f.generation += 1;
-                outcome = Ok((user, next, f.generation));
+                f.generation = f.generation.saturating_add(1);
+                outcome = Ok((user, next, f.generation, f.credentials_changed_ms));
                 Some(f.encode_to_vec())
             })?;
-        let (user, next, generation) = outcome.map_err(TokenError::Refused)?;
-        if !self.users.is_active(&user)? {
-            self.revoke_family(&family, "account_inactive")?;
-            return Err(TokenError::Refused(Refused::AccountInactive));
+        let (user, next, generation, issued_against) = outcome.map_err(TokenError::Refused)?;
+        match self.users.active_credentials(&user)? {
+            None => {
+                self.revoke_family(&family, "account_inactive")?;
+                return Err(TokenError::Refused(Refused::AccountInactive));
+            }
+            Some(now_held) if now_held != issued_against => {
+                self.revoke_family(&family, "credentials_changed")?;
+                return Err(TokenError::Refused(Refused::Revoked));
+            }
+            Some(_) => {}
         }
         let (access_token, expires_in) = self.access_token(&user)?;
         Ok(Issued {
@@ -554,10 +575,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_sweep_removes_expired_families_and_those_of_erased_accounts_only() {
+    /// Users and tokens of one region on a clock the test moves.
+    fn region(dir: &std::path::Path) -> (Arc<Users>, Tokens, Arc<std::sync::atomic::AtomicU64>) {
         use crate::common::hlc::TimeSource as _;
-        let dir = tempfile::tempdir().unwrap();
         let keyring = crate::crypto::keyring::init(&["af-south".to_string()])
             .unwrap()
             .remove(0);
@@ -570,7 +590,7 @@ mod tests {
         )
         .unwrap();
         let users = Arc::new(Users::new(
-            Arc::new(crate::storage::store::Store::open(dir.path(), &Default::default()).unwrap()),
+            Arc::new(crate::storage::store::Store::open(dir, &Default::default()).unwrap()),
             keyring,
             passwords,
             Arc::new(crate::common::hlc::Hlc::new(
@@ -582,6 +602,43 @@ mod tests {
         ));
         let tokens = Tokens::new(users.clone(), TokenConfig::default());
         tokens.ensure_signing_key().unwrap();
+        (users, tokens, now)
+    }
+
+    /// The attack: a thief holding a spent refresh token writes the current generation
+    /// into it, so that it no longer looks like an earlier one.
+    #[test]
+    fn a_spent_token_with_its_generation_rewritten_is_still_caught_as_reuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let (users, tokens, _) = region(dir.path());
+        let body =
+            serde_json::json!({"email": "ada@example.com", "password": "correct horse battery"});
+        let (id, _) = users
+            .create(crate::accounts::input::new_user(&body, 8).unwrap())
+            .unwrap();
+        let stolen = tokens.issue(id, 0).unwrap().refresh_token;
+        let rotated = tokens.refresh(&stolen).unwrap().refresh_token;
+        let (family, generation, secret) = parse_refresh(&stolen).unwrap();
+        assert_eq!(parse_refresh(&rotated).unwrap().1, generation + 1);
+        let rewritten = Tokens::refresh_token(&family, generation + 1, &secret);
+        assert!(
+            matches!(
+                tokens.refresh(&rewritten),
+                Err(TokenError::Refused(Refused::Reused))
+            ),
+            "a spent secret is reuse whatever generation it claims"
+        );
+        // And the family is gone for the holder of the real token too.
+        assert!(matches!(
+            tokens.refresh(&rotated),
+            Err(TokenError::Refused(Refused::Revoked))
+        ));
+    }
+
+    #[test]
+    fn the_sweep_removes_expired_families_and_those_of_erased_accounts_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (users, tokens, now) = region(dir.path());
         let account = |email: &str| {
             let body = serde_json::json!({"email": email, "password": "correct horse battery"});
             users
@@ -590,10 +647,10 @@ mod tests {
                 .0
         };
         let (kept, erased) = (account("kept@example.com"), account("erased@example.com"));
-        let live = tokens.issue(kept).unwrap();
-        let revoked = tokens.issue(kept).unwrap();
+        let live = tokens.issue(kept, 0).unwrap();
+        let revoked = tokens.issue(kept, 0).unwrap();
         tokens.logout(&revoked.refresh_token).unwrap();
-        tokens.issue(erased).unwrap();
+        tokens.issue(erased, 0).unwrap();
         let families = || users.entries().all(EntryKind::TokenFamily).unwrap().len();
         assert_eq!(
             (tokens.sweep().unwrap(), families()),

@@ -17,6 +17,16 @@ pub struct HttpConfig {
     pub max_import_items: usize,
     /// Serve HTTPS with this certificate and key. Default: plain HTTP.
     pub tls: Option<crate::common::tls::TlsFiles>,
+    /// Connections served at once; more wait in the listen backlog. Default 4096.
+    pub max_connections: usize,
+    /// How long a client has to send a request's headers, on a new or a kept-alive
+    /// connection, before it is closed. Default 10000 ms.
+    pub header_read_timeout_ms: u64,
+    /// Longest a request may take before it is answered 503. Default 30000 ms.
+    pub request_timeout_ms: u64,
+    /// Password hashes (logins, creates, password changes, imports) in flight at once;
+    /// more are answered 503 with Retry-After. Default 64.
+    pub max_hashing_in_flight: usize,
 }
 
 impl Default for HttpConfig {
@@ -26,6 +36,10 @@ impl Default for HttpConfig {
             max_body_bytes: 64 * 1024,
             max_import_items: 1000,
             tls: None,
+            max_connections: 4096,
+            header_read_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
+            max_hashing_in_flight: 64,
         }
     }
 }
@@ -51,6 +65,36 @@ impl HttpConfig {
                 "http.max_import_items",
                 "must be between 1 and 100000",
             ));
+        }
+        let bounds: [(&str, u64, std::ops::RangeInclusive<u64>); 4] = [
+            (
+                "http.max_connections",
+                self.max_connections as u64,
+                1..=1_000_000,
+            ),
+            (
+                "http.header_read_timeout_ms",
+                self.header_read_timeout_ms,
+                100..=300_000,
+            ),
+            (
+                "http.request_timeout_ms",
+                self.request_timeout_ms,
+                100..=600_000,
+            ),
+            (
+                "http.max_hashing_in_flight",
+                self.max_hashing_in_flight as u64,
+                1..=100_000,
+            ),
+        ];
+        for (key, value, range) in bounds {
+            if !range.contains(&value) {
+                return Err(invalid(
+                    key,
+                    format!("must be between {} and {}", range.start(), range.end()),
+                ));
+            }
         }
         if let Some(tls) = &self.tls {
             if tls.reload_interval_ms < 1000 {

@@ -4,8 +4,8 @@
 //! each, and the few success statuses other than 200 are the functions at the end.
 //!
 //! Every error answers `{error, details: [{field, problem}]}` (plus `retry_after_s`
-//! where there is a wait), with `Retry-After` on a 429 and `WWW-Authenticate` on a
-//! missing or bad API key.
+//! where there is a wait), with `Retry-After` on a 429 or 503 and `WWW-Authenticate`
+//! on a missing or bad API key.
 
 use axum::extract::rejection::BytesRejection;
 use axum::http::{header, StatusCode};
@@ -25,7 +25,7 @@ pub struct ApiError {
     code: &'static str,
     details: Vec<Problem>,
     /// When to try again, in seconds: `retry_after_s` in the body, and a `Retry-After`
-    /// header on a 429.
+    /// header on a 429 or 503.
     retry_after_s: Option<u64>,
 }
 
@@ -138,6 +138,34 @@ impl ApiError {
         .retry_after_ms(ms)
     }
 
+    /// 503 `overloaded`: this node already has as much password hashing in flight as
+    /// it takes (`http.max_hashing_in_flight`); retry in a second.
+    pub fn overloaded() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            vec![Problem::new(
+                "request",
+                "this node is busy with other logins: retry in 1 s",
+            )],
+        )
+        .retry_after_ms(1000)
+    }
+
+    /// 503 `request_timeout`: the request took longer than `http.request_timeout_ms`
+    /// here; whatever it changed is committed or not, as a retry will find.
+    pub fn timed_out(limit_ms: u64) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request_timeout",
+            vec![Problem::new(
+                "request",
+                format!("not answered within {limit_ms} ms: retry in 1 s"),
+            )],
+        )
+        .retry_after_ms(1000)
+    }
+
     /// 500 `internal`: what failed is logged, never told.
     pub fn internal() -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", vec![])
@@ -151,7 +179,9 @@ impl IntoResponse for ApiError {
             body["retry_after_s"] = json!(s);
         }
         let mut resp = (self.status, Json(body)).into_response();
-        if let (Some(s), StatusCode::TOO_MANY_REQUESTS) = (self.retry_after_s, self.status) {
+        if let (Some(s), StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) =
+            (self.retry_after_s, self.status)
+        {
             if let Ok(v) = header::HeaderValue::from_str(&s.to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
             }

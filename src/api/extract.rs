@@ -1,10 +1,14 @@
 //! What handlers take from a request, checked: a JSON body ([`JsonBody`]), an id, a
-//! query string; and [`blocking`], which runs their store work off the async workers.
+//! query string; and [`blocking`], which runs their store work off the async workers
+//! ([`hashing`] for password work, bounded).
+
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::header;
 use serde_json::Value;
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::accounts::error::Problem;
@@ -58,6 +62,30 @@ where
             Err(ApiError::internal())
         }
     }
+}
+
+/// [`blocking`] for password hashing (logins, creates, password changes, imports), in
+/// one of the node's `http.max_hashing_in_flight` places: past them, refused at once
+/// with [`ApiError::overloaded`], so a flood of logins waits in no thread and leaves
+/// the blocking pool to replication and reads. The place is held until `f` returns,
+/// even when the caller has gone.
+pub async fn hashing<T, E>(
+    places: &Arc<Semaphore>,
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    E: Into<ApiError> + Send + 'static,
+{
+    let Ok(place) = places.clone().try_acquire_owned() else {
+        metrics::counter!(crate::common::metrics::OVERLOADED_TOTAL).increment(1);
+        return Err(ApiError::overloaded());
+    };
+    blocking(move || {
+        let _place = place;
+        f()
+    })
+    .await
 }
 
 pub fn parse_id(raw: &str) -> Result<Uuid, ApiError> {

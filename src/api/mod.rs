@@ -105,6 +105,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(internal)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::deadline,
+        ))
         .layer(axum::middleware::from_fn(middleware::track))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)

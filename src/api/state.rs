@@ -27,9 +27,14 @@ pub struct AppState {
     pub tokens: Arc<Tokens>,
     /// Per-address limit on logins and lookups; `None` when off.
     pub rate_limit: Option<Arc<RateLimiter>>,
-    /// The header naming the end user's address, when the callers set one.
-    pub client_ip_header: Option<axum::http::HeaderName>,
+    /// The header naming the end user's address, when the callers set one, and how many
+    /// trusted proxies append to it.
+    pub client_ip_header: Option<(axum::http::HeaderName, usize)>,
     /// Checks signed requests; `None` when no client signs.
     pub signatures: Option<Arc<Verifier>>,
     pub max_body_bytes: usize,
+    /// Places for password hashing in flight ([`crate::api::extract::hashing`]).
+    pub hashing: Arc<tokio::sync::Semaphore>,
+    /// Longest a request may take before it is answered 503 (`http.request_timeout_ms`).
+    pub request_timeout: std::time::Duration,
 }

@@ -45,9 +45,13 @@ pub const RETRY_PARKED_TOTAL: &str = "authsync_retry_parked_total";
 pub const RETRIES_TOTAL: &str = "authsync_retries_total";
 pub const DEAD_LETTERS_TOTAL: &str = "authsync_dead_letters_total";
 pub const DEAD_LETTERS: &str = "authsync_dead_letters";
+pub const DEAD_LETTERS_DROPPED_TOTAL: &str = "authsync_dead_letters_dropped_total";
 pub const KEY_RECOVERIES_TOTAL: &str = "authsync_key_recoveries_total";
 pub const USER_KEYS_REWRAPPED_TOTAL: &str = "authsync_user_keys_rewrapped_total";
 pub const ENTRIES_SWEPT_TOTAL: &str = "authsync_entries_swept_total";
+pub const MASTER_KEY_WRAPS: &str = "authsync_master_key_wraps";
+pub const OVERLOADED_TOTAL: &str = "authsync_http_overloaded_total";
+pub const TOKEN_FAMILIES_FORKED_TOTAL: &str = "authsync_token_families_forked_total";
 pub const ANTI_ENTROPY_ROUNDS_TOTAL: &str = "authsync_anti_entropy_rounds_total";
 pub const ANTI_ENTROPY_REPAIRED_TOTAL: &str = "authsync_anti_entropy_repaired_total";
 pub const ANTI_ENTROPY_REFUSED_TOTAL: &str = "authsync_anti_entropy_refused_total";
@@ -179,6 +183,26 @@ fn describe() {
         REWRAPPED_RECORDS_TOTAL,
         Unit::Count,
         "Records whose data key was re-wrapped under current master keys."
+    );
+    describe_counter!(
+        TOKEN_FAMILIES_FORKED_TOTAL,
+        Unit::Count,
+        "Refresh token families revoked here because two regions each rotated the same generation."
+    );
+    describe_counter!(
+        OVERLOADED_TOTAL,
+        Unit::Count,
+        "Requests refused with 503 because http.max_hashing_in_flight password hashes were already in flight."
+    );
+    describe_counter!(
+        DEAD_LETTERS_DROPPED_TOTAL,
+        Unit::Count,
+        "Oldest dead letters dropped to keep within retry.max_dead_letters and retry.max_dead_bytes."
+    );
+    describe_gauge!(
+        MASTER_KEY_WRAPS,
+        Unit::Count,
+        "Keys this node has wrapped under each master key (label key: region/version), persisted: AES-GCM allows 2^32 per key across every region."
     );
     describe_gauge!(NODE_UP, Unit::Count, "1 while the node serves requests.");
     describe_counter!(
@@ -428,6 +452,9 @@ pub fn zero_series(sources: &[String], compared: &[String]) {
     for kind in ["login_failures", "token_family"] {
         counter!(ENTRIES_SWEPT_TOTAL, "kind" => kind).absolute(0);
     }
+    counter!(TOKEN_FAMILIES_FORKED_TOTAL).absolute(0);
+    counter!(OVERLOADED_TOTAL).absolute(0);
+    counter!(DEAD_LETTERS_DROPPED_TOTAL).absolute(0);
     for outcome in ["loaded", "failed"] {
         counter!(TLS_RELOADS_TOTAL, "outcome" => outcome).absolute(0);
     }

@@ -1,6 +1,6 @@
 //! Layer 0, common: what every layer above shares and nothing here depends on: the
-//! hybrid logical clock and record versions, metric names, fault switches, TLS,
-//! region names, config problems and the job schedule.
+//! hybrid logical clock and record versions, metric names, fault switches, the HTTP
+//! listeners and TLS, region names, config problems and the job schedule.
 //! It may use only `proto` and outside crates.
 
 pub mod config;
@@ -9,4 +9,5 @@ pub mod hlc;
 pub mod metrics;
 pub mod region;
 pub mod schedule;
+pub mod serve;
 pub mod tls;

@@ -7,24 +7,20 @@
 //! restart; a renewal that does not load is logged and the previous certificate stays.
 //! Only TLS 1.2 and 1.3 with rustls' safe default suites are offered.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use axum::extract::ConnectInfo;
 use parking_lot::RwLock;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
 /// How long a client may take over its TLS handshake before the connection is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `[http.tls]`: serve HTTPS with this certificate chain and key.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -205,76 +201,11 @@ impl Acceptor {
     }
 }
 
-/// Serves `app` over TLS on `listener` until `shutdown` completes, then lets open
-/// connections finish their requests, as `axum::serve(..).with_graceful_shutdown`
-/// does. Handlers see the client's address as `ConnectInfo<SocketAddr>`.
-pub async fn serve(
-    listener: TcpListener,
-    acceptor: Acceptor,
-    app: axum::Router,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    let Acceptor {
-        acceptor,
-        current,
-        files,
-    } = acceptor;
-    let stop = CancellationToken::new();
-    let _stop_reloads = stop.clone().drop_guard();
-    tokio::spawn(Acceptor::reload(current, files, stop));
-    tokio::pin!(shutdown);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder =
-        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of descriptors or a connection reset before accept: keep
-                    // serving, without spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let acceptor = acceptor.clone();
-        let builder = builder.clone();
-        let app = app.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    metrics::counter!(crate::common::metrics::TLS_HANDSHAKE_FAILURES_TOTAL)
-                        .increment(1);
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    metrics::counter!(crate::common::metrics::TLS_HANDSHAKE_FAILURES_TOTAL)
-                        .increment(1);
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
-                let mut request = request.map(axum::body::Body::new);
-                request
-                    .extensions_mut()
-                    .insert(ConnectInfo::<SocketAddr>(peer));
-                app.clone().oneshot(request)
-            });
-            let connection = builder
-                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
-                .into_owned();
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(%peer, error = %e, "HTTPS connection ended with an error");
-            }
-        });
+impl Acceptor {
+    /// Starts re-reading the certificate files until `stop`, and returns what
+    /// handshakes the connections.
+    pub(crate) fn start(self, stop: CancellationToken) -> tokio_rustls::TlsAcceptor {
+        tokio::spawn(Acceptor::reload(self.current, self.files, stop));
+        self.acceptor
     }
-    drop(listener);
-    graceful.shutdown().await;
 }

@@ -162,7 +162,12 @@ fn wrap_all(
         let master = keyring
             .active_key(region)
             .ok_or_else(|| CryptoError::NoWrappingKey(region.clone()))?;
-        out.push(gcm_wrap(master, &aad(region, &master.key_id()), key)?);
+        out.push(gcm_wrap(
+            master,
+            &aad(region, &master.key_id()),
+            key,
+            crate::crypto::wraps::share(keyring.regions().count()),
+        )?);
     }
     Ok(out)
 }
@@ -184,12 +189,15 @@ fn unwrap_own_of(
     gcm_unwrap(master, &aad(owner, &wrapped.key_id), wrapped)
 }
 
-/// `key` wrapped (AES-256-GCM, random nonce) under `master`, bound to `aad`.
+/// `key` wrapped (AES-256-GCM, random nonce) under `master`, bound to `aad`; counted,
+/// and refused once `master` has made `limit` wraps here ([`crate::crypto::wraps`]).
 fn gcm_wrap(
     master: &crate::crypto::keyring::MasterKey,
     aad: &[u8],
     key: &[u8; 32],
+    limit: u64,
 ) -> Result<proto::WrappedKey, CryptoError> {
+    crate::crypto::wraps::count(&master.key_id(), limit)?;
     let nonce = random::<NONCE_LEN>()?;
     let mut buf = key.to_vec();
     gcm_key(&master.key)
@@ -556,6 +564,7 @@ pub fn seal_secret(
         master,
         &secret_aad(purpose, owner, &master.key_id()),
         secret,
+        crate::crypto::wraps::share(keyring.regions().count()),
     )
 }
 

@@ -512,22 +512,37 @@ fn check_permissions(path: &Path) -> Result<(), KeyError> {
 }
 
 /// Writes a file readable only by its owner, through a temporary file and a rename so
-/// a reader never sees half a keyring.
+/// a reader never sees half a keyring. The temporary file has a random name and is
+/// created new (`O_EXCL`), never through a symlink (`O_NOFOLLOW`): nobody who can write
+/// to the directory can make it write the keys elsewhere or read them as they go.
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    {
+    let suffix: [u8; 8] = crate::crypto::primitives::random()
+        .map_err(|_| std::io::Error::other("no randomness for a temporary name"))?;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.tmp", hex::encode(suffix)));
+    let tmp = path.with_file_name(name);
+    let written = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path)
+    written?;
+    // The rename itself made durable.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -592,6 +607,31 @@ mod tests {
             rings[0].own_key(1).unwrap().key.as_ref(),
             rings[1].own_key(1).unwrap().key.as_ref()
         );
+    }
+
+    /// The attack: someone who can write to the keyring's directory plants a symlink
+    /// where the temporary file used to go, to have the keys written to a file of
+    /// theirs.
+    #[test]
+    fn a_keyring_write_never_follows_a_planted_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        let theirs = dir.path().join("theirs");
+        std::fs::write(&theirs, b"untouched").unwrap();
+        std::os::unix::fs::symlink(&theirs, path.with_extension("tmp")).unwrap();
+        write_private(&path, b"secret keys").unwrap();
+        assert_eq!(std::fs::read(&theirs).unwrap(), b"untouched");
+        assert_eq!(std::fs::read(&path).unwrap(), b"secret keys");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // No temporary file is left beside it.
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.contains(".tmp") && n != "keyring.tmp")
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use md5::Digest as _;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use std::num::NonZeroU32;
+use std::time::Duration;
 use zeroize::Zeroizing;
 
 use crate::common::config::{invalid, Invalid};
@@ -84,6 +85,7 @@ impl HashGate {
     }
 
     /// Runs `f` in a free slot, with that slot's Argon2 memory (`ARGON2_M_KIB` blocks).
+    /// The time waited and the time spent are added to this thread's [`spent`].
     fn run<T>(&self, f: impl FnOnce(&mut [Block]) -> T) -> T {
         let asked = std::time::Instant::now();
         {
@@ -94,8 +96,6 @@ impl HashGate {
             *free -= 1;
         }
         let started = std::time::Instant::now();
-        metrics::histogram!(crate::common::metrics::PASSWORD_HASH_WAIT_SECONDS)
-            .record(started.duration_since(asked).as_secs_f64());
         struct Release<'a>(&'a HashGate, Vec<Block>);
         impl Drop for Release<'_> {
             fn drop(&mut self) {
@@ -112,10 +112,62 @@ impl HashGate {
             .unwrap_or_else(|| vec![Block::default(); ARGON2_M_KIB as usize]);
         let mut slot = Release(self, memory);
         let out = f(&mut slot.1);
-        metrics::histogram!(crate::common::metrics::PASSWORD_HASH_SECONDS)
-            .record(started.elapsed().as_secs_f64());
+        SPENT.with(|spent| {
+            let mut now = spent.get();
+            now.waited += started.duration_since(asked);
+            now.hashed += started.elapsed();
+            now.hashes += 1;
+            spent.set(now);
+        });
         out
     }
+}
+
+/// Password work done by one thread so far ([`spent`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spent {
+    /// Waiting for a hashing slot.
+    pub waited: Duration,
+    /// Hashing.
+    pub hashed: Duration,
+    /// Hashes and verifications.
+    pub hashes: u64,
+}
+
+impl std::ops::Sub for Spent {
+    type Output = Spent;
+    fn sub(self, earlier: Spent) -> Spent {
+        Spent {
+            waited: self.waited.saturating_sub(earlier.waited),
+            hashed: self.hashed.saturating_sub(earlier.hashed),
+            hashes: self.hashes.saturating_sub(earlier.hashes),
+        }
+    }
+}
+
+thread_local! {
+    static SPENT: std::cell::Cell<Spent> = const {
+        std::cell::Cell::new(Spent {
+            waited: Duration::ZERO,
+            hashed: Duration::ZERO,
+            hashes: 0,
+        })
+    };
+}
+
+/// What this thread has spent on password work so far. Callers take the difference
+/// around a piece of work, so that one login is measured and reported as one, however
+/// many hashes it verified.
+pub fn spent() -> Spent {
+    SPENT.with(|s| s.get())
+}
+
+/// Records one piece of password work in the hash metrics: one sample of waiting and
+/// one of hashing.
+pub fn record_spent(waited: Duration, hashed: Duration) {
+    metrics::histogram!(crate::common::metrics::PASSWORD_HASH_WAIT_SECONDS)
+        .record(waited.as_secs_f64());
+    metrics::histogram!(crate::common::metrics::PASSWORD_HASH_SECONDS).record(hashed.as_secs_f64());
 }
 
 impl Passwords {
@@ -157,9 +209,14 @@ impl Passwords {
         self.gate.run(|_| f())
     }
 
-    /// A PHC string for `password` with the configured algorithm.
+    /// A PHC string for `password` with the configured algorithm, recorded in the
+    /// hash metrics.
     pub fn hash(&self, password: &str) -> Result<String, PasswordError> {
-        self.gate.run(|memory| self.hash_now(password, memory))
+        let before = spent();
+        let out = self.gate.run(|memory| self.hash_now(password, memory));
+        let this = spent() - before;
+        record_spent(this.waited, this.hashed);
+        out
     }
 
     fn hash_now(&self, password: &str, memory: &mut [Block]) -> Result<String, PasswordError> {

@@ -23,6 +23,10 @@ pub enum CryptoError {
     NoWrappingKey(String),
     #[error("system random number generator failed")]
     Random,
+    /// This master key has made as many wraps here as its share of AES-GCM's bound
+    /// allows (`crate::crypto::wraps`): rotate it.
+    #[error("master key {0} has made its share of 2^32 wraps: rotate it (authsync keys rotate)")]
+    KeyWornOut(String),
 }
 
 /// SHA-256 of `bytes` (API keys and refresh token secrets are stored only as this).

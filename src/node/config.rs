@@ -117,6 +117,9 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     pub max_body_bytes: usize,
     pub max_import_items: usize,
+    pub serve_limits: crate::common::serve::Limits,
+    pub request_timeout: std::time::Duration,
+    pub max_hashing_in_flight: usize,
     /// (name, SHA-256 of the key).
     pub api_keys: Vec<(String, [u8; 32], Scopes)>,
     pub storage: StorageConfig,
@@ -190,6 +193,14 @@ impl RawConfig {
             data_dir: self.data_dir,
             keyring: self.keyring,
             listen,
+            serve_limits: crate::common::serve::Limits {
+                max_connections: self.http.max_connections,
+                header_read_timeout: std::time::Duration::from_millis(
+                    self.http.header_read_timeout_ms,
+                ),
+            },
+            request_timeout: std::time::Duration::from_millis(self.http.request_timeout_ms),
+            max_hashing_in_flight: self.http.max_hashing_in_flight,
             tls: self.http.tls,
             max_body_bytes: self.http.max_body_bytes,
             max_import_items: self.http.max_import_items,

@@ -97,6 +97,8 @@ impl Node {
                     max_backoff_ms: config.retry.backoff_max_ms,
                     max_entries: config.retry.max_entries,
                     max_bytes: config.retry.max_bytes,
+                    max_dead_letters: config.retry.max_dead_letters,
+                    max_dead_bytes: config.retry.max_dead_bytes,
                 },
             )
             .context("open retry queue")?,
@@ -141,7 +143,10 @@ impl Node {
                 .rate_limit
                 .client_ip_header
                 .as_deref()
-                .and_then(|h| axum::http::HeaderName::from_bytes(h.as_bytes()).ok()),
+                .and_then(|h| axum::http::HeaderName::from_bytes(h.as_bytes()).ok())
+                .map(|h| (h, config.rate_limit.trusted_hops)),
+            hashing: Arc::new(tokio::sync::Semaphore::new(config.max_hashing_in_flight)),
+            request_timeout: config.request_timeout,
         };
         if config.faults.enabled {
             tracing::warn!("fault injection is enabled: /v1/admin/faults can break this node");
@@ -165,24 +170,8 @@ impl Node {
                 .as_ref()
                 .map(crate::common::tls::Acceptor::new)
                 .transpose()?;
-            async move {
-                match tls {
-                    Some(acceptor) => {
-                        crate::common::tls::serve(listener, acceptor, app, stopping).await
-                    }
-                    None => {
-                        let served = axum::serve(
-                            listener,
-                            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-                        )
-                        .with_graceful_shutdown(stopping)
-                        .await;
-                        if let Err(e) = served {
-                            tracing::error!(error = %e, "HTTP server stopped");
-                        }
-                    }
-                }
-            }
+            let limits = config.serve_limits;
+            crate::common::serve::serve(listener, tls, app, limits, stopping)
         });
         let sources: Vec<String> = config
             .replication
@@ -195,6 +184,9 @@ impl Node {
             .map(|(r, _)| r.clone())
             .collect();
         m::zero_series(&sources, &compared);
+        if let Err(e) = users.persist_wrap_counts() {
+            tracing::warn!(error = %e, "persist the master key wrap counts");
+        }
         tracker.spawn(metrics_upkeep(
             metrics,
             users.clone(),
@@ -297,6 +289,9 @@ async fn metrics_upkeep(
         handle.run_upkeep();
         m::record_process();
         users.store().record_health();
+        if let Err(e) = users.persist_wrap_counts() {
+            tracing::warn!(error = %e, "persist the master key wrap counts");
+        }
     }
 }
 

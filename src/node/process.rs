@@ -9,10 +9,52 @@ use tokio_util::sync::CancellationToken;
 use crate::node::config::RawConfig;
 use crate::node::Node;
 
+/// Turns core dumps off for this process: a node's memory holds master keys, the
+/// pepper and passwords being checked, and a core file would put them on disk.
+pub fn no_core_dumps() {
+    let none = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit reads the struct it is given and changes only this process's
+    // limit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &none) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "could not turn core dumps off");
+    }
+}
+
+/// Warns when a file holding a secret can be read by users other than its owner.
+fn warn_if_readable(path: &Path, what: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{mode:o}"),
+                "{what} can be read by other users: chmod 600 it"
+            );
+        }
+    }
+}
+
 /// Runs one region's node from its config file until SIGTERM or Ctrl-C, printing one
 /// machine-readable line once it listens.
 pub async fn run_node(config: &Path) -> anyhow::Result<()> {
-    let config = RawConfig::load(config)?.validate()?;
+    no_core_dumps();
+    let raw = RawConfig::load(config)?;
+    if raw
+        .request_signing
+        .clients
+        .iter()
+        .any(|c| c.secret_hex.is_some())
+    {
+        warn_if_readable(config, "this config file holds request-signing secrets and");
+    }
+    let config = raw.validate()?;
+    if let Some(tls) = &config.tls {
+        warn_if_readable(&tls.key, "the TLS private key");
+    }
     let shutdown = CancellationToken::new();
     stop_on_signals(shutdown.clone());
     let region = config.region.clone();

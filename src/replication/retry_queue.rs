@@ -23,6 +23,12 @@
 //! The queue is bounded by entries and bytes. A full queue refuses to park: the
 //! consumer then holds its position and tries the event again in place, and the
 //! `authsync_retry_queue_full` gauge says so. Nothing is dropped.
+//!
+//! Dead letters are bounded too, by count and bytes (`retry.max_dead_letters`,
+//! `retry.max_dead_bytes`): whoever can write junk to a topic must not fill the disk.
+//! Past either bound the oldest dead letters are dropped to make room, and counted in
+//! `authsync_dead_letters_dropped_total`. Their payloads live on disk only; memory
+//! holds a hash of each.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -58,6 +64,9 @@ pub struct RetryPolicy {
     pub max_backoff_ms: u64,
     pub max_entries: u64,
     pub max_bytes: u64,
+    /// Bounds on dead letters: past either, the oldest are dropped (and counted).
+    pub max_dead_letters: u64,
+    pub max_dead_bytes: u64,
 }
 
 impl Default for RetryPolicy {
@@ -68,6 +77,8 @@ impl Default for RetryPolicy {
             max_backoff_ms: 300_000,
             max_entries: 100_000,
             max_bytes: 256 << 20,
+            max_dead_letters: 100_000,
+            max_dead_bytes: 256 << 20,
         }
     }
 }
@@ -130,6 +141,9 @@ struct Counts {
     entries: u64,
     bytes: u64,
     dead: u64,
+    dead_bytes: u64,
+    /// No dead letter has an id below this: where the search for the oldest starts.
+    dead_floor: u64,
     next_id: u64,
     /// SHA-256 of the payload → entry id: a redelivered event (the same bytes) does
     /// not park twice.
@@ -144,7 +158,10 @@ struct Counts {
 impl Counts {
     fn wait_for_key(&mut self, entry: &proto::RetryEntry) {
         if let Some(account) = waiting_key(entry) {
-            self.waiting_for_key.entry(account).or_default().push(entry.id);
+            self.waiting_for_key
+                .entry(account)
+                .or_default()
+                .push(entry.id);
         }
     }
 
@@ -243,6 +260,7 @@ impl RetryQueue {
             from.push(0);
             for (k, v) in &page {
                 counts.dead += 1;
+                counts.dead_bytes += (k.len() + v.len()) as u64;
                 if let Ok(id) = <[u8; 8]>::try_from(k.as_slice()) {
                     let id = u64::from_be_bytes(id);
                     counts.next_id = counts.next_id.max(id.saturating_add(1));
@@ -309,20 +327,16 @@ impl RetryQueue {
         if error.is_permanent() {
             entry.id = c.next_id;
             entry.dead_at_ms = now_ms;
-            self.store.write_kv(&[
-                KvOp::Put {
-                    cf: CF_DEAD,
-                    key: entry.id.to_be_bytes().to_vec(),
-                    value: entry.encode_to_vec(),
-                },
-                KvOp::MaxU64 {
+            self.bury(
+                &mut c,
+                &entry,
+                hash,
+                vec![KvOp::MaxU64 {
                     key: META_NEXT_ID,
                     value: entry.id + 1,
-                },
-            ])?;
+                }],
+            )?;
             c.next_id += 1;
-            c.dead += 1;
-            c.dead_payloads.insert(hash, entry.id);
             metrics::counter!(m::DEAD_LETTERS_TOTAL, "reason" => error.reason()).increment(1);
             return Ok(Parked::Dead(entry.id));
         }
@@ -535,18 +549,11 @@ impl RetryQueue {
                 cf: CF_RETRY,
                 key: old_key,
             });
-            ops.push(KvOp::Put {
-                cf: CF_DEAD,
-                key: entry.id.to_be_bytes().to_vec(),
-                value: entry.encode_to_vec(),
-            });
-            self.store.write_kv(&ops)?;
+            let hash = payload_hash(&entry.event);
+            self.bury(&mut c, &entry, hash, ops)?;
             c.entries = c.entries.saturating_sub(1);
             c.bytes = c.bytes.saturating_sub(old_size);
-            c.dead += 1;
-            let hash = payload_hash(&entry.event);
             c.by_payload.remove(&hash);
-            c.dead_payloads.insert(hash, entry.id);
             self.clear_full(&mut c);
             metrics::counter!(m::DEAD_LETTERS_TOTAL, "reason" => error.reason()).increment(1);
             return Ok(true);
@@ -676,7 +683,77 @@ impl RetryQueue {
             key: id.to_be_bytes().to_vec(),
         }])?;
         c.dead = c.dead.saturating_sub(1);
+        c.dead_bytes = c.dead_bytes.saturating_sub((8 + stored.len()) as u64);
         Ok(true)
+    }
+
+    /// Writes `entry` as a dead letter with `ops`, in one batch with the removal of as
+    /// many of the oldest dead letters as the bounds need to make room for it.
+    fn bury(
+        &self,
+        c: &mut Counts,
+        entry: &proto::RetryEntry,
+        hash: [u8; 32],
+        mut ops: Vec<KvOp>,
+    ) -> Result<(), StoreError> {
+        let key = entry.id.to_be_bytes().to_vec();
+        let value = entry.encode_to_vec();
+        let size = (key.len() + value.len()) as u64;
+        let (mut dead, mut bytes) = (c.dead, c.dead_bytes);
+        let mut dropped: Vec<(u64, Option<[u8; 32]>)> = Vec::new();
+        let mut from = c.dead_floor.to_be_bytes().to_vec();
+        while dead > 0
+            && (dead + 1 > self.policy.max_dead_letters
+                || bytes.saturating_add(size) > self.policy.max_dead_bytes)
+        {
+            let page = self.store.scan_kv(CF_DEAD, &[], &from, 64)?;
+            if page.is_empty() {
+                break;
+            }
+            for (k, v) in page {
+                if !(dead + 1 > self.policy.max_dead_letters
+                    || bytes.saturating_add(size) > self.policy.max_dead_bytes)
+                {
+                    break;
+                }
+                let Ok(id) = <[u8; 8]>::try_from(k.as_slice()).map(u64::from_be_bytes) else {
+                    continue;
+                };
+                dead -= 1;
+                bytes = bytes.saturating_sub((k.len() + v.len()) as u64);
+                dropped.push((id, decode_entry(&v).ok().map(|e| payload_hash(&e.event))));
+                from = id.saturating_add(1).to_be_bytes().to_vec();
+                ops.push(KvOp::Delete {
+                    cf: CF_DEAD,
+                    key: k,
+                });
+            }
+        }
+        ops.push(KvOp::Put {
+            cf: CF_DEAD,
+            key,
+            value,
+        });
+        self.store.write_kv(&ops)?;
+        for (id, hash) in &dropped {
+            if let Some(h) = hash {
+                if c.dead_payloads.get(h) == Some(id) {
+                    c.dead_payloads.remove(h);
+                }
+            }
+            c.dead_floor = c.dead_floor.max(id.saturating_add(1));
+        }
+        if !dropped.is_empty() {
+            metrics::counter!(m::DEAD_LETTERS_DROPPED_TOTAL).increment(dropped.len() as u64);
+            tracing::warn!(
+                dropped = dropped.len(),
+                "dead letters past their bound: the oldest were dropped"
+            );
+        }
+        c.dead = dead + 1;
+        c.dead_bytes = bytes + size;
+        c.dead_payloads.insert(hash, entry.id);
+        Ok(())
     }
 
     /// Applies a dead letter now, by the same rule as every replicated event. Applied
@@ -775,6 +852,10 @@ pub struct RetryConfig {
     pub max_entries: u64,
     /// Bound on parked bytes. Default 256 MiB.
     pub max_bytes: u64,
+    /// Bound on dead letters; past it the oldest are dropped. Default 100000.
+    pub max_dead_letters: u64,
+    /// Bound on dead-letter bytes; past it the oldest are dropped. Default 256 MiB.
+    pub max_dead_bytes: u64,
 }
 
 impl Default for RetryConfig {
@@ -787,6 +868,8 @@ impl Default for RetryConfig {
             backoff_max_ms: 300_000,
             max_entries: 100_000,
             max_bytes: 256 << 20,
+            max_dead_letters: 100_000,
+            max_dead_bytes: 256 << 20,
         }
     }
 }
@@ -814,6 +897,12 @@ impl RetryConfig {
         }
         if self.max_bytes < 4096 {
             return Err(invalid("retry.max_bytes", "must be at least 4096"));
+        }
+        if self.max_dead_letters == 0 {
+            return Err(invalid("retry.max_dead_letters", "must be at least 1"));
+        }
+        if self.max_dead_bytes < 4096 {
+            return Err(invalid("retry.max_dead_bytes", "must be at least 4096"));
         }
         Ok(())
     }
@@ -1140,6 +1229,64 @@ mod tests {
         assert!(q.drop_dead(1).unwrap());
         assert!(!q.drop_dead(1).unwrap());
         assert_eq!(q.sizes().2, 1);
+    }
+
+    /// The attack: a writer of junk to a replication topic, every message a dead
+    /// letter. The oldest go, the newest stay, within both bounds, across a restart.
+    #[test]
+    fn a_flood_of_junk_keeps_the_dead_letters_within_their_bounds() {
+        let p = pair(Box::new(SystemClock));
+        let policy = RetryPolicy {
+            max_dead_letters: 5,
+            ..Default::default()
+        };
+        let q = queue(&p.b, policy.clone());
+        let err = ApplyError::Malformed("event does not decode");
+        let now = p.b.clock_now_ms();
+        for i in 0..20u32 {
+            let junk = format!("junk number {i}").into_bytes();
+            assert!(matches!(
+                q.park(&junk, &source(), &err, now).unwrap(),
+                Parked::Dead(_)
+            ));
+        }
+        let ids = |q: &RetryQueue| -> Vec<u64> {
+            q.list_dead(0, 100).unwrap().iter().map(|e| e.id).collect()
+        };
+        assert_eq!(ids(&q), vec![16, 17, 18, 19, 20]);
+        assert_eq!(q.sizes().2, 5);
+        // A dropped one is no longer known: delivered again, it is a dead letter anew.
+        assert_eq!(
+            q.park(b"junk number 0", &source(), &err, now).unwrap(),
+            Parked::Dead(21)
+        );
+        drop(q);
+        let q = queue(&p.b, policy);
+        assert_eq!(ids(&q), vec![17, 18, 19, 20, 21]);
+
+        // The byte bound: 1 KiB payloads against 4 KiB of dead letters.
+        let q = queue(
+            &p.b,
+            RetryPolicy {
+                max_dead_bytes: 4096,
+                ..Default::default()
+            },
+        );
+        for i in 0..10u8 {
+            q.park(&[i; 1024], &source(), &err, now).unwrap();
+        }
+        let kept = q.list_dead(0, 100).unwrap();
+        let bytes: usize = kept.iter().map(|e| 8 + e.encode_to_vec().len()).sum();
+        assert!(
+            !kept.is_empty() && bytes <= 4096,
+            "{} kept, {bytes} bytes",
+            kept.len()
+        );
+        assert_eq!(
+            kept.last().unwrap().event,
+            vec![9u8; 1024],
+            "the newest stays"
+        );
     }
 
     #[test]

@@ -32,7 +32,8 @@ impl TestNode {
         Self::start_with("")
     }
 
-    /// `extra` is appended to the config file.
+    /// `extra` is appended to the config file; its leading `http.KEY = value` lines go
+    /// into the `[http]` table.
     pub fn start_with(extra: &str) -> TestNode {
         let dir = tempfile::tempdir().expect("temp dir");
         let keys = dir.path().join("keys");
@@ -54,6 +55,21 @@ impl TestNode {
         port: u16,
     ) -> TestNode {
         let region = region.to_string();
+        // Leading `http.KEY = …` lines of `extra` go into the [http] table.
+        let (http, extra): (Vec<&str>, Vec<&str>) = {
+            let lines: Vec<&str> = extra.lines().collect();
+            let n = lines
+                .iter()
+                .take_while(|l| l.trim().is_empty() || l.starts_with("http."))
+                .count();
+            (lines[..n].to_vec(), lines[n..].to_vec())
+        };
+        let http: String = http
+            .iter()
+            .filter_map(|l| l.strip_prefix("http."))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let extra = extra.join("\n");
         let config = format!(
             r#"region = "{region}"
 data_dir = "{data}"
@@ -61,6 +77,7 @@ keyring = "{keyring}"
 
 [http]
 listen = "127.0.0.1:{port}"
+{http}
 
 [[api_keys]]
 name = "test"
@@ -199,6 +216,32 @@ pub async fn call_as(
     let resp = req.send().await.expect("request");
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits until every entry `urls[0]`'s region wrote so far has reached the others:
+/// entries travel on one partition in order, so once an API key added now works
+/// there, so does the rest. `n` names the marker key.
+pub async fn entries_arrived(urls: &[String], n: usize) {
+    let (status, added) = call_as(
+        &urls[0],
+        API_KEY,
+        "POST",
+        "/v1/admin/api-keys",
+        Some(serde_json::json!({"name": format!("marker-{n}"), "scopes": ["read"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{added}");
+    let key = added["key"].as_str().unwrap();
+    for url in &urls[1..] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while call_as(url, key, "GET", "/v1/admin/digest", None).await.0 != 403 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the marker never reached {url}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// A thin HTTP client that always sends the test API key.

@@ -64,8 +64,9 @@ impl Users {
         self.record_mac
             .verify(incoming)
             .map_err(|_| ApplyError::Integrity)?;
+        crate::accounts::bounds::record(incoming)?;
         let version = record_version(incoming);
-        self.hlc.observe(&version)?;
+        crate::accounts::bounds::observe(&self.hlc, &version)?;
         if self.faults.take_apply_failure() {
             return Err(ApplyError::Injected("transient apply failure"));
         }

@@ -14,8 +14,9 @@ use crate::storage::store::IndexField;
 impl Users {
     /// Imports legacy accounts in order. An item whose email (or else phone) belongs
     /// to an account already here is merged into it: missing profile fields are
-    /// added (existing values win), the legacy hash joins `old_hashes`, a phone the
-    /// account lacks is taken if free. Items are validated by the caller first.
+    /// added (existing values win), the legacy hash joins `old_hashes` (unless the
+    /// account has [`super::MAX_LEGACY_HASHES`] already: `legacy_hash_kept` is then
+    /// false), a phone the account lacks is taken if free. Items are validated by the caller first.
     pub fn import(&self, items: Vec<ImportItem>) -> Result<Vec<ImportResult>, UserError> {
         let mut out = Vec::with_capacity(items.len());
         for item in items {
@@ -89,6 +90,7 @@ impl Users {
                     Ok(ImportResult {
                         id,
                         outcome: ImportOutcome::Created,
+                        legacy_hash_kept: true,
                     })
                 }
                 Some(previous) => {
@@ -98,9 +100,7 @@ impl Users {
                     for (k, v) in item.profile {
                         info.profile.entry(k).or_insert(v);
                     }
-                    if !info.old_hashes.contains(&legacy) {
-                        info.old_hashes.push(legacy);
-                    }
+                    let legacy_hash_kept = super::add_legacy_hash(&mut info, legacy);
                     if info.email != item.email && !info.other_emails.contains(&item.email) {
                         info.other_emails.push(item.email);
                     }
@@ -116,6 +116,7 @@ impl Users {
                     Ok(ImportResult {
                         id,
                         outcome: ImportOutcome::Merged,
+                        legacy_hash_kept,
                     })
                 }
             };

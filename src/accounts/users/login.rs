@@ -1,7 +1,7 @@
 //! Login behind the per-account lockout, with legacy hashes and the rehash a login
 //! triggers, and the sweep of login-failure entries.
 
-use std::time::Instant;
+use std::time::Duration;
 
 use uuid::Uuid;
 
@@ -23,11 +23,7 @@ impl Users {
     }
 
     fn verify_password(&self, password: &str, phc: &str) -> Verified {
-        let started = Instant::now();
-        let v = self.passwords.verify(password, phc);
-        metrics::histogram!(m::PASSWORD_HASH_DURATION_SECONDS)
-            .record(started.elapsed().as_secs_f64());
-        v
+        self.passwords.verify(password, phc)
     }
 
     /// Checks a login (email or phone) and password. Unknown logins and wrong
@@ -40,7 +36,44 @@ impl Users {
     /// and answered with [`UserError::LoginFailed`], saying how long the next attempt
     /// must wait. Unknown logins go through the same steps.
     pub fn login(&self, login: &str, password: &str) -> Result<Uuid, UserError> {
+        self.login_session(login, password).map(|(id, _)| id)
+    }
+
+    /// [`Users::login`], with the account's `credentials_changed_ms` as the password
+    /// was checked against it: what a refresh token family issued now must carry
+    /// ([`crate::accounts::tokens::Tokens::issue`]).
+    pub fn login_session(&self, login: &str, password: &str) -> Result<(Uuid, u64), UserError> {
+        let (result, hold) = self.login_held(login, password);
+        std::thread::sleep(hold);
+        result
+    }
+
+    /// [`Users::login_session`] without its wait: the answer, and how long to hold it
+    /// back before giving it (the HTTP handler waits without holding a thread).
+    ///
+    /// A failed login is answered as if its hashing took as long as the slowest failed
+    /// login this node has seen since it started (at most [`super::MAX_LOGIN_FLOOR`]),
+    /// and is reported to the hash metrics as one sample of that length, whatever it
+    /// verified: an unknown login, a wrong password and a wrong password against an
+    /// account with legacy hashes look the same from outside, in time and in
+    /// `/metrics`.
+    pub fn login_held(
+        &self,
+        login: &str,
+        password: &str,
+    ) -> (Result<(Uuid, u64), UserError>, Duration) {
+        let before = password::spent();
         let result = self.login_guarded(login, password);
+        let spent = password::spent() - before;
+        let hold = match &result {
+            Err(UserError::LoginFailed { .. }) => self.hold_failure(spent.hashed),
+            _ => Duration::ZERO,
+        };
+        if spent.hashes > 0 {
+            password::record_spent(spent.waited, spent.hashed + hold);
+            metrics::histogram!(m::PASSWORD_HASH_DURATION_SECONDS)
+                .record((spent.hashed + hold).as_secs_f64());
+        }
         let outcome = match &result {
             Ok(_) => "success",
             Err(UserError::LoginFailed { .. }) => "invalid_credentials",
@@ -49,10 +82,23 @@ impl Users {
             Err(_) => "error",
         };
         metrics::counter!(m::LOGINS_TOTAL, "outcome" => outcome).increment(1);
-        result
+        (result, hold)
     }
 
-    fn login_guarded(&self, login: &str, password: &str) -> Result<Uuid, UserError> {
+    /// How long to hold back a failed login that hashed for `hashed`, raising the floor
+    /// when it was the slowest yet.
+    fn hold_failure(&self, hashed: Duration) -> Duration {
+        // Whole microseconds, rounded up: never below what it took.
+        let us = u64::try_from(hashed.min(super::MAX_LOGIN_FLOOR).as_nanos().div_ceil(1000))
+            .unwrap_or(u64::MAX);
+        let floor = self
+            .login_floor_us
+            .fetch_max(us, std::sync::atomic::Ordering::Relaxed)
+            .max(us);
+        Duration::from_micros(floor).saturating_sub(hashed)
+    }
+
+    fn login_guarded(&self, login: &str, password: &str) -> Result<(Uuid, u64), UserError> {
         let (record, subject) = if login.contains('@') {
             match normalize_email(login) {
                 Ok(e) => {
@@ -76,11 +122,10 @@ impl Users {
             None => subject.to_vec(),
         };
         let now = self.clock_now_ms();
-        let standing = self.lockout.standing_of(&subject, now)?;
-        let retry_after_ms = standing.retry_after_ms(now);
-        if retry_after_ms > 0 {
-            return Err(UserError::TooManyAttempts { retry_after_ms });
-        }
+        // Counted as a failure to concurrent attempts until its outcome is written.
+        let attempt = self.lockout.begin(&subject, now)?;
+        let standing = *attempt.standing();
+        let credentials = record.as_ref().map_or(0, |r| r.credentials_changed_ms);
         match self.login_inner(record, password) {
             Err(UserError::InvalidCredentials) => {
                 let standing = self.lockout.failed(&subject, now)?;
@@ -92,11 +137,15 @@ impl Users {
                 })
             }
             // The right password: the count starts again.
-            result @ (Ok(_) | Err(UserError::Forbidden(_))) => {
+            Ok(id) => {
                 self.lockout.succeeded(&subject, now, &standing)?;
-                result
+                Ok((id, credentials))
             }
-            other => other,
+            Err(e @ UserError::Forbidden(_)) => {
+                self.lockout.succeeded(&subject, now, &standing)?;
+                Err(e)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -142,20 +191,25 @@ impl Users {
                 return Err(UserError::InvalidCredentials);
             }
         };
-        let matched = info.old_hashes.iter().position(|h| {
-            let position = if h.salt_suffix {
-                SaltPosition::Suffix
-            } else {
-                SaltPosition::Prefix
-            };
-            if h.algorithm == CURRENT_HASH {
-                return self.verify_password(password, &h.hash) != Verified::No;
-            }
-            let salt = (!h.salt.is_empty()).then_some(h.salt.as_str());
-            self.passwords.with_hash_slot(|| {
-                password::verify_legacy(&h.algorithm, &h.hash, salt, position, password)
-            })
-        });
+        // At most MAX_LEGACY_HASHES verified, whatever an older record holds.
+        let matched = info
+            .old_hashes
+            .iter()
+            .take(super::MAX_LEGACY_HASHES)
+            .position(|h| {
+                let position = if h.salt_suffix {
+                    SaltPosition::Suffix
+                } else {
+                    SaltPosition::Prefix
+                };
+                if h.algorithm == CURRENT_HASH {
+                    return self.verify_password(password, &h.hash) != Verified::No;
+                }
+                let salt = (!h.salt.is_empty()).then_some(h.salt.as_str());
+                self.passwords.with_hash_slot(|| {
+                    password::verify_legacy(&h.algorithm, &h.hash, salt, position, password)
+                })
+            });
         let Some(matched) = matched else {
             if record.secret.is_empty() {
                 // Same Argon2 work as a known account with a wrong password.
@@ -224,6 +278,7 @@ impl Users {
 mod tests {
     use crate::accounts::error::UserError;
     use crate::accounts::input::SettableStatus;
+    use crate::accounts::lockout::FREE_FAILURES;
     use crate::accounts::users::testkit::{new_user, users};
 
     #[test]
@@ -245,6 +300,157 @@ mod tests {
             std::mem::discriminant(&unknown),
             "an unknown login must not be told apart: {unknown:?}"
         );
+    }
+
+    /// The attack: many wrong passwords at once against one account. Each attempt
+    /// that reaches the hash is a guess; the lockout allows `FREE_FAILURES` before the
+    /// first wait, however the guesses are timed.
+    #[test]
+    fn concurrent_wrong_passwords_get_no_more_guesses_than_the_lockout_allows() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = std::sync::Arc::new(users(dir.path()));
+        u.create(new_user("ada@example.com")).unwrap();
+        let attempts = 50;
+        let start = std::sync::Arc::new(std::sync::Barrier::new(attempts));
+        let outcomes: Vec<UserError> = (0..attempts)
+            .map(|i| {
+                let (u, start) = (u.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    u.login("ada@example.com", &format!("guess number {i}"))
+                        .unwrap_err()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        // LoginFailed is the answer of a verified (hashed) guess; TooManyAttempts is
+        // refused before hashing.
+        let verified = outcomes
+            .iter()
+            .filter(|e| matches!(e, UserError::LoginFailed { .. }))
+            .count();
+        let refused = outcomes
+            .iter()
+            .filter(|e| matches!(e, UserError::TooManyAttempts { .. }))
+            .count();
+        assert_eq!(verified + refused, attempts, "{outcomes:?}");
+        assert!(
+            verified <= FREE_FAILURES as usize,
+            "{verified} of {attempts} concurrent guesses were verified"
+        );
+        // The same holds for a login that names no account.
+        let start = std::sync::Arc::new(std::sync::Barrier::new(attempts));
+        let verified = (0..attempts)
+            .map(|i| {
+                let (u, start) = (u.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    u.login("nobody@example.com", &format!("guess number {i}"))
+                        .unwrap_err()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join())
+            .filter(|t| matches!(t, Ok(UserError::LoginFailed { .. })))
+            .count();
+        // (Unknown logins count against their blind index, like accounts.)
+        assert!(
+            verified <= FREE_FAILURES as usize,
+            "{verified} unknown-login guesses"
+        );
+    }
+
+    fn import_items(
+        email: &str,
+        hashes: &[serde_json::Value],
+    ) -> Vec<crate::accounts::input::ImportItem> {
+        let items: Vec<serde_json::Value> = hashes
+            .iter()
+            .enumerate()
+            .map(|(i, h)| serde_json::json!({"email": email, "legacy_hash": h, "source": format!("shop{i}")}))
+            .collect();
+        crate::accounts::input::import(&serde_json::Value::Array(items), 1000).unwrap()
+    }
+
+    /// The attack: an import (or a chain of merges) piles hashes onto one account, so
+    /// that every wrong password against it costs a hash for each.
+    #[test]
+    fn an_account_keeps_and_verifies_at_most_the_legacy_hash_bound() {
+        use crate::accounts::users::MAX_LEGACY_HASHES;
+        let dir = tempfile::tempdir().unwrap();
+        let u = users(dir.path());
+        let md5 =
+            |i: usize| serde_json::json!({"algorithm": "md5", "hash": format!("{:032x}", i + 1)});
+        let mut hashes: Vec<serde_json::Value> = (0..10).map(md5).collect();
+        // The first one again, from another source: the same hash, kept once.
+        hashes.insert(1, md5(0));
+        let results = u.import(import_items("pile@example.com", &hashes)).unwrap();
+        let kept: Vec<bool> = results.iter().map(|r| r.legacy_hash_kept).collect();
+        assert_eq!(
+            kept,
+            [
+                vec![true; MAX_LEGACY_HASHES + 1],
+                vec![false; 11 - MAX_LEGACY_HASHES - 1]
+            ]
+            .concat()
+        );
+        let id = results[0].id;
+        let record = u.get_record(&id).unwrap().unwrap();
+        assert_eq!(
+            u.open_info(&record).unwrap().old_hashes.len(),
+            MAX_LEGACY_HASHES
+        );
+        // A wrong password: one Argon2 (the account has no current hash, so the
+        // dummy) and the kept legacy hashes, no more.
+        let before = crate::crypto::password::spent();
+        assert!(u.login("pile@example.com", "not the password").is_err());
+        let spent = crate::crypto::password::spent() - before;
+        assert_eq!(spent.hashes, 1 + MAX_LEGACY_HASHES as u64, "{spent:?}");
+    }
+
+    /// The attack: telling accounts that exist from logins that do not by how long a
+    /// wrong password takes, an account with slow legacy hashes being the slowest.
+    #[test]
+    fn a_failed_login_takes_as_long_as_the_slowest_whatever_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = users(dir.path());
+        u.create(new_user("ada@example.com")).unwrap();
+        // Slow legacy hashes: PBKDF2 at a million iterations each.
+        let slow: Vec<serde_json::Value> = (0..3)
+            .map(|i| {
+                let digest = base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    [i as u8; 32],
+                );
+                serde_json::json!({"algorithm": "pbkdf2-sha256", "hash": format!("pbkdf2_sha256$1000000$salt{i}${digest}")})
+            })
+            .collect();
+        u.import(import_items("legacy@example.com", &slow)).unwrap();
+        let answered_after = |login: &str| {
+            let before = crate::crypto::password::spent();
+            let (result, hold) = u.login_held(login, "not the password");
+            assert!(
+                matches!(result, Err(UserError::LoginFailed { .. })),
+                "{result:?}"
+            );
+            let spent = crate::crypto::password::spent() - before;
+            (spent.hashed, spent.hashed + hold)
+        };
+        let (legacy_work, _) = answered_after("legacy@example.com");
+        for login in ["ada@example.com", "nobody@example.com", "+27 82 555 0100"] {
+            let (work, answered) = answered_after(login);
+            assert!(
+                work < legacy_work,
+                "{login}: the legacy account was not the slowest"
+            );
+            assert!(
+                answered >= legacy_work,
+                "{login} answered after {answered:?}, the legacy account after {legacy_work:?}"
+            );
+        }
     }
 
     #[test]

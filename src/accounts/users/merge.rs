@@ -33,10 +33,9 @@ fn fold_into(
     for (k, v) in &loser_info.profile {
         info.profile.entry(k.clone()).or_insert_with(|| v.clone());
     }
+    // The winner's own hashes first; past the bound the losers' last ones go.
     for h in &loser_info.old_hashes {
-        if !info.old_hashes.contains(h) {
-            info.old_hashes.push(h.clone());
-        }
+        super::add_legacy_hash(info, h.clone());
     }
     if winner.secret.is_empty() {
         winner.secret = loser.secret.clone();
@@ -47,9 +46,7 @@ fn fold_into(
             source: "merged-account".into(),
             ..Default::default()
         };
-        if !info.old_hashes.contains(&h) {
-            info.old_hashes.push(h);
-        }
+        super::add_legacy_hash(info, h);
     }
     let mut emails = vec![loser_info.email.clone()];
     emails.extend(loser_info.other_emails.iter().cloned());
@@ -122,6 +119,8 @@ impl Users {
             self.reseal(&mut record, (&info, &key), &loser, loser_prev.as_ref())?;
             merged.push((record, loser_prev));
         }
+        // The winner now logs in with the losers' passwords too: its sessions end.
+        self.credentials_changed(&mut winner_record);
         self.reseal(
             &mut winner_record,
             (&winner_info, &winner_key),

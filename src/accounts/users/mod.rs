@@ -45,7 +45,7 @@ use crate::crypto::blind_index::BlindIndex;
 use crate::crypto::envelope::{RecordMac, UserKeyMac};
 use crate::crypto::keyring::Keyring;
 use crate::crypto::password::Passwords;
-use crate::proto::Status;
+use crate::proto::{self, Status};
 use crate::storage::store::Store;
 
 mod apply;
@@ -85,6 +85,9 @@ pub enum ImportOutcome {
 pub struct ImportResult {
     pub id: Uuid,
     pub outcome: ImportOutcome,
+    /// Whether the item's legacy hash was kept: not when the account it was merged
+    /// into holds [`MAX_LEGACY_HASHES`] already.
+    pub legacy_hash_kept: bool,
 }
 
 /// This region's wraps by master key version ([`Users::key_usage`]).
@@ -151,6 +154,36 @@ pub struct Users {
     key_arrivals: parking_lot::Mutex<KeyArrivals>,
     /// Whether this region's key service answered when the sweeper last asked.
     own_key_was_available: AtomicBool,
+    /// The most hashing time a failed login has taken here (µs, at most
+    /// [`MAX_LOGIN_FLOOR`]): every failed login is answered as if it took this long.
+    login_floor_us: std::sync::atomic::AtomicU64,
+}
+
+/// The most a failed login's answer is held back to look like the slowest one.
+pub const MAX_LOGIN_FLOOR: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// At most this many legacy hashes (imported, or kept from merged accounts) are kept
+/// per account and verified per login: each costs a hash on every wrong password.
+pub const MAX_LEGACY_HASHES: usize = 4;
+
+/// Adds `hash` to `info`'s legacy hashes unless the same hash is there already (from
+/// any source); `false` when it is not kept because the account has
+/// [`MAX_LEGACY_HASHES`] already.
+pub(crate) fn add_legacy_hash(info: &mut proto::Info, hash: proto::LegacyHash) -> bool {
+    let same = |h: &proto::LegacyHash| {
+        h.algorithm == hash.algorithm
+            && h.hash == hash.hash
+            && h.salt == hash.salt
+            && h.salt_suffix == hash.salt_suffix
+    };
+    if info.old_hashes.iter().any(same) {
+        return true;
+    }
+    if info.old_hashes.len() >= MAX_LEGACY_HASHES {
+        return false;
+    }
+    info.old_hashes.push(hash);
+    true
 }
 
 /// Keys that became available since the retry sweeper last asked
@@ -168,6 +201,25 @@ pub struct KeyArrivals {
 /// At most this many accounts are remembered between two retry sweeps; past it,
 /// [`KeyArrivals::all`].
 const KEY_ARRIVALS_REMEMBERED: usize = 10_000;
+
+/// Where each master key's wrap count is kept in `meta`: this prefix, then the key id.
+const WRAPS_PREFIX: &[u8] = b"wraps/";
+
+/// Added to every persisted wrap count at start: the wraps made after the last
+/// persist before a crash are counted, generously, rather than lost.
+const WRAPS_UNPERSISTED: u64 = 1 << 20;
+
+/// Takes the wrap counts persisted in `store` into [`crate::crypto::wraps`].
+fn seed_wrap_counts(store: &Store) {
+    match store.scan_kv(crate::storage::store::CF_META, WRAPS_PREFIX, &[], 100_000) {
+        Ok(kvs) => crate::crypto::wraps::seed(kvs.into_iter().filter_map(|(k, v)| {
+            let key = String::from_utf8(k.strip_prefix(WRAPS_PREFIX)?.to_vec()).ok()?;
+            let n = u64::from_be_bytes(v.as_slice().try_into().ok()?);
+            Some((key, n.saturating_add(WRAPS_UNPERSISTED)))
+        })),
+        Err(e) => tracing::warn!(error = %e, "read the persisted master key wrap counts"),
+    }
+}
 
 /// At most this many ids are remembered for repair after a key outage.
 const SHORT_WRAPS_REMEMBERED: usize = 100_000;
@@ -188,6 +240,7 @@ impl Users {
             outbox_signal.clone(),
         ));
         let lockout = Lockout::new(entries.clone(), keyring.owner());
+        seed_wrap_counts(&store);
         Users {
             lockout,
             region: keyring.owner().to_string(),
@@ -205,6 +258,7 @@ impl Users {
             entries,
             key_arrivals: Default::default(),
             own_key_was_available: AtomicBool::new(true),
+            login_floor_us: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -226,7 +280,9 @@ impl Users {
     pub fn take_key_arrivals(&self) -> KeyArrivals {
         let mut arrivals = std::mem::take(&mut *self.key_arrivals.lock());
         let available = self.faults.key_available(&self.region);
-        let was_available = self.own_key_was_available.swap(available, Ordering::Relaxed);
+        let was_available = self
+            .own_key_was_available
+            .swap(available, Ordering::Relaxed);
         if available && !was_available {
             arrivals.all = true;
         }

@@ -15,12 +15,34 @@ impl Users {
         self.index.email(normalised)
     }
 
-    /// Whether `id` names a live, active account (not deleted, merged, locked or
-    /// disabled).
-    pub fn is_active(&self, id: &Uuid) -> Result<bool, UserError> {
+    /// The `credentials_changed_ms` of account `id` when it names a live, active
+    /// account; `None` when it is deleted, merged, locked, disabled or not here.
+    pub fn active_credentials(&self, id: &Uuid) -> Result<Option<u64>, UserError> {
         Ok(self
             .get_record(id)?
-            .is_some_and(|r| !r.tombstone && Status::try_from(r.status) == Ok(Status::Active)))
+            .filter(|r| !r.tombstone && Status::try_from(r.status) == Ok(Status::Active))
+            .map(|r| r.credentials_changed_ms))
+    }
+
+    /// Persists this node's master key wrap counts ([`crate::crypto::wraps`]) and
+    /// exports them as `authsync_master_key_wraps{key}`.
+    pub fn persist_wrap_counts(&self) -> Result<(), UserError> {
+        let counts = crate::crypto::wraps::counts();
+        let ops: Vec<crate::storage::store::KvOp> = counts
+            .iter()
+            .map(|(key, n)| crate::storage::store::KvOp::Put {
+                cf: crate::storage::store::CF_META,
+                key: [super::WRAPS_PREFIX, key.as_bytes()].concat(),
+                value: n.to_be_bytes().to_vec(),
+            })
+            .collect();
+        if !ops.is_empty() {
+            self.store.write_kv(&ops)?;
+        }
+        for (key, n) in counts {
+            metrics::gauge!(crate::common::metrics::MASTER_KEY_WRAPS, "key" => key).set(n as f64);
+        }
+        Ok(())
     }
 
     /// How many records and user keys here have this region's wrap under each of its

@@ -128,6 +128,7 @@ impl Users {
         info.old_hashes.clear();
         let mut record = previous.clone();
         record.secret = secret;
+        self.credentials_changed(&mut record);
         self.commit(Some((&previous, &key)), record, &info, "password")
     }
 
@@ -141,7 +142,18 @@ impl Users {
             SettableStatus::Locked => Status::Locked,
             SettableStatus::Disabled => Status::Disabled,
         } as i32;
+        if record.status != previous.status {
+            self.credentials_changed(&mut record);
+        }
         self.commit(Some((&previous, &key)), record, &info, "status")
+    }
+
+    /// Marks `record`'s credentials as changed now: every refresh token family issued
+    /// before is refused from here on, in every region the record reaches.
+    pub(super) fn credentials_changed(&self, record: &mut proto::Record) {
+        record.credentials_changed_ms = self
+            .clock_now_ms()
+            .max(record.credentials_changed_ms.saturating_add(1));
     }
 }
 

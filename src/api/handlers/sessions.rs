@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::accounts::error::Problem;
 use crate::accounts::input;
 use crate::api::error::{no_content, ApiError};
-use crate::api::extract::{blocking, JsonBody};
+use crate::api::extract::{blocking, hashing, JsonBody};
 use crate::api::state::AppState;
 
 pub async fn login(
@@ -20,12 +20,16 @@ pub async fn login(
     let req = input::login(&body).map_err(ApiError::invalid)?;
     let users = s.users.clone();
     let tokens = s.tokens.clone();
-    let issued = blocking(move || {
-        let id = users.login(&req.login, &req.password)?;
-        tokens.issue(id)
+    let (issued, hold) = hashing(&s.hashing, move || {
+        let (result, hold) = users.login_held(&req.login, &req.password);
+        let issued = result.and_then(|(id, credentials)| tokens.issue(id, credentials));
+        Ok::<_, ApiError>((issued, hold))
     })
     .await?;
-    Ok(Json(issued.json()))
+    // A failure is answered as late as the slowest one (`Users::login_held`), without
+    // holding a thread or a hashing place meanwhile.
+    tokio::time::sleep(hold).await;
+    Ok(Json(issued?.json()))
 }
 
 /// `{refresh_token}`, and nothing else.

@@ -15,7 +15,7 @@ use crate::accounts::error::{Problem, UserError};
 use crate::accounts::input;
 use crate::accounts::users::{ImportOutcome, UserView};
 use crate::api::error::{created, no_content, ApiError};
-use crate::api::extract::{blocking, merge_problems, parse_id, JsonBody};
+use crate::api::extract::{blocking, hashing, merge_problems, parse_id, JsonBody};
 use crate::api::state::AppState;
 use crate::common::hlc::Version;
 
@@ -73,7 +73,7 @@ pub async fn create_user(
 ) -> Result<Response, ApiError> {
     let input = input::new_user(&body, s.users.min_password()).map_err(ApiError::invalid)?;
     let users = s.users.clone();
-    let (id, version) = blocking(move || users.create(input)).await?;
+    let (id, version) = hashing(&s.hashing, move || users.create(input)).await?;
     Ok(created(Json(Written {
         id,
         version: (&version).into(),
@@ -147,7 +147,7 @@ pub async fn put_password(
         input::new_password(&body, s.users.min_password()),
     )?;
     let users = s.users.clone();
-    blocking(move || users.set_password(&id, &password)).await?;
+    hashing(&s.hashing, move || users.set_password(&id, &password)).await?;
     Ok(no_content())
 }
 
@@ -185,7 +185,7 @@ pub async fn import(
 ) -> Result<Json<Value>, ApiError> {
     let items = input::import(&body, s.max_import_items).map_err(ApiError::invalid)?;
     let users = s.users.clone();
-    let results = blocking(move || users.import(items)).await?;
+    let results = hashing(&s.hashing, move || users.import(items)).await?;
     Ok(Json(Value::Array(
         results
             .iter()
@@ -196,7 +196,13 @@ pub async fn import(
                     ImportOutcome::Merged => "merged",
                 };
                 // `status` repeats `outcome` under the name most import tools use.
-                json!({"index": i, "id": r.id, "outcome": outcome, "status": outcome})
+                json!({
+                    "index": i,
+                    "id": r.id,
+                    "outcome": outcome,
+                    "status": outcome,
+                    "legacy_hash_kept": r.legacy_hash_kept,
+                })
             })
             .collect(),
     )))

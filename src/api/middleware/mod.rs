@@ -1,5 +1,5 @@
-//! What runs around the handlers, in `api/mod.rs`'s order: request metrics for every
-//! route; for `/v1/`, the API key and its scope, the per-address rate limit, and the
+//! What runs around the handlers, in `api/mod.rs`'s order: request metrics and the
+//! request timeout for every route; for `/v1/`, the API key and its scope, the per-address rate limit, and the
 //! request signature; for `/v1/internal/`, the peer signature.
 
 pub mod rate_limit;
@@ -120,17 +120,10 @@ pub async fn limit_rate(State(s): State<AppState>, req: Request, next: Next) -> 
     let Some(limiter) = &s.rate_limit else {
         return next.run(req).await;
     };
-    let from_header = s.client_ip_header.as_ref().and_then(|h| {
-        req.headers()
-            .get(h)?
-            .to_str()
-            .ok()?
-            .split(',')
-            .next()?
-            .trim()
-            .parse::<std::net::IpAddr>()
-            .ok()
-    });
+    let from_header = s
+        .client_ip_header
+        .as_ref()
+        .and_then(|(h, hops)| rate_limit::client_addr(req.headers(), h, *hops));
     let peer = req
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -173,6 +166,15 @@ pub async fn track(req: Request, next: Next) -> Response {
     metrics::histogram!(m::HTTP_REQUEST_DURATION_SECONDS, "route" => route)
         .record(started.elapsed().as_secs_f64());
     resp
+}
+
+/// Answers 503 `request_timeout` when the handler has not answered within
+/// `http.request_timeout_ms` (work already handed to the blocking pool finishes there).
+pub async fn deadline(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(s.request_timeout, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::timed_out(s.request_timeout.as_millis() as u64).into_response(),
+    }
 }
 
 /// Accepts requests signed by a peer region of this deployment (the signature covers

@@ -20,7 +20,7 @@
 //! The `jti` cache is per node: a replay sent to another region within the window is
 //! not caught there. Keep `max_age_s` short.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
@@ -86,12 +86,13 @@ pub struct Verifier {
     seen: Mutex<Seen>,
 }
 
-/// The `jti`s seen within their windows.
+/// The `jti`s seen within their windows, ordered by when each window ends, so that
+/// every expired one is forgotten whatever order they came in.
 #[derive(Default)]
 struct Seen {
-    until: HashMap<String, u64>,
-    /// (until, key), oldest first.
-    order: VecDeque<(u64, String)>,
+    keys: HashSet<String>,
+    /// (until, key), earliest end first.
+    by_end: BTreeSet<(u64, String)>,
 }
 
 /// At most this many `jti`s are remembered; past it, new signatures are refused
@@ -198,10 +199,10 @@ impl Verifier {
                 format!("exp must be after iat, by at most {} s", self.max_age_s).as_str(),
             ));
         }
-        if now_s + self.max_skew_s < iat {
+        if now_s.saturating_add(self.max_skew_s) < iat {
             return Err(invalid("issued in the future"));
         }
-        if now_s > exp + self.max_skew_s {
+        if now_s > exp.saturating_add(self.max_skew_s) {
             return Err(refuse("signature_expired", "exp has passed"));
         }
         if claims["method"].as_str() != Some(method)
@@ -220,14 +221,14 @@ impl Verifier {
             return Err(invalid("jti is required (8 to 128 characters)"));
         };
         let mut guard = self.seen.lock();
-        let Seen { until: set, order } = &mut *guard;
-        while order.front().is_some_and(|(until, _)| *until < now_s) {
-            if let Some((_, old)) = order.pop_front() {
+        let Seen { keys: set, by_end } = &mut *guard;
+        while by_end.first().is_some_and(|(until, _)| *until < now_s) {
+            if let Some((_, old)) = by_end.pop_first() {
                 set.remove(&old);
             }
         }
         let key = format!("{kid}\u{0}{jti}");
-        if set.contains_key(&key) {
+        if set.contains(&key) {
             return Err(refuse("signature_replayed", "this jti was already used"));
         }
         if set.len() >= MAX_SEEN {
@@ -236,9 +237,9 @@ impl Verifier {
                 "too many signatures in the window; retry",
             ));
         }
-        let until = exp + self.max_skew_s;
-        set.insert(key.clone(), until);
-        order.push_back((until, key));
+        let until = exp.saturating_add(self.max_skew_s);
+        set.insert(key.clone());
+        by_end.insert((until, key));
         Ok(())
     }
 }
@@ -316,6 +317,42 @@ mod tests {
         );
         // Its own window over, a jti is forgotten (and its signature expired anyway).
         assert_eq!(v.verify(&other, "POST", "/v1/users", body, 1010), Ok(()));
+    }
+
+    /// The attack: one signature with the longest window, then many short ones. The
+    /// short ones must be forgotten when their windows end, not held behind the long
+    /// one until the cache is full and refuses every signed request.
+    #[test]
+    fn expired_jtis_are_forgotten_whatever_order_they_came_in() {
+        let mut c = hs_config();
+        c.max_age_s = Some(3600);
+        let v = Verifier::new(&c).unwrap();
+        let body = b"{}";
+        let signed = |jti: String, iat: u64, exp: u64| {
+            let d = ring::digest::digest(&ring::digest::SHA256, body);
+            hs256(json!({"iat": iat, "exp": exp, "jti": jti, "method": "POST",
+                "path": "/v1/users", "body_sha256": B64.encode(d.as_ref())}))
+        };
+        let long = signed("jti-long-window".into(), 1000, 4600);
+        assert_eq!(v.verify(&long, "POST", "/v1/users", body, 1000), Ok(()));
+        for i in 0..100 {
+            let short = signed(format!("jti-short-{i:04}"), 1000, 1060);
+            assert_eq!(v.verify(&short, "POST", "/v1/users", body, 1000), Ok(()));
+        }
+        let later = signed("jti-later-one".into(), 1200, 1260);
+        assert_eq!(v.verify(&later, "POST", "/v1/users", body, 1200), Ok(()));
+        assert_eq!(
+            v.seen.lock().keys.len(),
+            2,
+            "the long one and the latest remain"
+        );
+        // The long one is still remembered.
+        assert_eq!(
+            v.verify(&long, "POST", "/v1/users", body, 1200)
+                .unwrap_err()
+                .code,
+            "signature_replayed"
+        );
     }
 
     #[test]

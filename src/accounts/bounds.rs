@@ -1,0 +1,429 @@
+//! Bounds on what arrives from another region, checked after its MAC and before any of
+//! it is used: a region that holds the deployment's keys, or a bug in one, must not be
+//! able to break an invariant of the others with a number.
+//!
+//! - A version more than [`MAX_AHEAD_MS`] ahead of this node's clock is malformed,
+//!   not a skew to wait out: it would sit in the retry queue until that day.
+//! - Times a record or entry carries lie between [`EPOCH_MS`] and a day past its own
+//!   version (a value of 0 means "never" where the field allows it); an account's
+//!   creation version is no later than its version, so that a made-up early creation
+//!   cannot win every merge of duplicates.
+//! - A refresh token family expires at most [`MAX_REFRESH_TTL_MS`] after it was made,
+//!   and holds hashes of the right size and no more history than a family keeps.
+//!
+//! Whatever fails is refused as [`ApplyError::Malformed`]: a dead letter, never
+//! applied. Arithmetic on the values that pass stays checked all the same.
+
+use prost::Message as _;
+
+use crate::accounts::error::ApplyError;
+use crate::common::hlc::{Hlc, Version, LOGICAL_LIMIT};
+use crate::proto::{self, EntryKind};
+
+/// 2020-01-01T00:00:00Z: no authsync node wrote anything earlier.
+pub const EPOCH_MS: u64 = 1_577_836_800_000;
+/// How far past its version a carried time may be, and how far ahead of this node's
+/// clock a version may be before it is refused rather than waited for.
+pub const MAX_AHEAD_MS: u64 = 24 * 60 * 60 * 1000;
+/// The longest refresh token lifetime a node can be configured with: a year.
+pub const MAX_REFRESH_TTL_MS: u64 = 365 * 24 * 60 * 60 * 1000;
+/// The most earlier secrets a refresh token family keeps.
+pub const MAX_FAMILY_HISTORY: usize = 8;
+/// How long before signing a key may be published, at most (`tokens.publish_lead_s`).
+const MAX_PUBLISH_LEAD_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+
+type Check = Result<(), &'static str>;
+
+fn malformed(problem: &'static str) -> ApplyError {
+    ApplyError::Malformed(problem)
+}
+
+/// `version` as seen by `hlc`: refused as malformed when it is more than
+/// [`MAX_AHEAD_MS`] ahead, as a skew (to be tried again) when only a little.
+pub fn observe(hlc: &Hlc, version: &Version) -> Result<(), ApplyError> {
+    hlc.observe(version).map_err(|skew| {
+        if skew.ahead_ms > MAX_AHEAD_MS {
+            malformed("version more than a day ahead of this node's clock")
+        } else {
+            ApplyError::Skew(skew)
+        }
+    })
+}
+
+fn valid_version(v: Option<&proto::Version>) -> Result<Version, &'static str> {
+    let v = v.ok_or("without a version")?;
+    if v.logical >= LOGICAL_LIMIT || v.physical_ms < EPOCH_MS {
+        return Err("version out of range");
+    }
+    Ok(Version::from_proto(v))
+}
+
+/// A time carried beside `version`: 0 (never) when `optional`, else from
+/// [`EPOCH_MS`] to a day past the version.
+fn time(ms: u64, version: &Version, optional: bool, problem: &'static str) -> Check {
+    if ms == 0 && optional {
+        return Ok(());
+    }
+    let latest = version.physical_ms.saturating_add(MAX_AHEAD_MS);
+    if (EPOCH_MS..=latest).contains(&ms) {
+        Ok(())
+    } else {
+        Err(problem)
+    }
+}
+
+/// Checks a replicated account record.
+pub fn record(r: &proto::Record) -> Result<(), ApplyError> {
+    check_record(r).map_err(malformed)
+}
+
+fn check_record(r: &proto::Record) -> Check {
+    let version = valid_version(r.version.as_ref())?;
+    if let Some(created) = &r.created {
+        let created = valid_version(Some(created)).map_err(|_| "creation version out of range")?;
+        if created > version {
+            return Err("created after its own version");
+        }
+    }
+    time(
+        r.created_at_ms,
+        &version,
+        true,
+        "created_at_ms out of range",
+    )?;
+    time(
+        r.updated_at_ms,
+        &version,
+        true,
+        "updated_at_ms out of range",
+    )?;
+    time(
+        r.credentials_changed_ms,
+        &version,
+        true,
+        "credentials_changed_ms out of range",
+    )?;
+    if !(r.merged_into.is_empty() || r.merged_into.len() == 16) {
+        return Err("merged_into is not 16 bytes");
+    }
+    Ok(())
+}
+
+/// Checks a replicated entry's version and, for the kinds this node knows, its value.
+pub fn entry(e: &proto::Entry) -> Result<(), ApplyError> {
+    check_entry(e).map_err(malformed)
+}
+
+fn check_entry(e: &proto::Entry) -> Check {
+    let version = valid_version(e.version.as_ref())?;
+    let v = e.value.as_slice();
+    match EntryKind::try_from(e.kind as i32) {
+        Ok(EntryKind::TokenFamily) => {
+            let f = proto::TokenFamily::decode(v).map_err(|_| "token family does not decode")?;
+            token_family(&f, &version)
+        }
+        Ok(EntryKind::LoginFailures) => {
+            let f = proto::LoginFailures::decode(v).map_err(|_| "login failures do not decode")?;
+            time(f.first_ms, &version, true, "first_ms out of range")?;
+            time(f.last_ms, &version, true, "last_ms out of range")?;
+            time(f.cleared_ms, &version, true, "cleared_ms out of range")?;
+            if f.count > 0 && f.first_ms > f.last_ms {
+                return Err("a streak that ends before it begins");
+            }
+            Ok(())
+        }
+        Ok(EntryKind::ApiKey) => {
+            let k = proto::ApiKey::decode(v).map_err(|_| "API key does not decode")?;
+            time(
+                k.created_at_ms,
+                &version,
+                true,
+                "created_at_ms out of range",
+            )?;
+            time(
+                k.revoked_at_ms,
+                &version,
+                true,
+                "revoked_at_ms out of range",
+            )
+        }
+        Ok(EntryKind::SigningKey) => {
+            let k = proto::SigningKey::decode(v).map_err(|_| "signing key does not decode")?;
+            let lead = Version {
+                physical_ms: version.physical_ms.saturating_add(MAX_PUBLISH_LEAD_MS),
+                ..version.clone()
+            };
+            time(k.published_ms, &version, true, "published_ms out of range")?;
+            time(k.signs_from_ms, &lead, true, "signs_from_ms out of range")?;
+            time(k.retired_ms, &lead, true, "retired_ms out of range")
+        }
+        // Kinds a newer node knows are kept as they are.
+        _ => Ok(()),
+    }
+}
+
+fn token_family(f: &proto::TokenFamily, version: &Version) -> Check {
+    if f.user_id.len() != 16 {
+        return Err("token family's user id is not 16 bytes");
+    }
+    if f.current_hash.len() != 32 || f.previous_hashes.iter().any(|h| h.len() != 32) {
+        return Err("token family hash is not 32 bytes");
+    }
+    if f.previous_hashes.len() > MAX_FAMILY_HISTORY {
+        return Err("token family keeps too many earlier secrets");
+    }
+    if f.generation == u32::MAX {
+        return Err("token family generation out of range");
+    }
+    time(
+        f.created_ms,
+        version,
+        false,
+        "token family created_ms out of range",
+    )?;
+    if f.expires_ms < f.created_ms || f.expires_ms - f.created_ms > MAX_REFRESH_TTL_MS {
+        return Err("token family expires_ms out of range");
+    }
+    time(
+        f.revoked_ms,
+        version,
+        true,
+        "token family revoked_ms out of range",
+    )?;
+    time(
+        f.credentials_changed_ms,
+        version,
+        true,
+        "token family credentials_changed_ms out of range",
+    )?;
+    if f.revoked_reason.len() > 32 {
+        return Err("token family revoked_reason too long");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(ms: u64) -> Option<proto::Version> {
+        Some(proto::Version {
+            physical_ms: ms,
+            logical: 0,
+            region: "af-south".into(),
+        })
+    }
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    /// The attack: values a writer of replicated records could choose to break an
+    /// invariant elsewhere, each refused.
+    #[test]
+    fn records_that_would_break_an_invariant_are_refused() {
+        let good = proto::Record {
+            id: vec![1; 16],
+            version: v(NOW),
+            created: v(NOW - 1000),
+            created_at_ms: NOW - 1000,
+            updated_at_ms: NOW,
+            ..Default::default()
+        };
+        assert!(record(&good).is_ok());
+        let bad: Vec<(&str, proto::Record)> = vec![
+            // Created at 0: the earliest account, winning every merge.
+            (
+                "created 0",
+                proto::Record {
+                    created: v(0),
+                    ..good.clone()
+                },
+            ),
+            (
+                "created after",
+                proto::Record {
+                    created: v(NOW + 1),
+                    ..good.clone()
+                },
+            ),
+            (
+                "version 0",
+                proto::Record {
+                    version: v(0),
+                    created: None,
+                    ..good.clone()
+                },
+            ),
+            (
+                "no version",
+                proto::Record {
+                    version: None,
+                    ..good.clone()
+                },
+            ),
+            (
+                "credentials in the far future",
+                proto::Record {
+                    credentials_changed_ms: u64::MAX,
+                    ..good.clone()
+                },
+            ),
+            (
+                "updated_at overflow",
+                proto::Record {
+                    updated_at_ms: u64::MAX,
+                    ..good.clone()
+                },
+            ),
+            (
+                "merged_into short",
+                proto::Record {
+                    merged_into: vec![1],
+                    ..good.clone()
+                },
+            ),
+        ];
+        for (name, r) in bad {
+            assert!(
+                matches!(record(&r), Err(ApplyError::Malformed(_))),
+                "{name} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn entries_that_would_break_an_invariant_are_refused() {
+        let made = |kind: EntryKind, value: Vec<u8>| proto::Entry {
+            kind: kind as u32,
+            key: b"k".to_vec(),
+            version: v(NOW),
+            value,
+            mac: vec![],
+        };
+        let family = proto::TokenFamily {
+            user_id: vec![1; 16],
+            generation: 3,
+            current_hash: vec![2; 32],
+            previous_hashes: vec![vec![3; 32]; 3],
+            created_ms: NOW - 1000,
+            expires_ms: NOW + 1000,
+            ..Default::default()
+        };
+        let failures = proto::LoginFailures {
+            count: 3,
+            first_ms: NOW - 10,
+            last_ms: NOW,
+            cleared_ms: 0,
+        };
+        assert!(entry(&made(EntryKind::TokenFamily, family.encode_to_vec())).is_ok());
+        assert!(entry(&made(EntryKind::LoginFailures, failures.encode_to_vec())).is_ok());
+        let bad: Vec<(&str, proto::Entry)> = vec![
+            (
+                "a family that never expires",
+                made(
+                    EntryKind::TokenFamily,
+                    proto::TokenFamily {
+                        expires_ms: u64::MAX,
+                        ..family.clone()
+                    }
+                    .encode_to_vec(),
+                ),
+            ),
+            (
+                "a family that expires before it is made",
+                made(
+                    EntryKind::TokenFamily,
+                    proto::TokenFamily {
+                        expires_ms: 1,
+                        ..family.clone()
+                    }
+                    .encode_to_vec(),
+                ),
+            ),
+            (
+                "a family with a long history",
+                made(
+                    EntryKind::TokenFamily,
+                    proto::TokenFamily {
+                        previous_hashes: vec![vec![3; 32]; 100],
+                        ..family.clone()
+                    }
+                    .encode_to_vec(),
+                ),
+            ),
+            (
+                "a family at the last generation",
+                made(
+                    EntryKind::TokenFamily,
+                    proto::TokenFamily {
+                        generation: u32::MAX,
+                        ..family.clone()
+                    }
+                    .encode_to_vec(),
+                ),
+            ),
+            (
+                "a clear in the far future (an overflow)",
+                made(
+                    EntryKind::LoginFailures,
+                    proto::LoginFailures {
+                        cleared_ms: u64::MAX,
+                        ..failures
+                    }
+                    .encode_to_vec(),
+                ),
+            ),
+            (
+                "a streak ending before it begins",
+                made(
+                    EntryKind::LoginFailures,
+                    proto::LoginFailures {
+                        first_ms: NOW,
+                        last_ms: NOW - 10,
+                        ..failures
+                    }
+                    .encode_to_vec(),
+                ),
+            ),
+            (
+                "a signing key retired at the end of time",
+                made(
+                    EntryKind::SigningKey,
+                    proto::SigningKey {
+                        retired_ms: u64::MAX,
+                        ..Default::default()
+                    }
+                    .encode_to_vec(),
+                ),
+            ),
+            ("junk", made(EntryKind::TokenFamily, vec![0xff; 7])),
+        ];
+        for (name, e) in bad {
+            assert!(
+                matches!(entry(&e), Err(ApplyError::Malformed(_))),
+                "{name} was accepted"
+            );
+        }
+    }
+
+    /// The attack: events stamped far in the future, which a node would keep in its
+    /// retry queue until its clock got there.
+    #[test]
+    fn a_version_far_ahead_is_malformed_a_little_ahead_waits() {
+        let hlc = Hlc::new("eu-west", 500, Box::new(crate::common::hlc::SystemClock));
+        let now = hlc.physical_now();
+        let at = |ms: u64| Version::from_proto(&v(ms).unwrap());
+        assert!(observe(&hlc, &at(now)).is_ok());
+        assert!(matches!(
+            observe(&hlc, &at(now + 60_000)),
+            Err(ApplyError::Skew(_))
+        ));
+        assert!(matches!(
+            observe(&hlc, &at(now + 2 * MAX_AHEAD_MS)),
+            Err(ApplyError::Malformed(_))
+        ));
+        assert!(matches!(
+            observe(&hlc, &at(u64::MAX)),
+            Err(ApplyError::Malformed(_))
+        ));
+    }
+}

@@ -1,0 +1,144 @@
+//! The HTTP listeners: an axum router served by hyper-util over plain TCP or TLS, with
+//! the bounds a listener open to the Internet needs.
+//!
+//! - At most `max_connections` connections are served at once; further ones wait in
+//!   the kernel's listen backlog until one closes.
+//! - A client has `header_read_timeout` to send each request's headers (HTTP/1.1), on
+//!   a new connection and between requests on a kept-alive one, and
+//!   [`tls::HANDSHAKE_TIMEOUT`] for its TLS handshake; slower ones are closed.
+//! - On shutdown the listener closes and open connections finish their requests.
+//!
+//! Handlers see the client's address as `ConnectInfo<SocketAddr>`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use crate::common::tls;
+
+/// The bounds of one listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+}
+
+/// Serves `app` on `listener` (over TLS with `tls`) until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<tls::Acceptor>,
+    app: axum::Router,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let stop = CancellationToken::new();
+    let _stop_reloads = stop.clone().drop_guard();
+    let tls = tls.map(|a| a.start(stop));
+    tokio::pin!(shutdown);
+    let graceful = GracefulShutdown::new();
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let places = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        // A place first: past the bound, connections wait unaccepted.
+        let place = tokio::select! {
+            _ = &mut shutdown => break,
+            place = places.clone().acquire_owned() => match place {
+                Ok(place) => place,
+                Err(_) => break,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before accept: keep
+                    // serving, without spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let connection = Connection {
+            builder: builder.clone(),
+            app: app.clone(),
+            peer,
+            watcher: graceful.watcher(),
+        };
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _place = place;
+            match tls {
+                None => connection.serve(tcp).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => connection.serve(stream).await,
+                        Ok(Err(e)) => {
+                            metrics::counter!(crate::common::metrics::TLS_HANDSHAKE_FAILURES_TOTAL)
+                                .increment(1);
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            metrics::counter!(crate::common::metrics::TLS_HANDSHAKE_FAILURES_TOTAL)
+                                .increment(1);
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                        }
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// One accepted connection, before its stream is known (plain or TLS).
+struct Connection {
+    builder: Builder<TokioExecutor>,
+    app: axum::Router,
+    peer: SocketAddr,
+    watcher: hyper_util::server::graceful::Watcher,
+}
+
+impl Connection {
+    async fn serve<S>(self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            builder,
+            app,
+            peer,
+            watcher,
+        } = self;
+        let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
+            let mut request = request.map(axum::body::Body::new);
+            request
+                .extensions_mut()
+                .insert(ConnectInfo::<SocketAddr>(peer));
+            app.clone().oneshot(request)
+        });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        if let Err(e) = watcher.watch(connection).await {
+            tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+        }
+    }
+}
