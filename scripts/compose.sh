@@ -177,7 +177,7 @@ images() {
     rm -rf "$ctx" && mkdir -p "$ctx"
 
     say "cargo: building the node binary (dev profile, dependencies optimised)"
-    # (A first build of the whole dependency tree takes about 35 minutes on 2 cores.)
+    # (A first build of the whole dependency tree takes 16 to 35 minutes on 2 cores.)
     timeout 3600 cargo build --locked -q --bin authsync
     mkdir -p "$ctx/authsync"
     cp "$CARGO_TARGET_DIR/debug/authsync" "$ctx/authsync/authsync"

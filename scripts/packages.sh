@@ -30,6 +30,6 @@ install_packages() {
 first_build_notice() {
     local target="${CARGO_TARGET_DIR:-target}"
     if ! ls "$target"/debug/deps/liblibrocksdb_sys-*.rlib >/dev/null 2>&1; then
-        echo "first build into $target: RocksDB and librdkafka compile from source, about 35 minutes on 2 cores (later builds take seconds to a minute)"
+        echo "first build into $target: RocksDB and librdkafka compile from source, 16 to 35 minutes on 2 cores (later builds take seconds to a minute)"
     fi
 }

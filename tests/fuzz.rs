@@ -467,7 +467,20 @@ fn versions_encode_uniquely_and_a_local_change_is_always_newer() {
     let hlc = Hlc::new("us-east", 500, Box::new(SystemClock));
     let mut runner = fuzz_runner();
     runner
-        .run(&(version.clone(), version), |(a, b)| {
+        .run(&(version.clone(), version.clone(), version), |(a, b, c)| {
+            // The order last-writer-wins and every merge rely on: by time, then
+            // logical tick, then region name, total and transitive.
+            let by_fields = |x: &Version, y: &Version| {
+                x.physical_ms
+                    .cmp(&y.physical_ms)
+                    .then(x.logical.cmp(&y.logical))
+                    .then(x.region.as_bytes().cmp(y.region.as_bytes()))
+            };
+            prop_assert_eq!(a.cmp(&b), by_fields(&a, &b));
+            prop_assert_eq!(a == b, by_fields(&a, &b) == std::cmp::Ordering::Equal);
+            if a <= b && b <= c {
+                prop_assert!(a <= c);
+            }
             // No two versions share the bytes that MACs and digests are computed over.
             let (mut ea, mut eb) = (Vec::new(), Vec::new());
             a.encode_into(&mut ea);

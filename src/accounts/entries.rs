@@ -542,4 +542,43 @@ mod tests {
         }
         assert!(got.windows(2).all(|w| w[0] == w[1]), "{got:?}");
     }
+
+    /// The attack: a writer of entries with valid MACs choosing numbers that break an
+    /// invariant (a clear at the end of time, an overflow), or a version far ahead to
+    /// sit in every retry queue. Refused as malformed, nothing stored.
+    #[test]
+    fn an_entry_that_breaks_an_invariant_is_refused_and_changes_nothing() {
+        use prost::Message as _;
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (
+            entries(da.path(), "af-south"),
+            entries(db.path(), "eu-west"),
+        );
+        let overflow = proto::LoginFailures {
+            count: 3,
+            first_ms: now_ms(),
+            last_ms: now_ms(),
+            cleared_ms: u64::MAX,
+        };
+        let bad = a
+            .put(
+                EntryKind::LoginFailures,
+                b"victim",
+                overflow.encode_to_vec(),
+            )
+            .unwrap();
+        assert!(matches!(b.apply(&bad, true), Err(ApplyError::Malformed(_))));
+        let mut ahead = a.put(EntryKind::ApiKey, b"k", api_key("later")).unwrap();
+        ahead.version.as_mut().unwrap().physical_ms = now_ms() + 2 * 86_400_000;
+        a.mac.sign(&mut ahead);
+        assert!(matches!(
+            b.apply(&ahead, true),
+            Err(ApplyError::Malformed(_))
+        ));
+        assert!(b
+            .get(EntryKind::LoginFailures, b"victim")
+            .unwrap()
+            .is_none());
+        assert!(b.get(EntryKind::ApiKey, b"k").unwrap().is_none());
+    }
 }

@@ -222,7 +222,9 @@ impl Lockout {
     /// failure for [`IDLE_RESET_MS`] in any region, or an account that `erased` says
     /// is gone. Returns how many were removed.
     pub fn sweep(&self, now_ms: u64, erased: impl Fn(&[u8]) -> bool) -> Result<usize, UserError> {
-        let idle = |e: &proto::LoginFailures| now_ms >= e.last_ms.max(e.cleared_ms) + IDLE_RESET_MS;
+        let idle = |e: &proto::LoginFailures| {
+            now_ms >= e.last_ms.max(e.cleared_ms).saturating_add(IDLE_RESET_MS)
+        };
         let mut by_subject: std::collections::BTreeMap<Vec<u8>, Vec<(Vec<u8>, bool)>> =
             Default::default();
         for e in self.entries.all(EntryKind::LoginFailures)? {

@@ -50,7 +50,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::accounts::error::UserError;
-use crate::accounts::users::Users;
+use crate::accounts::users::{Credentials, Users};
 use crate::common::config::{invalid, Invalid};
 use crate::proto::{self, EntryKind};
 
@@ -428,6 +428,20 @@ impl Tokens {
         };
         let hash = sha256(&secret);
         let now = self.now_ms();
+        // A family whose account has not reached this region yet (a login elsewhere,
+        // the record still on its way) is refused here for now, before it rotates, and
+        // nothing is revoked.
+        let owner = self
+            .users
+            .entries()
+            .get(EntryKind::TokenFamily, &family)?
+            .and_then(|e| decode::<proto::TokenFamily>(&e))
+            .and_then(|f| Uuid::from_slice(&f.user_id).ok());
+        if let Some(owner) = owner {
+            if self.users.credentials_of(&owner)? == Credentials::NotHere {
+                return Err(TokenError::Refused(Refused::Invalid));
+            }
+        }
         let mut outcome: Result<(Uuid, [u8; 32], u32, u64), Refused> = Err(Refused::Invalid);
         self.users
             .entries()
@@ -477,16 +491,24 @@ impl Tokens {
                 Some(f.encode_to_vec())
             })?;
         let (user, next, generation, issued_against) = outcome.map_err(TokenError::Refused)?;
-        match self.users.active_credentials(&user)? {
-            None => {
+        match self.users.credentials_of(&user)? {
+            Credentials::Inactive => {
                 self.revoke_family(&family, "account_inactive")?;
                 return Err(TokenError::Refused(Refused::AccountInactive));
             }
-            Some(now_held) if now_held != issued_against => {
+            // Changed since the login that made the family.
+            Credentials::Active(now_held) if now_held > issued_against => {
                 self.revoke_family(&family, "credentials_changed")?;
                 return Err(TokenError::Refused(Refused::Revoked));
             }
-            Some(_) => {}
+            // Gone since the check before the rotation.
+            Credentials::NotHere => {
+                self.revoke_family(&family, "account_inactive")?;
+                return Err(TokenError::Refused(Refused::AccountInactive));
+            }
+            // The same credentials, or newer ones this region has not seen yet (the
+            // login was made after a change that is still on its way here).
+            Credentials::Active(_) => {}
         }
         let (access_token, expires_in) = self.access_token(&user)?;
         Ok(Issued {
@@ -633,6 +655,39 @@ mod tests {
             tokens.refresh(&rotated),
             Err(TokenError::Refused(Refused::Revoked))
         ));
+    }
+
+    /// A region that has not seen the account's latest credentials, or the account at
+    /// all, must not end a session that is valid where it was opened.
+    #[test]
+    fn a_region_behind_the_login_refuses_for_now_and_revokes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (users, tokens, _) = region(dir.path());
+        let body =
+            serde_json::json!({"email": "ada@example.com", "password": "correct horse battery"});
+        let (id, _) = users
+            .create(crate::accounts::input::new_user(&body, 8).unwrap())
+            .unwrap();
+        // Opened elsewhere after a password change that has not arrived here.
+        let ahead = tokens.issue(id, u64::MAX / 2).unwrap();
+        assert!(tokens.refresh(&ahead.refresh_token).is_ok());
+        // Opened elsewhere for an account not here yet: refused, neither rotated nor
+        // revoked, so it works once the account arrives.
+        let stranger = tokens.issue(Uuid::new_v4(), 0).unwrap();
+        assert!(matches!(
+            tokens.refresh(&stranger.refresh_token),
+            Err(TokenError::Refused(Refused::Invalid))
+        ));
+        let (family, _, _) = parse_refresh(&stranger.refresh_token).unwrap();
+        let f: proto::TokenFamily = decode(
+            &users
+                .entries()
+                .get(EntryKind::TokenFamily, &family)
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!((f.generation, f.revoked_ms), (0, 0));
     }
 
     #[test]

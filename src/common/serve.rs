@@ -6,6 +6,9 @@
 //! - A client has `header_read_timeout` to send each request's headers (HTTP/1.1), on
 //!   a new connection and between requests on a kept-alive one, and
 //!   [`tls::HANDSHAKE_TIMEOUT`] for its TLS handshake; slower ones are closed.
+//! - HTTP/2 is offered only over TLS (by ALPN), its connections pinged every
+//!   `header_read_timeout` and closed when a ping goes unanswered as long; plain TCP
+//!   is HTTP/1.1 only.
 //! - On shutdown the listener closes and open connections finish their requests.
 //!
 //! Handlers see the client's address as `ConnectInfo<SocketAddr>`.
@@ -51,7 +54,20 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    if tls.is_some() {
+        // HTTP/2 only by ALPN over TLS; an idle connection is pinged and closed when
+        // the pings go unanswered.
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(limits.header_read_timeout)
+            .keep_alive_timeout(limits.header_read_timeout)
+            .max_concurrent_streams(256);
+    } else {
+        // No cleartext HTTP/2 (h2c): it would have no header timeout, and no client
+        // of this API needs it.
+        builder = builder.http1_only();
+    }
     let places = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         // A place first: past the bound, connections wait unaccepted.

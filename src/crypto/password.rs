@@ -53,6 +53,7 @@ pub struct Passwords {
     /// A hash of a random password, verified when the login is unknown so that an
     /// unknown login costs the same as a wrong password.
     dummy: String,
+    dummy_cost: Duration,
     gate: HashGate,
 }
 
@@ -116,7 +117,7 @@ impl HashGate {
             let mut now = spent.get();
             now.waited += started.duration_since(asked);
             now.hashed += started.elapsed();
-            now.hashes += 1;
+            now.slots += 1;
             spent.set(now);
         });
         out
@@ -130,8 +131,19 @@ pub struct Spent {
     pub waited: Duration,
     /// Hashing.
     pub hashed: Duration,
-    /// Hashes and verifications.
-    pub hashes: u64,
+    /// Times a hashing slot was taken (one per login).
+    pub slots: u64,
+    /// Hashes and verifications made, current and legacy.
+    pub checks: u64,
+}
+
+/// Counts one hash or verification in this thread's [`spent`].
+fn checked() {
+    SPENT.with(|s| {
+        let mut now = s.get();
+        now.checks += 1;
+        s.set(now);
+    });
 }
 
 impl std::ops::Sub for Spent {
@@ -140,7 +152,8 @@ impl std::ops::Sub for Spent {
         Spent {
             waited: self.waited.saturating_sub(earlier.waited),
             hashed: self.hashed.saturating_sub(earlier.hashed),
-            hashes: self.hashes.saturating_sub(earlier.hashes),
+            slots: self.slots.saturating_sub(earlier.slots),
+            checks: self.checks.saturating_sub(earlier.checks),
         }
     }
 }
@@ -150,7 +163,8 @@ thread_local! {
         std::cell::Cell::new(Spent {
             waited: Duration::ZERO,
             hashed: Duration::ZERO,
-            hashes: 0,
+            slots: 0,
+            checks: 0,
         })
     };
 }
@@ -179,6 +193,7 @@ impl Passwords {
             algorithm,
             pepper: hmac::Key::new(hmac::HMAC_SHA256, pepper),
             dummy: String::new(),
+            dummy_cost: Duration::ZERO,
             gate: HashGate::new(
                 std::thread::available_parallelism()
                     .map(|n| n.get())
@@ -189,7 +204,9 @@ impl Passwords {
         SystemRandom::new()
             .fill(&mut random)
             .map_err(|_| PasswordError::Random)?;
+        let started = std::time::Instant::now();
         p.dummy = p.hash(&B64.encode(random))?;
+        p.dummy_cost = started.elapsed();
         Ok(p)
     }
 
@@ -220,6 +237,7 @@ impl Passwords {
     }
 
     fn hash_now(&self, password: &str, memory: &mut [Block]) -> Result<String, PasswordError> {
+        checked();
         let peppered = self.pepper(password);
         let mut salt = [0u8; 16];
         SystemRandom::new()
@@ -262,6 +280,7 @@ impl Passwords {
     }
 
     fn verify_now(&self, password: &str, phc: &str, memory: &mut [Block]) -> Verified {
+        checked();
         let peppered = self.pepper(password);
         let (ok, current) = if phc.starts_with("$argon2id$") {
             let ok = verify_argon2_in(&peppered, phc, memory);
@@ -297,6 +316,56 @@ impl Passwords {
     /// Spends the time of one verification on nothing, for unknown logins.
     pub fn verify_dummy(&self, password: &str) {
         let _ = self.verify(password, &self.dummy);
+    }
+
+    /// Runs `f` in one hashing slot, held throughout: every verification it makes
+    /// through the [`Slot`] uses that slot, so a piece of work (one login) waits for a
+    /// core once however many hashes it checks.
+    pub fn in_slot<T>(&self, f: impl FnOnce(&mut Slot<'_>) -> T) -> T {
+        self.gate.run(|memory| {
+            f(&mut Slot {
+                passwords: self,
+                memory,
+            })
+        })
+    }
+
+    /// How long hashing the dummy password took when this was made: what one
+    /// verification costs here, about.
+    pub fn dummy_cost(&self) -> Duration {
+        self.dummy_cost
+    }
+}
+
+/// A hashing slot held by [`Passwords::in_slot`].
+pub struct Slot<'a> {
+    passwords: &'a Passwords,
+    memory: &'a mut [Block],
+}
+
+impl Slot<'_> {
+    /// [`Passwords::verify`], in this slot.
+    pub fn verify(&mut self, password: &str, phc: &str) -> Verified {
+        self.passwords.verify_now(password, phc, self.memory)
+    }
+
+    /// [`Passwords::verify_dummy`], in this slot.
+    pub fn verify_dummy(&mut self, password: &str) {
+        let dummy = &self.passwords.dummy;
+        let _ = self.passwords.verify_now(password, dummy, self.memory);
+    }
+
+    /// [`verify_legacy`], in this slot.
+    pub fn verify_legacy(
+        &mut self,
+        algorithm: &str,
+        hash: &str,
+        salt: Option<&str>,
+        position: SaltPosition,
+        password: &str,
+    ) -> bool {
+        checked();
+        verify_legacy(algorithm, hash, salt, position, password)
     }
 }
 

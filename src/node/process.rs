@@ -9,8 +9,9 @@ use tokio_util::sync::CancellationToken;
 use crate::node::config::RawConfig;
 use crate::node::Node;
 
-/// Turns core dumps off for this process: a node's memory holds master keys, the
-/// pepper and passwords being checked, and a core file would put them on disk.
+/// Turns core dumps off for this process, and keeps other processes of its user from
+/// attaching to it: a node's memory holds master keys, the pepper and passwords being
+/// checked, and a core file would put them on disk.
 pub fn no_core_dumps() {
     let none = libc::rlimit {
         rlim_cur: 0,
@@ -20,6 +21,11 @@ pub fn no_core_dumps() {
     // limit.
     if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &none) } != 0 {
         tracing::warn!(error = %std::io::Error::last_os_error(), "could not turn core dumps off");
+    }
+    // Nor may another process of the same user attach to it or read its memory.
+    // SAFETY: PR_SET_DUMPABLE takes an integer and changes only this process's flag.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "could not make the process undumpable");
     }
 }
 

@@ -220,6 +220,17 @@ async fn handle(
                 tracing::warn!(peer = %source.region, entry = id, reason, error = %error, "event parked for retry");
                 return Some("parked");
             }
+            Ok((Ok(Parked::Dropped), error)) => {
+                tracing::warn!(
+                    peer = %source.region,
+                    partition = source.partition,
+                    offset = source.offset,
+                    reason,
+                    error = %error,
+                    "unauthenticated event not kept: the dead letters are full"
+                );
+                return Some("dead_lettered");
+            }
             Ok((Ok(Parked::Dead(id)), error)) => {
                 tracing::error!(
                     peer = %source.region,

@@ -114,6 +114,8 @@ pub enum QueueError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Parked {
     Retry(u64),
+    /// Junk (it never passed a MAC) not kept: the dead letters are full of what did.
+    Dropped,
     Dead(u64),
 }
 
@@ -142,8 +144,9 @@ struct Counts {
     bytes: u64,
     dead: u64,
     dead_bytes: u64,
-    /// No dead letter has an id below this: where the search for the oldest starts.
-    dead_floor: u64,
+    /// The dead letters that never passed a MAC (junk), oldest first: (id, bytes,
+    /// payload hash). Only these are dropped to keep within the bounds.
+    junk: std::collections::VecDeque<(u64, u64, [u8; 32])>,
     next_id: u64,
     /// SHA-256 of the payload → entry id: a redelivered event (the same bytes) does
     /// not park twice.
@@ -219,6 +222,13 @@ fn decode_entry(bytes: &[u8]) -> Result<proto::RetryEntry, StoreError> {
     })
 }
 
+/// Whether a dead letter is junk: its event does not decode, or failed its MAC. Whoever
+/// can write to a topic can make as many as they like, so these, and only these, are
+/// dropped to keep the dead letters within their bounds.
+fn is_junk(entry: &proto::RetryEntry) -> bool {
+    entry.reason == "integrity" || entry.event_id.is_empty()
+}
+
 fn push_history(entry: &mut proto::RetryEntry, at_ms: u64, error: String) {
     if entry.history.len() >= HISTORY_LIMIT {
         // Keep the first attempts (how it started) and the latest ones.
@@ -260,12 +270,17 @@ impl RetryQueue {
             from.push(0);
             for (k, v) in &page {
                 counts.dead += 1;
-                counts.dead_bytes += (k.len() + v.len()) as u64;
+                let size = (k.len() + v.len()) as u64;
+                counts.dead_bytes += size;
                 if let Ok(id) = <[u8; 8]>::try_from(k.as_slice()) {
                     let id = u64::from_be_bytes(id);
                     counts.next_id = counts.next_id.max(id.saturating_add(1));
                     if let Ok(e) = decode_entry(v) {
-                        counts.dead_payloads.insert(payload_hash(&e.event), id);
+                        let hash = payload_hash(&e.event);
+                        counts.dead_payloads.insert(hash, id);
+                        if is_junk(&e) {
+                            counts.junk.push_back((id, size, hash));
+                        }
                     }
                 }
             }
@@ -327,7 +342,7 @@ impl RetryQueue {
         if error.is_permanent() {
             entry.id = c.next_id;
             entry.dead_at_ms = now_ms;
-            self.bury(
+            let kept = self.bury(
                 &mut c,
                 &entry,
                 hash,
@@ -336,8 +351,11 @@ impl RetryQueue {
                     value: entry.id + 1,
                 }],
             )?;
-            c.next_id += 1;
             metrics::counter!(m::DEAD_LETTERS_TOTAL, "reason" => error.reason()).increment(1);
+            if !kept {
+                return Ok(Parked::Dropped);
+            }
+            c.next_id += 1;
             return Ok(Parked::Dead(entry.id));
         }
         if let Some(id) = c.by_payload.get(&hash) {
@@ -542,23 +560,42 @@ impl RetryQueue {
             key: old_due,
         }];
         let old_size = (old_key.len() + stored.len()) as u64;
+        let mut no_room = false;
         if dies {
             entry.dead_at_ms = now_ms;
-            entry.next_attempt_ms = 0;
-            ops.push(KvOp::Delete {
+            let next_attempt_ms = std::mem::take(&mut entry.next_attempt_ms);
+            let mut burying = ops.clone();
+            burying.push(KvOp::Delete {
                 cf: CF_RETRY,
-                key: old_key,
+                key: old_key.clone(),
             });
             let hash = payload_hash(&entry.event);
-            self.bury(&mut c, &entry, hash, ops)?;
-            c.entries = c.entries.saturating_sub(1);
-            c.bytes = c.bytes.saturating_sub(old_size);
-            c.by_payload.remove(&hash);
-            self.clear_full(&mut c);
-            metrics::counter!(m::DEAD_LETTERS_TOTAL, "reason" => error.reason()).increment(1);
-            return Ok(true);
+            match self.bury(&mut c, &entry, hash, burying) {
+                Ok(_) => {
+                    c.entries = c.entries.saturating_sub(1);
+                    c.bytes = c.bytes.saturating_sub(old_size);
+                    c.by_payload.remove(&hash);
+                    self.clear_full(&mut c);
+                    metrics::counter!(m::DEAD_LETTERS_TOTAL, "reason" => error.reason())
+                        .increment(1);
+                    return Ok(true);
+                }
+                Err(QueueError::Store(e)) => return Err(e),
+                Err(QueueError::Full { .. }) => {
+                    // No room among the dead letters (only authenticated ones are
+                    // left there): it stays parked, tried again after the longest
+                    // backoff.
+                    entry.dead_at_ms = 0;
+                    entry.next_attempt_ms = next_attempt_ms;
+                    no_room = true;
+                }
+            }
         }
-        entry.next_attempt_ms = self.next_attempt(entry.attempts, error, now_ms);
+        entry.next_attempt_ms = if no_room {
+            now_ms.saturating_add(self.policy.max_backoff_ms)
+        } else {
+            self.next_attempt(entry.attempts, error, now_ms)
+        };
         let value = entry.encode_to_vec();
         let new_size = (old_key.len() + value.len()) as u64;
         ops.push(KvOp::Put {
@@ -684,50 +721,53 @@ impl RetryQueue {
         }])?;
         c.dead = c.dead.saturating_sub(1);
         c.dead_bytes = c.dead_bytes.saturating_sub((8 + stored.len()) as u64);
+        c.junk.retain(|(junk_id, _, _)| *junk_id != id);
         Ok(true)
     }
 
     /// Writes `entry` as a dead letter with `ops`, in one batch with the removal of as
-    /// many of the oldest dead letters as the bounds need to make room for it.
+    /// many of the oldest junk dead letters ([`is_junk`]) as the bounds need to make
+    /// room for it. Events that passed their MAC are never dropped: when only they
+    /// would be left to drop, an authenticated `entry` is refused (`Full`: the consumer
+    /// holds its position, the sweeper keeps it parked) and a junk one is not kept
+    /// (`Ok(false)`, counted as dropped).
     fn bury(
         &self,
         c: &mut Counts,
         entry: &proto::RetryEntry,
         hash: [u8; 32],
         mut ops: Vec<KvOp>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, QueueError> {
         let key = entry.id.to_be_bytes().to_vec();
         let value = entry.encode_to_vec();
         let size = (key.len() + value.len()) as u64;
+        let over = |dead: u64, bytes: u64| {
+            dead.saturating_add(1) > self.policy.max_dead_letters
+                || bytes.saturating_add(size) > self.policy.max_dead_bytes
+        };
         let (mut dead, mut bytes) = (c.dead, c.dead_bytes);
-        let mut dropped: Vec<(u64, Option<[u8; 32]>)> = Vec::new();
-        let mut from = c.dead_floor.to_be_bytes().to_vec();
-        while dead > 0
-            && (dead + 1 > self.policy.max_dead_letters
-                || bytes.saturating_add(size) > self.policy.max_dead_bytes)
-        {
-            let page = self.store.scan_kv(CF_DEAD, &[], &from, 64)?;
-            if page.is_empty() {
-                break;
-            }
-            for (k, v) in page {
-                if !(dead + 1 > self.policy.max_dead_letters
-                    || bytes.saturating_add(size) > self.policy.max_dead_bytes)
-                {
-                    break;
-                }
-                let Ok(id) = <[u8; 8]>::try_from(k.as_slice()).map(u64::from_be_bytes) else {
-                    continue;
-                };
-                dead -= 1;
-                bytes = bytes.saturating_sub((k.len() + v.len()) as u64);
-                dropped.push((id, decode_entry(&v).ok().map(|e| payload_hash(&e.event))));
-                from = id.saturating_add(1).to_be_bytes().to_vec();
-                ops.push(KvOp::Delete {
-                    cf: CF_DEAD,
-                    key: k,
+        let mut dropped = 0usize;
+        while over(dead, bytes) && dropped < c.junk.len() {
+            let (id, junk_size, _) = c.junk[dropped];
+            dead -= 1;
+            bytes = bytes.saturating_sub(junk_size);
+            ops.push(KvOp::Delete {
+                cf: CF_DEAD,
+                key: id.to_be_bytes().to_vec(),
+            });
+            dropped += 1;
+        }
+        let junk = is_junk(entry);
+        if over(dead, bytes) {
+            if !junk {
+                return Err(QueueError::Full {
+                    entries: c.dead,
+                    bytes: c.dead_bytes,
                 });
             }
+            // Junk, and no junk older than it to make room: it is the one not kept.
+            metrics::counter!(m::DEAD_LETTERS_DROPPED_TOTAL).increment(1);
+            return Ok(false);
         }
         ops.push(KvOp::Put {
             cf: CF_DEAD,
@@ -735,25 +775,25 @@ impl RetryQueue {
             value,
         });
         self.store.write_kv(&ops)?;
-        for (id, hash) in &dropped {
-            if let Some(h) = hash {
-                if c.dead_payloads.get(h) == Some(id) {
-                    c.dead_payloads.remove(h);
-                }
+        for (id, _, h) in c.junk.drain(..dropped) {
+            if c.dead_payloads.get(&h) == Some(&id) {
+                c.dead_payloads.remove(&h);
             }
-            c.dead_floor = c.dead_floor.max(id.saturating_add(1));
         }
-        if !dropped.is_empty() {
-            metrics::counter!(m::DEAD_LETTERS_DROPPED_TOTAL).increment(dropped.len() as u64);
+        if dropped > 0 {
+            metrics::counter!(m::DEAD_LETTERS_DROPPED_TOTAL).increment(dropped as u64);
             tracing::warn!(
-                dropped = dropped.len(),
-                "dead letters past their bound: the oldest were dropped"
+                dropped,
+                "dead letters past their bound: the oldest unauthenticated ones were dropped"
             );
         }
         c.dead = dead + 1;
         c.dead_bytes = bytes + size;
         c.dead_payloads.insert(hash, entry.id);
-        Ok(())
+        if junk {
+            c.junk.push_back((entry.id, size, hash));
+        }
+        Ok(true)
     }
 
     /// Applies a dead letter now, by the same rule as every replicated event. Applied
@@ -776,16 +816,21 @@ impl RetryQueue {
                 Ok(Replayed::Done(applied))
             }
             Err(e) => {
-                let _c = self.counts.lock();
-                if self.store.get_kv(CF_DEAD, &id.to_be_bytes())?.is_some() {
-                    entry.attempts += 1;
+                let mut c = self.counts.lock();
+                if let Some(stored) = self.store.get_kv(CF_DEAD, &id.to_be_bytes())? {
+                    entry.attempts = entry.attempts.saturating_add(1);
                     entry.last_error = e.to_string();
                     entry.reason = e.reason().to_string();
                     push_history(&mut entry, now, format!("replay: {e}"));
+                    let value = entry.encode_to_vec();
+                    c.dead_bytes = c
+                        .dead_bytes
+                        .saturating_sub(stored.len() as u64)
+                        .saturating_add(value.len() as u64);
                     self.store.write_kv(&[KvOp::Put {
                         cf: CF_DEAD,
                         key: id.to_be_bytes().to_vec(),
-                        value: entry.encode_to_vec(),
+                        value,
                     }])?;
                 }
                 Ok(Replayed::Failed(e.to_string()))
@@ -1287,6 +1332,39 @@ mod tests {
             vec![9u8; 1024],
             "the newest stays"
         );
+
+        // What passed its MAC is never dropped for junk, nor for another of its kind:
+        // past the bound it is refused (the consumer holds its place) and junk is not
+        // kept.
+        let p = pair(Box::new(SystemClock));
+        let q = queue(
+            &p.b,
+            RetryPolicy {
+                max_dead_letters: 2,
+                ..Default::default()
+            },
+        );
+        let signed = |seq: u64| {
+            let mut e = proto::ChangeEvent::decode(p.event.as_slice()).unwrap();
+            e.event_id = format!("a:{seq}");
+            e.encode_to_vec()
+        };
+        let refused = ApplyError::Malformed("created after its own version");
+        for seq in 1..=2 {
+            assert!(matches!(
+                q.park(&signed(seq), &source(), &refused, now).unwrap(),
+                Parked::Dead(_)
+            ));
+        }
+        assert!(matches!(
+            q.park(&signed(3), &source(), &refused, now),
+            Err(QueueError::Full { .. })
+        ));
+        assert_eq!(
+            q.park(b"more junk", &source(), &err, now).unwrap(),
+            Parked::Dropped
+        );
+        assert_eq!(q.sizes().2, 2);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::{Users, CURRENT_HASH};
 use crate::accounts::error::UserError;
 use crate::accounts::input::{normalize_email, normalize_phone};
 use crate::common::metrics as m;
-use crate::crypto::password::{self, SaltPosition, Verified};
+use crate::crypto::password::{self, SaltPosition, Slot, Verified};
 use crate::proto::{self, Status};
 use crate::storage::store::IndexField;
 
@@ -20,10 +20,6 @@ impl Users {
         self.lockout.sweep(self.clock_now_ms(), |subject| {
             Uuid::from_slice(subject).is_ok_and(|id| self.is_erased(&id))
         })
-    }
-
-    fn verify_password(&self, password: &str, phc: &str) -> Verified {
-        self.passwords.verify(password, phc)
     }
 
     /// Checks a login (email or phone) and password. Unknown logins and wrong
@@ -69,7 +65,7 @@ impl Users {
             Err(UserError::LoginFailed { .. }) => self.hold_failure(spent.hashed),
             _ => Duration::ZERO,
         };
-        if spent.hashes > 0 {
+        if spent.slots > 0 {
             password::record_spent(spent.waited, spent.hashed + hold);
             metrics::histogram!(m::PASSWORD_HASH_DURATION_SECONDS)
                 .record((spent.hashed + hold).as_secs_f64());
@@ -149,16 +145,43 @@ impl Users {
         }
     }
 
+    /// Checks `password` against `record` (none: an unknown login) in one hashing slot,
+    /// then stores a rehash when one is due, outside it.
     fn login_inner(
         &self,
         record: Option<proto::Record>,
         password: &str,
     ) -> Result<Uuid, UserError> {
+        let (outcome, upgrade) = self
+            .passwords
+            .in_slot(|slot| self.check_password(slot, record.as_ref(), password));
+        if let (Ok(id), Some(legacy), Some(record)) = (&outcome, upgrade, &record) {
+            // The password is right whatever happens to the upgrade; it is tried
+            // again on the next login.
+            if let Err(e) = self.upgrade_password(id, record, password, legacy) {
+                tracing::warn!(error = %e, "store upgraded password hash after login");
+            }
+        }
+        outcome
+    }
+
+    /// The verification of [`Users::login_inner`]: the outcome, and the rehash to
+    /// store after it (`Some(None)`: the account's own outdated hash, `Some(Some(i))`:
+    /// legacy hash `i` matched).
+    fn check_password(
+        &self,
+        slot: &mut Slot<'_>,
+        record: Option<&proto::Record>,
+        password: &str,
+    ) -> (Result<Uuid, UserError>, Option<Option<usize>>) {
         let Some(record) = record else {
-            self.passwords.verify_dummy(password);
-            return Err(UserError::InvalidCredentials);
+            slot.verify_dummy(password);
+            return (Err(UserError::InvalidCredentials), None);
         };
-        let id = Uuid::from_slice(&record.id).map_err(|_| UserError::Unreadable)?;
+        let Ok(id) = Uuid::from_slice(&record.id) else {
+            slot.verify_dummy(password);
+            return (Err(UserError::Unreadable), None);
+        };
         let status_refusal = |r: &proto::Record| match Status::try_from(r.status) {
             Ok(Status::Active) => None,
             Ok(Status::Locked) => Some(UserError::Forbidden("locked")),
@@ -166,30 +189,24 @@ impl Users {
             _ => Some(UserError::InvalidCredentials),
         };
         if !record.secret.is_empty() {
-            match self.verify_password(password, &record.secret) {
-                Verified::Yes => return status_refusal(&record).map_or(Ok(id), Err),
+            match slot.verify(password, &record.secret) {
+                Verified::Yes => return (status_refusal(record).map_or(Ok(id), Err), None),
                 Verified::YesRehash => {
-                    if let Some(e) = status_refusal(&record) {
-                        return Err(e);
-                    }
-                    if let Err(e) = self.upgrade_password(&id, &record, password, None) {
-                        tracing::warn!(error = %e, "store rehashed password after login");
-                    }
-                    return Ok(id);
+                    return match status_refusal(record) {
+                        Some(e) => (Err(e), None),
+                        None => (Ok(id), Some(None)),
+                    };
                 }
                 Verified::No => {}
             }
         }
         // Legacy hashes imported from older systems. A record that cannot be opened
         // answers like a wrong password, after the same work.
-        let info = match self.open_info(&record) {
-            Ok(i) => i,
-            Err(_) => {
-                if record.secret.is_empty() {
-                    self.passwords.verify_dummy(password);
-                }
-                return Err(UserError::InvalidCredentials);
+        let Ok(info) = self.open_info(record) else {
+            if record.secret.is_empty() {
+                slot.verify_dummy(password);
             }
+            return (Err(UserError::InvalidCredentials), None);
         };
         // At most MAX_LEGACY_HASHES verified, whatever an older record holds.
         let matched = info
@@ -197,37 +214,29 @@ impl Users {
             .iter()
             .take(super::MAX_LEGACY_HASHES)
             .position(|h| {
+                if h.algorithm == CURRENT_HASH {
+                    return slot.verify(password, &h.hash) != Verified::No;
+                }
                 let position = if h.salt_suffix {
                     SaltPosition::Suffix
                 } else {
                     SaltPosition::Prefix
                 };
-                if h.algorithm == CURRENT_HASH {
-                    return self.verify_password(password, &h.hash) != Verified::No;
-                }
                 let salt = (!h.salt.is_empty()).then_some(h.salt.as_str());
-                self.passwords.with_hash_slot(|| {
-                    password::verify_legacy(&h.algorithm, &h.hash, salt, position, password)
-                })
+                slot.verify_legacy(&h.algorithm, &h.hash, salt, position, password)
             });
         let Some(matched) = matched else {
             if record.secret.is_empty() {
                 // Same Argon2 work as a known account with a wrong password.
-                self.passwords.verify_dummy(password);
+                slot.verify_dummy(password);
             }
-            return Err(UserError::InvalidCredentials);
+            return (Err(UserError::InvalidCredentials), None);
         };
-        if let Some(e) = status_refusal(&record) {
-            return Err(e);
+        if let Some(e) = status_refusal(record) {
+            return (Err(e), None);
         }
-        if info.old_hashes[matched].algorithm != CURRENT_HASH {
-            // The password is right whatever happens to the upgrade; it is tried
-            // again on the next login.
-            if let Err(e) = self.upgrade_password(&id, &record, password, Some(matched)) {
-                tracing::warn!(error = %e, "store upgraded password hash after login");
-            }
-        }
-        Ok(id)
+        let upgrade = (info.old_hashes[matched].algorithm != CURRENT_HASH).then_some(Some(matched));
+        (Ok(id), upgrade)
     }
 
     /// Stores a current hash of a password just verified against an older one. With
@@ -408,7 +417,9 @@ mod tests {
         let before = crate::crypto::password::spent();
         assert!(u.login("pile@example.com", "not the password").is_err());
         let spent = crate::crypto::password::spent() - before;
-        assert_eq!(spent.hashes, 1 + MAX_LEGACY_HASHES as u64, "{spent:?}");
+        assert_eq!(spent.checks, 1 + MAX_LEGACY_HASHES as u64, "{spent:?}");
+        // All in one hashing slot: one wait for a core, as for any login.
+        assert_eq!(spent.slots, 1, "{spent:?}");
     }
 
     /// The attack: telling accounts that exist from logins that do not by how long a
@@ -451,6 +462,37 @@ mod tests {
                 "{login} answered after {answered:?}, the legacy account after {legacy_work:?}"
             );
         }
+    }
+
+    /// The attack: keep an account locked out by guessing again each time the wait
+    /// ends. An operator's password reset, or unlock, gives it back at once.
+    #[test]
+    fn a_password_reset_clears_the_failed_login_streak() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = users(dir.path());
+        let (id, _) = u.create(new_user("ada@example.com")).unwrap();
+        for i in 0..FREE_FAILURES {
+            assert!(u.login("ada@example.com", &format!("guess {i}")).is_err());
+        }
+        assert!(matches!(
+            u.login("ada@example.com", "correct horse battery"),
+            Err(UserError::TooManyAttempts { .. })
+        ));
+        u.set_password(&id, "a brand new passphrase").unwrap();
+        assert_eq!(
+            u.login("ada@example.com", "a brand new passphrase")
+                .unwrap(),
+            id
+        );
+        for i in 0..FREE_FAILURES {
+            assert!(u.login("ada@example.com", &format!("guess {i}")).is_err());
+        }
+        u.set_status(&id, SettableStatus::Active).unwrap();
+        assert_eq!(
+            u.login("ada@example.com", "a brand new passphrase")
+                .unwrap(),
+            id
+        );
     }
 
     #[test]

@@ -33,10 +33,6 @@ fn fold_into(
     for (k, v) in &loser_info.profile {
         info.profile.entry(k.clone()).or_insert_with(|| v.clone());
     }
-    // The winner's own hashes first; past the bound the losers' last ones go.
-    for h in &loser_info.old_hashes {
-        super::add_legacy_hash(info, h.clone());
-    }
     if winner.secret.is_empty() {
         winner.secret = loser.secret.clone();
     } else if !loser.secret.is_empty() && loser.secret != winner.secret {
@@ -46,7 +42,23 @@ fn fold_into(
             source: "merged-account".into(),
             ..Default::default()
         };
-        super::add_legacy_hash(info, h);
+        if !super::add_legacy_hash(info, h.clone()) {
+            // At the bound: a password its user logs in with today outranks a hash
+            // imported from an old system.
+            if let Some(i) = info
+                .old_hashes
+                .iter()
+                .position(|o| o.algorithm != CURRENT_HASH)
+            {
+                info.old_hashes.remove(i);
+                super::add_legacy_hash(info, h);
+            }
+        }
+    }
+    // Then the loser's legacy hashes, after its current one: past the bound, the rest
+    // are not kept.
+    for h in &loser_info.old_hashes {
+        super::add_legacy_hash(info, h.clone());
     }
     let mut emails = vec![loser_info.email.clone()];
     emails.extend(loser_info.other_emails.iter().cloned());
@@ -155,6 +167,47 @@ impl Users {
 mod tests {
     use crate::accounts::error::{Applied, UserError};
     use crate::accounts::users::testkit::{drain, new_user, two_regions};
+
+    /// Merging into an account that already holds the most legacy hashes keeps the
+    /// loser's current password, the one its user logs in with today.
+    #[test]
+    fn a_merge_keeps_the_losers_current_password_over_old_imported_hashes() {
+        use crate::accounts::users::{CURRENT_HASH, MAX_LEGACY_HASHES};
+        use crate::proto;
+        let mut winner = proto::Record {
+            secret: "$argon2id$winner".into(),
+            ..Default::default()
+        };
+        let mut info = proto::Info {
+            old_hashes: (0..MAX_LEGACY_HASHES)
+                .map(|i| proto::LegacyHash {
+                    algorithm: "md5".into(),
+                    hash: format!("{i:032x}"),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let loser = proto::Record {
+            secret: "$argon2id$loser".into(),
+            ..Default::default()
+        };
+        let loser_info = proto::Info {
+            old_hashes: vec![proto::LegacyHash {
+                algorithm: "sha1".into(),
+                hash: "ab".repeat(20),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        super::fold_into(&mut winner, &mut info, &loser, &loser_info);
+        assert_eq!(info.old_hashes.len(), MAX_LEGACY_HASHES);
+        assert!(info
+            .old_hashes
+            .iter()
+            .any(|h| h.algorithm == CURRENT_HASH && h.hash == "$argon2id$loser"));
+        assert_eq!(winner.secret, "$argon2id$winner");
+    }
 
     #[test]
     fn the_same_email_created_in_two_regions_ends_as_one_account_the_earlier_one() {

@@ -155,7 +155,8 @@ pub struct Users {
     /// Whether this region's key service answered when the sweeper last asked.
     own_key_was_available: AtomicBool,
     /// The most hashing time a failed login has taken here (µs, at most
-    /// [`MAX_LOGIN_FLOOR`]): every failed login is answered as if it took this long.
+    /// [`MAX_LOGIN_FLOOR`]), from twice a verification's cost at start: every failed
+    /// login is answered as if it took this long.
     login_floor_us: std::sync::atomic::AtomicU64,
 }
 
@@ -184,6 +185,17 @@ pub(crate) fn add_legacy_hash(info: &mut proto::Info, hash: proto::LegacyHash) -
     }
     info.old_hashes.push(hash);
     true
+}
+
+/// Where an account stands for a refresh ([`Users::credentials_of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credentials {
+    /// Live and active, its credentials last changed at this time (0: never).
+    Active(u64),
+    /// Erased, merged, locked or disabled.
+    Inactive,
+    /// No record here: not replicated yet, or never existed.
+    NotHere,
 }
 
 /// Keys that became available since the retry sweeper last asked
@@ -241,6 +253,14 @@ impl Users {
         ));
         let lockout = Lockout::new(entries.clone(), keyring.owner());
         seed_wrap_counts(&store);
+        // From the start as slow as an account with two hashes to check (its own and
+        // one kept from a merge): the first probes after a restart tell nothing either.
+        let initial_floor_us = u64::try_from(
+            (passwords.dummy_cost() * 2)
+                .min(MAX_LOGIN_FLOOR)
+                .as_micros(),
+        )
+        .unwrap_or(0);
         Users {
             lockout,
             region: keyring.owner().to_string(),
@@ -258,7 +278,7 @@ impl Users {
             entries,
             key_arrivals: Default::default(),
             own_key_was_available: AtomicBool::new(true),
-            login_floor_us: std::sync::atomic::AtomicU64::new(0),
+            login_floor_us: std::sync::atomic::AtomicU64::new(initial_floor_us),
         }
     }
 

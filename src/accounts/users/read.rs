@@ -3,7 +3,7 @@
 
 use uuid::Uuid;
 
-use super::{id_bytes, status_name, KeyUsage, UserView, Users};
+use super::{id_bytes, status_name, Credentials, KeyUsage, UserView, Users};
 use crate::accounts::error::{Problem, UserError};
 use crate::accounts::input::{normalize_email, normalize_phone};
 use crate::common::metrics as m;
@@ -15,13 +15,16 @@ impl Users {
         self.index.email(normalised)
     }
 
-    /// The `credentials_changed_ms` of account `id` when it names a live, active
-    /// account; `None` when it is deleted, merged, locked, disabled or not here.
-    pub fn active_credentials(&self, id: &Uuid) -> Result<Option<u64>, UserError> {
-        Ok(self
-            .get_record(id)?
-            .filter(|r| !r.tombstone && Status::try_from(r.status) == Ok(Status::Active))
-            .map(|r| r.credentials_changed_ms))
+    /// Where account `id` stands for a refresh: active (with its
+    /// `credentials_changed_ms`), no longer active, or not here (yet).
+    pub fn credentials_of(&self, id: &Uuid) -> Result<Credentials, UserError> {
+        Ok(match self.get_record(id)? {
+            None => Credentials::NotHere,
+            Some(r) if !r.tombstone && Status::try_from(r.status) == Ok(Status::Active) => {
+                Credentials::Active(r.credentials_changed_ms)
+            }
+            Some(_) => Credentials::Inactive,
+        })
     }
 
     /// Persists this node's master key wrap counts ([`crate::crypto::wraps`]) and

@@ -113,7 +113,24 @@ impl Users {
         self.commit(Some((&previous, &key)), record, &info, "update")
     }
 
+    /// Sets a new password (an operator's reset, or the user's change): imported hashes
+    /// go, every session ends, and the account's failed-login streak is cleared, in
+    /// every region.
     pub fn set_password(&self, id: &Uuid, password: &str) -> Result<Version, UserError> {
+        let version = self.set_password_locked(id, password)?;
+        self.clear_failures(id)?;
+        Ok(version)
+    }
+
+    /// Clears account `id`'s failed-login streak, in every region (nothing is written
+    /// when there is none). Called with no stripe lock held.
+    fn clear_failures(&self, id: &Uuid) -> Result<(), UserError> {
+        let now = self.clock_now_ms();
+        let standing = self.lockout.standing_of(id.as_bytes(), now)?;
+        self.lockout.succeeded(id.as_bytes(), now, &standing)
+    }
+
+    fn set_password_locked(&self, id: &Uuid, password: &str) -> Result<Version, UserError> {
         let secret = self.hash_password(password)?;
         let _locked = self.store.lock(&[id.as_bytes()]);
         let previous = self.load_changeable(id)?;
@@ -132,7 +149,17 @@ impl Users {
         self.commit(Some((&previous, &key)), record, &info, "password")
     }
 
+    /// Sets an account's status; making it active again also clears its failed-login
+    /// streak (an operator's unlock).
     pub fn set_status(&self, id: &Uuid, status: SettableStatus) -> Result<Version, UserError> {
+        let version = self.set_status_locked(id, status)?;
+        if status == SettableStatus::Active {
+            self.clear_failures(id)?;
+        }
+        Ok(version)
+    }
+
+    fn set_status_locked(&self, id: &Uuid, status: SettableStatus) -> Result<Version, UserError> {
         let _locked = self.store.lock(&[id.as_bytes()]);
         let previous = self.load_changeable(id)?;
         let (info, key) = self.opened(&previous)?;
