@@ -26,7 +26,12 @@ fn connect(node: &TestNode, timeout: Duration) -> TcpStream {
 /// Sends `GET /healthz` on `s` (keeping it open) and reads the answer: `None` when
 /// nothing came within the connection's read timeout.
 fn health_over(s: &mut TcpStream) -> Option<String> {
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n")
+    get_over(s, "/healthz")
+}
+
+/// Sends `GET path` on `s` (keeping it open) and reads the answer's first bytes.
+fn get_over(s: &mut TcpStream, path: &str) -> Option<String> {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: node\r\n\r\n").as_bytes())
         .expect("write request");
     let mut buf = [0u8; 4096];
     match s.read(&mut buf) {
@@ -166,4 +171,42 @@ fn connections_past_the_cap_wait_until_one_closes() {
         .expect("the third is served once one closes");
     let answer = String::from_utf8_lossy(&buf[..n]);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// `/metrics` on a listener of its own (`http.metrics_listen`): gone from the API's
+/// listener, served there, and bounded the same way (a half-sent request there is
+/// disconnected too).
+#[test]
+fn metrics_can_have_a_listener_of_their_own_with_the_same_bounds() {
+    let port = common::free_port();
+    let node = TestNode::start_with(&format!(
+        "http.metrics_listen = \"127.0.0.1:{port}\"\nhttp.header_read_timeout_ms = 300\n"
+    ));
+    let mut api = connect(&node, Duration::from_secs(10));
+    let answer = get_over(&mut api, "/metrics").expect("an answer");
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    let metrics_at = || {
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics listener");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    let mut m = metrics_at();
+    let answer = get_over(&mut m, "/metrics").expect("an answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let mut slow = metrics_at();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: node\r\nX-Slow: ")
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let ended = loop {
+        match slow.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    assert!(
+        ended,
+        "a half-sent request held the metrics listener for 10 s"
+    );
 }

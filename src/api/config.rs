@@ -25,8 +25,12 @@ pub struct HttpConfig {
     /// Longest a request may take before it is answered 503. Default 30000 ms.
     pub request_timeout_ms: u64,
     /// Password hashes (logins, creates, password changes, imports) in flight at once;
-    /// more are answered 503 with Retry-After. Default 64.
+    /// more are answered 503 with Retry-After. Default 256: under the 512 threads of
+    /// the blocking pool, so replication and reads always find one.
     pub max_hashing_in_flight: usize,
+    /// Serve `/metrics` on this address instead (plain HTTP, the same connection
+    /// bounds), and not on `listen`. Default: on `listen`, without an API key.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -39,15 +43,32 @@ impl Default for HttpConfig {
             max_connections: 4096,
             header_read_timeout_ms: 10_000,
             request_timeout_ms: 30_000,
-            max_hashing_in_flight: 64,
+            max_hashing_in_flight: 256,
+            metrics_listen: None,
         }
     }
 }
 
 impl HttpConfig {
+    /// The address `/metrics` gets a listener of its own on, when set.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, Invalid> {
+        self.metrics_listen
+            .as_deref()
+            .map(|a| {
+                a.parse().map_err(|_| {
+                    invalid(
+                        "http.metrics_listen",
+                        format!("{a:?} is not an address like 127.0.0.1:9100"),
+                    )
+                })
+            })
+            .transpose()
+    }
+
     /// Checks the `[http]` section (TLS files included: both load and the key is the
     /// certificate's) and returns the address to listen on.
     pub fn validate(&self) -> Result<SocketAddr, Invalid> {
+        self.metrics_addr()?;
         let listen: SocketAddr = self.listen.parse().map_err(|_| {
             invalid(
                 "http.listen",

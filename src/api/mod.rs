@@ -31,7 +31,18 @@ async fn method_not_allowed() -> ApiError {
     ApiError::method_not_allowed()
 }
 
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+/// `/metrics` alone, for a listener of its own (`http.metrics_listen`).
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(health::metrics_text))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// The API. `/metrics` is on it unless `metrics_apart` (it then has a listener of its
+/// own, [`metrics_router`]).
+pub fn router(state: AppState, max_body_bytes: usize, metrics_apart: bool) -> Router {
     let mut admin = Router::new()
         .route("/v1/admin/digest", get(admin::digest))
         .route("/v1/admin/retry", get(admin::list_retry))
@@ -96,11 +107,14 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             state.clone(),
             middleware::require_api_key,
         ));
-    Router::new()
+    let mut public = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/.well-known/jwks.json", get(sessions::jwks))
-        .route("/metrics", get(health::metrics_text))
+        .route("/.well-known/jwks.json", get(sessions::jwks));
+    if !metrics_apart {
+        public = public.route("/metrics", get(health::metrics_text));
+    }
+    public
         .merge(v1)
         .merge(internal)
         .fallback(not_found)

@@ -120,6 +120,8 @@ pub struct Config {
     pub serve_limits: crate::common::serve::Limits,
     pub request_timeout: std::time::Duration,
     pub max_hashing_in_flight: usize,
+    /// `/metrics` on a listener of its own (`http.metrics_listen`).
+    pub metrics_listen: Option<SocketAddr>,
     /// (name, SHA-256 of the key).
     pub api_keys: Vec<(String, [u8; 32], Scopes)>,
     pub storage: StorageConfig,
@@ -201,6 +203,7 @@ impl RawConfig {
             },
             request_timeout: std::time::Duration::from_millis(self.http.request_timeout_ms),
             max_hashing_in_flight: self.http.max_hashing_in_flight,
+            metrics_listen: self.http.metrics_addr().map_err(ConfigError::from)?,
             tls: self.http.tls,
             max_body_bytes: self.http.max_body_bytes,
             max_import_items: self.http.max_import_items,

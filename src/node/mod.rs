@@ -41,6 +41,8 @@ use crate::storage::store::{Store, StoreOptions};
 /// A node that has bound its listener and is serving.
 pub struct Node {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served when it has a listener of its own.
+    pub metrics_addr: Option<SocketAddr>,
     pub users: Arc<Users>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -151,7 +153,10 @@ impl Node {
         if config.faults.enabled {
             tracing::warn!("fault injection is enabled: /v1/admin/faults can break this node");
         }
-        let app = api::router(state, config.max_body_bytes);
+        let metrics_app = config
+            .metrics_listen
+            .map(|_| api::metrics_router(state.clone()));
+        let app = api::router(state, config.max_body_bytes, metrics_app.is_some());
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listen on {}", config.listen))?;
@@ -173,6 +178,26 @@ impl Node {
             let limits = config.serve_limits;
             crate::common::serve::serve(listener, tls, app, limits, stopping)
         });
+        let metrics_addr = match (config.metrics_listen, metrics_app) {
+            (Some(at), Some(metrics_app)) => {
+                let listener = TcpListener::bind(at)
+                    .await
+                    .with_context(|| format!("listen for /metrics on {at}"))?;
+                let bound = listener
+                    .local_addr()
+                    .context("read metrics listener address")?;
+                let stop = shutdown.child_token();
+                tracker.spawn(crate::common::serve::serve(
+                    listener,
+                    None,
+                    metrics_app,
+                    config.serve_limits,
+                    async move { stop.cancelled().await },
+                ));
+                Some(bound)
+            }
+            _ => None,
+        };
         let sources: Vec<String> = config
             .replication
             .iter()
@@ -250,8 +275,12 @@ impl Node {
         ready.store(true, Ordering::SeqCst);
         metrics::gauge!(m::NODE_UP).set(1.0);
         tracing::info!(region = %config.region, %addr, https = config.tls.is_some(), "node serving");
+        if let Some(at) = metrics_addr {
+            tracing::info!(region = %config.region, %at, "metrics served apart");
+        }
         Ok(Node {
             addr,
+            metrics_addr,
             users,
             shutdown,
             tracker,
