@@ -210,3 +210,57 @@ fn metrics_can_have_a_listener_of_their_own_with_the_same_bounds() {
         "a half-sent request held the metrics listener for 10 s"
     );
 }
+
+/// The attack: one host opening connections until the node holds no more. With
+/// `http.max_connections_per_address`, its connections past the share are closed at
+/// once while another address is still served.
+#[test]
+fn an_address_past_its_share_of_connections_is_closed_at_once() {
+    let node = TestNode::start_with(
+        "http.max_connections_per_address = 2\nhttp.header_read_timeout_ms = 60000\n",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = connect(&node, Duration::from_secs(10));
+            let answer = health_over(&mut s).expect("served");
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            s
+        })
+        .collect();
+    let mut third = connect(&node, Duration::from_secs(10));
+    let _ = third.write_all(b"GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n");
+    let mut buf = [0u8; 256];
+    let closed = match third.read(&mut buf) {
+        Ok(0) => true,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        Ok(n) => panic!("served: {}", String::from_utf8_lossy(&buf[..n])),
+    };
+    assert!(closed, "a third connection from one address was kept");
+    // Another address (loopback has many: this one connects from 127.0.0.2) is served
+    // meanwhile.
+    let to: std::net::SocketAddr = addr(&node).parse().unwrap();
+    let answer = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            let mut other = socket.connect(to).await.expect("connect from 127.0.0.2");
+            other
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n")
+                .await
+                .unwrap();
+            let mut buf = [0u8; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(10), other.read(&mut buf))
+                .await
+                .expect("served within 10 s")
+                .unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(held);
+}

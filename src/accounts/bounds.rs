@@ -28,7 +28,7 @@ pub const MAX_AHEAD_MS: u64 = 24 * 60 * 60 * 1000;
 /// The longest refresh token lifetime a node can be configured with: a year.
 pub const MAX_REFRESH_TTL_MS: u64 = 365 * 24 * 60 * 60 * 1000;
 /// The most earlier secrets a refresh token family keeps.
-pub const MAX_FAMILY_HISTORY: usize = 8;
+pub const MAX_FAMILY_HISTORY: usize = 32;
 /// How long before signing a key may be published, at most (`tokens.publish_lead_s`).
 const MAX_PUBLISH_LEAD_MS: u64 = 7 * 24 * 60 * 60 * 1000;
 

@@ -56,7 +56,13 @@ enum Merged {
 
 /// `winner` (the newer entry's value) merged with `loser`'s for the kinds where last
 /// writer wins alone would lose something; `None` when the winner stands as it is.
-fn merge(kind: u32, winner: &[u8], loser: &[u8], now_ms: u64) -> Option<Merged> {
+fn merge(
+    kind: u32,
+    winner: &[u8],
+    loser: &[u8],
+    regions_differ: bool,
+    now_ms: u64,
+) -> Option<Merged> {
     use prost::Message as _;
     if kind == EntryKind::ApiKey as u32 {
         let mut w = proto::ApiKey::decode(winner).ok()?;
@@ -76,7 +82,7 @@ fn merge(kind: u32, winner: &[u8], loser: &[u8], now_ms: u64) -> Option<Merged> 
             w.revoked_reason = l.revoked_reason;
             return Some(Merged::Revocation(w.encode_to_vec()));
         }
-        if w.revoked_ms == 0 && l.revoked_ms == 0 && forked(&w, &l) {
+        if w.revoked_ms == 0 && l.revoked_ms == 0 && forked(&w, &l, regions_differ) {
             w.revoked_ms = now_ms.max(1);
             w.revoked_reason = "reused".into();
             // The other branch's secret is known here too: presented, it is refused
@@ -97,8 +103,10 @@ fn merge(kind: u32, winner: &[u8], loser: &[u8], now_ms: u64) -> Option<Merged> 
 
 /// Whether two copies of one refresh token family went separate ways: the later
 /// generation's history does not hold the earlier one's current secret. Beyond the
-/// history a family keeps, nothing can be told, and nothing is assumed.
-fn forked(a: &proto::TokenFamily, b: &proto::TokenFamily) -> bool {
+/// history a family keeps, two copies last written by different regions count as
+/// forked: a session may end that did not have to (its user logs in again), rather
+/// than a thief's branch live on unseen.
+fn forked(a: &proto::TokenFamily, b: &proto::TokenFamily, regions_differ: bool) -> bool {
     let (later, earlier) = if a.generation >= b.generation {
         (a, b)
     } else {
@@ -108,11 +116,10 @@ fn forked(a: &proto::TokenFamily, b: &proto::TokenFamily) -> bool {
     if back == 0 {
         return later.current_hash != earlier.current_hash;
     }
-    later
-        .previous_hashes
-        .len()
-        .checked_sub(back)
-        .is_some_and(|i| later.previous_hashes[i] != earlier.current_hash)
+    match later.previous_hashes.len().checked_sub(back) {
+        Some(i) => later.previous_hashes[i] != earlier.current_hash,
+        None => regions_differ,
+    }
 }
 
 fn lock_key(kind: u32, key: &[u8]) -> Vec<u8> {
@@ -289,6 +296,7 @@ impl Entries {
                     entry.kind,
                     &winner.value,
                     &loser.value,
+                    entry_version(&winner).region != entry_version(&loser).region,
                     self.hlc.physical_now(),
                 )
             });
@@ -496,7 +504,8 @@ mod tests {
             .unwrap();
         assert!(!forked(
             &proto::TokenFamily::decode(created.value.as_slice()).unwrap(),
-            &proto::TokenFamily::decode(first.value.as_slice()).unwrap()
+            &proto::TokenFamily::decode(first.value.as_slice()).unwrap(),
+            true
         ));
         // Both regions rotate generation 1 before either hears of the other.
         let at_a = a
@@ -580,5 +589,30 @@ mod tests {
             .unwrap()
             .is_none());
         assert!(b.get(EntryKind::ApiKey, b"k").unwrap().is_none());
+    }
+
+    /// The attack: a thief who keeps refreshing while the victim's region is cut off,
+    /// so that the two branches differ by more generations than a family remembers.
+    #[test]
+    fn branches_further_apart_than_the_history_are_a_fork_when_two_regions_wrote_them() {
+        use prost::Message as _;
+        let decoded = |v: Vec<u8>| proto::TokenFamily::decode(v.as_slice()).unwrap();
+        let history: Vec<u8> = (0..crate::accounts::bounds::MAX_FAMILY_HISTORY as u8).collect();
+        let far = decoded(family(100, 0xf0, &history, 0));
+        let behind = decoded(family(10, 0xb0, &[], 0));
+        assert!(
+            forked(&far, &behind, true),
+            "two regions, too far apart to tell"
+        );
+        assert!(
+            !forked(&far, &behind, false),
+            "one region's own line of rotations"
+        );
+        // Within the history, the hashes decide, whoever wrote them.
+        let line = decoded(family(3, 0x03, &[0, 1, 2], 0));
+        let before = decoded(family(2, 0x02, &[0, 1], 0));
+        assert!(!forked(&line, &before, true));
+        let other = decoded(family(2, 0xee, &[0, 1], 0));
+        assert!(forked(&line, &other, false));
     }
 }

@@ -19,6 +19,9 @@ pub struct HttpConfig {
     pub tls: Option<crate::common::tls::TlsFiles>,
     /// Connections served at once; more wait in the listen backlog. Default 4096.
     pub max_connections: usize,
+    /// Connections one client address may hold at once; more are closed at once.
+    /// Default 0: no bound, as behind a load balancer every connection is its.
+    pub max_connections_per_address: usize,
     /// How long a client has to send a request's headers, on a new or a kept-alive
     /// connection, before it is closed. Default 10000 ms.
     pub header_read_timeout_ms: u64,
@@ -41,6 +44,7 @@ impl Default for HttpConfig {
             max_import_items: 1000,
             tls: None,
             max_connections: 4096,
+            max_connections_per_address: 0,
             header_read_timeout_ms: 10_000,
             request_timeout_ms: 30_000,
             max_hashing_in_flight: 256,
@@ -87,11 +91,16 @@ impl HttpConfig {
                 "must be between 1 and 100000",
             ));
         }
-        let bounds: [(&str, u64, std::ops::RangeInclusive<u64>); 4] = [
+        let bounds: [(&str, u64, std::ops::RangeInclusive<u64>); 5] = [
             (
                 "http.max_connections",
                 self.max_connections as u64,
                 1..=1_000_000,
+            ),
+            (
+                "http.max_connections_per_address",
+                self.max_connections_per_address as u64,
+                0..=1_000_000,
             ),
             (
                 "http.header_read_timeout_ms",

@@ -50,6 +50,7 @@ pub const KEY_RECOVERIES_TOTAL: &str = "authsync_key_recoveries_total";
 pub const USER_KEYS_REWRAPPED_TOTAL: &str = "authsync_user_keys_rewrapped_total";
 pub const ENTRIES_SWEPT_TOTAL: &str = "authsync_entries_swept_total";
 pub const MASTER_KEY_WRAPS: &str = "authsync_master_key_wraps";
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "authsync_http_connections_refused_total";
 pub const OVERLOADED_TOTAL: &str = "authsync_http_overloaded_total";
 pub const TOKEN_FAMILIES_FORKED_TOTAL: &str = "authsync_token_families_forked_total";
 pub const ANTI_ENTROPY_ROUNDS_TOTAL: &str = "authsync_anti_entropy_rounds_total";
@@ -203,6 +204,11 @@ fn describe() {
         MASTER_KEY_WRAPS,
         Unit::Count,
         "Keys this node has wrapped under each master key (label key: region/version), persisted: AES-GCM allows 2^32 per key across every region."
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED_TOTAL,
+        Unit::Count,
+        "Connections closed at once because their address held http.max_connections_per_address already."
     );
     describe_gauge!(NODE_UP, Unit::Count, "1 while the node serves requests.");
     describe_counter!(
@@ -454,6 +460,7 @@ pub fn zero_series(sources: &[String], compared: &[String]) {
     }
     counter!(TOKEN_FAMILIES_FORKED_TOTAL).absolute(0);
     counter!(OVERLOADED_TOTAL).absolute(0);
+    counter!(CONNECTIONS_REFUSED_TOTAL).absolute(0);
     counter!(DEAD_LETTERS_DROPPED_TOTAL).absolute(0);
     for outcome in ["loaded", "failed"] {
         counter!(TLS_RELOADS_TOTAL, "outcome" => outcome).absolute(0);

@@ -2,7 +2,8 @@
 //! the bounds a listener open to the Internet needs.
 //!
 //! - At most `max_connections` connections are served at once; further ones wait in
-//!   the kernel's listen backlog until one closes.
+//!   the kernel's listen backlog until one closes. With `max_per_address`, an address
+//!   past its share has new connections closed at once.
 //! - A client has `header_read_timeout` to send each request's headers (HTTP/1.1), on
 //!   a new connection and between requests on a kept-alive one, and
 //!   [`tls::HANDSHAKE_TIMEOUT`] for its TLS handshake; slower ones are closed.
@@ -33,7 +34,31 @@ use crate::common::tls;
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_connections: usize,
+    /// Connections one client address may hold at once; 0: no bound (what a node
+    /// behind a load balancer, where every connection comes from it, needs).
+    pub max_per_address: usize,
     pub header_read_timeout: Duration,
+}
+
+/// Open connections by client address, for [`Limits::max_per_address`].
+type PerAddress = Arc<parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
+
+/// One connection counted against its address until dropped.
+struct Counted {
+    per_address: PerAddress,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut open = self.per_address.lock();
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Serves `app` on `listener` (over TLS with `tls`) until `shutdown` completes.
@@ -69,6 +94,7 @@ pub async fn serve(
         builder = builder.http1_only();
     }
     let places = Arc::new(Semaphore::new(limits.max_connections));
+    let per_address: PerAddress = Arc::default();
     loop {
         // A place first: past the bound, connections wait unaccepted.
         let place = tokio::select! {
@@ -91,6 +117,22 @@ pub async fn serve(
                 }
             },
         };
+        let counted = if limits.max_per_address > 0 {
+            let mut open = per_address.lock();
+            let n = open.entry(peer.ip()).or_insert(0);
+            if *n >= limits.max_per_address {
+                // Closed at once: this address holds its share already.
+                metrics::counter!(crate::common::metrics::CONNECTIONS_REFUSED_TOTAL).increment(1);
+                continue;
+            }
+            *n += 1;
+            Some(Counted {
+                per_address: per_address.clone(),
+                ip: peer.ip(),
+            })
+        } else {
+            None
+        };
         let connection = Connection {
             builder: builder.clone(),
             app: app.clone(),
@@ -100,6 +142,7 @@ pub async fn serve(
         let tls = tls.clone();
         tokio::spawn(async move {
             let _place = place;
+            let _counted = counted;
             match tls {
                 None => connection.serve(tcp).await,
                 Some(acceptor) => {

@@ -197,6 +197,7 @@ impl RawConfig {
             listen,
             serve_limits: crate::common::serve::Limits {
                 max_connections: self.http.max_connections,
+                max_per_address: self.http.max_connections_per_address,
                 header_read_timeout: std::time::Duration::from_millis(
                     self.http.header_read_timeout_ms,
                 ),
