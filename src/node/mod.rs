@@ -294,7 +294,14 @@ impl Node {
         self.tracker.wait().await;
         metrics::gauge!(m::NODE_UP).set(0.0);
         let users = self.users.clone();
-        let flushed = tokio::task::spawn_blocking(move || users.store().flush()).await;
+        let flushed = tokio::task::spawn_blocking(move || {
+            // The wrap counts since the last persist, so a clean restart loses none.
+            if let Err(e) = users.persist_wrap_counts() {
+                tracing::warn!(error = %e, "persist the master key wrap counts at shutdown");
+            }
+            users.store().flush()
+        })
+        .await;
         match flushed {
             Ok(Ok(())) => tracing::info!("store flushed; node stopped"),
             Ok(Err(e)) => tracing::error!(error = %e, "flush store at shutdown"),

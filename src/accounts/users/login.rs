@@ -124,12 +124,15 @@ impl Users {
         let credentials = record.as_ref().map_or(0, |r| r.credentials_changed_ms);
         match self.login_inner(record, password) {
             Err(UserError::InvalidCredentials) => {
-                let standing = self.lockout.failed(&subject, now)?;
+                // Counted when the failure is known: time spent hashing or queued
+                // does not shorten the next wait.
+                let failed_at = self.clock_now_ms().max(now);
+                let standing = self.lockout.failed(&subject, failed_at)?;
                 if standing.failures == crate::accounts::lockout::FREE_FAILURES {
                     metrics::counter!(m::LOGIN_LOCKOUTS_TOTAL).increment(1);
                 }
                 Err(UserError::LoginFailed {
-                    retry_after_ms: standing.retry_after_ms(now),
+                    retry_after_ms: standing.retry_after_ms(failed_at),
                 })
             }
             // The right password: the count starts again.
