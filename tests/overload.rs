@@ -49,6 +49,23 @@ fn get_over(s: &mut TcpStream, path: &str) -> Option<String> {
     }
 }
 
+/// Sends a request for `path` whose headers never end, and reads until the node
+/// closes the connection (true) or the read timeout passes with it open (false).
+fn closed_while_half_sent(s: &mut TcpStream, path: &str) -> bool {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: node\r\nX-Slow: ").as_bytes())
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            // hyper may say 408 before it closes.
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
 /// The attack: many logins at once, more than the node hashes in parallel. Past the
 /// bound each is answered 503 with Retry-After at once, none waits in a thread, and
 /// the node logs in normally once the flood is over.
@@ -117,20 +134,8 @@ async fn a_login_flood_past_the_hashing_bound_is_refused_at_once_with_retry_afte
 fn a_client_that_never_finishes_its_headers_is_disconnected() {
     let node = TestNode::start_with("http.header_read_timeout_ms = 300\n");
     let mut s = connect(&node, Duration::from_secs(10));
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: node\r\nX-Slow: ")
-        .unwrap();
-    let mut buf = [0u8; 1024];
-    let ended = loop {
-        match s.read(&mut buf) {
-            // hyper may say 408 before it closes.
-            Ok(0) => break true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
-            Err(_) => break false,
-        }
-    };
     assert!(
-        ended,
+        closed_while_half_sent(&mut s, "/healthz"),
         "the half-sent request still holds its connection after 10 s"
     );
     // A client that finishes its request in time is served as usual.
@@ -194,19 +199,8 @@ fn metrics_can_have_a_listener_of_their_own_with_the_same_bounds() {
     let answer = get_over(&mut m, "/metrics").expect("an answer");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let mut slow = metrics_at();
-    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: node\r\nX-Slow: ")
-        .unwrap();
-    let mut buf = [0u8; 1024];
-    let ended = loop {
-        match slow.read(&mut buf) {
-            Ok(0) => break true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
-            Err(_) => break false,
-        }
-    };
     assert!(
-        ended,
+        closed_while_half_sent(&mut slow, "/metrics"),
         "a half-sent request held the metrics listener for 10 s"
     );
 }

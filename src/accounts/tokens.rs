@@ -627,17 +627,23 @@ mod tests {
         (users, tokens, now)
     }
 
+    /// An account to log in as.
+    fn ada(users: &Users) -> Uuid {
+        let body =
+            serde_json::json!({"email": "ada@example.com", "password": "correct horse battery"});
+        users
+            .create(crate::accounts::input::new_user(&body, 8).unwrap())
+            .unwrap()
+            .0
+    }
+
     /// The attack: a thief holding a spent refresh token writes the current generation
     /// into it, so that it no longer looks like an earlier one.
     #[test]
     fn a_spent_token_with_its_generation_rewritten_is_still_caught_as_reuse() {
         let dir = tempfile::tempdir().unwrap();
         let (users, tokens, _) = region(dir.path());
-        let body =
-            serde_json::json!({"email": "ada@example.com", "password": "correct horse battery"});
-        let (id, _) = users
-            .create(crate::accounts::input::new_user(&body, 8).unwrap())
-            .unwrap();
+        let id = ada(&users);
         let stolen = tokens.issue(id, 0).unwrap().refresh_token;
         let rotated = tokens.refresh(&stolen).unwrap().refresh_token;
         let (family, generation, secret) = parse_refresh(&stolen).unwrap();
@@ -663,11 +669,7 @@ mod tests {
     fn a_region_behind_the_login_refuses_for_now_and_revokes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let (users, tokens, _) = region(dir.path());
-        let body =
-            serde_json::json!({"email": "ada@example.com", "password": "correct horse battery"});
-        let (id, _) = users
-            .create(crate::accounts::input::new_user(&body, 8).unwrap())
-            .unwrap();
+        let id = ada(&users);
         // Opened elsewhere after a password change that has not arrived here.
         let ahead = tokens.issue(id, u64::MAX / 2).unwrap();
         assert!(tokens.refresh(&ahead.refresh_token).is_ok());

@@ -221,11 +221,6 @@ impl Passwords {
         Zeroizing::new(B64.encode(tag.as_ref()).into_bytes())
     }
 
-    /// Runs `f`, a password hash or verification, when a core is free for it.
-    pub fn with_hash_slot<T>(&self, f: impl FnOnce() -> T) -> T {
-        self.gate.run(|_| f())
-    }
-
     /// A PHC string for `password` with the configured algorithm, recorded in the
     /// hash metrics.
     pub fn hash(&self, password: &str) -> Result<String, PasswordError> {
@@ -313,11 +308,6 @@ impl Passwords {
         }
     }
 
-    /// Spends the time of one verification on nothing, for unknown logins.
-    pub fn verify_dummy(&self, password: &str) {
-        let _ = self.verify(password, &self.dummy);
-    }
-
     /// Runs `f` in one hashing slot, held throughout: every verification it makes
     /// through the [`Slot`] uses that slot, so a piece of work (one login) waits for a
     /// core once however many hashes it checks.
@@ -349,7 +339,7 @@ impl Slot<'_> {
         self.passwords.verify_now(password, phc, self.memory)
     }
 
-    /// [`Passwords::verify_dummy`], in this slot.
+    /// Spends the time of one verification on nothing, for unknown logins.
     pub fn verify_dummy(&mut self, password: &str) {
         let dummy = &self.passwords.dummy;
         let _ = self.passwords.verify_now(password, dummy, self.memory);

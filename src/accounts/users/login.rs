@@ -323,20 +323,23 @@ mod tests {
         let u = std::sync::Arc::new(users(dir.path()));
         u.create(new_user("ada@example.com")).unwrap();
         let attempts = 50;
-        let start = std::sync::Arc::new(std::sync::Barrier::new(attempts));
-        let outcomes: Vec<UserError> = (0..attempts)
-            .map(|i| {
-                let (u, start) = (u.clone(), start.clone());
-                std::thread::spawn(move || {
-                    start.wait();
-                    u.login("ada@example.com", &format!("guess number {i}"))
-                        .unwrap_err()
+        // `attempts` wrong passwords for `login`, all released at once.
+        let guesses = |login: &'static str| -> Vec<UserError> {
+            let start = std::sync::Arc::new(std::sync::Barrier::new(attempts));
+            (0..attempts)
+                .map(|i| {
+                    let (u, start) = (u.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        u.login(login, &format!("guess number {i}")).unwrap_err()
+                    })
                 })
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|t| t.join().unwrap())
-            .collect();
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .collect()
+        };
+        let outcomes = guesses("ada@example.com");
         // LoginFailed is the answer of a verified (hashed) guess; TooManyAttempts is
         // refused before hashing.
         let verified = outcomes
@@ -353,20 +356,9 @@ mod tests {
             "{verified} of {attempts} concurrent guesses were verified"
         );
         // The same holds for a login that names no account.
-        let start = std::sync::Arc::new(std::sync::Barrier::new(attempts));
-        let verified = (0..attempts)
-            .map(|i| {
-                let (u, start) = (u.clone(), start.clone());
-                std::thread::spawn(move || {
-                    start.wait();
-                    u.login("nobody@example.com", &format!("guess number {i}"))
-                        .unwrap_err()
-                })
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|t| t.join())
-            .filter(|t| matches!(t, Ok(UserError::LoginFailed { .. })))
+        let verified = guesses("nobody@example.com")
+            .iter()
+            .filter(|e| matches!(e, UserError::LoginFailed { .. }))
             .count();
         // (Unknown logins count against their blind index, like accounts.)
         assert!(
