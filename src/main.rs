@@ -180,6 +180,18 @@ enum KeysCommand {
         #[arg(long, alias = "out", default_value = "config/keys")]
         dir: PathBuf,
     },
+    /// Upgrade a directory of format 1 keyrings (every peer's AES key in every file) to
+    /// format 2: an X25519 master key and an Ed25519 signing key per region, only
+    /// peers' public keys in each file. With --finish, end the window in which
+    /// unsigned events from format 1 nodes are still accepted.
+    Upgrade {
+        /// Directory holding every region's keyring.
+        #[arg(long, alias = "out", default_value = "config/keys")]
+        dir: PathBuf,
+        /// Stop accepting unsigned events: run once every node runs its format 2 keyring.
+        #[arg(long)]
+        finish: bool,
+    },
     /// Destroy an old master key version of a region, once its node reports that
     /// nothing still uses it: whatever it sealed, backups included, stays sealed.
     Retire {
@@ -274,6 +286,35 @@ async fn run() -> anyhow::Result<()> {
             node,
         }) => {
             cli::keys::retire_key(&node.checked()?, &dir, &region, version).await?;
+        }
+        Command::Keys(KeysCommand::Upgrade { dir, finish: false }) => {
+            let upgraded = keyring::upgrade_in_dir(&dir)?;
+            if upgraded.is_empty() {
+                println!("every keyring in {} is format 2 already", dir.display());
+            }
+            for u in upgraded {
+                println!(
+                    "region {}: X25519 master key v{} is active, AES v{:?} decrypt only until \
+                     retired; Ed25519 signing key s1",
+                    u.region, u.active, u.legacy
+                );
+            }
+            println!(
+                "next: give each node its new keyring (it reloads it), let key recovery move \
+                 every wrap, `authsync keys retire` the old versions, then `authsync keys \
+                 upgrade --finish`"
+            );
+        }
+        Command::Keys(KeysCommand::Upgrade { dir, finish: true }) => {
+            let changed = keyring::finish_upgrade_in_dir(&dir)?;
+            println!(
+                "unsigned events are refused from now on by {}",
+                if changed.is_empty() {
+                    "every keyring (already)".to_string()
+                } else {
+                    changed.join(", ")
+                }
+            );
         }
         Command::Keys(KeysCommand::Rotate { region, dir }) => {
             let version = keyring::rotate_in_dir(&dir, &region)?;

@@ -174,19 +174,21 @@ fn change_events_from_the_wire_never_panic_and_change_nothing_unless_valid() {
         .is_empty());
 }
 
-/// Events signed with this deployment's own index key, as a peer (or someone holding
-/// that key) would send them, with every field of the record mutated: whatever the
-/// fields say, applying them must not panic, and the store must stay readable.
+/// Events signed with af-south's signing key and the deployment's index key, as a peer
+/// (or someone holding its keys) would send them, with every field of the record
+/// mutated: whatever the fields say, applying them must not panic, and the store must
+/// stay readable.
 #[test]
 fn signed_events_with_any_field_values_apply_without_panicking() {
-    let rings =
+    let mut rings =
         authsync::crypto::keyring::init(&["af-south".to_string(), "eu-west".to_string()]).unwrap();
     let mac = authsync::crypto::envelope::RecordMac::new(rings[0].index_key());
+    let origin = rings.remove(0);
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path(), &StoreOptions::default()).unwrap());
     let target = {
         // The target shares the origin's deployment keys.
-        let ring = rings.into_iter().nth(1).unwrap();
+        let ring = rings.remove(0);
         let passwords = Passwords::new(
             authsync::crypto::password::PasswordAlgorithm::Argon2id,
             ring.pepper(),
@@ -229,8 +231,7 @@ fn signed_events_with_any_field_values_apply_without_panicking() {
                         iv: junk.clone(),
                         ciphertext: junk.clone(),
                         mac: junk,
-                        keys: Vec::new(),
-                        user_key_id: Vec::new(),
+                        ..Default::default()
                     }),
                     tombstone,
                     merged_into,
@@ -247,6 +248,7 @@ fn signed_events_with_any_field_values_apply_without_panicking() {
     let mut runner = fuzz_runner();
     runner
         .run(&record, |mut r| {
+            authsync::crypto::signatures::sign(&origin, &mut r);
             mac.sign(&mut r);
             let event = proto::ChangeEvent {
                 event_id: "af-south:1".into(),

@@ -440,25 +440,39 @@ async fn operator_and_internal_endpoints_refuse_bad_input_and_strangers() {
     ] {
         let r = c.send(method, path, Some(json!({"ids": []}))).await;
         assert_eq!(r.status, 401, "{path}");
-        // A current time, a known peer and a MAC of the right length: refused by the
-        // MAC check itself, not as expired or malformed.
+        // A current time, a known peer, its key id and a signature of the right
+        // length: refused by the signature check itself, not as expired or
+        // malformed. A format 1 header (an HMAC under the shared key) is refused as
+        // unsigned.
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis();
-        let forged = http
-            .request(method.parse().unwrap(), format!("{}{path}", node.url))
-            .header(
-                "x-authsync-peer",
+        for (header, refusal) in [
+            (
+                format!(
+                    "eu-west:{now_ms}:{}:eu-west/s1:{}",
+                    "00".repeat(16),
+                    "00".repeat(64)
+                ),
+                "bad peer signature",
+            ),
+            (
                 format!("eu-west:{now_ms}:{}", "00".repeat(32)),
-            )
-            .json(&json!({"ids": []}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(forged.status(), 401, "{path}");
-        let answer = forged.text().await.unwrap();
-        assert!(answer.contains("bad peer signature"), "{path}: {answer}");
+                "unsigned peer request",
+            ),
+        ] {
+            let forged = http
+                .request(method.parse().unwrap(), format!("{}{path}", node.url))
+                .header("x-authsync-peer", header)
+                .json(&json!({"ids": []}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(forged.status(), 401, "{path}");
+            let answer = forged.text().await.unwrap();
+            assert!(answer.contains(refusal), "{path}: {answer}");
+        }
     }
     // The CLI says what is wrong and changes nothing.
     let out = Command::new(env!("CARGO_BIN_EXE_authsync"))

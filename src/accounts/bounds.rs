@@ -297,7 +297,7 @@ mod tests {
             key: b"k".to_vec(),
             version: v(NOW),
             value,
-            mac: vec![],
+            ..Default::default()
         };
         let family = proto::TokenFamily {
             user_id: vec![1; 16],

@@ -17,6 +17,8 @@ use crate::common::config::{invalid, Invalid};
 use crate::common::hlc::{Hlc, Version};
 use crate::common::metrics as m;
 use crate::crypto::envelope::EntryMac;
+use crate::crypto::keyring::SharedKeyring;
+use crate::crypto::signatures;
 use crate::proto::{self, EntryKind};
 use crate::storage::store::Store;
 use serde::{Deserialize, Serialize};
@@ -27,6 +29,7 @@ pub struct Entries {
     store: Arc<Store>,
     hlc: Arc<Hlc>,
     mac: EntryMac,
+    keyring: SharedKeyring,
     outbox_signal: Arc<tokio::sync::Notify>,
     watchers: RwLock<Vec<Watcher>>,
 }
@@ -133,13 +136,15 @@ impl Entries {
     pub fn new(
         store: Arc<Store>,
         hlc: Arc<Hlc>,
-        index_key: &[u8; 32],
+        keyring: SharedKeyring,
         outbox_signal: Arc<tokio::sync::Notify>,
     ) -> Entries {
+        let mac = EntryMac::new(keyring.read().index_key());
         Entries {
             store,
             hlc,
-            mac: EntryMac::new(index_key),
+            mac,
+            keyring,
             outbox_signal,
             watchers: RwLock::new(Vec::new()),
         }
@@ -196,8 +201,9 @@ impl Entries {
                 key: key.to_vec(),
                 version: Some(version.to_proto()),
                 value,
-                mac: Vec::new(),
+                ..Default::default()
             };
+            signatures::sign(&self.keyring.read(), &mut entry);
             self.mac.sign(&mut entry);
             self.store.commit_entry(&entry, true, true)?;
             entry
@@ -262,6 +268,35 @@ impl Entries {
         Ok(out)
     }
 
+    /// Checks that `entry` was written by the region its version names, and that a
+    /// signing key's entry publishes that region's own key: no region writes as
+    /// another, or publishes the key that signs another's tokens.
+    fn check_writer(&self, entry: &proto::Entry) -> Result<(), ApplyError> {
+        let writer = entry.version.as_ref().map_or("", |v| v.region.as_str());
+        let refused = || {
+            metrics::counter!(m::SIGNATURES_REFUSED_TOTAL).increment(1);
+            ApplyError::Integrity
+        };
+        let verified =
+            signatures::verify(&self.keyring.read(), entry, writer).map_err(|_| refused())?;
+        if verified == signatures::Verified::Legacy {
+            metrics::counter!(m::UNSIGNED_ACCEPTED_TOTAL).increment(1);
+        }
+        if entry.kind == EntryKind::SigningKey as u32 {
+            use prost::Message as _;
+            let key = proto::SigningKey::decode(entry.value.as_slice())
+                .map_err(|_| ApplyError::Malformed("signing key entry does not decode"))?;
+            let kid_region = std::str::from_utf8(&entry.key)
+                .ok()
+                .and_then(|kid| kid.rsplit_once('-'))
+                .map(|(region, _)| region);
+            if key.region != writer || kid_region != Some(writer) {
+                return Err(refused());
+            }
+        }
+        Ok(())
+    }
+
     /// Applies an entry replicated from another region: stored when newer than the
     /// stored one (or when the stored one fails its MAC), otherwise skipped.
     pub fn apply(&self, entry: &proto::Entry, sync: bool) -> Result<Applied, ApplyError> {
@@ -272,6 +307,7 @@ impl Entries {
         {
             return Err(ApplyError::Malformed("entry without a valid version"));
         }
+        self.check_writer(entry)?;
         self.mac.verify(entry).map_err(|_| ApplyError::Integrity)?;
         crate::accounts::bounds::entry(entry)?;
         let version = entry_version(entry);
@@ -303,7 +339,13 @@ impl Entries {
             let mut outbox = false;
             let changed = merged.is_some();
             match merged {
-                Some(Merged::Revocation(value)) => winner.value = value,
+                Some(Merged::Revocation(value)) => {
+                    // Kept here only, at the writer's version: its signature no longer
+                    // covers the value, so none is kept.
+                    winner.value = value;
+                    winner.signature.clear();
+                    winner.signer.clear();
+                }
                 Some(Merged::Fork(value)) => {
                     winner.value = value;
                     winner.version = Some(
@@ -312,6 +354,7 @@ impl Entries {
                             .to_proto(),
                     );
                     outbox = true;
+                    signatures::sign(&self.keyring.read(), &mut winner);
                     metrics::counter!(m::TOKEN_FAMILIES_FORKED_TOTAL).increment(1);
                 }
                 None if !incoming_wins => return Ok(Applied::Skipped),
@@ -369,7 +412,12 @@ mod tests {
             60_000,
             Box::new(crate::common::hlc::SystemClock),
         ));
-        Entries::new(store, hlc, &[7; 32], Arc::new(tokio::sync::Notify::new()))
+        Entries::new(
+            store,
+            hlc,
+            crate::crypto::keyring::test_keyring(region),
+            Arc::new(tokio::sync::Notify::new()),
+        )
     }
 
     fn api_key(name: &str) -> Vec<u8> {
@@ -531,21 +579,40 @@ mod tests {
         for e in [&at_b_again, &first, &at_a] {
             c.apply(e, true).unwrap();
         }
-        // Each region that found the fork revoked the family by a change of its own;
-        // those replicate too, and every region ends with the same entry.
+        // Each region that found the fork revoked the family by a change of its own,
+        // signed and published; those replicate too, and every region ends with the
+        // same version and value. (A revocation merged into another region's version
+        // is kept where it was merged, unsigned, and never sent.)
         let sides = [&a, &b, &c];
         let current = |side: &Entries| side.get(EntryKind::TokenFamily, b"f").unwrap().unwrap();
-        let revocations: Vec<proto::Entry> = sides.iter().map(|s| current(s)).collect();
-        for (i, side) in sides.iter().enumerate() {
-            for (j, e) in revocations.iter().enumerate() {
-                if i != j {
-                    side.apply(e, true).unwrap();
-                }
+        // What each side published: its outbox, where the revocations went.
+        let published = |side: &Entries| -> Vec<proto::Entry> {
+            let head = side.store.outbox_head(1000).unwrap();
+            let seqs: Vec<u64> = head.iter().map(|(s, _)| *s).collect();
+            side.store.outbox_remove(&seqs).unwrap();
+            head.iter()
+                .filter_map(|(_, b)| proto::ChangeEvent::decode(b.as_slice()).unwrap().entry)
+                .filter(|e| {
+                    proto::TokenFamily::decode(e.value.as_slice()).is_ok_and(|f| f.revoked_ms != 0)
+                })
+                .collect()
+        };
+        let revocations: Vec<proto::Entry> = sides.iter().flat_map(|s| published(s)).collect();
+        assert!(!revocations.is_empty());
+        for side in sides {
+            for e in &revocations {
+                side.apply(e, true).unwrap();
             }
         }
-        let got: Vec<proto::Entry> = sides.iter().map(|s| current(s)).collect();
-        for e in &got {
-            let f = proto::TokenFamily::decode(e.value.as_slice()).unwrap();
+        let got: Vec<(Version, Vec<u8>)> = sides
+            .iter()
+            .map(|s| {
+                let e = current(s);
+                (entry_version(&e), e.value)
+            })
+            .collect();
+        for (_, value) in &got {
+            let f = proto::TokenFamily::decode(value.as_slice()).unwrap();
             assert_ne!(f.revoked_ms, 0, "{f:?}");
             assert_eq!(f.revoked_reason, "reused");
         }
@@ -579,6 +646,7 @@ mod tests {
         assert!(matches!(b.apply(&bad, true), Err(ApplyError::Malformed(_))));
         let mut ahead = a.put(EntryKind::ApiKey, b"k", api_key("later")).unwrap();
         ahead.version.as_mut().unwrap().physical_ms = now_ms() + 2 * 86_400_000;
+        signatures::sign(&a.keyring.read(), &mut ahead);
         a.mac.sign(&mut ahead);
         assert!(matches!(
             b.apply(&ahead, true),
@@ -614,5 +682,41 @@ mod tests {
         assert!(!forked(&line, &before, true));
         let other = decoded(family(2, 0xee, &[0, 1], 0));
         assert!(forked(&line, &other, false));
+    }
+
+    /// The attack: eu-west publishes a token signing key in af-south's name, to mint
+    /// tokens every region would take as af-south's. A signing key's entry must be
+    /// written, and signed, by the region it names.
+    #[test]
+    fn a_region_cannot_publish_a_signing_key_for_another() {
+        use prost::Message as _;
+        let (db, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (b, c) = (entries(db.path(), "eu-west"), entries(dc.path(), "us-east"));
+        let theirs = proto::SigningKey {
+            region: "af-south".into(),
+            public_key: vec![1; 32],
+            ..Default::default()
+        };
+        let forged = b
+            .put(
+                EntryKind::SigningKey,
+                b"af-south-k9",
+                theirs.encode_to_vec(),
+            )
+            .unwrap();
+        assert!(matches!(c.apply(&forged, true), Err(ApplyError::Integrity)));
+        assert!(c
+            .get(EntryKind::SigningKey, b"af-south-k9")
+            .unwrap()
+            .is_none());
+        // Its own key, it may publish.
+        let own = proto::SigningKey {
+            region: "eu-west".into(),
+            ..theirs
+        };
+        let honest = b
+            .put(EntryKind::SigningKey, b"eu-west-k9", own.encode_to_vec())
+            .unwrap();
+        assert_eq!(c.apply(&honest, true).unwrap(), Applied::Applied);
     }
 }

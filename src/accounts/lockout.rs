@@ -416,7 +416,7 @@ mod tests {
         let entries = Arc::new(Entries::new(
             store,
             hlc,
-            &[1; 32],
+            crate::crypto::keyring::test_keyring("af-south"),
             Arc::new(tokio::sync::Notify::new()),
         ));
         regions

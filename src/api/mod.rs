@@ -5,14 +5,17 @@
 //! one place a status is chosen (every error answers `{error, details: [{field,
 //! problem}]}`), `extract` checks what a request carries, `middleware` runs around
 //! the handlers, and `handlers/` has one file per area (users, sessions, admin, peers,
-//! health), which use only `state`, `error` and `extract` of this layer. The API may
-//! use every layer below it; only the node uses it.
+//! health), which use only `state`, `error`, `extract` and `schema` (the shapes their
+//! OpenAPI attributes name) of this layer; `openapi` gathers them into
+//! `/openapi.json`. The API may use every layer below it; only the node uses it.
 
 pub mod config;
 pub mod error;
 pub mod extract;
 pub mod handlers;
 pub mod middleware;
+pub mod openapi;
+pub mod schema;
 pub mod state;
 
 use axum::extract::DefaultBodyLimit;
@@ -110,7 +113,8 @@ pub fn router(state: AppState, max_body_bytes: usize, metrics_apart: bool) -> Ro
     let mut public = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/.well-known/jwks.json", get(sessions::jwks));
+        .route("/.well-known/jwks.json", get(sessions::jwks))
+        .route("/openapi.json", get(openapi::openapi_json));
     if !metrics_apart {
         public = public.route("/metrics", get(health::metrics_text));
     }

@@ -37,4 +37,6 @@ pub struct AppState {
     pub hashing: Arc<tokio::sync::Semaphore>,
     /// Longest a request may take before it is answered 503 (`http.request_timeout_ms`).
     pub request_timeout: std::time::Duration,
+    /// Nonces of the peer requests taken within their window.
+    pub peer_nonces: Arc<crate::replication::anti_entropy::Nonces>,
 }

@@ -15,6 +15,8 @@ pub const STORE_COMMIT_DURATION_SECONDS: &str = "authsync_store_commit_duration_
 pub const STORE_COMMITS_TOTAL: &str = "authsync_store_commits_total";
 pub const OUTBOX_EVENTS_TOTAL: &str = "authsync_outbox_events_total";
 pub const RECORDS_UNREADABLE_TOTAL: &str = "authsync_records_unreadable_total";
+pub const SIGNATURES_REFUSED_TOTAL: &str = "authsync_signatures_refused_total";
+pub const UNSIGNED_ACCEPTED_TOTAL: &str = "authsync_unsigned_accepted_total";
 pub const LOGINS_TOTAL: &str = "authsync_logins_total";
 pub const LOGIN_LOCKOUTS_TOTAL: &str = "authsync_login_lockouts_total";
 pub const RATE_LIMITED_TOTAL: &str = "authsync_rate_limited_total";
@@ -131,6 +133,16 @@ fn describe() {
         "Reads that failed: integrity (tampered or corrupt), no_key (no data key for this region), no_user_key (the account's key has not arrived, or the account was erased), unknown_key."
     );
     describe_counter!(
+        SIGNATURES_REFUSED_TOTAL,
+        Unit::Count,
+        "Records, entries and user keys from the network refused because they were not signed by the region they claim (or not signed, once the keyring upgrade is finished)."
+    );
+    describe_counter!(
+        UNSIGNED_ACCEPTED_TOTAL,
+        Unit::Count,
+        "Unsigned records, entries and user keys from format 1 nodes accepted during a keyring upgrade; should reach zero before `authsync keys upgrade --finish`."
+    );
+    describe_counter!(
         LOGINS_TOTAL,
         Unit::Count,
         "Login attempts by outcome (locked_out: refused unhashed, too soon after repeated failures)."
@@ -203,7 +215,7 @@ fn describe() {
     describe_gauge!(
         MASTER_KEY_WRAPS,
         Unit::Count,
-        "Keys this node has wrapped under each master key (label key: region/version), persisted: AES-GCM allows 2^32 per key across every region."
+        "Keys this node has wrapped under each format 1 (AES-GCM) master key (label key: region/version), persisted: AES-GCM allows 2^32 per key across every region. X25519 master keys show 0: each of their wraps seals under a one-time key."
     );
     describe_counter!(
         CONNECTIONS_REFUSED_TOTAL,
@@ -309,7 +321,7 @@ fn describe() {
     describe_counter!(
         USER_KEYS_REWRAPPED_TOTAL,
         Unit::Count,
-        "User keys re-wrapped by key recovery: missing (wraps added for regions they lacked, published) or rotation (this region's wrap moved to its current master key)."
+        "User keys re-wrapped by key recovery: missing (wraps added for regions they lacked, published) rotation (this region's wrap moved to its current master key) or resign (made here before the keyring upgrade, signed now and published)."
     );
     describe_counter!(
         ANTI_ENTROPY_ROUNDS_TOTAL,
@@ -432,6 +444,7 @@ pub fn zero_series(sources: &[String], compared: &[String]) {
         "merge",
         "key_recovery",
         "rewrap",
+        "resign",
     ] {
         counter!(STORE_COMMITS_TOTAL, "kind" => kind).absolute(0);
     }
@@ -448,11 +461,13 @@ pub fn zero_series(sources: &[String], compared: &[String]) {
         counter!(LOGINS_TOTAL, "outcome" => outcome).absolute(0);
     }
     counter!(LOGIN_LOCKOUTS_TOTAL).absolute(0);
+    counter!(SIGNATURES_REFUSED_TOTAL).absolute(0);
+    counter!(UNSIGNED_ACCEPTED_TOTAL).absolute(0);
     for route in ["login", "lookup"] {
         counter!(RATE_LIMITED_TOTAL, "route" => route).absolute(0);
     }
     counter!(TLS_HANDSHAKE_FAILURES_TOTAL).absolute(0);
-    for reason in ["missing", "rotation"] {
+    for reason in ["missing", "rotation", "resign"] {
         counter!(USER_KEYS_REWRAPPED_TOTAL, "reason" => reason).absolute(0);
     }
     for kind in ["login_failures", "token_family"] {

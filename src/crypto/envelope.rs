@@ -30,7 +30,7 @@ use ring::hmac;
 use zeroize::Zeroizing;
 
 use crate::common::hlc::Version;
-use crate::crypto::keyring::{key_id, Keyring};
+use crate::crypto::keyring::{key_id, Keyring, MasterKey, Material};
 use crate::crypto::primitives::{derive, random, CryptoError};
 use crate::proto;
 
@@ -136,6 +136,10 @@ impl DataKey {
         ikm[32..].copy_from_slice(user.key.as_ref());
         derive(ikm.as_ref(), b"authsync/v2/envelope/enc")
     }
+    /// What the signed envelope commits to: a wrap of any other key fails it.
+    fn check(&self) -> Vec<u8> {
+        derive(self.0.as_ref(), b"authsync/v2/data-key-check").to_vec()
+    }
     fn mac_key(&self) -> hmac::Key {
         hmac::Key::new(
             hmac::HMAC_SHA256,
@@ -162,12 +166,7 @@ fn wrap_all(
         let master = keyring
             .active_key(region)
             .ok_or_else(|| CryptoError::NoWrappingKey(region.clone()))?;
-        out.push(gcm_wrap(
-            master,
-            &aad(region, &master.key_id()),
-            key,
-            crate::crypto::wraps::share(keyring.regions().count()),
-        )?);
+        out.push(wrap(master, &aad(region, &master.key_id()), key, keyring)?);
     }
     Ok(out)
 }
@@ -186,21 +185,39 @@ fn unwrap_own_of(
     let master = keyring
         .own_key(wrapped.key_version)
         .ok_or_else(|| CryptoError::UnknownMasterKey(key_id(owner, wrapped.key_version)))?;
-    gcm_unwrap(master, &aad(owner, &wrapped.key_id), wrapped)
+    unwrap(master, &aad(owner, &wrapped.key_id), wrapped)
 }
 
-/// `key` wrapped (AES-256-GCM, random nonce) under `master`, bound to `aad`; counted,
-/// and refused once `master` has made `limit` wraps here ([`crate::crypto::wraps`]).
-fn gcm_wrap(
-    master: &crate::crypto::keyring::MasterKey,
+/// `key` wrapped for `master`, bound to `aad`: to its X25519 public key, or (a format 1
+/// AES key) under the key itself, counted and refused once it has made its share of
+/// wraps here ([`crate::crypto::wraps`]).
+fn wrap(
+    master: &MasterKey,
     aad: &[u8],
     key: &[u8; 32],
-    limit: u64,
+    keyring: &Keyring,
 ) -> Result<proto::WrappedKey, CryptoError> {
-    crate::crypto::wraps::count(&master.key_id(), limit)?;
-    let nonce = random::<NONCE_LEN>()?;
+    let (nonce, ephemeral, kek) = match &master.material {
+        Material::Symmetric(secret) => {
+            crate::crypto::wraps::count(
+                &master.key_id(),
+                crate::crypto::wraps::share(keyring.regions().count()),
+            )?;
+            (random::<NONCE_LEN>()?, Vec::new(), secret.clone())
+        }
+        Material::Private(_, public) | Material::Public(public) => {
+            let one_time = x25519_dalek::StaticSecret::from(random::<32>()?);
+            let ephemeral = x25519_dalek::PublicKey::from(&one_time).to_bytes();
+            let shared = one_time.diffie_hellman(&x25519_dalek::PublicKey::from(*public));
+            if !shared.was_contributory() {
+                return Err(CryptoError::Integrity);
+            }
+            let kek = x25519_kek(shared.as_bytes(), &ephemeral, public);
+            ([0; NONCE_LEN], ephemeral.to_vec(), kek)
+        }
+    };
     let mut buf = key.to_vec();
-    gcm_key(&master.key)
+    gcm_key(&kek)
         .seal_in_place_append_tag(
             Nonce::assume_unique_for_key(nonce),
             aead::Aad::from(aad.to_vec()),
@@ -211,27 +228,69 @@ fn gcm_wrap(
         region: master.region.clone(),
         key_id: master.key_id(),
         key_version: master.version,
-        nonce: nonce.to_vec(),
+        nonce: if ephemeral.is_empty() {
+            nonce.to_vec()
+        } else {
+            Vec::new()
+        },
         ciphertext: buf,
+        ephemeral,
     })
 }
 
-/// The 32-byte key `wrapped` holds, opened with `master` and checked against `aad`.
-fn gcm_unwrap(
-    master: &crate::crypto::keyring::MasterKey,
+/// The wrapping key of an X25519 wrap: HKDF-SHA256 over the shared secret, bound to
+/// both public keys (as HPKE's DHKEM binds its `kem_context`). Each wrap has a fresh
+/// one-time key, so each wrapping key seals exactly one key and a fixed nonce is safe.
+fn x25519_kek(
+    shared: &[u8; 32],
+    ephemeral: &[u8; 32],
+    recipient: &[u8; 32],
+) -> Zeroizing<[u8; 32]> {
+    let mut label = Vec::with_capacity(96);
+    label.extend_from_slice(b"authsync/v2/x25519-wrap");
+    label.extend_from_slice(ephemeral);
+    label.extend_from_slice(recipient);
+    derive(shared, &label)
+}
+
+/// The 32-byte key `wrapped` holds, opened with `master` (one of this region's own) and
+/// checked against `aad`.
+fn unwrap(
+    master: &MasterKey,
     aad: &[u8],
     wrapped: &proto::WrappedKey,
 ) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
     if wrapped.key_id != master.key_id() {
         return Err(CryptoError::Integrity);
     }
-    let nonce: [u8; NONCE_LEN] = wrapped
-        .nonce
-        .as_slice()
-        .try_into()
-        .map_err(|_| CryptoError::Integrity)?;
+    let (nonce, kek) = match &master.material {
+        Material::Symmetric(secret) if wrapped.ephemeral.is_empty() => {
+            let nonce: [u8; NONCE_LEN] = wrapped
+                .nonce
+                .as_slice()
+                .try_into()
+                .map_err(|_| CryptoError::Integrity)?;
+            (nonce, secret.clone())
+        }
+        Material::Private(private, public) if wrapped.nonce.is_empty() => {
+            let ephemeral: [u8; 32] = wrapped
+                .ephemeral
+                .as_slice()
+                .try_into()
+                .map_err(|_| CryptoError::Integrity)?;
+            let shared = private.diffie_hellman(&x25519_dalek::PublicKey::from(ephemeral));
+            if !shared.was_contributory() {
+                return Err(CryptoError::Integrity);
+            }
+            (
+                [0; NONCE_LEN],
+                x25519_kek(shared.as_bytes(), &ephemeral, public),
+            )
+        }
+        _ => return Err(CryptoError::Integrity),
+    };
     let mut buf = Zeroizing::new(wrapped.ciphertext.clone());
-    let plain = gcm_key(&master.key)
+    let plain = gcm_key(&kek)
         .open_in_place(
             Nonce::assume_unique_for_key(nonce),
             aead::Aad::from(aad.to_vec()),
@@ -275,6 +334,9 @@ pub fn seal(
         mac: Vec::new(),
         keys,
         user_key_id: user.id.clone(),
+        // Only with a signature to carry it: a format 1 node writes what format 1
+        // nodes read (they would drop the field, and the MAC with it).
+        key_check: keyring.signer().map(|_| dk.check()).unwrap_or_default(),
     });
     finish_mac(record, &dk);
     Ok(())
@@ -304,7 +366,8 @@ pub fn open(
 ) -> Result<proto::Info, CryptoError> {
     let dk = unwrap_own(record, keyring)?;
     let env = record.info.as_ref().ok_or(CryptoError::Integrity)?;
-    if env.format != ENVELOPE_FORMAT
+    if !key_checks(&env.key_check, &dk.check(), !record.signature.is_empty())
+        || env.format != ENVELOPE_FORMAT
         || env.iv.len() != IV_LEN
         || env.mac.len() != MAC_LEN
         || env.user_key_id != user.id
@@ -343,6 +406,10 @@ pub fn rewrap(
     regions: &[String],
 ) -> Result<(), CryptoError> {
     let dk = unwrap_own(record, keyring)?;
+    let env = record.info.as_ref().ok_or(CryptoError::Integrity)?;
+    if !key_checks(&env.key_check, &dk.check(), !record.signature.is_empty()) {
+        return Err(CryptoError::Integrity);
+    }
     let fresh = wrap_all(&dk.0, keyring, regions, |region, key_id| {
         wrap_aad(&record.id, region, key_id)
     })?;
@@ -352,6 +419,20 @@ pub fn rewrap(
     env.keys.sort_by(|a, b| a.region.cmp(&b.region));
     finish_mac(record, &dk);
     Ok(())
+}
+
+/// Whether an opened key matches the commitment its signed message carries: required
+/// of every signed message, checked whenever present (format 1 wrote none).
+fn key_checks(committed: &[u8], opened: &[u8], signed: bool) -> bool {
+    if committed.is_empty() {
+        !signed
+    } else {
+        crate::crypto::primitives::ct_eq(committed, opened)
+    }
+}
+
+fn user_key_check(key: &[u8; 32]) -> Vec<u8> {
+    derive(key, b"authsync/v2/user-key-check").to_vec()
 }
 
 /// The regions a record's data key is wrapped for.
@@ -413,7 +494,11 @@ pub fn new_user_key(
         user_id: user_id.to_vec(),
         key_id: secret.id.clone(),
         wraps,
-        mac: Vec::new(),
+        key_check: keyring
+            .signer()
+            .map(|_| user_key_check(&secret.key))
+            .unwrap_or_default(),
+        ..Default::default()
     };
     Ok((key, secret))
 }
@@ -426,6 +511,13 @@ pub fn open_user_key(key: &proto::UserKey, keyring: &Keyring) -> Result<UserSecr
     let opened = unwrap_own_of(&key.wraps, keyring, |region, key_id| {
         user_key_aad(&key.user_id, &key.key_id, region, key_id)
     })?;
+    if !key_checks(
+        &key.key_check,
+        &user_key_check(&opened),
+        !key.signature.is_empty(),
+    ) {
+        return Err(CryptoError::Integrity);
+    }
     Ok(UserSecret {
         id: key.key_id.clone(),
         key: opened,
@@ -449,16 +541,116 @@ pub fn rewrap_user_key(
     Ok(())
 }
 
+/// Sets the envelope's check value from the record's data key, opened here: what a
+/// record sealed by a format 1 node lacks before its writer signs it.
+pub fn set_key_check(record: &mut proto::Record, keyring: &Keyring) -> Result<(), CryptoError> {
+    let dk = unwrap_own(record, keyring)?;
+    record
+        .info
+        .as_mut()
+        .ok_or(CryptoError::Integrity)?
+        .key_check = dk.check();
+    Ok(())
+}
+
+/// Sets `key`'s check value from the key itself, opened here: what a format 1 key
+/// lacks before its maker signs it.
+pub fn set_user_key_check(key: &mut proto::UserKey, keyring: &Keyring) -> Result<(), CryptoError> {
+    let secret = open_user_key(key, keyring)?;
+    key.key_check = user_key_check(&secret.key);
+    Ok(())
+}
+
+/// `local`, written before signatures, with the check value and signature its maker
+/// added since (`incoming`, whose signature the caller has verified) and the wraps
+/// either holds. `None` unless `incoming` is the same key, signed.
+pub fn adopt_signature(
+    local: &proto::UserKey,
+    incoming: &proto::UserKey,
+) -> Option<proto::UserKey> {
+    if !local.signature.is_empty()
+        || incoming.signature.is_empty()
+        || local.user_id != incoming.user_id
+        || local.key_id != incoming.key_id
+    {
+        return None;
+    }
+    let mut signed = local.clone();
+    signed.key_check.clone_from(&incoming.key_check);
+    signed.signature.clone_from(&incoming.signature);
+    signed.signer.clone_from(&incoming.signer);
+    Some(merge_user_key(&signed, incoming).unwrap_or(signed))
+}
+
+/// Whether two records hold the same content, whatever their wraps, MACs, signatures
+/// and key check values: a record written before signatures and the same record
+/// signed since.
+pub fn same_content(a: &proto::Record, b: &proto::Record) -> bool {
+    let strip = |r: &proto::Record| {
+        let mut r = r.clone();
+        r.record_mac.clear();
+        r.signature.clear();
+        r.signer.clear();
+        if let Some(env) = r.info.as_mut() {
+            env.keys.clear();
+            env.mac.clear();
+            env.key_check.clear();
+        }
+        r
+    };
+    strip(a) == strip(b)
+}
+
+/// Checks this region's wrap of `record`'s data key, if it has one: it must open to the
+/// key the envelope's check value commits to. Anyone can wrap to a public key, so a
+/// wrap from the network is trusted only once it has opened here.
+pub fn check_own_wrap(record: &proto::Record, keyring: &Keyring) -> Result<(), CryptoError> {
+    if wrap_for(record, keyring.owner()).is_none() || record.tombstone {
+        return Ok(());
+    }
+    let dk = unwrap_own(record, keyring)?;
+    let env = record.info.as_ref().ok_or(CryptoError::Integrity)?;
+    if key_checks(&env.key_check, &dk.check(), !record.signature.is_empty()) {
+        Ok(())
+    } else {
+        Err(CryptoError::Integrity)
+    }
+}
+
+/// [`check_own_wrap`] for a user key.
+pub fn check_own_user_key_wrap(key: &proto::UserKey, keyring: &Keyring) -> Result<(), CryptoError> {
+    if !key.wraps.iter().any(|w| w.region == keyring.owner()) {
+        return Ok(());
+    }
+    open_user_key(key, keyring).map(drop)
+}
+
+/// The wrap of `record`'s data key for `region`, if any.
+pub fn wrap_for<'a>(record: &'a proto::Record, region: &str) -> Option<&'a proto::WrappedKey> {
+    record
+        .info
+        .as_ref()
+        .and_then(|e| e.keys.iter().find(|k| k.region == region))
+}
+
 /// `local` with what `incoming` adds: for each region the wrap under the newer master
 /// key version. `None` when it adds nothing, or is another key (the first key of an
 /// account stays its key). Each wrap is authenticated on its own when opened, so the
 /// union is as trustworthy as its parts.
 pub fn merge_user_key(local: &proto::UserKey, incoming: &proto::UserKey) -> Option<proto::UserKey> {
-    if local.user_id != incoming.user_id || local.key_id != incoming.key_id {
+    if local.user_id != incoming.user_id
+        || local.key_id != incoming.key_id
+        || local.key_check != incoming.key_check
+    {
         return None;
     }
     let mut merged = local.clone();
-    let mut changed = false;
+    // Its maker's signature, added since (the caller has verified it).
+    let mut changed = merged.signature.is_empty() && !incoming.signature.is_empty();
+    if changed {
+        merged.signature.clone_from(&incoming.signature);
+        merged.signer.clone_from(&incoming.signer);
+    }
     for wrap in &incoming.wraps {
         match merged.wraps.iter_mut().find(|w| w.region == wrap.region) {
             Some(w) if w.key_version >= wrap.key_version => {}
@@ -560,11 +752,11 @@ pub fn seal_secret(
     let master = keyring
         .active_key(owner)
         .ok_or_else(|| CryptoError::NoWrappingKey(owner.to_string()))?;
-    gcm_wrap(
+    wrap(
         master,
         &secret_aad(purpose, owner, &master.key_id()),
         secret,
-        crate::crypto::wraps::share(keyring.regions().count()),
+        keyring,
     )
 }
 
@@ -582,7 +774,7 @@ pub fn open_secret(
     let master = keyring
         .own_key(sealed.key_version)
         .ok_or_else(|| CryptoError::UnknownMasterKey(key_id(owner, sealed.key_version)))?;
-    gcm_unwrap(master, &secret_aad(purpose, owner, &sealed.key_id), sealed)
+    unwrap(master, &secret_aad(purpose, owner, &sealed.key_id), sealed)
 }
 
 #[cfg(test)]
@@ -762,6 +954,102 @@ mod tests {
             open_with(&record, &rings[2], &uk),
             Err(CryptoError::NoKeyForRegion("us-east".into()))
         );
+    }
+
+    /// `ring` edited to claim `region` as its owner, as whoever holds `ring`'s file
+    /// would: `None` when the file holds nothing to open `region`'s wraps with.
+    fn claim_as(ring: &Keyring, region: &str) -> Option<Keyring> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.json");
+        ring.save(&path).unwrap();
+        let mut file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        file["owner"] = region.into();
+        file["regions"][region]["role"] = "own".into();
+        file["regions"][ring.owner()]["role"] = "peer".into();
+        Keyring::parse(&file.to_string()).ok()
+    }
+
+    /// The attack: eu-west's operator, or whoever takes eu-west's node, edits its keyring
+    /// to claim af-south and opens what is wrapped for af-south alone. A format 1 file
+    /// holds af-south's AES key, so it works there; a format 2 file holds af-south's
+    /// public key only.
+    #[test]
+    fn one_regions_keyring_cannot_open_another_regions_wraps() {
+        let legacy = keyring::init_legacy(&regions()).unwrap();
+        let (key, made) = new_user_key(&[7; 16], &legacy[0], &regions()).unwrap();
+        let forged = claim_as(&legacy[1], "af-south").expect("format 1 holds af-south's key");
+        assert_eq!(open_user_key(&key, &forged).unwrap().key[..], made.key[..]);
+
+        let rings = keyring::init(&regions()).unwrap();
+        let key = user_key(&rings);
+        assert!(claim_as(&rings[1], "af-south").is_none());
+        // Each wrap opens in its own region only.
+        for (i, ring) in rings.iter().enumerate() {
+            let theirs = proto::UserKey {
+                wraps: key
+                    .wraps
+                    .iter()
+                    .filter(|w| w.region != ring.owner())
+                    .cloned()
+                    .collect(),
+                ..key.clone()
+            };
+            assert!(open_user_key(&theirs, ring).is_err(), "ring {i}");
+            assert!(open_user_key(&key, ring).is_ok(), "ring {i}");
+        }
+        // A one-time key of low order (which would make the shared secret known) is
+        // refused.
+        let mut low = key.clone();
+        for w in &mut low.wraps {
+            w.ephemeral = vec![0; 32];
+        }
+        assert!(matches!(
+            open_user_key(&low, &rings[0]),
+            Err(CryptoError::Integrity)
+        ));
+    }
+
+    /// Records and user keys sealed before `keys upgrade` open after it, key recovery's
+    /// re-wrap moves them onto the X25519 version, and new seals use it alone.
+    #[test]
+    fn what_format_1_sealed_opens_after_the_upgrade_and_moves_to_x25519() {
+        let dir = tempfile::tempdir().unwrap();
+        let legacy = keyring::init_legacy(&regions()).unwrap();
+        for ring in &legacy {
+            ring.save(&keyring::keyring_path(dir.path(), ring.owner()))
+                .unwrap();
+        }
+        let mut uk = new_user_key(&[7; 16], &legacy[0], &regions()).unwrap().0;
+        let (mut record, info) = sealed_sample(&legacy[1], &regions(), &uk);
+        keyring::upgrade_in_dir(dir.path()).unwrap();
+        let rings: Vec<Keyring> = regions()
+            .iter()
+            .map(|r| keyring::load_own(dir.path(), r).unwrap().1)
+            .collect();
+        for ring in &rings {
+            assert_eq!(open_with(&record, ring, &uk).unwrap(), info);
+        }
+        rewrap(&mut record, &rings[1], &["eu-west".to_string()]).unwrap();
+        rewrap_user_key(&mut uk, &rings[1], &["eu-west".to_string()]).unwrap();
+        let own = |wraps: &[proto::WrappedKey]| {
+            let w = wraps
+                .iter()
+                .find(|k| k.region == "eu-west")
+                .unwrap()
+                .clone();
+            (w.key_version, w.ephemeral.len(), w.nonce.len())
+        };
+        assert_eq!(own(&record.info.as_ref().unwrap().keys), (2, 32, 0));
+        assert_eq!(own(&uk.wraps), (2, 32, 0));
+        for ring in &rings {
+            assert_eq!(open_with(&record, ring, &uk).unwrap(), info);
+        }
+        let fresh = new_user_key(&[8; 16], &rings[2], &regions()).unwrap().0;
+        assert!(fresh
+            .wraps
+            .iter()
+            .all(|w| w.key_version == 2 && w.ephemeral.len() == 32));
     }
 
     #[test]

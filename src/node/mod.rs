@@ -86,6 +86,17 @@ impl Node {
             .active_key(keyring.owner())
             .map(|k| k.version)
             .unwrap_or(0);
+        if keyring.format() == crate::crypto::keyring::LEGACY_FORMAT {
+            tracing::warn!(
+                "keyring format 1: it holds every peer's master key and signs nothing; run \
+                 `authsync keys upgrade` on the keys directory (README: Upgrading the keyrings)"
+            );
+        } else if keyring.accepts_legacy() {
+            tracing::warn!(
+                "keyring upgrade not finished: unsigned events from format 1 nodes are \
+                 still accepted until `authsync keys upgrade --finish`"
+            );
+        }
         let users = Arc::new(
             Users::new(store, keyring, passwords, hlc, config.passwords.min_length)
                 .with_faults(faults),
@@ -148,6 +159,7 @@ impl Node {
                 .and_then(|h| axum::http::HeaderName::from_bytes(h.as_bytes()).ok())
                 .map(|h| (h, config.rate_limit.trusted_hops)),
             hashing: Arc::new(tokio::sync::Semaphore::new(config.max_hashing_in_flight)),
+            peer_nonces: Default::default(),
             request_timeout: config.request_timeout,
         };
         if config.faults.enabled {

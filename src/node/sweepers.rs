@@ -39,11 +39,12 @@ pub async fn key_recovery(
                 let at = *cursor.lock();
                 let (round, next) = users.recover_keys_round(at, batch)?;
                 *cursor.lock() = next;
-                if round.rewrapped + round.recovered + round.user_keys > 0 {
+                if round.rewrapped + round.recovered + round.user_keys + round.signed > 0 {
                     tracing::info!(
                         rewrapped = round.rewrapped,
                         recovered = round.recovered,
                         user_keys = round.user_keys,
+                        signed = round.signed,
                         "key recovery round"
                     );
                 }

@@ -10,10 +10,13 @@
 //! A pulled record that cannot be applied now is parked in the retry queue like a
 //! streamed one.
 //!
-//! The internal endpoints are authenticated between regions with a signature keyed
-//! from the deployment's shared index key (so no extra secret is configured): header
-//! `x-authsync-peer: <region>:<unix ms>:<hex HMAC-SHA256(region, ms, method, path,
-//! SHA-256(body))>`, accepted within a minute of the receiver's clock.
+//! The internal endpoints are authenticated between regions with each region's own
+//! signing key (its keyring's, so no extra secret is configured): header
+//! `x-authsync-peer: <region>:<unix ms>:<hex nonce>:<signer key id>:<hex Ed25519
+//! signature over (region, ms, nonce, method, path, SHA-256(body))>`, accepted within
+//! a minute of the receiver's clock and once per nonce. Answers are read up to
+//! [`MAX_PEER_RESPONSE`]; the records in them carry their writers' signatures, checked
+//! as for streamed ones.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,7 +48,14 @@ pub const MAX_SIGNED_BODY: usize = 64 * 1024;
 /// Records fetched per request.
 pub const MAX_FETCH: usize = 500;
 
-fn auth_key(keyring: &Keyring) -> hmac::Key {
+/// Largest answer read from a peer: 500 records at their bound, with room to spare.
+pub const MAX_PEER_RESPONSE: usize = 64 * 1024 * 1024;
+/// Peer request nonces remembered at most per peer (each for twice [`MAX_AGE_MS`]).
+const MAX_NONCES: usize = 100_000;
+/// Records one anti-entropy round asks a peer for at most.
+const MAX_WANTED: usize = 50_000;
+
+fn legacy_auth_key(keyring: &Keyring) -> hmac::Key {
     let k = hmac::sign(
         &hmac::Key::new(hmac::HMAC_SHA256, keyring.index_key()),
         b"authsync/peer-auth/v1",
@@ -53,48 +63,112 @@ fn auth_key(keyring: &Keyring) -> hmac::Key {
     hmac::Key::new(hmac::HMAC_SHA256, k.as_ref())
 }
 
-fn signed_input(region: &str, ms: u64, method: &str, path: &str, body: &[u8]) -> Vec<u8> {
+fn signed_input(
+    region: &str,
+    ms: u64,
+    nonce: &[u8],
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Vec<u8> {
     let body_hash = ring::digest::digest(&ring::digest::SHA256, body);
+    let ms = ms.to_be_bytes();
+    // Format 1 signed no domain and no nonce.
+    let mut parts: Vec<&[u8]> = vec![region.as_bytes(), &ms];
     let mut out = Vec::new();
-    for part in [
-        region.as_bytes(),
-        &ms.to_be_bytes(),
-        method.as_bytes(),
-        path.as_bytes(),
-        body_hash.as_ref(),
-    ] {
+    if !nonce.is_empty() {
+        out.extend_from_slice(b"authsync/v2/peer-request\0");
+        parts.push(nonce);
+    }
+    parts.extend([method.as_bytes(), path.as_bytes(), body_hash.as_ref()]);
+    for part in parts {
         out.extend_from_slice(&(part.len() as u32).to_be_bytes());
         out.extend_from_slice(part);
     }
     out
 }
 
-/// The header value that authenticates this region's request.
+/// The header value that authenticates this region's request: `region:ms:nonce:signer:
+/// signature`, an Ed25519 signature by this region's signing key over the region, the
+/// time, a random nonce, the method, the path and the body's SHA-256. A legacy keyring
+/// signs as format 1 did (`region:ms:HMAC` under a key every region holds).
 pub fn sign(keyring: &Keyring, now_ms: u64, method: &str, path: &str, body: &[u8]) -> String {
-    let tag = hmac::sign(
-        &auth_key(keyring),
-        &signed_input(keyring.owner(), now_ms, method, path, body),
-    );
-    format!(
-        "{}:{}:{}",
-        keyring.owner(),
-        now_ms,
-        hex::encode(tag.as_ref())
-    )
+    let region = keyring.owner();
+    match (keyring.signer(), crate::crypto::primitives::random::<16>()) {
+        (Some(signer), Ok(nonce)) => {
+            let input = signed_input(region, now_ms, &nonce, method, path, body);
+            format!(
+                "{region}:{now_ms}:{}:{}:{}",
+                hex::encode(nonce),
+                signer.key_id,
+                hex::encode(signer.pair.sign(&input).as_ref())
+            )
+        }
+        _ => {
+            let tag = hmac::sign(
+                &legacy_auth_key(keyring),
+                &signed_input(region, now_ms, &[], method, path, body),
+            );
+            format!("{region}:{now_ms}:{}", hex::encode(tag.as_ref()))
+        }
+    }
 }
 
-/// Checks a peer's header; returns the peer region.
+/// The nonces of peer requests seen within their window, per peer: a request is
+/// taken once, and no peer can fill another's table.
+#[derive(Default)]
+pub struct Nonces {
+    seen: parking_lot::Mutex<HashMap<String, NonceTable>>,
+}
+
+#[derive(Default)]
+struct NonceTable {
+    by_expiry: std::collections::BTreeSet<(u64, [u8; 16])>,
+    present: std::collections::HashSet<[u8; 16]>,
+}
+
+impl Nonces {
+    /// Records `nonce`, refused when already seen or when the table is full of live ones.
+    fn take(&self, peer: &str, nonce: [u8; 16], now_ms: u64) -> Result<(), &'static str> {
+        let mut tables = self.seen.lock();
+        let t = tables.entry(peer.to_string()).or_default();
+        while let Some(&(expiry, n)) = t.by_expiry.first() {
+            if expiry > now_ms {
+                break;
+            }
+            t.by_expiry.pop_first();
+            t.present.remove(&n);
+        }
+        if t.present.contains(&nonce) {
+            return Err("peer request replayed");
+        }
+        if t.present.len() >= MAX_NONCES {
+            return Err("too many peer requests; try again");
+        }
+        t.present.insert(nonce);
+        t.by_expiry
+            .insert((now_ms.saturating_add(2 * MAX_AGE_MS), nonce));
+        Ok(())
+    }
+}
+
+/// Checks a peer's header; returns the peer region. The signature must be by the
+/// signing key of the region the header names, made within [`MAX_AGE_MS`] of this
+/// node's clock, over this very request, with a nonce not seen before. A format 1
+/// header is taken only while the keyring accepts legacy peers.
 pub fn verify(
     keyring: &Keyring,
+    nonces: &Nonces,
     header: &str,
     now_ms: u64,
     method: &str,
     path: &str,
     body: &[u8],
 ) -> Result<String, &'static str> {
-    let mut parts = header.splitn(3, ':');
-    let (Some(region), Some(ms), Some(sig)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err("malformed peer signature");
+    let parts: Vec<&str> = header.splitn(5, ':').collect();
+    let (region, ms) = match parts.as_slice() {
+        [region, ms, ..] if parts.len() == 3 || parts.len() == 5 => (*region, *ms),
+        _ => return Err("malformed peer signature"),
     };
     let ms: u64 = ms.parse().map_err(|_| "malformed peer signature")?;
     if now_ms.abs_diff(ms) > MAX_AGE_MS {
@@ -103,10 +177,28 @@ pub fn verify(
     if !keyring.regions().any(|r| r == region) || region == keyring.owner() {
         return Err("unknown peer region");
     }
-    let sig = hex::decode(sig).map_err(|_| "malformed peer signature")?;
+    if let [_, _, nonce, signer, sig] = parts.as_slice() {
+        let nonce: [u8; 16] = hex::decode(nonce)
+            .ok()
+            .and_then(|n| n.try_into().ok())
+            .ok_or("malformed peer signature")?;
+        let sig = hex::decode(sig).map_err(|_| "malformed peer signature")?;
+        let public = keyring
+            .verifying_key(region, signer)
+            .ok_or("unknown peer signing key")?;
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public)
+            .verify(&signed_input(region, ms, &nonce, method, path, body), &sig)
+            .map_err(|_| "bad peer signature")?;
+        nonces.take(region, nonce, now_ms)?;
+        return Ok(region.to_string());
+    }
+    if !keyring.accepts_legacy() {
+        return Err("unsigned peer request: this region takes signed requests only");
+    }
+    let sig = hex::decode(parts[2]).map_err(|_| "malformed peer signature")?;
     hmac::verify(
-        &auth_key(keyring),
-        &signed_input(region, ms, method, path, body),
+        &legacy_auth_key(keyring),
+        &signed_input(region, ms, &[], method, path, body),
         &sig,
     )
     .map_err(|_| "bad peer signature")?;
@@ -248,12 +340,25 @@ impl PeerClient<'_> {
         &self,
         req: reqwest::RequestBuilder,
     ) -> anyhow::Result<T> {
-        let resp = req.send().await.context("request")?;
+        let mut resp = req.send().await.context("request")?;
         let status = resp.status();
         if !status.is_success() {
             bail!("peer answered {status}");
         }
-        resp.json().await.context("decode peer answer")
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_PEER_RESPONSE as u64)
+        {
+            bail!("peer answer larger than {MAX_PEER_RESPONSE} bytes");
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.context("read peer answer")? {
+            if body.len() + chunk.len() > MAX_PEER_RESPONSE {
+                bail!("peer answer larger than {MAX_PEER_RESPONSE} bytes");
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&body).context("decode peer answer")
     }
 }
 
@@ -288,8 +393,13 @@ pub async fn round(
         buckets_differing: differing.len(),
         ..Default::default()
     };
-    let mut wanted: Vec<Uuid> = Vec::new();
+    // At most MAX_WANTED ids a round, each once, each from the bucket asked for: the
+    // rest come next round.
+    let mut wanted: std::collections::BTreeSet<Uuid> = Default::default();
     for b in &differing {
+        if wanted.len() >= MAX_WANTED {
+            break;
+        }
         let theirs: Stamps = client
             .json(client.signed(
                 reqwest::Method::GET,
@@ -306,6 +416,9 @@ pub async fn round(
             .map(|s| (s.id, (s.tombstone, s.version, s.wraps)))
             .collect();
         for s in theirs.stamps {
+            if usize::from(s.id.as_bytes()[0]) != b || wanted.len() >= MAX_WANTED {
+                continue;
+            }
             let v = Version {
                 physical_ms: s.physical_ms,
                 logical: s.logical,
@@ -316,10 +429,11 @@ pub async fn round(
                 (record_rank(mine.0, mine.1.clone()), mine.2)
                     < (record_rank(s.tombstone, v), s.wraps)
             }) {
-                wanted.push(s.id);
+                wanted.insert(s.id);
             }
         }
     }
+    let wanted: Vec<Uuid> = wanted.into_iter().collect();
     for chunk in wanted.chunks(MAX_FETCH) {
         let fetched: FetchResponse = client
             .json(client.signed(
@@ -509,6 +623,10 @@ mod tests {
         let rings = crate::crypto::keyring::init(&["a".into(), "b".into()]).unwrap();
         let (a, b) = (&rings[0], &rings[1]);
         let now = 1_700_000_000_000;
+        // A fresh table per check: these look at the signature, not at replays.
+        let verify = |k: &Keyring, h: &str, now: u64, m: &str, p: &str, body: &[u8]| {
+            verify(k, &Nonces::default(), h, now, m, p, body)
+        };
         let h = sign(a, now, "GET", "/v1/internal/digests", b"");
         assert_eq!(
             verify(b, &h, now + 1000, "GET", "/v1/internal/digests", b""),
@@ -529,11 +647,14 @@ mod tests {
         );
         let forged = h.replacen("a:", "b:", 1);
         assert!(verify(a, &forged, now, "GET", "/v1/internal/digests", b"").is_err());
+        // Naming b's signing key with a's signature does not pass either.
+        let forged = h.replacen("a/s1", "b/s1", 1);
+        assert!(verify(a, &forged, now, "GET", "/v1/internal/digests", b"").is_err());
         assert!(
             verify(a, &h, now, "GET", "/v1/internal/digests", b"").is_err(),
             "not from itself"
         );
-        for junk in ["", "a", "a:b:c", "a:1:zz", ":::"] {
+        for junk in ["", "a", "a:b:c", "a:1:zz", ":::", "a:1:00:a/s1:00", "::::"] {
             assert!(verify(b, junk, now, "GET", "/", b"").is_err(), "{junk:?}");
         }
         let body = br#"{"ids":[]}"#;
@@ -556,5 +677,86 @@ mod tests {
             verify(&other[1], &h, now, "GET", "/v1/internal/digests", b"").is_err(),
             "another deployment's key"
         );
+    }
+
+    /// The attack: a request captured on the wire (or in a proxy's log) sent again
+    /// within its minute. Refused the second time; another nonce is another request.
+    #[test]
+    fn a_peer_request_is_taken_once() {
+        let rings = crate::crypto::keyring::init(&["a".into(), "b".into()]).unwrap();
+        let nonces = Nonces::default();
+        let now = 1_700_000_000_000;
+        let path = "/v1/internal/digests";
+        let h = sign(&rings[0], now, "GET", path, b"");
+        assert_eq!(
+            verify(&rings[1], &nonces, &h, now, "GET", path, b""),
+            Ok("a".into())
+        );
+        assert_eq!(
+            verify(&rings[1], &nonces, &h, now + 10, "GET", path, b""),
+            Err("peer request replayed")
+        );
+        let again = sign(&rings[0], now, "GET", path, b"");
+        assert!(verify(&rings[1], &nonces, &again, now + 10, "GET", path, b"").is_ok());
+        // Once its window is over it is refused as expired, and forgotten.
+        assert_eq!(
+            verify(
+                &rings[1],
+                &nonces,
+                &h,
+                now + 3 * MAX_AGE_MS,
+                "GET",
+                path,
+                b""
+            ),
+            Err("peer signature expired")
+        );
+        assert!(nonces.seen.lock()["a"].present.len() <= 2);
+    }
+
+    /// The attack: a region holding every shared secret (the index key, the pepper)
+    /// signs a request as another. Format 1's HMAC under the shared key let it; a
+    /// format 2 keyring refuses that header outright, and an Ed25519 signature can be
+    /// made only with the region's own key.
+    #[test]
+    fn a_region_cannot_sign_a_peer_request_as_another() {
+        let legacy =
+            crate::crypto::keyring::init_legacy(&["a".into(), "b".into(), "c".into()]).unwrap();
+        let now = 1_700_000_000_000;
+        let path = "/v1/internal/digests";
+        let check = |ring: &Keyring, header: &str| {
+            verify(ring, &Nonces::default(), header, now, "GET", path, b"")
+        };
+        let as_a = |ring: &Keyring| {
+            let tag = hmac::sign(
+                &legacy_auth_key(ring),
+                &signed_input("a", now, &[], "GET", path, b""),
+            );
+            format!("a:{now}:{}", hex::encode(tag.as_ref()))
+        };
+        // c forges a's request with the shared key; a format 1 b takes it.
+        assert!(check(&legacy[1], &as_a(&legacy[2])).is_ok());
+        let rings = crate::crypto::keyring::init(&["a".into(), "b".into(), "c".into()]).unwrap();
+        assert!(check(&rings[1], &as_a(&rings[2])).is_err());
+        let signed_by_c = sign(&rings[2], now, "GET", path, b"").replacen("c:", "a:", 1);
+        assert!(check(&rings[1], &signed_by_c).is_err());
+        let signed_by_c = signed_by_c.replacen("c/s1", "a/s1", 1);
+        assert_eq!(check(&rings[1], &signed_by_c), Err("bad peer signature"));
+    }
+
+    /// The attack: one peer sends as many signed requests as the nonce table holds, to
+    /// have every other peer's anti-entropy refused. Each peer fills only its own.
+    #[test]
+    fn one_peer_cannot_fill_anothers_nonce_table() {
+        let nonces = Nonces::default();
+        let now = 1_700_000_000_000;
+        for i in 0..MAX_NONCES as u128 {
+            nonces.take("c", i.to_be_bytes(), now).unwrap();
+        }
+        assert_eq!(
+            nonces.take("c", u128::MAX.to_be_bytes(), now),
+            Err("too many peer requests; try again")
+        );
+        assert!(nonces.take("a", u128::MAX.to_be_bytes(), now).is_ok());
     }
 }

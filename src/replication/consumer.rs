@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt as _;
-use prost::Message as _;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -20,6 +19,7 @@ use crate::common::schedule::sleep_or_stop;
 use crate::proto;
 use crate::replication::config::Peer;
 use crate::replication::retry_queue::{Parked, RetryQueue, Source};
+use crate::replication::topics::decode_event;
 
 pub async fn consume_loop(
     users: Arc<Users>,
@@ -57,7 +57,7 @@ pub async fn consume_loop(
         // has nothing to apply.
         let payloads: Vec<Option<Arc<[u8]>>> =
             msgs.iter().map(|m| m.payload().map(Arc::from)).collect();
-        let mut firsts = apply_batch(&users, &payloads).await;
+        let mut firsts = apply_batch(&users, &payloads, &region).await;
         for (i, msg) in msgs.iter().enumerate() {
             let source = Source {
                 region: region.clone(),
@@ -95,25 +95,22 @@ const APPLY_BATCH: usize = 256;
 
 type ApplyResult = Result<(Applied, proto::ChangeEvent), ApplyError>;
 
-fn decode(payload: &[u8]) -> Result<proto::ChangeEvent, ApplyError> {
-    proto::ChangeEvent::decode(payload).map_err(|_| ApplyError::Malformed("event does not decode"))
-}
-
 /// Applies received events in order, each as [`Users::apply`] would, with one WAL
 /// sync for the batch instead of one per event. `None` if the task failed: the
 /// events then go through [`handle`] one at a time.
 async fn apply_batch(
     users: &Arc<Users>,
     payloads: &[Option<Arc<[u8]>>],
+    source: &str,
 ) -> Option<Vec<Option<ApplyResult>>> {
-    let (u, p) = (users.clone(), payloads.to_vec());
+    let (u, p, source) = (users.clone(), payloads.to_vec(), source.to_string());
     let task = tokio::task::spawn_blocking(move || {
         let mut results: Vec<Option<ApplyResult>> = p
             .iter()
             .map(|payload| {
                 let payload = payload.as_ref()?;
                 Some((|| {
-                    let event = decode(payload)?;
+                    let event = decode_event(payload, &source)?;
                     let applied = u.apply_deferred(&event)?;
                     Ok((applied, event))
                 })())
@@ -158,9 +155,9 @@ async fn handle(
         let result = match first.take() {
             Some(r) => Ok(r),
             None => {
-                let (u, p) = (users.clone(), payload.clone());
+                let (u, p, from) = (users.clone(), payload.clone(), source.region.clone());
                 tokio::task::spawn_blocking(move || {
-                    let event = decode(&p)?;
+                    let event = decode_event(&p, &from)?;
                     let applied = u.apply(&event)?;
                     Ok::<_, ApplyError>((applied, event))
                 })

@@ -628,10 +628,9 @@ impl RetryQueue {
             ..Default::default()
         };
         for entry in self.due(now_ms, limit)? {
-            let result = match proto::ChangeEvent::decode(entry.event.as_slice()) {
-                Ok(event) => users.apply(&event),
-                Err(_) => Err(ApplyError::Malformed("event does not decode")),
-            };
+            let result =
+                crate::replication::topics::decode_event(&entry.event, &entry.source_region)
+                    .and_then(|event| users.apply(&event));
             let outcome = match result {
                 Ok(applied) => {
                     self.resolve(&entry)?;
@@ -803,10 +802,8 @@ impl RetryQueue {
         let Some(mut entry) = self.get_dead(id)? else {
             return Ok(Replayed::NotFound);
         };
-        let result = match proto::ChangeEvent::decode(entry.event.as_slice()) {
-            Ok(event) => users.apply(&event),
-            Err(_) => Err(ApplyError::Malformed("event does not decode")),
-        };
+        let result = crate::replication::topics::decode_event(&entry.event, &entry.source_region)
+            .and_then(|event| users.apply(&event));
         let now = users.clock_now_ms();
         match result {
             Ok(applied) => {

@@ -1,15 +1,18 @@
 //! The topics a region's changes travel on, and their message headers: the change
 //! topic `<prefix><region>` and its compacted `<topic>.user-keys`, created at start
-//! where missing.
+//! where missing. And what an event read from a region's topic must say.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
+use prost::Message as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 
+use crate::accounts::error::ApplyError;
+use crate::proto;
 use crate::replication::config::{client_config, Replication};
 
 pub const HEADER_ORIGIN: &str = "authsync-origin-region";
@@ -89,4 +92,12 @@ pub async fn create_topic(
         }
     }
     Ok(())
+}
+
+/// An event read from `source`'s topic. Its `origin_region` is not checked against
+/// the topic: it is the writer's region, not the publisher's (key recovery publishes
+/// wraps it adds to records others wrote), and nothing authenticates it; what counts
+/// is each record's, entry's and user key's own signature, checked on apply.
+pub fn decode_event(payload: &[u8], _source: &str) -> Result<proto::ChangeEvent, ApplyError> {
+    proto::ChangeEvent::decode(payload).map_err(|_| ApplyError::Malformed("event does not decode"))
 }

@@ -5,7 +5,8 @@ use uuid::Uuid;
 
 use super::{Users, LOCK_RETRIES};
 use crate::accounts::error::{Applied, ApplyError, Problem, UserError};
-use crate::crypto::envelope;
+use crate::crypto::primitives::CryptoError;
+use crate::crypto::{envelope, signatures};
 use crate::proto;
 use crate::storage::store::{record_rank, record_version, IndexField};
 
@@ -61,10 +62,18 @@ impl Users {
         {
             return Err(ApplyError::Malformed("record without a valid version"));
         }
+        // Written by the region its version names, whichever region relayed it.
+        let writer = incoming.version.as_ref().map_or("", |v| v.region.as_str());
+        self.check_writer(incoming, writer)?;
         self.record_mac
             .verify(incoming)
             .map_err(|_| ApplyError::Integrity)?;
         crate::accounts::bounds::record(incoming)?;
+        let own_version = envelope::wrap_for(incoming, &self.region).map(|w| w.key_version);
+        self.own_wrap_verdict(
+            envelope::check_own_wrap(incoming, &self.keyring()),
+            own_version,
+        )?;
         let version = record_version(incoming);
         crate::accounts::bounds::observe(&self.hlc, &version)?;
         if self.faults.take_apply_failure() {
@@ -95,9 +104,31 @@ impl Users {
                 .map(|c| (c, record_rank(c.tombstone, record_version(c))))
                 .filter(|(_, held)| *held >= rank)
             {
-                // The same version with more wrapped keys: key recovery's repair.
-                if held == rank && envelope::extends_wraps(c, incoming) {
+                // The same version with more wrapped keys: key recovery's repair. The
+                // wrap this region opens is kept as it is: a relay cannot swap it.
+                let own = |r| envelope::wrap_for(r, &self.region);
+                if held == rank
+                    && envelope::extends_wraps(c, incoming)
+                    && own(c).is_none_or(|w| own(incoming) == Some(w))
+                {
                     commit(Some(c), incoming)?;
+                    return Ok(Applied::Applied);
+                }
+                // The same version signed by its writer since (after a keyring upgrade):
+                // the signature is taken, the wraps kept.
+                if held == rank
+                    && c.signature.is_empty()
+                    && !incoming.signature.is_empty()
+                    && envelope::same_content(c, incoming)
+                {
+                    let mut signed = c.clone();
+                    signed.signature.clone_from(&incoming.signature);
+                    signed.signer.clone_from(&incoming.signer);
+                    if let (Some(env), Some(theirs)) = (signed.info.as_mut(), &incoming.info) {
+                        env.key_check.clone_from(&theirs.key_check);
+                    }
+                    self.record_mac.sign(&mut signed);
+                    commit(Some(c), &signed)?;
                     return Ok(Applied::Applied);
                 }
                 return Ok(Applied::Skipped);
@@ -136,6 +167,53 @@ impl Users {
         )])))
     }
 
+    /// Checks that `message` from the network was signed by `region` (or is a format 1
+    /// node's unsigned message, while the keyring accepts them).
+    pub(crate) fn check_writer<M: signatures::Signed>(
+        &self,
+        message: &M,
+        region: &str,
+    ) -> Result<(), ApplyError> {
+        match signatures::verify(&self.keyring(), message, region) {
+            Ok(verified) => {
+                if verified == signatures::Verified::Legacy {
+                    metrics::counter!(crate::common::metrics::UNSIGNED_ACCEPTED_TOTAL).increment(1);
+                }
+                Ok(())
+            }
+            Err(_) => {
+                metrics::counter!(crate::common::metrics::SIGNATURES_REFUSED_TOTAL).increment(1);
+                Err(ApplyError::Integrity)
+            }
+        }
+    }
+
+    /// What this region's wrap in a message from the network came to: garbage (a wrap
+    /// of another key, or none that opens) is refused; under a master key version
+    /// newer than any held here it waits for the keyring to reload; under a retired
+    /// one it is taken as it is (it was sealed before the retirement).
+    fn own_wrap_verdict(
+        &self,
+        opened: Result<(), CryptoError>,
+        version: Option<u32>,
+    ) -> Result<(), ApplyError> {
+        match opened {
+            Ok(()) => Ok(()),
+            Err(CryptoError::UnknownMasterKey(key)) => {
+                let newest = self.keyring().own_versions().0.last().copied().unwrap_or(0);
+                if version.is_some_and(|v| v > newest) {
+                    Err(ApplyError::User(UserError::KeyUnavailable(key)))
+                } else {
+                    Ok(())
+                }
+            }
+            Err(_) => {
+                metrics::counter!(crate::common::metrics::SIGNATURES_REFUSED_TOTAL).increment(1);
+                Err(ApplyError::Integrity)
+            }
+        }
+    }
+
     /// Stores a user key received from a peer: a new one as it is, a known one with the
     /// wraps it adds ([`envelope::merge_user_key`]). An erased account takes none, or
     /// a late key event would undo the erase here.
@@ -145,6 +223,9 @@ impl Users {
         if key.key_id.len() != envelope::USER_KEY_ID_LEN {
             return Err(ApplyError::Malformed("user key id is not 8 bytes"));
         }
+        // Any region makes the key of an account it creates; it signs it, and each wrap
+        // another region adds must hold the key it signed (checked on opening).
+        self.check_writer(key, signatures::signer_region(&key.signer).unwrap_or(""))?;
         self.user_key_mac
             .verify(key)
             .map_err(|_| ApplyError::Integrity)?;
@@ -155,11 +236,57 @@ impl Users {
             Err(e) => return Err(e.into()),
         }
         let mut stored = match self.user_key(&key.user_id) {
-            Ok(None) | Err(UserError::Unreadable) => key.clone(),
-            Ok(Some(local)) => match envelope::merge_user_key(&local, key) {
-                Some(merged) => merged,
-                None => return Ok(Applied::Skipped),
-            },
+            Ok(None) | Err(UserError::Unreadable) => {
+                let own = key
+                    .wraps
+                    .iter()
+                    .find(|w| w.region == self.region)
+                    .map(|w| w.key_version);
+                self.own_wrap_verdict(
+                    envelope::check_own_user_key_wrap(key, &self.keyring()),
+                    own,
+                )?;
+                key.clone()
+            }
+            Ok(Some(local)) => {
+                let merged = envelope::merge_user_key(&local, key)
+                    .or_else(|| envelope::adopt_signature(&local, key));
+                match merged {
+                    // A wrap for this region replaces the one held only if it opens to
+                    // the key its maker signed: a relay cannot swap it for another.
+                    Some(mut merged) => {
+                        let own = |k: &proto::UserKey| {
+                            k.wraps.iter().find(|w| w.region == self.region).cloned()
+                        };
+                        if let Some(held) =
+                            own(&local).filter(|held| Some(held) != own(&merged).as_ref())
+                        {
+                            if envelope::open_user_key(&merged, &self.keyring()).is_err() {
+                                merged.wraps.retain(|w| w.region != self.region);
+                                merged.wraps.push(held);
+                                merged.wraps.sort_by(|a, b| a.region.cmp(&b.region));
+                            }
+                        }
+                        if merged == local {
+                            return Ok(Applied::Skipped);
+                        }
+                        // What is kept must still open here (a check value or signature
+                        // taken from another copy must match the key): else the copy
+                        // held stays as it is.
+                        let own = merged
+                            .wraps
+                            .iter()
+                            .find(|w| w.region == self.region)
+                            .map(|w| w.key_version);
+                        let opened = envelope::check_own_user_key_wrap(&merged, &self.keyring());
+                        if self.own_wrap_verdict(opened, own).is_err() {
+                            return Ok(Applied::Skipped);
+                        }
+                        merged
+                    }
+                    None => return Ok(Applied::Skipped),
+                }
+            }
             Err(e) => return Err(e.into()),
         };
         self.user_key_mac.sign(&mut stored);
@@ -180,7 +307,8 @@ mod tests {
     use crate::accounts::users::Users;
     use crate::common::hlc::{Hlc, SystemClock};
     use crate::crypto::password::{PasswordAlgorithm, Passwords};
-    use crate::proto::Status;
+    use crate::crypto::{envelope, signatures};
+    use crate::proto::{self, Status};
     use crate::storage::store::{Store, StoreOptions};
 
     struct Ahead(u64);
@@ -259,5 +387,136 @@ mod tests {
         // The genuine event applies, once.
         assert_eq!(target.apply(&event).unwrap(), Applied::Applied);
         assert_eq!(target.apply(&event).unwrap(), Applied::Skipped);
+    }
+
+    /// The attack: eu-west, which holds every secret the regions share (the index key,
+    /// the pepper), rewrites af-south's record of an account (here its password hash,
+    /// for one it knows: the account is taken over) and sends it as af-south's, with a
+    /// valid MAC. us-east took it while keyrings were format 1; now the record must be
+    /// signed by af-south, whose key eu-west does not hold, and nothing changes.
+    #[test]
+    fn a_region_cannot_rewrite_another_regions_record() {
+        use crate::crypto::envelope::RecordMac;
+        let regions: Vec<String> = ["af-south", "eu-west", "us-east"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for legacy in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut rings = if legacy {
+                crate::crypto::keyring::init_legacy(&regions).unwrap()
+            } else {
+                crate::crypto::keyring::init(&regions).unwrap()
+            };
+            let target = users_with(&dir.path().join("c"), rings.remove(2));
+            let attacker = rings.remove(1);
+            let origin = users_with(&dir.path().join("a"), rings.remove(0));
+            let (id, _) = origin.create(new_user("victim@example.com")).unwrap();
+            for event in drain(&origin) {
+                target.apply(&event).unwrap();
+            }
+            let genuine = target.get_record(&id).unwrap().unwrap();
+            let mut forged = proto::ChangeEvent {
+                origin_region: "af-south".into(),
+                record: Some(genuine.clone()),
+                ..Default::default()
+            };
+            let r = forged.record.as_mut().unwrap();
+            r.secret = "$argon2id$v=19$m=19456,t=2,p=1$YXR0YWNrZXI$YXR0YWNrZXI".into();
+            r.version.as_mut().unwrap().logical += 1;
+            signatures::sign(&attacker, r);
+            RecordMac::new(attacker.index_key()).sign(r);
+            let result = target.apply(&forged);
+            let stored = target.get_record(&id).unwrap().unwrap();
+            if legacy {
+                assert_eq!(result.unwrap(), Applied::Applied, "format 1 took it");
+                assert_ne!(stored.secret, genuine.secret);
+            } else {
+                assert!(matches!(result, Err(ApplyError::Integrity)), "{result:?}");
+                assert_eq!(stored, genuine, "nothing changed");
+            }
+        }
+    }
+
+    /// The attack: a relay (eu-west) sends an account's user key with us-east's wrap
+    /// swapped for one of another key under a newer master key version, so that
+    /// us-east could no longer open the account. A wrap for this region replaces the
+    /// one held only if it opens to the key the maker signed.
+    #[test]
+    fn a_relay_cannot_swap_the_wrap_this_region_opens() {
+        let regions: Vec<String> = ["af-south", "eu-west", "us-east"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let mut rings = crate::crypto::keyring::init(&regions).unwrap();
+        let target = users_with(&dir.path().join("c"), rings.remove(2));
+        let relay = rings.remove(1);
+        let origin = users_with(&dir.path().join("a"), rings.remove(0));
+        let (id, _) = origin.create(new_user("swap@example.com")).unwrap();
+        let events = drain(&origin);
+        for e in &events {
+            target.apply(e).unwrap();
+        }
+        let mut key = events.iter().find_map(|e| e.user_key.clone()).unwrap();
+        let (other, _) = envelope::new_user_key(&key.user_id, &relay, &regions).unwrap();
+        let mut swapped = other
+            .wraps
+            .into_iter()
+            .find(|w| w.region == "us-east")
+            .unwrap();
+        swapped.key_version = 7;
+        for w in key.wraps.iter_mut().filter(|w| w.region == "us-east") {
+            *w = swapped.clone();
+        }
+        crate::crypto::envelope::UserKeyMac::new(relay.index_key()).sign(&mut key);
+        let event = proto::ChangeEvent {
+            origin_region: "eu-west".into(),
+            user_key: Some(key),
+            ..Default::default()
+        };
+        assert_eq!(target.apply(&event).unwrap(), Applied::Skipped);
+        assert!(target.get(&id).is_ok(), "us-east still opens the account");
+    }
+
+    /// The attack: a relay hands a region that lacks the account (a new node, one
+    /// behind on the stream) a copy whose wrap for that region holds garbage, so that
+    /// the genuine copy, arriving later at the same version, is skipped and the
+    /// account never opens there. Anyone can wrap to a public key, so a wrap is taken
+    /// only once it opens here; the genuine copies then apply.
+    #[test]
+    fn a_wrap_that_does_not_open_here_is_refused() {
+        let regions: Vec<String> = ["af-south", "eu-west", "us-east"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let mut rings = crate::crypto::keyring::init(&regions).unwrap();
+        let target = users_with(&dir.path().join("c"), rings.remove(2));
+        let relay = rings.remove(1);
+        let origin = users_with(&dir.path().join("a"), rings.remove(0));
+        let (id, _) = origin.create(new_user("garbage@example.com")).unwrap();
+        let events = drain(&origin);
+        let garbage = |wraps: &mut Vec<proto::WrappedKey>| {
+            for w in wraps.iter_mut().filter(|w| w.region == "us-east") {
+                w.ciphertext = vec![7; w.ciphertext.len()];
+            }
+        };
+        for genuine in &events {
+            let mut forged = genuine.clone();
+            if let Some(k) = forged.user_key.as_mut() {
+                garbage(&mut k.wraps);
+                envelope::UserKeyMac::new(relay.index_key()).sign(k);
+            }
+            if let Some(r) = forged.record.as_mut() {
+                garbage(&mut r.info.as_mut().unwrap().keys);
+                envelope::RecordMac::new(relay.index_key()).sign(r);
+            }
+            assert!(matches!(target.apply(&forged), Err(ApplyError::Integrity)));
+        }
+        for genuine in &events {
+            assert_eq!(target.apply(genuine).unwrap(), Applied::Applied);
+        }
+        assert!(target.get(&id).is_ok());
     }
 }

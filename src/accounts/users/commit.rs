@@ -9,6 +9,7 @@ use crate::accounts::error::UserError;
 use crate::common::hlc::Version;
 use crate::common::metrics as m;
 use crate::crypto::envelope::{self, UserSecret};
+use crate::crypto::signatures;
 use crate::proto;
 use crate::storage::store::{record_version, Change as StoreChange};
 
@@ -42,8 +43,10 @@ impl Users {
                 // its record, and written and published with its first version.
                 let (mut key, user) = envelope::new_user_key(&record.id, &keyring, &regions)
                     .map_err(UserError::Crypto)?;
+                signatures::sign(&keyring, &mut key);
                 self.user_key_mac.sign(&mut key);
                 self.seal(&mut record, info, &keyring, &regions, &user)?;
+                signatures::sign(&keyring, &mut record);
                 self.record_mac.sign(&mut record);
                 let started = Instant::now();
                 self.store.commit_many(&[StoreChange {
@@ -64,6 +67,7 @@ impl Users {
         record: &mut proto::Record,
         kind: &'static str,
     ) -> Result<(), UserError> {
+        signatures::sign(&self.keyring(), record);
         self.record_mac.sign(record);
         let started = Instant::now();
         self.store.commit(previous, record, true)?;

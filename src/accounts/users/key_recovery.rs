@@ -73,17 +73,25 @@ impl Users {
             Err(e) => return Err(e),
         };
         let repair = self.wraps_repair(&key.wraps);
+        let sign = self.unsigned_own_key(id, &key);
         let regions = match &repair {
+            KeyRepair::None if sign => Vec::new(),
             KeyRepair::None => return Ok(()),
             KeyRepair::Missing(regions) => regions.clone(),
             KeyRepair::OwnKeyOld => vec![self.region.clone()],
         };
         let mut fixed = key;
-        if !rewrapped(envelope::rewrap_user_key(
-            &mut fixed,
-            &self.keyring(),
-            &regions,
-        ))? {
+        let moved = !regions.is_empty()
+            && rewrapped(envelope::rewrap_user_key(
+                &mut fixed,
+                &self.keyring(),
+                &regions,
+            ))?;
+        if sign {
+            // Published with whatever wraps moved.
+            return self.sign_user_key(fixed, round);
+        }
+        if !moved {
             return Ok(());
         }
         self.user_key_mac.sign(&mut fixed);
@@ -108,6 +116,52 @@ impl Users {
         Ok(())
     }
 
+    /// Whether `key` was made here (its account created here) before this region
+    /// signed, and can be signed now.
+    fn unsigned_own_key(&self, id: &Uuid, key: &proto::UserKey) -> bool {
+        key.signature.is_empty()
+            && self.keyring().signer().is_some()
+            && self
+                .store
+                .get(id.as_bytes())
+                .ok()
+                .flatten()
+                .is_some_and(|r| {
+                    // Created here, and last written here, signed: another region's
+                    // claim of `created` is never taken as this region's word.
+                    r.created.as_ref().is_some_and(|c| c.region == self.region)
+                        && r.version.as_ref().is_some_and(|v| v.region == self.region)
+                        && !r.signature.is_empty()
+                })
+    }
+
+    /// Signs a user key made here before this region signed, with its check value,
+    /// and publishes it: every region adopts the signature
+    /// (`envelope::adopt_signature`). The caller holds the account's lock.
+    fn sign_user_key(
+        &self,
+        mut key: proto::UserKey,
+        round: &mut RecoveryRound,
+    ) -> Result<(), UserError> {
+        let keyring = self.keyring();
+        if !rewrapped(envelope::set_user_key_check(&mut key, &keyring))? {
+            return Ok(());
+        }
+        crate::crypto::signatures::sign(&keyring, &mut key);
+        self.user_key_mac.sign(&mut key);
+        let stamp = crate::common::hlc::Version {
+            physical_ms: self.clock_now_ms(),
+            logical: 0,
+            region: self.region.clone(),
+        }
+        .to_proto();
+        self.store.put_user_key(&key, Some(&stamp), true)?;
+        self.outbox_signal.notify_one();
+        metrics::counter!(m::USER_KEYS_REWRAPPED_TOTAL, "reason" => "resign").increment(1);
+        round.signed += 1;
+        Ok(())
+    }
+
     /// Re-wraps `seen`'s data key where [`Users::key_repair`] says so, unless the record
     /// changed since it was read.
     fn repair_keys(
@@ -115,7 +169,7 @@ impl Users {
         seen: &proto::Record,
         round: &mut RecoveryRound,
     ) -> Result<(), UserError> {
-        if self.key_repair(seen) == KeyRepair::None {
+        if self.key_repair(seen) == KeyRepair::None && !self.unsigned_own(seen) {
             return Ok(());
         }
         let Ok(id) = Uuid::from_slice(&seen.id) else {
@@ -129,19 +183,42 @@ impl Users {
             Err(e) => return Err(e),
         };
         let repair = self.key_repair(&previous);
-        if previous != *seen || repair == KeyRepair::None {
+        let sign = self.unsigned_own(&previous);
+        if previous != *seen || (repair == KeyRepair::None && !sign) {
             return Ok(());
         }
         let keyring = self.keyring();
-        let regions = match &repair {
-            KeyRepair::Missing(regions) => regions.clone(),
-            _ => vec![self.region.clone()],
-        };
-        // Same version: only wraps change, and every region takes a record that
-        // adds wraps at the version it holds (`envelope::extends_wraps`). A new
-        // version would compete with real changes under last-writer-wins.
+        // Same version: only wraps (and a missing signature) change, and every region
+        // takes a record that adds wraps at the version it holds
+        // (`envelope::extends_wraps`), or its writer's signature. A new version would
+        // compete with real changes under last-writer-wins.
         let mut record = previous.clone();
-        if !rewrapped(envelope::rewrap(&mut record, &keyring, &regions))? {
+        if repair != KeyRepair::None {
+            let regions = match &repair {
+                KeyRepair::Missing(regions) => regions.clone(),
+                _ => vec![self.region.clone()],
+            };
+            if !rewrapped(envelope::rewrap(&mut record, &keyring, &regions))? && !sign {
+                return Ok(());
+            }
+        }
+        if sign {
+            // Written here before the keyring upgrade: signed now, with the check value
+            // of its data key (tombstones have none), and published, so every region
+            // can take it from anyone once unsigned ones are refused.
+            let unchecked = record
+                .info
+                .as_ref()
+                .is_some_and(|e| e.key_check.is_empty() && !record.tombstone);
+            if unchecked && !rewrapped(envelope::set_key_check(&mut record, &keyring))? {
+                return Ok(());
+            }
+            crate::crypto::signatures::sign(&keyring, &mut record);
+            self.record_mac.sign(&mut record);
+            self.store.commit(Some(&previous), &record, true)?;
+            self.outbox_signal.notify_one();
+            metrics::counter!(m::STORE_COMMITS_TOTAL, "kind" => "resign").increment(1);
+            round.signed += 1;
             return Ok(());
         }
         self.record_mac.sign(&mut record);
@@ -160,6 +237,17 @@ impl Users {
             round.rewrapped += 1;
         }
         Ok(())
+    }
+
+    /// Whether `record` was written here before this region signed (a format 1
+    /// keyring) and can be signed now.
+    fn unsigned_own(&self, record: &proto::Record) -> bool {
+        record.signature.is_empty()
+            && record
+                .version
+                .as_ref()
+                .is_some_and(|v| v.region == self.region)
+            && self.keyring().signer().is_some()
     }
 
     /// What key recovery would do to `record` here. Only records this region can
@@ -343,5 +431,89 @@ mod tests {
         assert_eq!(b.apply(&repaired_key).unwrap(), Applied::Skipped, "once");
         assert_eq!(b.get(&id).unwrap().email, "ada@example.com");
         assert_eq!(a.get(&id).unwrap().email, "ada@example.com");
+    }
+
+    /// The keyring upgrade, end to end between two regions: what af-south wrote before
+    /// it is signed by af-south's key recovery and eu-west adopts the signatures, so
+    /// once the upgrade is finished a region that never held the data can still take
+    /// it (from anti-entropy, say), while an unsigned copy is refused.
+    #[test]
+    fn after_the_keyring_upgrade_old_records_are_signed_by_their_writer_and_unsigned_ones_refused()
+    {
+        use crate::accounts::error::ApplyError;
+        use crate::crypto::keyring::{self, Keyring};
+        use crate::proto;
+        let regions: Vec<String> = ["af-south", "eu-west"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        std::fs::create_dir(&keys).unwrap();
+        let mut legacy = keyring::init_legacy(&regions).unwrap();
+        for ring in &legacy {
+            ring.save(&keyring::keyring_path(&keys, ring.owner()))
+                .unwrap();
+        }
+        let b = users_with(&dir.path().join("b"), legacy.remove(1));
+        let a = users_with(&dir.path().join("a"), legacy.remove(0));
+        let (id, _) = a.create(new_user("before@example.com")).unwrap();
+        let unsigned = drain(&a);
+        // A node with a format 1 keyring writes only what format 1 nodes read.
+        let first = record_event(&unsigned).record.unwrap();
+        assert!(first.signature.is_empty() && first.info.unwrap().key_check.is_empty());
+        let key = key_event(&unsigned).user_key.unwrap();
+        assert!(key.signature.is_empty() && key.key_check.is_empty());
+        for e in &unsigned {
+            b.apply(e).unwrap();
+        }
+        let load = |r: &str| Keyring::load(&keyring::keyring_path(&keys, r)).unwrap();
+
+        keyring::upgrade_in_dir(&keys).unwrap();
+        a.replace_keyring(load("af-south")).unwrap();
+        b.replace_keyring(load("eu-west")).unwrap();
+        let (round, _) = a.recover_keys_round(None, 100).unwrap();
+        assert_eq!(round.signed, 2, "{round:?}");
+        for e in drain(&a) {
+            assert_eq!(b.apply(&e).unwrap(), Applied::Applied);
+        }
+        let at_b = b.store().get(id.as_bytes()).unwrap().unwrap();
+        assert!(!at_b.signature.is_empty());
+        assert!(!b
+            .store()
+            .get_user_key(id.as_bytes())
+            .unwrap()
+            .unwrap()
+            .signature
+            .is_empty());
+        assert!(b.get(&id).is_ok(), "still readable at eu-west");
+        // Nothing left to sign.
+        assert_eq!(a.recover_keys_round(None, 100).unwrap().0.signed, 0);
+
+        keyring::finish_upgrade_in_dir(&keys).unwrap();
+        b.replace_keyring(load("eu-west")).unwrap();
+        assert!(matches!(
+            b.apply(&record_event(&unsigned)),
+            Err(ApplyError::Integrity)
+        ));
+        // A fresh eu-west node takes the signed copies as anti-entropy sends them.
+        let fresh = users_with(&dir.path().join("fresh"), load("eu-west"));
+        let key = a.store().get_user_key(id.as_bytes()).unwrap().unwrap();
+        let record = a.store().get(id.as_bytes()).unwrap().unwrap();
+        for event in [
+            proto::ChangeEvent {
+                origin_region: "af-south".into(),
+                user_key: Some(key),
+                ..Default::default()
+            },
+            proto::ChangeEvent {
+                origin_region: "af-south".into(),
+                record: Some(record),
+                ..Default::default()
+            },
+        ] {
+            assert_eq!(fresh.apply(&event).unwrap(), Applied::Applied);
+        }
+        assert!(fresh.get(&id).is_ok());
     }
 }

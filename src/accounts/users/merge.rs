@@ -100,6 +100,7 @@ impl Users {
         let keyring = self.keyring();
         let regions = self.wrap_regions(&keyring)?;
         self.seal(record, info, &keyring, &regions, user)?;
+        crate::crypto::signatures::sign(&keyring, record);
         self.record_mac.sign(record);
         Ok(())
     }

@@ -43,7 +43,7 @@ use crate::common::faults::Faults;
 use crate::common::hlc::{Hlc, Version};
 use crate::crypto::blind_index::BlindIndex;
 use crate::crypto::envelope::{RecordMac, UserKeyMac};
-use crate::crypto::keyring::Keyring;
+use crate::crypto::keyring::{Keyring, SharedKeyring};
 use crate::crypto::password::Passwords;
 use crate::proto::{self, Status};
 use crate::storage::store::Store;
@@ -108,6 +108,9 @@ pub struct RecoveryRound {
     /// User keys given wraps they lacked (published) or moved to this region's
     /// current master key (local).
     pub user_keys: usize,
+    /// Records and user keys written here before the keyring upgrade, signed now
+    /// (same version, published).
+    pub signed: usize,
 }
 
 /// `old_hashes` algorithm for a current (peppered PHC) hash kept from a merged account.
@@ -133,7 +136,7 @@ const LOCK_RETRIES: usize = 8;
 pub struct Users {
     region: String,
     store: Arc<Store>,
-    keyring: RwLock<Arc<Keyring>>,
+    keyring: SharedKeyring,
     index: BlindIndex,
     record_mac: RecordMac,
     user_key_mac: UserKeyMac,
@@ -245,13 +248,16 @@ impl Users {
         min_password: usize,
     ) -> Users {
         let outbox_signal = Arc::new(tokio::sync::Notify::new());
+        let index_key = *keyring.index_key();
+        let region = keyring.owner().to_string();
+        let keyring: SharedKeyring = Arc::new(RwLock::new(Arc::new(keyring)));
         let entries = Arc::new(Entries::new(
             store.clone(),
             hlc.clone(),
-            keyring.index_key(),
+            keyring.clone(),
             outbox_signal.clone(),
         ));
-        let lockout = Lockout::new(entries.clone(), keyring.owner());
+        let lockout = Lockout::new(entries.clone(), &region);
         seed_wrap_counts(&store);
         // From the start as slow as an account with two hashes to check (its own and
         // one kept from a merge): the first probes after a restart tell nothing either.
@@ -263,11 +269,11 @@ impl Users {
         .unwrap_or(0);
         Users {
             lockout,
-            region: keyring.owner().to_string(),
-            index: BlindIndex::new(keyring.index_key()),
-            record_mac: RecordMac::new(keyring.index_key()),
-            user_key_mac: UserKeyMac::new(keyring.index_key()),
-            keyring: RwLock::new(Arc::new(keyring)),
+            region,
+            index: BlindIndex::new(&index_key),
+            record_mac: RecordMac::new(&index_key),
+            user_key_mac: UserKeyMac::new(&index_key),
+            keyring,
             store,
             passwords,
             hlc,

@@ -42,6 +42,16 @@ impl Users {
         if !ops.is_empty() {
             self.store.write_kv(&ops)?;
         }
+        // Every key this node wraps with has a series: X25519 keys stay at 0 (each of
+        // their wraps seals under a one-time key of its own, so there is no bound).
+        let keyring = self.keyring();
+        let active = keyring
+            .regions()
+            .filter_map(|r| keyring.active_key(r).map(|k| k.key_id()));
+        for key in active {
+            let n = counts.get(&key).copied().unwrap_or(0);
+            metrics::gauge!(crate::common::metrics::MASTER_KEY_WRAPS, "key" => key).set(n as f64);
+        }
         for (key, n) in counts {
             metrics::gauge!(crate::common::metrics::MASTER_KEY_WRAPS, "key" => key).set(n as f64);
         }

@@ -30,6 +30,32 @@ pub(super) fn users_with(dir: &std::path::Path, keyring: Keyring) -> Users {
     Users::new(store, keyring, passwords, hlc, 8)
 }
 
+/// A clock that stands still: a lockout's waits never pass, however slowly a loaded
+/// machine runs the test.
+struct Stopped(u64);
+
+impl crate::common::hlc::TimeSource for Stopped {
+    fn now_ms(&self) -> u64 {
+        self.0
+    }
+}
+
+/// [`users`] with a clock that stands still at the time it is made.
+pub(super) fn users_stopped(dir: &std::path::Path) -> Users {
+    use crate::common::hlc::TimeSource as _;
+    let keyring = crate::crypto::keyring::init(&["af-south".to_string()])
+        .unwrap()
+        .remove(0);
+    let store = Arc::new(Store::open(dir, &StoreOptions::default()).unwrap());
+    let passwords = Passwords::new(PasswordAlgorithm::Argon2id, keyring.pepper()).unwrap();
+    let hlc = Arc::new(Hlc::new(
+        "af-south",
+        500,
+        Box::new(Stopped(SystemClock.now_ms())),
+    ));
+    Users::new(store, keyring, passwords, hlc, 8)
+}
+
 /// af-south and eu-west of one deployment, each with its own store (kept while
 /// the directories live).
 pub(super) fn two_regions() -> (Vec<tempfile::TempDir>, Users, Users) {

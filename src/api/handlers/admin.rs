@@ -94,6 +94,7 @@ fn next_after(entries: &[proto::RetryEntry], limit: usize) -> Value {
     }
 }
 
+#[utoipa::path(get, path = "/v1/admin/retry", tag = "admin", security(("api_key" = [])), params(("limit" = Option<String>, Query, description = "1 to 1000, default 100"), ("after" = Option<String>, Query, description = "the last id of the previous page")), responses((status = 200, description = "events waiting to be applied again", body = crate::api::schema::RetryList), (status = 400, description = "invalid request: every problem, by field", body = crate::api::schema::ErrorBody), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
 pub async fn list_retry(
     State(s): State<AppState>,
     axum::extract::RawQuery(raw): axum::extract::RawQuery,
@@ -113,6 +114,7 @@ pub async fn list_retry(
     })))
 }
 
+#[utoipa::path(get, path = "/v1/admin/dead-letters", tag = "admin", security(("api_key" = [])), params(("limit" = Option<String>, Query, description = "1 to 1000, default 100"), ("after" = Option<String>, Query, description = "the last id of the previous page")), responses((status = 200, description = "events that never applied", body = crate::api::schema::DeadList), (status = 400, description = "invalid request: every problem, by field", body = crate::api::schema::ErrorBody), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
 pub async fn list_dead(
     State(s): State<AppState>,
     axum::extract::RawQuery(raw): axum::extract::RawQuery,
@@ -128,6 +130,7 @@ pub async fn list_dead(
     })))
 }
 
+#[utoipa::path(get, path = "/v1/admin/dead-letters/{id}", tag = "admin", security(("api_key" = [])), params(("id" = String, Path, description = "dead-letter id")), responses((status = 200, description = "the dead letter", body = crate::api::schema::ParkedEvent), (status = 400, description = "invalid request: every problem, by field", body = crate::api::schema::ErrorBody), (status = 404, description = "not found", body = crate::api::schema::ErrorBody), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
 pub async fn show_dead(
     State(s): State<AppState>,
     Path(raw): Path<String>,
@@ -140,6 +143,7 @@ pub async fn show_dead(
     }
 }
 
+#[utoipa::path(post, path = "/v1/admin/dead-letters/{id}/replay", tag = "admin", security(("api_key" = [])), params(("id" = String, Path, description = "dead-letter id")), responses((status = 200, description = "applied (or found not newer) and gone", body = crate::api::schema::Replayed), (status = 400, description = "invalid request: every problem, by field", body = crate::api::schema::ErrorBody), (status = 404, description = "not found", body = crate::api::schema::ErrorBody), (status = 409, description = "conflict", body = crate::api::schema::ErrorBody), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
 pub async fn replay_dead(
     State(s): State<AppState>,
     Path(raw): Path<String>,
@@ -161,6 +165,7 @@ pub async fn replay_dead(
     }
 }
 
+#[utoipa::path(delete, path = "/v1/admin/dead-letters/{id}", tag = "admin", security(("api_key" = [])), params(("id" = String, Path, description = "dead-letter id")), responses((status = 204, description = "dropped"), (status = 400, description = "invalid request: every problem, by field", body = crate::api::schema::ErrorBody), (status = 404, description = "not found", body = crate::api::schema::ErrorBody), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
 pub async fn drop_dead(
     State(s): State<AppState>,
     Path(raw): Path<String>,
@@ -175,10 +180,12 @@ pub async fn drop_dead(
     }
 }
 
+#[utoipa::path(get, path = "/v1/admin/api-keys", tag = "admin", security(("api_key" = [])), responses((status = 200, description = "every key, revoked ones included", body = crate::api::schema::ApiKeys), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
 pub async fn list_api_keys(State(s): State<AppState>) -> Json<Value> {
     Json(json!({"keys": s.api_keys.list()}))
 }
 
+#[utoipa::path(post, path = "/v1/admin/api-keys", tag = "admin", security(("api_key" = [])), request_body = crate::api::schema::NewApiKey, responses((status = 201, description = "added in every region; the key is shown once", body = crate::api::schema::AddedApiKey), (status = 400, description = "invalid request: every problem, by field", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 415, description = "not application/json", body = crate::api::schema::ErrorBody), (status = 409, description = "conflict", body = crate::api::schema::ErrorBody), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
 pub async fn add_api_key(
     State(s): State<AppState>,
     JsonBody(body): JsonBody,
@@ -234,6 +241,7 @@ pub async fn add_api_key(
     Ok(created(Json(out)))
 }
 
+#[utoipa::path(delete, path = "/v1/admin/api-keys/{id}", tag = "admin", security(("api_key" = [])), params(("id" = String, Path, description = "key id")), responses((status = 200, description = "revoked in every region", body = crate::api::schema::ApiKey), (status = 400, description = "invalid request: every problem, by field", body = crate::api::schema::ErrorBody), (status = 404, description = "not found", body = crate::api::schema::ErrorBody), (status = 409, description = "conflict", body = crate::api::schema::ErrorBody), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
 pub async fn revoke_api_key(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -245,6 +253,7 @@ pub async fn revoke_api_key(
     Ok(Json(info))
 }
 
+#[utoipa::path(post, path = "/v1/admin/signing-keys/rotate", tag = "admin", security(("api_key" = [])), responses((status = 201, description = "a new token signing key, published before it signs", body = crate::api::schema::SigningKeyPublished), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
 pub async fn rotate_signing_key(State(s): State<AppState>) -> Result<Response, ApiError> {
     let tokens = s.tokens.clone();
     let out = blocking(move || tokens.rotate()).await?;
@@ -255,6 +264,7 @@ pub async fn rotate_signing_key(State(s): State<AppState>) -> Result<Response, A
 /// This region's master key versions and what still uses each: the records and user
 /// keys wrapped under it here, and the signing keys sealed under it. A version that
 /// nothing uses can be retired (`authsync keys retire`).
+#[utoipa::path(get, path = "/v1/admin/keys/usage", tag = "admin", security(("api_key" = [])), responses((status = 200, description = "what each master key version still seals here", body = crate::api::schema::KeyUsage), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
 pub async fn key_usage(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     let (users, tokens) = (s.users.clone(), s.tokens.clone());
     let out = blocking(move || {
@@ -317,6 +327,7 @@ pub async fn put_faults(
     Ok(Json(s.users.faults().state()))
 }
 
+#[utoipa::path(get, path = "/v1/admin/digest", tag = "admin", security(("api_key" = [])), responses((status = 200, description = "what this region holds, to compare with the others", body = crate::api::schema::Digest), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
 pub async fn digest(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     let users = s.users.clone();
     let (count, digest, unkeyed) = blocking(move || {

@@ -17,12 +17,14 @@ use crate::replication::anti_entropy::{
 };
 use crate::storage::store::{StoreError, BUCKETS};
 
+#[utoipa::path(get, path = "/v1/internal/digests", tag = "internal", security(("peer" = [])), responses((status = 200, description = "per-bucket digests", body = crate::api::schema::Digests), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
 pub async fn internal_digests(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     let users = s.users.clone();
     let d = blocking(move || anti_entropy::digests(&users)).await?;
     Ok(Json(json!(d)))
 }
 
+#[utoipa::path(get, path = "/v1/internal/buckets/{bucket}", tag = "internal", security(("peer" = [])), params(("bucket" = String, Path, description = "0 to 255")), responses((status = 200, description = "the stamps of one bucket", body = crate::api::schema::Stamps), (status = 400, description = "invalid request: every problem, by field", body = crate::api::schema::ErrorBody), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
 pub async fn internal_bucket(
     State(s): State<AppState>,
     Path(raw): Path<String>,
@@ -44,6 +46,7 @@ pub async fn internal_bucket(
     }))
 }
 
+#[utoipa::path(post, path = "/v1/internal/records", tag = "internal", security(("peer" = [])), request_body = crate::api::schema::FetchRequest, responses((status = 200, description = "records and user keys as stored", body = crate::api::schema::FetchResponse), (status = 400, description = "invalid request: every problem, by field", body = crate::api::schema::ErrorBody), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 415, description = "not application/json", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
 pub async fn internal_records(
     State(s): State<AppState>,
     JsonBody(body): JsonBody,

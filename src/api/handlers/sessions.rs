@@ -13,6 +13,7 @@ use crate::api::error::{no_content, ApiError};
 use crate::api::extract::{blocking, hashing, JsonBody};
 use crate::api::state::AppState;
 
+#[utoipa::path(post, path = "/v1/login", tag = "sessions", security(("api_key" = [])), request_body = crate::api::schema::Login, responses((status = 200, description = "logged in", body = crate::api::schema::Tokens), (status = 400, description = "invalid request: every problem, by field", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 415, description = "not application/json", body = crate::api::schema::ErrorBody), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody), (status = 429, description = "too many attempts or requests: retry after `retry_after_s`", body = crate::api::schema::ErrorBody)))]
 pub async fn login(
     State(s): State<AppState>,
     JsonBody(body): JsonBody,
@@ -60,6 +61,7 @@ fn refresh_token_of(body: &Value) -> Result<String, ApiError> {
     Err(ApiError::invalid(problems))
 }
 
+#[utoipa::path(post, path = "/v1/token/refresh", tag = "sessions", security(("api_key" = [])), request_body = crate::api::schema::RefreshToken, responses((status = 200, description = "a new pair; the old refresh token is spent", body = crate::api::schema::Tokens), (status = 400, description = "invalid request: every problem, by field", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 415, description = "not application/json", body = crate::api::schema::ErrorBody), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
 pub async fn refresh(
     State(s): State<AppState>,
     JsonBody(body): JsonBody,
@@ -70,6 +72,7 @@ pub async fn refresh(
     Ok(Json(issued.json()))
 }
 
+#[utoipa::path(post, path = "/v1/logout", tag = "sessions", security(("api_key" = [])), request_body = crate::api::schema::RefreshToken, responses((status = 204, description = "the token family is revoked in every region"), (status = 400, description = "invalid request: every problem, by field", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 415, description = "not application/json", body = crate::api::schema::ErrorBody), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
 pub async fn logout(
     State(s): State<AppState>,
     JsonBody(body): JsonBody,
@@ -80,6 +83,7 @@ pub async fn logout(
     Ok(no_content())
 }
 
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "sessions", responses((status = 200, description = "the keys access tokens verify with", body = crate::api::schema::Jwks), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
 pub async fn jwks(State(s): State<AppState>) -> Result<Response, ApiError> {
     let tokens = s.tokens.clone();
     let set = blocking(move || tokens.jwks()).await?;

@@ -67,6 +67,7 @@ fn user_json(u: &UserView) -> Value {
     v
 }
 
+#[utoipa::path(post, path = "/v1/users", tag = "users", security(("api_key" = [])), request_body = crate::api::schema::NewUser, responses((status = 201, description = "created", body = crate::api::schema::Written), (status = 400, description = "invalid request: every problem, by field", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 415, description = "not application/json", body = crate::api::schema::ErrorBody), (status = 409, description = "conflict", body = crate::api::schema::ErrorBody), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
 pub async fn create_user(
     State(s): State<AppState>,
     JsonBody(body): JsonBody,
@@ -80,6 +81,7 @@ pub async fn create_user(
     })))
 }
 
+#[utoipa::path(get, path = "/v1/users/{id}", tag = "users", security(("api_key" = [])), params(("id" = String, Path, description = "account id (UUID)")), responses((status = 200, description = "the account", body = crate::api::schema::User), (status = 400, description = "invalid request: every problem, by field", body = crate::api::schema::ErrorBody), (status = 404, description = "not found", body = crate::api::schema::ErrorBody), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
 pub async fn get_user(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -90,6 +92,7 @@ pub async fn get_user(
     Ok(Json(user_json(&view)))
 }
 
+#[utoipa::path(get, path = "/v1/users", tag = "users", security(("api_key" = [])), params(("email" = Option<String>, Query, description = "look up by email"), ("phone" = Option<String>, Query, description = "or by phone (exactly one of the two)")), responses((status = 200, description = "the account", body = crate::api::schema::User), (status = 400, description = "invalid request: every problem, by field", body = crate::api::schema::ErrorBody), (status = 404, description = "not found", body = crate::api::schema::ErrorBody), (status = 429, description = "too many attempts or requests: retry after `retry_after_s`", body = crate::api::schema::ErrorBody), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
 pub async fn find_user(
     State(s): State<AppState>,
     RawQuery(query): RawQuery,
@@ -121,6 +124,7 @@ pub async fn find_user(
     Ok(Json(user_json(&view)))
 }
 
+#[utoipa::path(patch, path = "/v1/users/{id}", tag = "users", security(("api_key" = [])), params(("id" = String, Path, description = "account id (UUID)")), request_body = crate::api::schema::UserPatch, responses((status = 200, description = "changed", body = crate::api::schema::Written), (status = 400, description = "invalid request: every problem, by field", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 415, description = "not application/json", body = crate::api::schema::ErrorBody), (status = 404, description = "not found", body = crate::api::schema::ErrorBody), (status = 409, description = "conflict", body = crate::api::schema::ErrorBody), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
 pub async fn patch_user(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -137,6 +141,7 @@ pub async fn patch_user(
     }))
 }
 
+#[utoipa::path(put, path = "/v1/users/{id}/password", tag = "users", security(("api_key" = [])), params(("id" = String, Path, description = "account id (UUID)")), request_body = crate::api::schema::NewPassword, responses((status = 204, description = "set; every session of the account ends"), (status = 400, description = "invalid request: every problem, by field", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 415, description = "not application/json", body = crate::api::schema::ErrorBody), (status = 404, description = "not found", body = crate::api::schema::ErrorBody), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
 pub async fn put_password(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -151,6 +156,7 @@ pub async fn put_password(
     Ok(no_content())
 }
 
+#[utoipa::path(put, path = "/v1/users/{id}/status", tag = "users", security(("api_key" = [])), params(("id" = String, Path, description = "account id (UUID)")), request_body = crate::api::schema::NewStatus, responses((status = 200, description = "set", body = crate::api::schema::StatusChanged), (status = 400, description = "invalid request: every problem, by field", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 415, description = "not application/json", body = crate::api::schema::ErrorBody), (status = 404, description = "not found", body = crate::api::schema::ErrorBody), (status = 409, description = "conflict", body = crate::api::schema::ErrorBody), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
 pub async fn put_status(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -169,6 +175,7 @@ pub async fn put_status(
     ))
 }
 
+#[utoipa::path(delete, path = "/v1/users/{id}", tag = "users", security(("api_key" = [])), params(("id" = String, Path, description = "account id (UUID)")), responses((status = 204, description = "erased in every region"), (status = 400, description = "invalid request: every problem, by field", body = crate::api::schema::ErrorBody), (status = 404, description = "not found", body = crate::api::schema::ErrorBody), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
 pub async fn delete_user(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -179,6 +186,7 @@ pub async fn delete_user(
     Ok(no_content())
 }
 
+#[utoipa::path(post, path = "/v1/users/import", tag = "users", security(("api_key" = [])), request_body = Vec<crate::api::schema::ImportItem>, responses((status = 200, description = "one result per item, in order", body = Vec<crate::api::schema::ImportResult>), (status = 400, description = "invalid request: every problem, by field", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 415, description = "not application/json", body = crate::api::schema::ErrorBody), (status = 409, description = "conflict", body = crate::api::schema::ErrorBody), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
 pub async fn import(
     State(s): State<AppState>,
     JsonBody(body): JsonBody,

@@ -196,6 +196,7 @@ pub async fn require_peer(
         None => Err("a peer signature is required"),
         Some(h) => anti_entropy::verify(
             &s.users.keyring(),
+            &s.peer_nonces,
             h,
             s.users.clock_now_ms(),
             parts.method.as_str(),

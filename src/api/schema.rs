@@ -1,0 +1,375 @@
+//! The shapes of the HTTP API's bodies, as `/openapi.json` describes them.
+//!
+//! Request bodies are checked field by field by `accounts::input` (so that every
+//! problem is listed at once, with its field); these types say what those checks
+//! accept, for clients and for fuzzers. Responses the handlers build as JSON are
+//! described the same way. Each type here matches one shape a handler reads or writes;
+//! `tests/openapi.rs` checks the document against the running API.
+
+// Read by the OpenAPI generator only: the handlers parse and build the JSON.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Every error: a code, and what was wrong with which field.
+#[derive(ToSchema)]
+pub struct ErrorBody {
+    /// `invalid_request`, `malformed_json`, `unauthorized`, `forbidden`, `not_found`,
+    /// `conflict`, `invalid_credentials`, `too_many_attempts`, `rate_limited`,
+    /// `overloaded`, `request_timeout`, `key_unavailable`, … (README, "Errors").
+    error: String,
+    details: Vec<ProblemJson>,
+    /// With 429 and 503: when to try again (also in `Retry-After`).
+    retry_after_s: Option<u64>,
+}
+
+#[derive(ToSchema)]
+pub struct ProblemJson {
+    field: String,
+    problem: String,
+}
+
+/// A change's version: hybrid logical clock time and the region that made it.
+#[derive(ToSchema)]
+pub struct VersionJson {
+    ts: u64,
+    region: String,
+}
+
+/// What a create or change returns.
+#[derive(ToSchema)]
+pub struct Written {
+    id: Uuid,
+    version: VersionJson,
+}
+
+#[derive(ToSchema)]
+pub struct NewUser {
+    #[schema(format = "email", max_length = 254)]
+    email: String,
+    /// E.164, or a number with its country code.
+    phone: Option<String>,
+    /// At least `passwords.min_length` characters (12 by default), not a common one.
+    #[schema(min_length = 8, max_length = 1024)]
+    password: String,
+    /// At most 64 fields of at most 1,024 characters.
+    profile: Option<BTreeMap<String, String>>,
+}
+
+#[derive(ToSchema)]
+pub struct UserPatch {
+    #[schema(format = "email", max_length = 254)]
+    email: Option<String>,
+    phone: Option<String>,
+    /// Fields to set; a null removes the field.
+    profile: Option<BTreeMap<String, Option<String>>>,
+}
+
+#[derive(ToSchema)]
+pub struct NewPassword {
+    #[schema(min_length = 8, max_length = 1024)]
+    password: String,
+}
+
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum SettableStatus {
+    Active,
+    Locked,
+    Disabled,
+}
+
+#[derive(ToSchema)]
+pub struct NewStatus {
+    status: SettableStatus,
+}
+
+#[derive(ToSchema)]
+pub struct StatusChanged {
+    id: Uuid,
+    status: SettableStatus,
+    version: VersionJson,
+}
+
+/// An account as it is shown: the personal fields decrypted.
+#[derive(ToSchema)]
+pub struct User {
+    id: Uuid,
+    email: String,
+    phone: Option<String>,
+    /// `active`, `locked`, `disabled` or `merged`.
+    status: String,
+    profile: BTreeMap<String, String>,
+    version: VersionJson,
+    #[schema(format = DateTime)]
+    created_at: String,
+    #[schema(format = DateTime)]
+    updated_at: String,
+    /// The account this one was merged into (status `merged`).
+    #[schema(required = false)]
+    merged_into: Option<Uuid>,
+}
+
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum SaltPosition {
+    Prefix,
+    Suffix,
+}
+
+#[derive(ToSchema)]
+pub struct LegacyHash {
+    /// bcrypt, pbkdf2-sha256, argon2, md5, sha1, sha256, sha512 (README, "Importing").
+    algorithm: String,
+    hash: String,
+    #[schema(max_length = 256)]
+    salt: Option<String>,
+    salt_position: Option<SaltPosition>,
+}
+
+/// One legacy account to import with its old password hash.
+#[derive(ToSchema)]
+pub struct ImportItem {
+    #[schema(format = "email", max_length = 254)]
+    email: String,
+    phone: Option<String>,
+    profile: Option<BTreeMap<String, String>>,
+    legacy_hash: LegacyHash,
+    /// The platform it came from.
+    #[schema(min_length = 1, max_length = 128)]
+    source: String,
+}
+
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum ImportOutcome {
+    Created,
+    Merged,
+}
+
+#[derive(ToSchema)]
+pub struct ImportResult {
+    index: u64,
+    id: Uuid,
+    outcome: ImportOutcome,
+    /// The same as `outcome`.
+    status: ImportOutcome,
+    legacy_hash_kept: bool,
+}
+
+#[derive(ToSchema)]
+pub struct Login {
+    /// An email or a phone number.
+    #[schema(min_length = 1, max_length = 320)]
+    login: String,
+    #[schema(min_length = 1, max_length = 1024)]
+    password: String,
+}
+
+#[derive(ToSchema)]
+pub struct RefreshToken {
+    #[schema(min_length = 1, max_length = 512)]
+    refresh_token: String,
+}
+
+#[derive(ToSchema)]
+pub struct Tokens {
+    user_id: Uuid,
+    /// An Ed25519 JWT (EdDSA), checked against `/.well-known/jwks.json`.
+    access_token: String,
+    /// `Bearer`.
+    token_type: String,
+    expires_in: u64,
+    refresh_token: String,
+}
+
+#[derive(ToSchema)]
+pub struct Jwk {
+    kty: String,
+    crv: String,
+    x: String,
+    kid: String,
+    #[schema(rename = "use")]
+    use_: String,
+    alg: String,
+}
+
+#[derive(ToSchema)]
+pub struct Jwks {
+    keys: Vec<Jwk>,
+}
+
+#[derive(ToSchema)]
+pub struct Health {
+    status: String,
+    #[schema(required = false)]
+    region: Option<String>,
+}
+
+#[derive(ToSchema)]
+pub struct Digest {
+    count: u64,
+    digest: String,
+    region: String,
+    unkeyed: u64,
+}
+
+#[derive(ToSchema)]
+pub struct Attempt {
+    at_ms: u64,
+    error: String,
+}
+
+/// A parked event (retry queue or dead letter), without its payload.
+#[derive(ToSchema)]
+pub struct ParkedEvent {
+    id: u64,
+    event_id: String,
+    source_region: String,
+    topic: String,
+    partition: i32,
+    offset: i64,
+    record_id: Option<String>,
+    version: Option<VersionJson>,
+    reason: String,
+    attempts: u32,
+    first_failed_ms: u64,
+    next_attempt_ms: Option<u64>,
+    dead_at_ms: Option<u64>,
+    last_error: String,
+    bytes: u64,
+    history: Vec<Attempt>,
+}
+
+#[derive(ToSchema)]
+pub struct RetryList {
+    count: u64,
+    bytes: u64,
+    max_entries: u64,
+    max_bytes: u64,
+    entries: Vec<ParkedEvent>,
+    /// Pass as `after` for the next page; null on the last.
+    next_after: Option<u64>,
+}
+
+#[derive(ToSchema)]
+pub struct DeadList {
+    count: u64,
+    entries: Vec<ParkedEvent>,
+    next_after: Option<u64>,
+}
+
+#[derive(ToSchema)]
+pub struct Replayed {
+    id: u64,
+    /// `applied`, `merged` or `skipped`.
+    outcome: String,
+}
+
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum Scope {
+    Read,
+    Write,
+    Admin,
+}
+
+#[derive(ToSchema)]
+pub struct NewApiKey {
+    #[schema(min_length = 1, max_length = 64)]
+    name: String,
+    scopes: Vec<Scope>,
+}
+
+#[derive(ToSchema)]
+pub struct ApiKey {
+    id: String,
+    name: String,
+    scopes: Vec<Scope>,
+    /// `config` or `runtime`.
+    source: String,
+    #[schema(required = false)]
+    created_at_ms: Option<u64>,
+    #[schema(required = false)]
+    revoked_at_ms: Option<u64>,
+}
+
+/// A new key: shown once.
+#[derive(ToSchema)]
+pub struct AddedApiKey {
+    id: String,
+    name: String,
+    scopes: Vec<Scope>,
+    source: String,
+    created_at_ms: Option<u64>,
+    key: String,
+}
+
+#[derive(ToSchema)]
+pub struct ApiKeys {
+    keys: Vec<ApiKey>,
+}
+
+#[derive(ToSchema)]
+pub struct SigningKeyPublished {
+    kid: String,
+    signs_from_ms: u64,
+}
+
+#[derive(ToSchema)]
+pub struct KeyVersionUsage {
+    version: u32,
+    records: u64,
+    user_keys: u64,
+    signing_keys: u64,
+}
+
+#[derive(ToSchema)]
+pub struct KeyUsage {
+    region: String,
+    active: u32,
+    versions: Vec<KeyVersionUsage>,
+}
+
+#[derive(ToSchema)]
+pub struct BucketDigest {
+    count: u64,
+    digest: String,
+}
+
+#[derive(ToSchema)]
+pub struct Digests {
+    region: String,
+    buckets: Vec<BucketDigest>,
+}
+
+#[derive(ToSchema)]
+pub struct Stamp {
+    id: Uuid,
+    physical_ms: u64,
+    logical: u32,
+    region: String,
+    tombstone: bool,
+    wraps: u32,
+}
+
+#[derive(ToSchema)]
+pub struct Stamps {
+    stamps: Vec<Stamp>,
+}
+
+#[derive(ToSchema)]
+pub struct FetchRequest {
+    #[schema(max_items = 500)]
+    ids: Vec<Uuid>,
+}
+
+/// Records and user keys as stored (protobuf, base64), each signed by its writer.
+#[derive(ToSchema)]
+pub struct FetchResponse {
+    records: Vec<String>,
+    user_keys: Vec<String>,
+}
