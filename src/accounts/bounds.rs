@@ -29,6 +29,12 @@ pub const MAX_AHEAD_MS: u64 = 24 * 60 * 60 * 1000;
 pub const MAX_REFRESH_TTL_MS: u64 = 365 * 24 * 60 * 60 * 1000;
 /// The most earlier secrets a refresh token family keeps.
 pub const MAX_FAMILY_HISTORY: usize = 32;
+/// The largest encoded account record a region takes: well above the largest a node
+/// writes (a full profile, the legacy hashes it keeps), far below what would let a few
+/// records fill a peer's answer or the disk.
+pub const MAX_RECORD_BYTES: usize = 256 * 1024;
+/// The most wrapped keys an envelope or user key may carry: one per region.
+pub const MAX_WRAPS: usize = 64;
 /// How long before signing a key may be published, at most (`tokens.publish_lead_s`).
 const MAX_PUBLISH_LEAD_MS: u64 = 7 * 24 * 60 * 60 * 1000;
 
@@ -79,6 +85,16 @@ pub fn record(r: &proto::Record) -> Result<(), ApplyError> {
 
 fn check_record(r: &proto::Record) -> Check {
     let version = valid_version(r.version.as_ref())?;
+    if r.encoded_len() > MAX_RECORD_BYTES {
+        return Err("record larger than 256 KiB");
+    }
+    if let Some(env) = &r.info {
+        let regions: std::collections::BTreeSet<&str> =
+            env.keys.iter().map(|k| k.region.as_str()).collect();
+        if env.keys.len() > MAX_WRAPS || regions.len() != env.keys.len() {
+            return Err("wrapped keys: more than 64, or a region twice");
+        }
+    }
     if let Some(created) = &r.created {
         let created = valid_version(Some(created)).map_err(|_| "creation version out of range")?;
         if created > version {
@@ -220,6 +236,10 @@ mod tests {
     /// invariant elsewhere, each refused.
     #[test]
     fn records_that_would_break_an_invariant_are_refused() {
+        let wrap = |region: &str| proto::WrappedKey {
+            region: region.into(),
+            ..Default::default()
+        };
         let good = proto::Record {
             id: vec![1; 16],
             version: v(NOW),
@@ -278,6 +298,35 @@ mod tests {
                 "merged_into short",
                 proto::Record {
                     merged_into: vec![1],
+                    ..good.clone()
+                },
+            ),
+            // A relay's growth: a record of a megabyte, wraps for a region twice, or
+            // for more regions than any deployment has.
+            (
+                "a megabyte",
+                proto::Record {
+                    secret: "7".repeat(1 << 20),
+                    ..good.clone()
+                },
+            ),
+            (
+                "a region wrapped twice",
+                proto::Record {
+                    info: Some(proto::Envelope {
+                        keys: vec![wrap("eu-west"), wrap("eu-west")],
+                        ..Default::default()
+                    }),
+                    ..good.clone()
+                },
+            ),
+            (
+                "65 wraps",
+                proto::Record {
+                    info: Some(proto::Envelope {
+                        keys: (0..65).map(|i| wrap(&format!("r{i}"))).collect(),
+                        ..Default::default()
+                    }),
                     ..good.clone()
                 },
             ),

@@ -364,24 +364,11 @@ pub fn open(
     keyring: &Keyring,
     user: &UserSecret,
 ) -> Result<proto::Info, CryptoError> {
-    let dk = unwrap_own(record, keyring)?;
+    let dk = opened_data_key(record, keyring)?;
     let env = record.info.as_ref().ok_or(CryptoError::Integrity)?;
-    if !key_checks(&env.key_check, &dk.check(), !record.signature.is_empty())
-        || env.format != ENVELOPE_FORMAT
-        || env.iv.len() != IV_LEN
-        || env.mac.len() != MAC_LEN
-        || env.user_key_id != user.id
-    {
+    if env.user_key_id != user.id {
         return Err(CryptoError::Integrity);
     }
-    let aad = associated_data(record);
-    // Constant-time comparison, and before any padding is looked at.
-    hmac::verify(
-        &dk.mac_key(),
-        &mac_input(&aad, &env.iv, &env.ciphertext),
-        &env.mac,
-    )
-    .map_err(|_| CryptoError::Integrity)?;
     let iv: [u8; IV_LEN] = env
         .iv
         .as_slice()
@@ -393,6 +380,31 @@ pub fn open(
             .map_err(|_| CryptoError::Integrity)?,
     );
     proto::Info::decode(plain.as_slice()).map_err(|_| CryptoError::Integrity)
+}
+
+/// The data key of `record`, opened with this region's wrap and checked against what
+/// the envelope commits to: the signed check value, and the envelope MAC over the
+/// wraps' list, the IV and the ciphertext (constant-time, before any padding is looked
+/// at). What a relay may change (the wraps, the envelope MAC) is trusted only once this
+/// has passed.
+fn opened_data_key(record: &proto::Record, keyring: &Keyring) -> Result<DataKey, CryptoError> {
+    let dk = unwrap_own(record, keyring)?;
+    let env = record.info.as_ref().ok_or(CryptoError::Integrity)?;
+    if !key_checks(&env.key_check, &dk.check(), !record.signature.is_empty())
+        || env.format != ENVELOPE_FORMAT
+        || env.iv.len() != IV_LEN
+        || env.mac.len() != MAC_LEN
+    {
+        return Err(CryptoError::Integrity);
+    }
+    let aad = associated_data(record);
+    hmac::verify(
+        &dk.mac_key(),
+        &mac_input(&aad, &env.iv, &env.ciphertext),
+        &env.mac,
+    )
+    .map_err(|_| CryptoError::Integrity)?;
+    Ok(dk)
 }
 
 /// Re-wraps the record's existing data key for `regions` under their active keys —
@@ -447,7 +459,11 @@ pub fn wrapped_regions(record: &proto::Record) -> Vec<&str> {
 /// Whether `incoming` is `current` with its data key wrapped for more regions: the
 /// same version and content, only wraps added (key recovery's repair). Such a record
 /// replaces the stored one at the same version.
-pub fn extends_wraps(current: &proto::Record, incoming: &proto::Record) -> bool {
+pub fn extends_wraps(
+    current: &proto::Record,
+    incoming: &proto::Record,
+    known: impl Fn(&str) -> bool,
+) -> bool {
     let strip = |r: &proto::Record| {
         let mut r = r.clone();
         r.record_mac.clear();
@@ -461,7 +477,13 @@ pub fn extends_wraps(current: &proto::Record, incoming: &proto::Record) -> bool 
         return false;
     }
     let (have, offered) = (wrapped_regions(current), wrapped_regions(incoming));
-    offered.len() > have.len() && have.iter().all(|r| offered.contains(r))
+    // Only regions of the deployment, each once: made-up wraps would otherwise grow
+    // the record without bound, and break its envelope MAC for everyone.
+    let distinct: std::collections::BTreeSet<&str> = offered.iter().copied().collect();
+    distinct.len() == offered.len()
+        && offered.iter().all(|r| known(r))
+        && offered.len() > have.len()
+        && have.iter().all(|r| offered.contains(r))
 }
 
 /// A user's key, opened: what [`seal`] and [`open`] need besides the keyring.
@@ -602,19 +624,22 @@ pub fn same_content(a: &proto::Record, b: &proto::Record) -> bool {
 }
 
 /// Checks this region's wrap of `record`'s data key, if it has one: it must open to the
-/// key the envelope's check value commits to. Anyone can wrap to a public key, so a
-/// wrap from the network is trusted only once it has opened here.
+/// key the envelope's check value commits to, and that key must verify the envelope
+/// MAC. Anyone can wrap to a public key, and a relay can rewrite the wraps and the
+/// envelope MAC, so neither is trusted until it has passed here.
 pub fn check_own_wrap(record: &proto::Record, keyring: &Keyring) -> Result<(), CryptoError> {
     if wrap_for(record, keyring.owner()).is_none() || record.tombstone {
         return Ok(());
     }
-    let dk = unwrap_own(record, keyring)?;
-    let env = record.info.as_ref().ok_or(CryptoError::Integrity)?;
-    if key_checks(&env.key_check, &dk.check(), !record.signature.is_empty()) {
-        Ok(())
-    } else {
-        Err(CryptoError::Integrity)
-    }
+    opened_data_key(record, keyring).map(drop)
+}
+
+/// Whether this region can open `record` (its wrap opens and the envelope verifies):
+/// false for a tombstone, a record without a wrap for this region, or one that fails.
+pub fn opens_here(record: &proto::Record, keyring: &Keyring) -> bool {
+    wrap_for(record, keyring.owner()).is_some()
+        && !record.tombstone
+        && opened_data_key(record, keyring).is_ok()
 }
 
 /// [`check_own_wrap`] for a user key.
@@ -1104,12 +1129,27 @@ mod tests {
         for ring in &rings {
             assert_eq!(open_with(&repaired, ring, &uk).unwrap(), info);
         }
-        assert!(extends_wraps(&record, &repaired));
-        assert!(!extends_wraps(&repaired, &record), "fewer wraps");
-        assert!(!extends_wraps(&repaired, &repaired), "nothing added");
+        let known = |r: &str| regions().iter().any(|k| k == r);
+        assert!(extends_wraps(&record, &repaired, known));
+        assert!(!extends_wraps(&repaired, &record, known), "fewer wraps");
+        assert!(!extends_wraps(&repaired, &repaired, known), "nothing added");
         let mut changed = repaired.clone();
         changed.status += 1;
-        assert!(!extends_wraps(&record, &changed), "content changed too");
+        assert!(
+            !extends_wraps(&record, &changed, known),
+            "content changed too"
+        );
+        // Wraps for a region the deployment does not have, or a region twice, are not
+        // an extension: a relay would grow the record without bound.
+        let mut made_up = repaired.clone();
+        let mut extra = wrap(&repaired, "us-east").unwrap();
+        extra.region = "zz-made-up".into();
+        made_up.info.as_mut().unwrap().keys.push(extra);
+        assert!(!extends_wraps(&repaired, &made_up, known), "unknown region");
+        let mut twice = record.clone();
+        let extra = wrap(&record, "us-east").unwrap();
+        twice.info.as_mut().unwrap().keys.push(extra);
+        assert!(!extends_wraps(&record, &twice, known), "a region twice");
     }
 
     #[test]

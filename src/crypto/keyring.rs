@@ -182,6 +182,10 @@ pub struct Keyring {
     index_key: Secret,
     pepper: Secret,
     accept_legacy: bool,
+    /// Set by `keys upgrade --finish`: unsigned messages written before it (by their
+    /// version) are still taken from peers, so that what the regions wrote under
+    /// format 1 keeps replicating to a node that catches up later.
+    legacy_before_ms: u64,
     /// region → versions, ascending.
     regions: BTreeMap<String, (Role, Vec<MasterKey>)>,
     /// region → signing key versions, ascending (empty in a legacy keyring).
@@ -213,6 +217,10 @@ struct KeyringFile {
     /// `keys upgrade --finish`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     accept_legacy: bool,
+    /// Format 2 only, set by `keys upgrade --finish` (unix ms): unsigned events written
+    /// before it are still accepted from peers (they were written under format 1).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    legacy_before_ms: u64,
     regions: BTreeMap<String, RegionFile>,
 }
 
@@ -414,6 +422,9 @@ impl Keyring {
         if format == LEGACY_FORMAT && file.accept_legacy {
             return Err("accept_legacy: only a format 2 keyring has it".into());
         }
+        if format == LEGACY_FORMAT && file.legacy_before_ms != 0 {
+            return Err("legacy_before_ms: only a format 2 keyring has it".into());
+        }
         check_region_name(&file.owner).map_err(|p| format!("owner: {p}"))?;
         let index_key = decode_secret(&file.index_key, "index_key")?;
         let pepper = decode_secret(&file.pepper, "pepper")?;
@@ -495,6 +506,7 @@ impl Keyring {
             index_key,
             pepper,
             accept_legacy: file.accept_legacy,
+            legacy_before_ms: file.legacy_before_ms,
             regions,
             signing,
             signer,
@@ -508,6 +520,7 @@ impl Keyring {
             index_key: B64.encode(self.index_key.as_ref()),
             pepper: B64.encode(self.pepper.as_ref()),
             accept_legacy: self.accept_legacy,
+            legacy_before_ms: self.legacy_before_ms,
             regions: self
                 .regions
                 .iter()
@@ -585,6 +598,18 @@ impl Keyring {
     /// finished.
     pub fn accepts_legacy(&self) -> bool {
         self.format == LEGACY_FORMAT || self.accept_legacy
+    }
+
+    /// Whether an unsigned message written at `written_ms` (its version's time) is
+    /// taken from a peer: while [`Keyring::accepts_legacy`], or when it was written
+    /// before the upgrade was finished.
+    pub fn accepts_unsigned_from(&self, written_ms: Option<u64>) -> bool {
+        self.accepts_legacy() || written_ms.is_some_and(|ms| ms < self.legacy_before_ms)
+    }
+
+    /// When `keys upgrade --finish` ended the upgrade's window (0 before it).
+    pub fn legacy_before_ms(&self) -> u64 {
+        self.legacy_before_ms
     }
 
     pub fn index_key(&self) -> &[u8; 32] {
@@ -779,6 +804,7 @@ impl Keyring {
             index_key: self.index_key.clone(),
             pepper: self.pepper.clone(),
             accept_legacy: true,
+            legacy_before_ms: 0,
             regions: BTreeMap::from([(self.owner.clone(), (Role::Own, own))]),
             signing: BTreeMap::from([(
                 self.owner.clone(),
@@ -798,6 +824,10 @@ impl Keyring {
     }
 }
 
+fn is_zero(ms: &u64) -> bool {
+    *ms == 0
+}
+
 /// The keyring file name for a region inside a keys directory.
 pub fn keyring_path(dir: &Path, region: &str) -> PathBuf {
     dir.join(format!("keyring-{region}.json"))
@@ -812,6 +842,7 @@ fn fresh(owner: &str, index_key: &Secret, pepper: &Secret) -> Result<Keyring, Ke
         index_key: index_key.clone(),
         pepper: pepper.clone(),
         accept_legacy: false,
+        legacy_before_ms: 0,
         regions: BTreeMap::from([(owner.to_string(), (Role::Own, Vec::new()))]),
         signing: BTreeMap::new(),
         signer: None,
@@ -987,9 +1018,13 @@ pub fn finish_upgrade_in_dir(dir: &Path) -> Result<Vec<String>, KeyError> {
         )));
     }
     let mut changed = Vec::new();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     for (path, mut ring) in found {
         if ring.accept_legacy {
             ring.accept_legacy = false;
+            ring.legacy_before_ms = now_ms;
             ring.save(&path)?;
             changed.push(ring.owner().to_string());
         }
@@ -1052,6 +1087,7 @@ pub fn init_legacy(regions: &[String]) -> Result<Vec<Keyring>, KeyError> {
             index_key: index_key.clone(),
             pepper: pepper.clone(),
             accept_legacy: false,
+            legacy_before_ms: 0,
             regions: masters
                 .iter()
                 .map(|(region, key)| {

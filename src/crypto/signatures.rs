@@ -35,6 +35,8 @@ pub trait Signed: Message + Clone {
     fn signature_mut(&mut self) -> (&mut Vec<u8>, &mut String);
     /// Clears what is not signed: the signature, the shared MAC and what relays change.
     fn clear_unsigned(&mut self);
+    /// When it was written, by its version (user keys have none).
+    fn written_ms(&self) -> Option<u64>;
 }
 
 /// The accessors of the `signature` and `signer` fields every signed message has.
@@ -60,6 +62,9 @@ impl Signed for proto::Record {
             env.mac.clear();
         }
     }
+    fn written_ms(&self) -> Option<u64> {
+        self.version.as_ref().map(|v| v.physical_ms)
+    }
 }
 
 impl Signed for proto::Entry {
@@ -68,6 +73,9 @@ impl Signed for proto::Entry {
     fn clear_unsigned(&mut self) {
         self.signature.clear();
         self.mac.clear();
+    }
+    fn written_ms(&self) -> Option<u64> {
+        self.version.as_ref().map(|v| v.physical_ms)
     }
 }
 
@@ -78,6 +86,9 @@ impl Signed for proto::UserKey {
         self.signature.clear();
         self.mac.clear();
         self.wraps.clear();
+    }
+    fn written_ms(&self) -> Option<u64> {
+        None
     }
 }
 
@@ -129,11 +140,17 @@ pub fn verify<M: Signed>(
         // Once this region signs (format 2), never one that claims this region: key
         // recovery would otherwise sign a forgery as its own.
         let claims_this_signer = keyring.signer().is_some() && region == keyring.owner();
-        return if keyring.accepts_legacy() && !claims_this_signer {
+        return if keyring.accepts_unsigned_from(message.written_ms()) && !claims_this_signer {
             Ok(Verified::Legacy)
         } else {
             Err(CryptoError::Integrity)
         };
+    }
+    if keyring.signer().is_none() {
+        // A format 1 keyring holds no region's verifying key: during an upgrade, what
+        // the nodes that already reloaded send is checked as a format 1 node checks
+        // everything, by the shared MAC (the caller's next step).
+        return Ok(Verified::Legacy);
     }
     let public = keyring
         .verifying_key(region, key_id)
@@ -236,6 +253,69 @@ mod tests {
             verify(&upgraded, &entry("af-south"), "af-south"),
             Err(CryptoError::Integrity)
         );
+    }
+
+    fn upgraded_dir(regions: &[&str]) -> (tempfile::TempDir, Vec<Keyring>) {
+        let names: Vec<String> = regions.iter().map(|r| r.to_string()).collect();
+        let legacy = keyring::init_legacy(&names).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for ring in &legacy {
+            ring.save(&keyring::keyring_path(dir.path(), ring.owner()))
+                .unwrap();
+        }
+        keyring::upgrade_in_dir(dir.path()).unwrap();
+        (dir, legacy)
+    }
+
+    /// The upgrade's failure mode: the nodes reload their keyrings one at a time, and
+    /// one still on format 1 holds no region's verifying key. What the others sign
+    /// must still pass there by the shared MAC, as everything did before, not be
+    /// refused (and dead-lettered as junk, where entries would be lost).
+    #[test]
+    fn a_node_still_on_format_1_takes_what_upgraded_nodes_sign() {
+        let (dir, legacy) = upgraded_dir(&["af-south", "eu-west"]);
+        let eu_west = keyring::load_own(dir.path(), "eu-west").unwrap().1;
+        let mut e = entry("eu-west");
+        sign(&eu_west, &mut e);
+        assert!(!e.signature.is_empty());
+        assert_eq!(verify(&legacy[0], &e, "eu-west"), Ok(Verified::Legacy));
+    }
+
+    /// After `keys upgrade --finish`, unsigned messages are refused, except those
+    /// written before it: a node that catches up from the topics later (rebuilt,
+    /// restored) must still take an API key revocation made under format 1, or the
+    /// revoked key works again there. Never one claiming the receiver's own region,
+    /// and nothing written after the finish.
+    #[test]
+    fn after_the_upgrade_unsigned_messages_written_before_it_still_pass() {
+        let (dir, _) = upgraded_dir(&["af-south", "eu-west"]);
+        keyring::finish_upgrade_in_dir(dir.path()).unwrap();
+        let ring = keyring::load_own(dir.path(), "af-south").unwrap().1;
+        assert!(!ring.accepts_legacy());
+        let at = |region: &str, ms: u64| {
+            let mut e = entry(region);
+            e.version.as_mut().unwrap().physical_ms = ms;
+            e
+        };
+        let finished = ring.legacy_before_ms();
+        assert_eq!(
+            verify(&ring, &at("eu-west", finished - 60_000), "eu-west"),
+            Ok(Verified::Legacy)
+        );
+        assert_eq!(
+            verify(&ring, &at("eu-west", finished), "eu-west"),
+            Err(CryptoError::Integrity)
+        );
+        assert_eq!(
+            verify(&ring, &at("af-south", finished - 60_000), "af-south"),
+            Err(CryptoError::Integrity)
+        );
+        // A user key has no version: unsigned, it is refused.
+        let key = proto::UserKey {
+            user_id: vec![1; 16],
+            ..Default::default()
+        };
+        assert_eq!(verify(&ring, &key, "eu-west"), Err(CryptoError::Integrity));
     }
 
     /// What a relay may change (wraps, the shared MAC) is outside the signature;

@@ -50,6 +50,9 @@ pub const MAX_FETCH: usize = 500;
 
 /// Largest answer read from a peer: 500 records at their bound, with room to spare.
 pub const MAX_PEER_RESPONSE: usize = 64 * 1024 * 1024;
+/// The bytes of records and keys a node puts in one answer to `/v1/internal/records`,
+/// before base64 and JSON: a quarter of what a peer reads, so an answer always fits.
+pub const ANSWER_BUDGET: usize = MAX_PEER_RESPONSE / 4;
 /// Peer request nonces remembered at most per peer (each for twice [`MAX_AGE_MS`]).
 const MAX_NONCES: usize = 100_000;
 /// Records one anti-entropy round asks a peer for at most.
@@ -128,8 +131,10 @@ struct NonceTable {
 }
 
 impl Nonces {
-    /// Records `nonce`, refused when already seen or when the table is full of live ones.
-    fn take(&self, peer: &str, nonce: [u8; 16], now_ms: u64) -> Result<(), &'static str> {
+    /// Records `nonce` of a request stamped `ms`, refused when already seen or when the
+    /// table is full of live ones. It is kept until the last moment the request's age
+    /// could pass, wherever its stamp lies in the window.
+    fn take(&self, peer: &str, nonce: [u8; 16], ms: u64, now_ms: u64) -> Result<(), &'static str> {
         let mut tables = self.seen.lock();
         let t = tables.entry(peer.to_string()).or_default();
         while let Some(&(expiry, n)) = t.by_expiry.first() {
@@ -146,8 +151,8 @@ impl Nonces {
             return Err("too many peer requests; try again");
         }
         t.present.insert(nonce);
-        t.by_expiry
-            .insert((now_ms.saturating_add(2 * MAX_AGE_MS), nonce));
+        let expiry = ms.max(now_ms).saturating_add(MAX_AGE_MS).saturating_add(1);
+        t.by_expiry.insert((expiry, nonce));
         Ok(())
     }
 }
@@ -189,7 +194,7 @@ pub fn verify(
         ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public)
             .verify(&signed_input(region, ms, &nonce, method, path, body), &sig)
             .map_err(|_| "bad peer signature")?;
-        nonces.take(region, nonce, now_ms)?;
+        nonces.take(region, nonce, ms, now_ms)?;
         return Ok(region.to_string());
     }
     if !keyring.accepts_legacy() {
@@ -262,6 +267,39 @@ pub struct FetchResponse {
     /// their keys too.
     #[serde(default)]
     pub user_keys: Vec<String>,
+}
+
+/// The answer to a peer's `/v1/internal/records`: each record of `ids` held here, as
+/// stored (ciphertext and wrapped keys, with the MACs and signatures the receiver
+/// checks), and the user key of each live one. It stops before `budget` bytes, after
+/// at least one record: the peer asks again for what it still lacks.
+pub fn answer(
+    users: &Users,
+    ids: &[Uuid],
+    budget: usize,
+) -> Result<FetchResponse, crate::storage::store::StoreError> {
+    let b64 = |bytes: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let (mut records, mut user_keys) = (Vec::with_capacity(ids.len()), Vec::new());
+    let mut bytes = 0usize;
+    for id in ids {
+        let Some(r) = users.store().get(id.as_bytes())? else {
+            continue;
+        };
+        let key = match r.tombstone {
+            false => users.store().get_user_key(id.as_bytes())?,
+            true => None,
+        };
+        let size = r.encoded_len() + key.as_ref().map_or(0, |k| k.encoded_len());
+        if !records.is_empty() && bytes.saturating_add(size) > budget {
+            break;
+        }
+        bytes = bytes.saturating_add(size);
+        if let Some(k) = key {
+            user_keys.push(b64(k.encode_to_vec()));
+        }
+        records.push(b64(r.encode_to_vec()));
+    }
+    Ok(FetchResponse { records, user_keys })
 }
 
 pub fn digests(users: &Users) -> Result<Digests, crate::storage::store::StoreError> {
@@ -679,6 +717,42 @@ mod tests {
         );
     }
 
+    /// Records may be large (up to 256 KiB each, 500 asked at once): an answer that
+    /// grew past what the peer reads would fail every round with that peer. It stops
+    /// at its budget, always with at least one record, and the rest come next round.
+    #[test]
+    fn an_answer_stays_within_its_budget_and_the_rest_come_next() {
+        use crate::common::hlc::{Hlc, SystemClock};
+        use crate::crypto::password::{PasswordAlgorithm, Passwords};
+        use crate::storage::store::{Store, StoreOptions};
+        let dir = tempfile::tempdir().unwrap();
+        let ring = crate::crypto::keyring::init(&["a".into(), "b".into()])
+            .unwrap()
+            .remove(0);
+        let passwords = Passwords::new(PasswordAlgorithm::Argon2id, ring.pepper()).unwrap();
+        let store = Arc::new(Store::open(dir.path(), &StoreOptions::default()).unwrap());
+        let hlc = Arc::new(Hlc::new("a", 500, Box::new(SystemClock)));
+        let users = Users::new(store, ring, passwords, hlc, 8);
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let input = crate::accounts::input::new_user(
+                &serde_json::json!({"email": format!("u{i}@example.com"), "password": "correct horse battery"}),
+                8,
+            )
+            .unwrap();
+            ids.push(users.create(input).unwrap().0);
+        }
+        ids.push(Uuid::new_v4()); // not held: skipped
+        let all = answer(&users, &ids, usize::MAX).unwrap();
+        assert_eq!((all.records.len(), all.user_keys.len()), (5, 5));
+        let one = all.records[0].len() * 3 / 4 + all.user_keys[0].len() * 3 / 4;
+        let some = answer(&users, &ids, 2 * one + one / 2).unwrap();
+        assert_eq!(some.records.len(), 2, "stops before the budget");
+        assert_eq!(some.records, all.records[..2].to_vec());
+        let first = answer(&users, &ids, 1).unwrap();
+        assert_eq!(first.records.len(), 1, "at least one, whatever its size");
+    }
+
     /// The attack: a request captured on the wire (or in a proxy's log) sent again
     /// within its minute. Refused the second time; another nonce is another request.
     #[test]
@@ -712,6 +786,23 @@ mod tests {
             Err("peer signature expired")
         );
         assert!(nonces.seen.lock()["a"].present.len() <= 2);
+        // A request stamped at the far edge of the window (its sender's clock a minute
+        // ahead) is remembered for as long as its age passes: replayed a moment
+        // before that, it is refused.
+        let ahead = sign(&rings[0], now + MAX_AGE_MS, "GET", path, b"");
+        assert!(verify(&rings[1], &nonces, &ahead, now, "GET", path, b"").is_ok());
+        assert_eq!(
+            verify(
+                &rings[1],
+                &nonces,
+                &ahead,
+                now + 2 * MAX_AGE_MS,
+                "GET",
+                path,
+                b""
+            ),
+            Err("peer request replayed")
+        );
     }
 
     /// The attack: a region holding every shared secret (the index key, the pepper)
@@ -751,12 +842,12 @@ mod tests {
         let nonces = Nonces::default();
         let now = 1_700_000_000_000;
         for i in 0..MAX_NONCES as u128 {
-            nonces.take("c", i.to_be_bytes(), now).unwrap();
+            nonces.take("c", i.to_be_bytes(), now, now).unwrap();
         }
         assert_eq!(
-            nonces.take("c", u128::MAX.to_be_bytes(), now),
+            nonces.take("c", u128::MAX.to_be_bytes(), now, now),
             Err("too many peer requests; try again")
         );
-        assert!(nonces.take("a", u128::MAX.to_be_bytes(), now).is_ok());
+        assert!(nonces.take("a", u128::MAX.to_be_bytes(), now, now).is_ok());
     }
 }

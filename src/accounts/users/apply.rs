@@ -107,9 +107,23 @@ impl Users {
                 // The same version with more wrapped keys: key recovery's repair. The
                 // wrap this region opens is kept as it is: a relay cannot swap it.
                 let own = |r| envelope::wrap_for(r, &self.region);
+                let keyring = self.keyring();
+                let known = |region: &str| keyring.regions().any(|r| r == region);
                 if held == rank
-                    && envelope::extends_wraps(c, incoming)
+                    && envelope::extends_wraps(c, incoming, known)
                     && own(c).is_none_or(|w| own(incoming) == Some(w))
+                {
+                    commit(Some(c), incoming)?;
+                    return Ok(Applied::Applied);
+                }
+                // The same version where the copy held does not open here (a relay's
+                // copy got in first, with a wrap or envelope MAC that does not verify)
+                // and this one does: the writer's copy repairs it.
+                if held == rank
+                    && c != incoming
+                    && envelope::same_content(c, incoming)
+                    && envelope::opens_here(incoming, &keyring)
+                    && !envelope::opens_here(c, &keyring)
                 {
                     commit(Some(c), incoming)?;
                     return Ok(Applied::Applied);
@@ -199,6 +213,11 @@ impl Users {
     ) -> Result<(), ApplyError> {
         match opened {
             Ok(()) => Ok(()),
+            // Versions start at 1: a wrap under 0 was never sealed by anyone.
+            Err(CryptoError::UnknownMasterKey(_)) if version == Some(0) => {
+                metrics::counter!(crate::common::metrics::SIGNATURES_REFUSED_TOTAL).increment(1);
+                Err(ApplyError::Integrity)
+            }
             Err(CryptoError::UnknownMasterKey(key)) => {
                 let newest = self.keyring().own_versions().0.last().copied().unwrap_or(0);
                 if version.is_some_and(|v| v > newest) {
@@ -229,6 +248,17 @@ impl Users {
         self.user_key_mac
             .verify(key)
             .map_err(|_| ApplyError::Integrity)?;
+        // Wraps only for regions of the deployment, one each: a relay could otherwise
+        // grow every user key with made-up ones (each opens only where it is checked).
+        let mut key = key.clone();
+        {
+            let keyring = self.keyring();
+            let mut seen = std::collections::BTreeSet::new();
+            key.wraps.retain(|w| {
+                keyring.regions().any(|r| r == w.region) && seen.insert(w.region.clone())
+            });
+        }
+        let key = &key;
         let _locked = self.store.lock(&[id.as_bytes()]);
         match self.get_record(&id) {
             Ok(Some(r)) if r.tombstone => return Ok(Applied::Skipped),
@@ -391,9 +421,11 @@ mod tests {
 
     /// The attack: eu-west, which holds every secret the regions share (the index key,
     /// the pepper), rewrites af-south's record of an account (here its password hash,
-    /// for one it knows: the account is taken over) and sends it as af-south's, with a
-    /// valid MAC. us-east took it while keyrings were format 1; now the record must be
-    /// signed by af-south, whose key eu-west does not hold, and nothing changes.
+    /// for one it knows) and sends it as af-south's, with a valid MAC. us-east took it
+    /// while keyrings were format 1; now the record must be signed by af-south, whose
+    /// key eu-west does not hold, and nothing changes. (eu-west can still write the
+    /// account in its own name, as every region may: then the write is its own, in
+    /// every log and dead letter.)
     #[test]
     fn a_region_cannot_rewrite_another_regions_record() {
         use crate::crypto::envelope::RecordMac;
@@ -424,6 +456,9 @@ mod tests {
             let r = forged.record.as_mut().unwrap();
             r.secret = "$argon2id$v=19$m=19456,t=2,p=1$YXR0YWNrZXI$YXR0YWNrZXI".into();
             r.version.as_mut().unwrap().logical += 1;
+            // The envelope MAC covers the version: eu-west renews it, as it can with the
+            // data key its own wrap opens.
+            envelope::rewrap(r, &attacker, &["eu-west".to_string()]).unwrap();
             signatures::sign(&attacker, r);
             RecordMac::new(attacker.index_key()).sign(r);
             let result = target.apply(&forged);
@@ -518,5 +553,178 @@ mod tests {
             assert_eq!(target.apply(genuine).unwrap(), Applied::Applied);
         }
         assert!(target.get(&id).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod relay_tests {
+    //! What a relay (a peer region holding its own keyring: the index key, and a wrap of
+    //! every record's data key) can do to the copies it forwards: the parts outside the
+    //! writer's signature are the wraps and the envelope MAC.
+
+    use crate::accounts::error::{Applied, ApplyError};
+    use crate::accounts::users::testkit::{drain, new_user, users_with};
+    use crate::accounts::users::Users;
+    use crate::crypto::envelope::{self, RecordMac, UserKeyMac};
+    use crate::crypto::keyring::Keyring;
+    use crate::proto;
+
+    struct Three {
+        _dir: tempfile::TempDir,
+        target: Users,
+        relay: Keyring,
+        id: uuid::Uuid,
+        events: Vec<proto::ChangeEvent>,
+    }
+
+    /// af-south writes an account; us-east is the target, eu-west the relay.
+    fn three() -> Three {
+        let regions: Vec<String> = ["af-south", "eu-west", "us-east"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let mut rings = crate::crypto::keyring::init(&regions).unwrap();
+        let target = users_with(&dir.path().join("c"), rings.remove(2));
+        let relay = rings.remove(1);
+        let origin = users_with(&dir.path().join("a"), rings.remove(0));
+        let (id, _) = origin.create(new_user("relayed@example.com")).unwrap();
+        let events = drain(&origin);
+        Three {
+            _dir: dir,
+            target,
+            relay,
+            id,
+            events,
+        }
+    }
+
+    fn record_of(events: &[proto::ChangeEvent]) -> proto::ChangeEvent {
+        events.iter().find(|e| e.record.is_some()).unwrap().clone()
+    }
+
+    fn apply_keys(t: &Three) {
+        for e in t.events.iter().filter(|e| e.user_key.is_some()) {
+            t.target.apply(e).unwrap();
+        }
+    }
+
+    fn relayed(t: &Three, change: impl FnOnce(&mut proto::Record)) -> proto::ChangeEvent {
+        let mut event = record_of(&t.events);
+        event.origin_region = "eu-west".into();
+        let r = event.record.as_mut().unwrap();
+        change(r);
+        RecordMac::new(t.relay.index_key()).sign(r);
+        event
+    }
+
+    /// The attack: the relay gets its copy in first, with the envelope MAC rewritten.
+    /// Taken, the account would not open in us-east, and the writer's copy, at the
+    /// same version and with the same wraps, would be skipped.
+    #[test]
+    fn a_relayed_copy_with_a_broken_envelope_is_refused() {
+        let t = three();
+        apply_keys(&t);
+        let forged = relayed(&t, |r| r.info.as_mut().unwrap().mac = vec![9; 32]);
+        assert!(matches!(
+            t.target.apply(&forged),
+            Err(ApplyError::Integrity)
+        ));
+        assert_eq!(
+            t.target.apply(&record_of(&t.events)).unwrap(),
+            Applied::Applied
+        );
+        assert!(t.target.get(&t.id).is_ok(), "us-east opens the account");
+    }
+
+    /// The attack: the relay adds a wrap for a region the deployment does not have
+    /// (and an envelope MAC that matches, since it opens the data key itself). Taken
+    /// as key recovery's repair, it would grow every record without bound, one
+    /// message at a time.
+    #[test]
+    fn a_relayed_copy_cannot_add_wraps_for_made_up_regions() {
+        let t = three();
+        apply_keys(&t);
+        let genuine = record_of(&t.events);
+        assert_eq!(t.target.apply(&genuine).unwrap(), Applied::Applied);
+        let relay = &t.relay;
+        let grown = relayed(&t, |r| {
+            let env = r.info.as_mut().unwrap();
+            let mut extra = env.keys[0].clone();
+            extra.region = "zz-made-up".into();
+            env.keys.push(extra);
+            // Renews the envelope MAC over the longer list of wraps.
+            envelope::rewrap(r, relay, &["eu-west".to_string()]).unwrap();
+        });
+        assert_eq!(t.target.apply(&grown).unwrap(), Applied::Skipped);
+        let held = t.target.get_record(&t.id).unwrap().unwrap();
+        assert_eq!(
+            envelope::wrapped_regions(&held),
+            vec!["af-south", "eu-west", "us-east"]
+        );
+        assert!(t.target.get(&t.id).is_ok());
+    }
+
+    /// The attack: this region's wrap under master key version 0, which no key ever
+    /// had, passed as "sealed under a retired version" and was taken as it was.
+    /// And a copy held that does not open here (taken before this check existed) is
+    /// replaced by the writer's, which does, at the same version.
+    #[test]
+    fn a_wrap_under_no_version_is_refused_and_a_copy_that_does_not_open_is_repaired() {
+        let t = three();
+        apply_keys(&t);
+        let forged = relayed(&t, |r| {
+            for w in r.info.as_mut().unwrap().keys.iter_mut() {
+                if w.region == "us-east" {
+                    w.key_version = 0;
+                }
+            }
+        });
+        assert!(matches!(
+            t.target.apply(&forged),
+            Err(ApplyError::Integrity)
+        ));
+        let mut poisoned = record_of(&t.events).record.unwrap();
+        poisoned.info.as_mut().unwrap().mac = vec![9; 32];
+        RecordMac::new(t.relay.index_key()).sign(&mut poisoned);
+        t.target.store.commit(None, &poisoned, false).unwrap();
+        assert!(
+            t.target.get(&t.id).is_err(),
+            "the poisoned copy does not open"
+        );
+        assert_eq!(
+            t.target.apply(&record_of(&t.events)).unwrap(),
+            Applied::Applied
+        );
+        assert!(t.target.get(&t.id).is_ok(), "the writer's copy repaired it");
+    }
+
+    /// The attack: the relay adds wraps for made-up regions to a user key. Each would
+    /// be merged in as "a wrap this region lacked", growing every user key without
+    /// bound; only regions of the deployment are taken, one each.
+    #[test]
+    fn a_relayed_user_key_cannot_grow_with_made_up_wraps() {
+        let t = three();
+        apply_keys(&t);
+        t.target.apply(&record_of(&t.events)).unwrap();
+        let mut event = t
+            .events
+            .iter()
+            .find(|e| e.user_key.is_some())
+            .unwrap()
+            .clone();
+        let key = event.user_key.as_mut().unwrap();
+        let wrap = key.wraps[0].clone();
+        for i in 0..3 {
+            let mut extra = wrap.clone();
+            extra.region = format!("zz-{i}");
+            key.wraps.push(extra);
+        }
+        key.wraps.push(wrap);
+        UserKeyMac::new(t.relay.index_key()).sign(key);
+        assert_eq!(t.target.apply(&event).unwrap(), Applied::Skipped);
+        let held = t.target.user_key(t.id.as_bytes()).unwrap().unwrap();
+        assert_eq!(held.wraps.len(), 3);
+        assert!(t.target.get(&t.id).is_ok());
     }
 }

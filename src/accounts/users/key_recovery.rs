@@ -492,10 +492,15 @@ mod tests {
 
         keyring::finish_upgrade_in_dir(&keys).unwrap();
         b.replace_keyring(load("eu-west")).unwrap();
-        assert!(matches!(
-            b.apply(&record_event(&unsigned)),
-            Err(ApplyError::Integrity)
-        ));
+        // Unsigned and written before the finish: still taken (a node catching up needs
+        // it), and it changes nothing where the signed copy is held.
+        assert_eq!(b.apply(&record_event(&unsigned)).unwrap(), Applied::Skipped);
+        // Unsigned and dated after the finish: refused.
+        let mut late = record_event(&unsigned);
+        let r = late.record.as_mut().unwrap();
+        r.version.as_mut().unwrap().physical_ms = load("eu-west").legacy_before_ms() + 1;
+        crate::crypto::envelope::RecordMac::new(load("eu-west").index_key()).sign(r);
+        assert!(matches!(b.apply(&late), Err(ApplyError::Integrity)));
         // A fresh eu-west node takes the signed copies as anti-entropy sends them.
         let fresh = users_with(&dir.path().join("fresh"), load("eu-west"));
         let key = a.store().get_user_key(id.as_bytes()).unwrap().unwrap();

@@ -4,8 +4,6 @@
 
 use axum::extract::{Path, State};
 use axum::Json;
-use base64::Engine as _;
-use prost::Message as _;
 use serde_json::{json, Value};
 
 use crate::accounts::error::Problem;
@@ -13,9 +11,9 @@ use crate::api::error::ApiError;
 use crate::api::extract::{blocking, JsonBody};
 use crate::api::state::AppState;
 use crate::replication::anti_entropy::{
-    self, FetchRequest, FetchResponse, StampJson, Stamps, MAX_FETCH,
+    self, FetchRequest, FetchResponse, StampJson, Stamps, ANSWER_BUDGET, MAX_FETCH,
 };
-use crate::storage::store::{StoreError, BUCKETS};
+use crate::storage::store::BUCKETS;
 
 #[utoipa::path(get, path = "/v1/internal/digests", tag = "internal", security(("peer" = [])), responses((status = 200, description = "per-bucket digests", body = crate::api::schema::Digests), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
 pub async fn internal_digests(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -60,23 +58,6 @@ pub async fn internal_records(
         )]));
     }
     let users = s.users.clone();
-    let (records, user_keys) = blocking(move || {
-        let b64 = |bytes: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(bytes);
-        let (mut records, mut keys) = (Vec::with_capacity(req.ids.len()), Vec::new());
-        for id in &req.ids {
-            // Sent as stored: ciphertext and wrapped keys, with the MACs the receiver
-            // checks.
-            if let Some(r) = users.store().get(id.as_bytes())? {
-                if !r.tombstone {
-                    if let Some(k) = users.store().get_user_key(id.as_bytes())? {
-                        keys.push(b64(k.encode_to_vec()));
-                    }
-                }
-                records.push(b64(r.encode_to_vec()));
-            }
-        }
-        Ok::<_, StoreError>((records, keys))
-    })
-    .await?;
-    Ok(Json(FetchResponse { records, user_keys }))
+    let answer = blocking(move || anti_entropy::answer(&users, &req.ids, ANSWER_BUDGET)).await?;
+    Ok(Json(answer))
 }
