@@ -62,7 +62,8 @@ const UNITS: &[(&str, &[(&str, u32)])] = &[
             ("api_keys", 3),
             ("users", 4),
             ("tokens", 5),
-            ("", 6),
+            ("oidc", 6),
+            ("", 7),
         ],
     ),
     (

@@ -42,6 +42,17 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/internal/digests"),
     ("get", "/v1/internal/buckets/{bucket}"),
     ("post", "/v1/internal/records"),
+    ("get", "/.well-known/openid-configuration"),
+    ("get", "/oauth2/authorize"),
+    ("post", "/oauth2/authorize"),
+    ("post", "/oauth2/token"),
+    ("get", "/oauth2/logout"),
+    ("post", "/oauth2/logout"),
+    ("get", "/oauth2/userinfo"),
+    ("post", "/oauth2/userinfo"),
+    ("get", "/v1/admin/oauth-clients"),
+    ("post", "/v1/admin/oauth-clients"),
+    ("delete", "/v1/admin/oauth-clients/{id}"),
 ];
 
 async fn document(node: &TestNode) -> Value {
@@ -113,6 +124,8 @@ async fn the_document_lists_every_route_with_its_security() {
             .and_then(|s| s.keys().next().cloned());
         let expected = if path.starts_with("/v1/internal/") {
             Some("peer")
+        } else if path.starts_with("/oauth2/userinfo") {
+            Some("access_token")
         } else if path.starts_with("/v1/") {
             Some("api_key")
         } else {

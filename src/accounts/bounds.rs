@@ -173,6 +173,39 @@ fn check_entry(e: &proto::Entry) -> Check {
             time(k.signs_from_ms, &lead, true, "signs_from_ms out of range")?;
             time(k.retired_ms, &lead, true, "retired_ms out of range")
         }
+        Ok(EntryKind::OauthClient) => {
+            let c = proto::OAuthClient::decode(v).map_err(|_| "OAuth client does not decode")?;
+            if c.client_id.as_bytes() != e.key.as_slice() || c.client_id.len() > 512 {
+                return Err("OAuth client id differs from its key");
+            }
+            if !(c.secret_hash.is_empty() || c.secret_hash.len() == 32) {
+                return Err("OAuth client secret hash is not 32 bytes");
+            }
+            if c.redirect_uris.len() > 10 || c.post_logout_redirect_uris.len() > 10 {
+                return Err("OAuth client has more than 10 redirect URIs");
+            }
+            time(c.created_ms, &version, true, "created_ms out of range")?;
+            time(c.removed_ms, &version, true, "removed_ms out of range")
+        }
+        Ok(EntryKind::BrowserSession) => {
+            let b =
+                proto::BrowserSession::decode(v).map_err(|_| "browser session does not decode")?;
+            if e.key.len() != 16 || b.user_id.len() != 16 || b.secret_hash.len() != 32 {
+                return Err("browser session: id, user id or hash of the wrong size");
+            }
+            time(b.auth_time_ms, &version, false, "auth_time_ms out of range")?;
+            time(b.ended_ms, &version, true, "ended_ms out of range")?;
+            time(
+                b.credentials_changed_ms,
+                &version,
+                true,
+                "credentials_changed_ms out of range",
+            )?;
+            if b.expires_ms < b.auth_time_ms || b.expires_ms - b.auth_time_ms > 30 * 86_400_000 {
+                return Err("browser session lasts longer than 30 days");
+            }
+            Ok(())
+        }
         // Kinds a newer node knows are kept as they are.
         _ => Ok(()),
     }

@@ -345,11 +345,33 @@ impl Tokens {
         })).collect::<Vec<_>>()}))
     }
 
-    fn access_token(&self, user: &Uuid) -> Result<(String, u64), UserError> {
+    /// Signs `claims` as a JWT with this region's current key (`alg` EdDSA).
+    pub fn sign_jwt(&self, claims: &Value) -> Result<String, UserError> {
         let (kid, pair) = self.signer()?;
-        let now_s = self.now_ms() / 1000;
         let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": kid});
-        let claims = json!({
+        let signing_input = format!(
+            "{}.{}",
+            B64.encode(header.to_string()),
+            B64.encode(claims.to_string())
+        );
+        let sig = pair.sign(signing_input.as_bytes());
+        Ok(format!("{signing_input}.{}", B64.encode(sig.as_ref())))
+    }
+
+    /// Lifetime of an access token, in seconds.
+    pub fn access_ttl_s(&self) -> u64 {
+        self.config.access_ttl_s
+    }
+
+    /// An access token for `user`; one issued to an OAuth client also names it
+    /// (`client_id`) and the scopes granted (`scope`).
+    fn access_token(
+        &self,
+        user: &Uuid,
+        client: Option<(&str, &str)>,
+    ) -> Result<(String, u64), UserError> {
+        let now_s = self.now_ms() / 1000;
+        let mut claims = json!({
             "iss": self.config.issuer,
             "aud": self.config.audience,
             "sub": user.to_string(),
@@ -357,16 +379,64 @@ impl Tokens {
             "exp": now_s + self.config.access_ttl_s,
             "jti": B64.encode(random::<16>()?),
         });
-        let signing_input = format!(
-            "{}.{}",
-            B64.encode(header.to_string()),
-            B64.encode(claims.to_string())
-        );
-        let sig = pair.sign(signing_input.as_bytes());
-        Ok((
-            format!("{signing_input}.{}", B64.encode(sig.as_ref())),
-            self.config.access_ttl_s,
-        ))
+        if let Some((client_id, scope)) = client {
+            claims["client_id"] = json!(client_id);
+            claims["scope"] = json!(scope);
+        }
+        Ok((self.sign_jwt(&claims)?, self.config.access_ttl_s))
+    }
+
+    /// The claims of an access token this deployment signed and that is still valid:
+    /// a published key of any region, `iss` and `aud` this deployment's, not expired.
+    /// `None` for anything else.
+    pub fn verify_access(&self, token: &str) -> Result<Option<Value>, UserError> {
+        let mut parts = token.split('.');
+        let (Some(h), Some(c), Some(sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Ok(None);
+        };
+        let header: Option<Value> = B64
+            .decode(h)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let Some(kid) = header
+            .as_ref()
+            .filter(|h| h["alg"] == "EdDSA")
+            .and_then(|h| h["kid"].as_str().map(str::to_string))
+        else {
+            return Ok(None);
+        };
+        let Some(key) = self
+            .users
+            .entries()
+            .get(EntryKind::SigningKey, kid.as_bytes())?
+            .and_then(|e| decode::<proto::SigningKey>(&e))
+        else {
+            return Ok(None);
+        };
+        let Ok(sig) = B64.decode(sig) else {
+            return Ok(None);
+        };
+        let signed = format!("{h}.{c}");
+        if ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &key.public_key)
+            .verify(signed.as_bytes(), &sig)
+            .is_err()
+        {
+            return Ok(None);
+        }
+        let Some(claims) = B64
+            .decode(c)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        else {
+            return Ok(None);
+        };
+        let now_s = self.now_ms() / 1000;
+        let live = claims["exp"].as_u64().is_some_and(|exp| now_s < exp)
+            && claims["iss"] == self.config.issuer.as_str()
+            && claims["aud"] == self.config.audience.as_str();
+        Ok(live.then_some(claims))
     }
 
     fn refresh_token(family: &[u8; 16], generation: u32, secret: &[u8; 32]) -> String {
@@ -380,8 +450,21 @@ impl Tokens {
     /// Tokens for a user who just logged in against credentials `credentials_ms` (the
     /// record's `credentials_changed_ms` then): a new refresh family.
     pub fn issue(&self, user: Uuid, credentials_ms: u64) -> Result<Issued, UserError> {
-        let (access_token, expires_in) = self.access_token(&user)?;
-        let family = random::<16>()?;
+        self.issue_family(user, credentials_ms, random::<16>()?, "", "")
+    }
+
+    /// [`Tokens::issue`] for family id `family`, issued to OAuth client `client_id`
+    /// with `scope` (both empty for a `/v1/login`): only that client may refresh it.
+    pub fn issue_family(
+        &self,
+        user: Uuid,
+        credentials_ms: u64,
+        family: [u8; 16],
+        client_id: &str,
+        scope: &str,
+    ) -> Result<Issued, UserError> {
+        let client = (!client_id.is_empty()).then_some((client_id, scope));
+        let (access_token, expires_in) = self.access_token(&user, client)?;
         let secret = random::<32>()?;
         let now = self.now_ms();
         let value = proto::TokenFamily {
@@ -394,6 +477,8 @@ impl Tokens {
             revoked_ms: 0,
             revoked_reason: String::new(),
             credentials_changed_ms: credentials_ms,
+            client_id: client_id.to_string(),
+            scope: scope.to_string(),
         };
         self.users
             .entries()
@@ -406,7 +491,8 @@ impl Tokens {
         })
     }
 
-    fn revoke_family(&self, family: &[u8; 16], reason: &str) -> Result<(), UserError> {
+    /// Revokes `family` in every region (a no-op when it is revoked already).
+    pub fn revoke_family(&self, family: &[u8; 16], reason: &str) -> Result<(), UserError> {
         let now = self.now_ms();
         self.users
             .entries()
@@ -421,11 +507,36 @@ impl Tokens {
         Ok(())
     }
 
-    /// Rotates a refresh token: new tokens, the presented one spent.
+    /// Rotates a refresh token: new tokens, the presented one spent. Only tokens of
+    /// `/v1/login`: one issued to an OAuth client is refreshed by that client alone
+    /// ([`Tokens::refresh_for`]).
     pub fn refresh(&self, token: &str) -> Result<Issued, TokenError> {
+        self.refresh_for(token, None).map(|(issued, _)| issued)
+    }
+
+    /// [`Tokens::refresh`] by OAuth client `client` (`None`: `/v1/token/refresh`); also
+    /// returns the family's scopes. A token of another client is invalid here, and
+    /// nothing of its family changes.
+    pub fn refresh_for(
+        &self,
+        token: &str,
+        client: Option<&str>,
+    ) -> Result<(Issued, String), TokenError> {
         let Some((family, _, secret)) = parse_refresh(token) else {
             return Err(TokenError::Refused(Refused::Invalid));
         };
+        let held = self
+            .users
+            .entries()
+            .get(EntryKind::TokenFamily, &family)?
+            .and_then(|e| decode::<proto::TokenFamily>(&e));
+        if held
+            .as_ref()
+            .is_some_and(|f| f.client_id != client.unwrap_or(""))
+        {
+            return Err(TokenError::Refused(Refused::Invalid));
+        }
+        let scope = held.map(|f| f.scope).unwrap_or_default();
         let hash = sha256(&secret);
         let now = self.now_ms();
         // A family whose account has not reached this region yet (a login elsewhere,
@@ -510,13 +621,17 @@ impl Tokens {
             // login was made after a change that is still on its way here).
             Credentials::Active(_) => {}
         }
-        let (access_token, expires_in) = self.access_token(&user)?;
-        Ok(Issued {
-            user_id: user,
-            access_token,
-            expires_in,
-            refresh_token: Self::refresh_token(&family, generation, &next),
-        })
+        let granted = client.map(|c| (c, scope.as_str()));
+        let (access_token, expires_in) = self.access_token(&user, granted)?;
+        Ok((
+            Issued {
+                user_id: user,
+                access_token,
+                expires_in,
+                refresh_token: Self::refresh_token(&family, generation, &next),
+            },
+            scope,
+        ))
     }
 
     /// Revokes the family of `token`, in every region. A token of a family already

@@ -373,3 +373,115 @@ mod tests {
         );
     }
 }
+
+/// A refused OAuth token request (RFC 6749 §5.2): `{error, error_description}`, 401
+/// with `WWW-Authenticate: Basic` for a client that failed to authenticate, else 400;
+/// never cached.
+pub fn oauth_error(error: &'static str, description: &str) -> Response {
+    let status = if error == "invalid_client" {
+        StatusCode::UNAUTHORIZED
+    } else if error == "server_error" {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    let mut resp = (
+        status,
+        Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response();
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Basic realm=\"authsync\""),
+        );
+    }
+    resp
+}
+
+/// A token endpoint's answer: 200, never cached (RFC 6749 §5.1).
+pub fn oauth_tokens(body: Value) -> Response {
+    let mut resp = Json(body).into_response();
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
+/// What a page of the hosted sign-in says by its status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// The form, or a notice.
+    Shown,
+    /// A request that cannot be served (an unknown client, a wrong redirect URI).
+    BadRequest,
+    /// A wrong password, or a form without its CSRF token.
+    Refused,
+    /// Too many attempts: wait.
+    TooMany,
+    /// Overloaded, or a key missing here: try again.
+    Unavailable,
+}
+
+/// A page of the hosted sign-in: HTML, never cached, never framed, with `cookies`
+/// set.
+pub fn page(kind: Page, html: String, cookies: &[String]) -> Response {
+    let status = match kind {
+        Page::Shown => StatusCode::OK,
+        Page::BadRequest => StatusCode::BAD_REQUEST,
+        Page::Refused => StatusCode::UNAUTHORIZED,
+        Page::TooMany => StatusCode::TOO_MANY_REQUESTS,
+        Page::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut resp = (status, axum::response::Html(html)).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    h.insert(
+        header::X_FRAME_OPTIONS,
+        header::HeaderValue::from_static("DENY"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("no-referrer"),
+    );
+    for c in cookies {
+        if let Ok(v) = header::HeaderValue::from_str(c) {
+            h.append(header::SET_COOKIE, v);
+        }
+    }
+    resp
+}
+
+/// A redirect back to a client (303 See Other, so a POSTed form becomes a GET), with
+/// `cookies` set.
+pub fn redirect(location: &str, cookies: &[String]) -> Response {
+    let mut resp = StatusCode::SEE_OTHER.into_response();
+    let h = resp.headers_mut();
+    if let Ok(v) = header::HeaderValue::from_str(location) {
+        h.insert(header::LOCATION, v);
+    }
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    for c in cookies {
+        if let Ok(v) = header::HeaderValue::from_str(c) {
+            h.append(header::SET_COOKIE, v);
+        }
+    }
+    resp
+}

@@ -23,7 +23,7 @@ use axum::routing::{delete, get, post, put};
 use axum::Router;
 
 use crate::api::error::ApiError;
-use crate::api::handlers::{admin, health, peers, sessions, users};
+use crate::api::handlers::{admin, health, oauth, peers, sessions, users};
 use crate::api::state::AppState;
 
 async fn not_found() -> ApiError {
@@ -67,6 +67,11 @@ pub fn router(state: AppState, max_body_bytes: usize, metrics_apart: bool) -> Ro
             post(admin::rotate_signing_key),
         )
         .route("/v1/admin/keys/usage", get(admin::key_usage))
+        .route(
+            "/v1/admin/oauth-clients",
+            get(oauth::list_clients).post(oauth::add_client),
+        )
+        .route("/v1/admin/oauth-clients/{id}", delete(oauth::remove_client))
         .route("/v1/admin/api-keys/{id}", delete(admin::revoke_api_key));
     if state.faults_enabled {
         admin = admin.route(
@@ -114,6 +119,27 @@ pub fn router(state: AppState, max_body_bytes: usize, metrics_apart: bool) -> Ro
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/.well-known/jwks.json", get(sessions::jwks))
+        .route("/.well-known/openid-configuration", get(oauth::discovery))
+        .merge(
+            Router::new()
+                .route(
+                    "/oauth2/authorize",
+                    get(oauth::authorize).post(oauth::sign_in),
+                )
+                .route_layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    middleware::limit_rate,
+                )),
+        )
+        .route("/oauth2/token", post(oauth::token))
+        .route(
+            "/oauth2/logout",
+            get(oauth::logout).post(oauth::end_session),
+        )
+        .route(
+            "/oauth2/userinfo",
+            get(oauth::userinfo).post(oauth::userinfo_post),
+        )
         .route("/openapi.json", get(openapi::openapi_json));
     if !metrics_apart {
         public = public.route("/metrics", get(health::metrics_text));

@@ -8,7 +8,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::api::handlers::{admin, health, peers, sessions, users};
+use crate::api::handlers::{admin, health, oauth, peers, sessions, users};
 use crate::api::schema;
 
 #[derive(OpenApi)]
@@ -49,6 +49,17 @@ use crate::api::schema;
         peers::internal_digests,
         peers::internal_bucket,
         peers::internal_records,
+        oauth::discovery,
+        oauth::authorize,
+        oauth::sign_in,
+        oauth::token,
+        oauth::userinfo,
+        oauth::userinfo_post,
+        oauth::logout,
+        oauth::end_session,
+        oauth::add_client,
+        oauth::list_clients,
+        oauth::remove_client,
     ),
     components(schemas(schema::ErrorBody)),
     modifiers(&Security),
@@ -58,6 +69,7 @@ use crate::api::schema;
         (name = "admin", description = "Operators: replication queues, API keys, key usage (scope admin)."),
         (name = "health", description = "Probes and metrics, without an API key."),
         (name = "internal", description = "Between regions only, signed with the region's key."),
+        (name = "oidc", description = "The OpenID Connect provider: discovery, the hosted sign-in, tokens, userinfo."),
     )
 )]
 struct ApiDoc;
@@ -76,6 +88,18 @@ impl Modify for Security {
                         "An API key: `Authorization: Bearer <key>`. Reads need `read`, \
                          changes `write`, `/v1/admin/` `admin`.",
                     ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "access_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An access token from `/oauth2/token`: `Authorization: Bearer <token>`.",
+                    ))
+                    .bearer_format("JWT")
                     .build(),
             ),
         );

@@ -373,3 +373,164 @@ pub struct FetchResponse {
     records: Vec<String>,
     user_keys: Vec<String>,
 }
+
+/// A client's registration (`POST /v1/admin/oauth-clients`).
+#[derive(ToSchema)]
+pub struct NewOAuthClient {
+    #[schema(min_length = 1, max_length = 100)]
+    name: String,
+    /// 1 to 10 absolute URLs, `https` (or `http` to localhost, 127.0.0.1 or [::1]),
+    /// without fragment; matched exactly.
+    redirect_uris: Vec<String>,
+    #[schema(required = false)]
+    post_logout_redirect_uris: Option<Vec<String>>,
+    /// From openid, email, phone, profile, offline_access; openid required. Default
+    /// openid, email, profile.
+    #[schema(required = false)]
+    scopes: Option<Vec<String>>,
+    /// No secret: PKCE alone (an app that cannot keep one).
+    #[schema(required = false)]
+    public: Option<bool>,
+    /// The group's own platform: no consent asked.
+    #[schema(required = false)]
+    first_party: Option<bool>,
+}
+
+/// A registered client, never with its secret except in the answer to its
+/// registration.
+#[derive(ToSchema)]
+pub struct OAuthClient {
+    client_id: String,
+    name: String,
+    redirect_uris: Vec<String>,
+    post_logout_redirect_uris: Vec<String>,
+    scopes: Vec<String>,
+    public: bool,
+    first_party: bool,
+    /// client_secret_basic (client_secret_post is taken too) or none.
+    token_endpoint_auth_method: String,
+    created_ms: u64,
+    /// In the answer to the registration only, shown this once.
+    #[schema(required = false)]
+    client_secret: Option<String>,
+}
+
+#[derive(ToSchema)]
+pub struct OAuthClients {
+    clients: Vec<OAuthClient>,
+}
+
+/// A token request (`application/x-www-form-urlencoded`), RFC 6749.
+#[derive(ToSchema)]
+pub struct TokenRequest {
+    /// authorization_code or refresh_token.
+    grant_type: String,
+    #[schema(required = false)]
+    code: Option<String>,
+    #[schema(required = false)]
+    redirect_uri: Option<String>,
+    /// PKCE (RFC 7636): 43 to 128 characters.
+    #[schema(required = false)]
+    code_verifier: Option<String>,
+    #[schema(required = false)]
+    refresh_token: Option<String>,
+    /// With client_secret_post, or alone for a public client.
+    #[schema(required = false)]
+    client_id: Option<String>,
+    #[schema(required = false)]
+    client_secret: Option<String>,
+}
+
+/// Tokens from `/oauth2/token`.
+#[derive(ToSchema)]
+pub struct OAuthTokens {
+    access_token: String,
+    /// Bearer.
+    token_type: String,
+    expires_in: u64,
+    scope: String,
+    #[schema(required = false)]
+    refresh_token: Option<String>,
+    /// For a code exchange: signed with EdDSA, verified with the JWKS.
+    #[schema(required = false)]
+    id_token: Option<String>,
+}
+
+/// An OAuth error (RFC 6749 §5.2).
+#[derive(ToSchema)]
+pub struct OAuthError {
+    /// invalid_request, invalid_client, invalid_grant, unsupported_grant_type,
+    /// server_error.
+    error: String,
+    error_description: String,
+}
+
+/// The claims of `/oauth2/userinfo`, by the token's scopes.
+#[derive(ToSchema)]
+pub struct UserInfo {
+    sub: String,
+    #[schema(required = false)]
+    email: Option<String>,
+    #[schema(required = false)]
+    email_verified: Option<bool>,
+    #[schema(required = false)]
+    phone_number: Option<String>,
+    #[schema(required = false)]
+    phone_number_verified: Option<bool>,
+    #[schema(required = false)]
+    name: Option<String>,
+}
+
+/// The provider's discovery document (OpenID Connect Discovery 1.0).
+#[derive(ToSchema)]
+pub struct Discovery {
+    issuer: String,
+    authorization_endpoint: String,
+    token_endpoint: String,
+    userinfo_endpoint: String,
+    jwks_uri: String,
+    response_types_supported: Vec<String>,
+    response_modes_supported: Vec<String>,
+    grant_types_supported: Vec<String>,
+    subject_types_supported: Vec<String>,
+    id_token_signing_alg_values_supported: Vec<String>,
+    scopes_supported: Vec<String>,
+    token_endpoint_auth_methods_supported: Vec<String>,
+    code_challenge_methods_supported: Vec<String>,
+    claims_supported: Vec<String>,
+    prompt_values_supported: Vec<String>,
+    authorization_response_iss_parameter_supported: bool,
+}
+
+/// The hosted sign-in form (`application/x-www-form-urlencoded`): the authorization
+/// request's parameters again, and these.
+#[derive(ToSchema)]
+pub struct SignInForm {
+    login: String,
+    password: String,
+    /// The value of the page's hidden field, matched against its cookie.
+    csrf: String,
+    client_id: String,
+    redirect_uri: String,
+    response_type: String,
+    scope: String,
+    code_challenge: String,
+    code_challenge_method: String,
+    #[schema(required = false)]
+    state: Option<String>,
+    #[schema(required = false)]
+    nonce: Option<String>,
+}
+
+/// The sign-out form (`application/x-www-form-urlencoded`).
+#[derive(ToSchema)]
+pub struct LogoutForm {
+    /// The value of the page's hidden field, matched against its cookie.
+    csrf: String,
+    #[schema(required = false)]
+    client_id: Option<String>,
+    #[schema(required = false)]
+    post_logout_redirect_uri: Option<String>,
+    #[schema(required = false)]
+    state: Option<String>,
+}

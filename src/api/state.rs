@@ -25,6 +25,8 @@ pub struct AppState {
     /// Whether `/v1/admin/faults` exists.
     pub faults_enabled: bool,
     pub tokens: Arc<Tokens>,
+    /// The OpenID Connect provider: clients, browser sessions, codes.
+    pub oidc: Arc<crate::accounts::oidc::Oidc>,
     /// Per-address limit on logins and lookups; `None` when off.
     pub rate_limit: Option<Arc<RateLimiter>>,
     /// The header naming the end user's address, when the callers set one, and how many

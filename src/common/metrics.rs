@@ -17,6 +17,10 @@ pub const OUTBOX_EVENTS_TOTAL: &str = "authsync_outbox_events_total";
 pub const RECORDS_UNREADABLE_TOTAL: &str = "authsync_records_unreadable_total";
 pub const SIGNATURES_REFUSED_TOTAL: &str = "authsync_signatures_refused_total";
 pub const UNSIGNED_ACCEPTED_TOTAL: &str = "authsync_unsigned_accepted_total";
+pub const OIDC_SIGN_INS_TOTAL: &str = "authsync_oidc_sign_ins_total";
+pub const OIDC_CODES_ISSUED_TOTAL: &str = "authsync_oidc_codes_issued_total";
+pub const OIDC_TOKENS_GRANTED_TOTAL: &str = "authsync_oidc_tokens_granted_total";
+pub const OIDC_TOKEN_REFUSED_TOTAL: &str = "authsync_oidc_token_refused_total";
 pub const LOGINS_TOTAL: &str = "authsync_logins_total";
 pub const LOGIN_LOCKOUTS_TOTAL: &str = "authsync_login_lockouts_total";
 pub const RATE_LIMITED_TOTAL: &str = "authsync_rate_limited_total";
@@ -136,6 +140,26 @@ fn describe() {
         SIGNATURES_REFUSED_TOTAL,
         Unit::Count,
         "Records, entries and user keys from the network refused because they were not signed by the region they claim (or not signed, once the keyring upgrade is finished)."
+    );
+    describe_counter!(
+        OIDC_SIGN_INS_TOTAL,
+        Unit::Count,
+        "Sign-ins posted on the hosted page, by outcome (ok, wrong_credentials, too_many_attempts, csrf)."
+    );
+    describe_counter!(
+        OIDC_CODES_ISSUED_TOTAL,
+        Unit::Count,
+        "Authorization codes handed to clients, after a sign-in or from a session."
+    );
+    describe_counter!(
+        OIDC_TOKENS_GRANTED_TOTAL,
+        Unit::Count,
+        "Token endpoint grants, by grant type (authorization_code, refresh_token)."
+    );
+    describe_counter!(
+        OIDC_TOKEN_REFUSED_TOTAL,
+        Unit::Count,
+        "Token endpoint refusals, by OAuth error (invalid_client, invalid_grant, ...)."
     );
     describe_counter!(
         UNSIGNED_ACCEPTED_TOTAL,
@@ -463,7 +487,17 @@ pub fn zero_series(sources: &[String], compared: &[String]) {
     counter!(LOGIN_LOCKOUTS_TOTAL).absolute(0);
     counter!(SIGNATURES_REFUSED_TOTAL).absolute(0);
     counter!(UNSIGNED_ACCEPTED_TOTAL).absolute(0);
-    for route in ["login", "lookup"] {
+    for outcome in ["ok", "wrong_credentials", "too_many_attempts", "csrf"] {
+        counter!(OIDC_SIGN_INS_TOTAL, "outcome" => outcome).absolute(0);
+    }
+    counter!(OIDC_CODES_ISSUED_TOTAL).absolute(0);
+    for grant in ["authorization_code", "refresh_token"] {
+        counter!(OIDC_TOKENS_GRANTED_TOTAL, "grant" => grant).absolute(0);
+    }
+    for reason in ["invalid_client", "invalid_grant"] {
+        counter!(OIDC_TOKEN_REFUSED_TOTAL, "reason" => reason).absolute(0);
+    }
+    for route in ["login", "lookup", "sign_in"] {
         counter!(RATE_LIMITED_TOTAL, "route" => route).absolute(0);
     }
     counter!(TLS_HANDSHAKE_FAILURES_TOTAL).absolute(0);

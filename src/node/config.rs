@@ -83,6 +83,8 @@ pub struct RawConfig {
     pub keys: KeysConfig,
     #[serde(default)]
     pub tokens: TokenConfig,
+    #[serde(default)]
+    pub oidc: crate::accounts::oidc::OidcConfig,
     /// This region's Kafka cluster, where its changes are published. Without it the
     /// node runs alone (no replication).
     #[serde(default)]
@@ -129,6 +131,7 @@ pub struct Config {
     pub passwords: PasswordConfig,
     pub keys: KeysConfig,
     pub tokens: TokenConfig,
+    pub oidc: crate::accounts::oidc::OidcConfig,
     /// `None`: a node on its own, no replication.
     pub replication: Option<Replication>,
     pub retry: RetryConfig,
@@ -171,6 +174,7 @@ impl RawConfig {
         let api_keys = ApiKeyConfig::resolve(&self.api_keys)?;
         Verifier::new(&self.request_signing).map_err(|e| invalid("request_signing", e))?;
         self.tokens.validate()?;
+        self.oidc.validate()?;
         self.rate_limit.validate()?;
         self.storage.validate()?;
         self.clock.validate()?;
@@ -214,6 +218,7 @@ impl RawConfig {
             passwords: self.passwords,
             keys: self.keys,
             tokens: self.tokens,
+            oidc: self.oidc,
         })
     }
 }

@@ -127,7 +127,13 @@ impl Node {
         tokens
             .ensure_signing_key()
             .context("make this region's first token signing key")?;
+        let oidc = Arc::new(crate::accounts::oidc::Oidc::new(
+            users.clone(),
+            tokens.clone(),
+            config.oidc.clone(),
+        ));
         let state = AppState {
+            oidc: oidc.clone(),
             tokens: tokens.clone(),
             users: users.clone(),
             metrics: metrics.clone(),
@@ -173,6 +179,12 @@ impl Node {
             .await
             .with_context(|| format!("listen on {}", config.listen))?;
         let addr = listener.local_addr().context("read listener address")?;
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        oidc.default_issuer(format!("{scheme}://{addr}"));
 
         let tracker = TaskTracker::new();
         let http_stop = shutdown.child_token();

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod health;
+pub mod oauth;
 pub mod peers;
 pub mod sessions;
 pub mod users;

@@ -115,6 +115,7 @@ pub async fn limit_rate(State(s): State<AppState>, req: Request, next: Next) -> 
     let route = match (req.method(), req.uri().path()) {
         (&axum::http::Method::POST, "/v1/login") => "login",
         (&axum::http::Method::GET, "/v1/users") => "lookup",
+        (&axum::http::Method::POST, "/oauth2/authorize") => "sign_in",
         _ => return next.run(req).await,
     };
     let Some(limiter) = &s.rate_limit else {

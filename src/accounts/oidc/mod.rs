@@ -1,0 +1,583 @@
+//! An OpenID Connect provider in every region: the member platforms (OAuth clients,
+//! [`clients`]) send their customers to one sign-in page, and every region issues and
+//! honours the same sessions and tokens.
+//!
+//! - **Browser sessions** are replicated entries (`BrowserSession`): a customer signed
+//!   in at one region is signed in at every region once the entry has arrived, and a
+//!   sign-out ends it everywhere. The cookie holds the session id and a secret; the
+//!   entry holds only the secret's SHA-256. A session ends with the account's
+//!   credentials (a password change, a lock), as refresh tokens do.
+//! - **Authorization codes** live in the memory of the node that issued them, for
+//!   [`OidcConfig::code_ttl_s`] (60 s): short-lived and single use, they need no
+//!   replication, and a code that never leaves one node cannot be spent twice in two
+//!   regions within the replication lag. A code presented again revokes the refresh
+//!   token family it produced (RFC 6749 §4.1.2). A platform exchanges its code at the
+//!   region it was sent to: a code from another region is refused as `invalid_grant`.
+//! - **Tokens**: the access and refresh tokens of [`crate::accounts::tokens`], the
+//!   refresh family bound to the client, and an ID token signed with the same Ed25519
+//!   keys (`alg` EdDSA), verified with `/.well-known/jwks.json`.
+
+pub mod clients;
+pub mod request;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
+use parking_lot::Mutex;
+use prost::Message as _;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::accounts::error::UserError;
+use crate::accounts::tokens::{Refused, TokenError, Tokens};
+use crate::accounts::users::{Credentials, Users};
+use crate::common::config::{invalid, Invalid};
+use crate::proto::{self, EntryKind};
+
+use self::clients::Clients;
+use self::request::AuthRequest;
+
+/// The most codes a node holds at once; past it a sign-in is answered
+/// `temporarily_unavailable` until the oldest expire.
+const MAX_CODES: usize = 100_000;
+/// The most codes one account has waiting for their exchange at once.
+const MAX_CODES_PER_ACCOUNT: usize = 16;
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OidcConfig {
+    /// The issuer URL every region serves (`iss` of ID tokens, the base of the
+    /// discovery document). One for the whole deployment, as the platforms see one
+    /// provider; empty: `http(s)://` and this node's listen address.
+    pub issuer: String,
+    /// Lifetime of an authorization code. Default 60 s.
+    pub code_ttl_s: u64,
+    /// Lifetime of a browser session from its sign-in. Default 12 h.
+    pub session_ttl_s: u64,
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        OidcConfig {
+            issuer: String::new(),
+            code_ttl_s: 60,
+            session_ttl_s: 12 * 3600,
+        }
+    }
+}
+
+impl OidcConfig {
+    /// Checks the `[oidc]` section.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if !self.issuer.is_empty() {
+            let ok = url::Url::parse(&self.issuer).is_ok_and(|u| {
+                matches!(u.scheme(), "https" | "http")
+                    && u.query().is_none()
+                    && u.fragment().is_none()
+                    && !self.issuer.ends_with('/')
+            });
+            if !ok {
+                return Err(invalid(
+                    "oidc.issuer",
+                    "must be an http(s) URL without query, fragment or trailing slash",
+                ));
+            }
+        }
+        if !(10..=600).contains(&self.code_ttl_s) {
+            return Err(invalid("oidc.code_ttl_s", "must be from 10 to 600"));
+        }
+        if !(60..=30 * 86_400).contains(&self.session_ttl_s) {
+            return Err(invalid("oidc.session_ttl_s", "must be from 60 to 2592000"));
+        }
+        Ok(())
+    }
+}
+
+/// A code handed to a client, waiting for its exchange.
+#[derive(Debug, Clone)]
+struct Grant {
+    request: AuthRequest,
+    user: Uuid,
+    auth_time_s: u64,
+    credentials_ms: u64,
+    expires_ms: u64,
+    /// Set once exchanged: the refresh family it produced, revoked if the code comes
+    /// again.
+    spent: Option<[u8; 16]>,
+}
+
+/// Why a token request is refused, as RFC 6749 §5.2 names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantError {
+    pub error: &'static str,
+    pub description: String,
+}
+
+impl GrantError {
+    fn new(error: &'static str, description: impl Into<String>) -> GrantError {
+        GrantError {
+            error,
+            description: description.into(),
+        }
+    }
+}
+
+/// What a successful token request returns.
+#[derive(Debug, Clone)]
+pub struct Granted {
+    pub access_token: String,
+    pub expires_in: u64,
+    pub refresh_token: Option<String>,
+    pub id_token: Option<String>,
+    pub scope: String,
+}
+
+impl Granted {
+    pub fn json(&self) -> Value {
+        let mut out = json!({
+            "access_token": self.access_token,
+            "token_type": "Bearer",
+            "expires_in": self.expires_in,
+            "scope": self.scope,
+        });
+        if let Some(r) = &self.refresh_token {
+            out["refresh_token"] = json!(r);
+        }
+        if let Some(i) = &self.id_token {
+            out["id_token"] = json!(i);
+        }
+        out
+    }
+}
+
+/// A browser session, found from its cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Session {
+    pub id: [u8; 16],
+    pub user: Uuid,
+    pub auth_time_ms: u64,
+    pub credentials_ms: u64,
+}
+
+pub struct Oidc {
+    users: Arc<Users>,
+    tokens: Arc<Tokens>,
+    config: OidcConfig,
+    /// `config.issuer`, or the node's own address when that is empty.
+    issuer: parking_lot::RwLock<String>,
+    codes: Mutex<HashMap<[u8; 32], Grant>>,
+}
+
+fn random<const N: usize>() -> Result<[u8; N], UserError> {
+    crate::crypto::primitives::random::<N>().map_err(UserError::Crypto)
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    crate::crypto::primitives::sha256(bytes)
+}
+
+impl Oidc {
+    /// An empty `config.issuer` is filled in by [`Oidc::default_issuer`] once the node
+    /// knows its address.
+    pub fn new(users: Arc<Users>, tokens: Arc<Tokens>, config: OidcConfig) -> Oidc {
+        Oidc {
+            users,
+            tokens,
+            issuer: parking_lot::RwLock::new(config.issuer.clone()),
+            config,
+            codes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The issuer URL: `iss` of the ID tokens, the base of every endpoint.
+    pub fn issuer(&self) -> String {
+        self.issuer.read().clone()
+    }
+
+    /// Sets the issuer to `url` (the node's own address) unless one is configured.
+    pub fn default_issuer(&self, url: String) {
+        if self.config.issuer.is_empty() {
+            *self.issuer.write() = url;
+        }
+    }
+
+    /// Lifetime of a browser session, in seconds.
+    pub fn session_ttl_s(&self) -> u64 {
+        self.config.session_ttl_s
+    }
+
+    pub fn clients(&self) -> Clients<'_> {
+        Clients::new(self.users.entries())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.users.clock_now_ms()
+    }
+
+    /// The discovery document (`/.well-known/openid-configuration`).
+    pub fn discovery(&self) -> Value {
+        let base = &self.issuer();
+        json!({
+            "issuer": base,
+            "authorization_endpoint": format!("{base}/oauth2/authorize"),
+            "token_endpoint": format!("{base}/oauth2/token"),
+            "userinfo_endpoint": format!("{base}/oauth2/userinfo"),
+            "jwks_uri": format!("{base}/.well-known/jwks.json"),
+            "end_session_endpoint": format!("{base}/oauth2/logout"),
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["EdDSA"],
+            "scopes_supported": clients::SCOPES,
+            "token_endpoint_auth_methods_supported":
+                [clients::AUTH_SECRET_BASIC, clients::AUTH_SECRET_POST, clients::AUTH_NONE],
+            "code_challenge_methods_supported": ["S256"],
+            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce",
+                "email", "email_verified", "phone_number", "phone_number_verified", "name",
+                "given_name", "family_name", "locale"],
+            "prompt_values_supported": ["none", "login", "consent", "select_account"],
+            "authorization_response_iss_parameter_supported": true,
+        })
+    }
+
+    // ---- browser sessions
+
+    /// Starts a browser session for `user`, who just signed in; returns the cookie
+    /// value.
+    pub fn start_session(&self, user: Uuid, credentials_ms: u64) -> Result<String, UserError> {
+        let (id, secret) = (random::<16>()?, random::<32>()?);
+        let now = self.now_ms();
+        let value = proto::BrowserSession {
+            user_id: user.as_bytes().to_vec(),
+            secret_hash: sha256(&secret).to_vec(),
+            auth_time_ms: now,
+            expires_ms: now.saturating_add(self.config.session_ttl_s * 1000),
+            ended_ms: 0,
+            credentials_changed_ms: credentials_ms,
+        };
+        self.users
+            .entries()
+            .put(EntryKind::BrowserSession, &id, value.encode_to_vec())?;
+        Ok(format!("bs1.{}.{}", B64.encode(id), B64.encode(secret)))
+    }
+
+    /// The live session a cookie names: `None` when it is malformed, unknown here
+    /// (perhaps not replicated yet), ended, expired, or its account is no longer
+    /// active or has changed its credentials since.
+    pub fn session(&self, cookie: &str) -> Result<Option<Session>, UserError> {
+        let Some((id, secret)) = parse_session(cookie) else {
+            return Ok(None);
+        };
+        let Some(entry) = self.users.entries().get(EntryKind::BrowserSession, &id)? else {
+            return Ok(None);
+        };
+        let Ok(s) = proto::BrowserSession::decode(entry.value.as_slice()) else {
+            return Ok(None);
+        };
+        let now = self.now_ms();
+        let secret_ok = crate::crypto::primitives::ct_eq(&s.secret_hash, &sha256(&secret));
+        let Ok(user) = Uuid::from_slice(&s.user_id) else {
+            return Ok(None);
+        };
+        if !secret_ok || s.ended_ms != 0 || now >= s.expires_ms {
+            return Ok(None);
+        }
+        match self.users.credentials_of(&user)? {
+            Credentials::Active(c) if c <= s.credentials_changed_ms => Ok(Some(Session {
+                id,
+                user,
+                auth_time_ms: s.auth_time_ms,
+                credentials_ms: s.credentials_changed_ms,
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    /// Ends the session a cookie names, in every region. A cookie of no live session
+    /// is not an error.
+    pub fn end_session(&self, cookie: &str) -> Result<(), UserError> {
+        let Some((id, secret)) = parse_session(cookie) else {
+            return Ok(());
+        };
+        let now = self.now_ms();
+        self.users
+            .entries()
+            .update(EntryKind::BrowserSession, &id, |stored| {
+                let mut s = proto::BrowserSession::decode(stored?.value.as_slice()).ok()?;
+                let ours = crate::crypto::primitives::ct_eq(&s.secret_hash, &sha256(&secret));
+                (ours && s.ended_ms == 0).then(|| {
+                    s.ended_ms = now;
+                    s.encode_to_vec()
+                })
+            })?;
+        Ok(())
+    }
+
+    // ---- codes
+
+    /// A code for `request`, granted to the session's user.
+    pub fn issue_code(
+        &self,
+        request: &AuthRequest,
+        session: &Session,
+    ) -> Result<String, UserError> {
+        let secret = random::<32>()?;
+        let now = self.now_ms();
+        let mut codes = self.codes.lock();
+        codes.retain(|_, g| g.expires_ms > now);
+        // One account holds at most a few codes waiting: a signed-in customer
+        // requesting codes in a loop pushes out its own oldest, not everyone's.
+        let waiting: Vec<([u8; 32], u64)> = codes
+            .iter()
+            .filter(|(_, g)| g.user == session.user && g.spent.is_none())
+            .map(|(k, g)| (*k, g.expires_ms))
+            .collect();
+        if waiting.len() >= MAX_CODES_PER_ACCOUNT {
+            if let Some((oldest, _)) = waiting.iter().min_by_key(|(_, e)| *e) {
+                codes.remove(oldest);
+            }
+        }
+        if codes.len() >= MAX_CODES {
+            return Err(UserError::KeyUnavailable("authorization codes".into()));
+        }
+        codes.insert(
+            sha256(&secret),
+            Grant {
+                request: request.clone(),
+                user: session.user,
+                auth_time_s: session.auth_time_ms / 1000,
+                credentials_ms: session.credentials_ms,
+                expires_ms: now.saturating_add(self.config.code_ttl_s * 1000),
+                spent: None,
+            },
+        );
+        Ok(format!(
+            "ac1.{}.{}",
+            self.users.region(),
+            B64.encode(secret)
+        ))
+    }
+
+    /// The authorization code grant: the code, for the client it was issued to, with
+    /// the same redirect URI and the PKCE verifier of its challenge.
+    pub fn exchange_code(
+        &self,
+        client: &proto::OAuthClient,
+        code: &str,
+        redirect_uri: Option<&str>,
+        verifier: Option<&str>,
+    ) -> Result<Granted, GrantError> {
+        let invalid = |d: &str| GrantError::new("invalid_grant", d);
+        let mut parts = code.split('.');
+        let (Some("ac1"), Some(region), Some(secret), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid("the code is not one this provider issued"));
+        };
+        if region != self.users.region() {
+            return Err(invalid(
+                "the code was issued by another region: exchange it where it was sent",
+            ));
+        }
+        let Some(secret) = B64.decode(secret).ok().filter(|s| s.len() == 32) else {
+            return Err(invalid("the code is not one this provider issued"));
+        };
+        let hash = sha256(&secret);
+        let now = self.now_ms();
+        let grant = {
+            let mut codes = self.codes.lock();
+            let Some(grant) = codes.get_mut(&hash) else {
+                return Err(invalid("the code is unknown or expired"));
+            };
+            if let Some(family) = grant.spent {
+                // A second use: someone else has the code. What the first produced is
+                // revoked, and the code stays spent.
+                drop(codes);
+                let _ = self.tokens.revoke_family(&family, "code_reused");
+                return Err(invalid("the code was used already: its tokens are revoked"));
+            }
+            if now >= grant.expires_ms {
+                return Err(invalid("the code is unknown or expired"));
+            }
+            if grant.request.client_id != client.client_id {
+                return Err(invalid("the code was issued to another client"));
+            }
+            if redirect_uri != Some(grant.request.redirect_uri.as_str()) {
+                return Err(invalid(
+                    "redirect_uri must be the one the authorization request gave",
+                ));
+            }
+            if !verifier
+                .is_some_and(|v| request::verifier_matches(v, &grant.request.code_challenge))
+            {
+                return Err(invalid(
+                    "code_verifier is missing or does not match the challenge",
+                ));
+            }
+            // Spent now, before any token exists: a concurrent second use is caught.
+            let family =
+                random::<16>().map_err(|_| GrantError::new("server_error", "no randomness"))?;
+            grant.spent = Some(family);
+            (grant.clone(), family)
+        };
+        let (grant, family) = grant;
+        match self.users.credentials_of(&grant.user) {
+            Ok(Credentials::Active(c)) if c <= grant.credentials_ms => {}
+            _ => return Err(invalid("the account is no longer signed in")),
+        }
+        let scope = grant.request.scopes.join(" ");
+        let issued = self
+            .tokens
+            .issue_family(
+                grant.user,
+                grant.credentials_ms,
+                family,
+                &client.client_id,
+                &scope,
+            )
+            .map_err(|e| GrantError::new("server_error", e.to_string()))?;
+        let id_token = self
+            .id_token(&grant.user, client, &grant.request, grant.auth_time_s)
+            .map_err(|e| GrantError::new("server_error", e.to_string()))?;
+        Ok(Granted {
+            access_token: issued.access_token,
+            expires_in: issued.expires_in,
+            refresh_token: Some(issued.refresh_token),
+            id_token: Some(id_token),
+            scope,
+        })
+    }
+
+    /// The refresh token grant: the family must be this client's.
+    pub fn refresh(&self, client: &proto::OAuthClient, token: &str) -> Result<Granted, GrantError> {
+        match self.tokens.refresh_for(token, Some(&client.client_id)) {
+            Ok((issued, scope)) => Ok(Granted {
+                access_token: issued.access_token,
+                expires_in: issued.expires_in,
+                refresh_token: Some(issued.refresh_token),
+                id_token: None,
+                scope,
+            }),
+            Err(TokenError::Refused(r)) => Err(GrantError::new(
+                "invalid_grant",
+                match r {
+                    Refused::Invalid => "the refresh token is not valid for this client",
+                    Refused::Reused => "the refresh token was used already: its family is revoked",
+                    Refused::Revoked => "the refresh token is revoked",
+                    Refused::Expired => "the refresh token has expired",
+                    Refused::AccountInactive => "the account is no longer active",
+                },
+            )),
+            Err(TokenError::User(e)) => Err(GrantError::new("server_error", e.to_string())),
+        }
+    }
+
+    /// The ID token of a code exchange: who signed in, when, for which client, with
+    /// the claims its scopes release.
+    fn id_token(
+        &self,
+        user: &Uuid,
+        client: &proto::OAuthClient,
+        request: &AuthRequest,
+        auth_time_s: u64,
+    ) -> Result<String, UserError> {
+        let now_s = self.now_ms() / 1000;
+        let mut claims = json!({
+            "iss": self.issuer(),
+            "sub": user.to_string(),
+            "aud": client.client_id,
+            "iat": now_s,
+            "exp": now_s + self.tokens.access_ttl_s(),
+            "auth_time": auth_time_s,
+        });
+        if let Some(n) = &request.nonce {
+            claims["nonce"] = json!(n);
+        }
+        self.add_claims(user, &request.scopes, &mut claims)?;
+        self.tokens.sign_jwt(&claims)
+    }
+
+    /// The claims `scopes` release about `user`, added to `claims`.
+    fn add_claims(
+        &self,
+        user: &Uuid,
+        scopes: &[String],
+        claims: &mut Value,
+    ) -> Result<(), UserError> {
+        let view = self.users.get(user)?;
+        let has = |s: &str| scopes.iter().any(|k| k == s);
+        if has("email") {
+            claims["email"] = json!(view.email);
+            // No address is verified yet: nothing sends a verification mail.
+            claims["email_verified"] = json!(false);
+        }
+        if has("phone") {
+            if let Some(p) = &view.phone {
+                claims["phone_number"] = json!(p);
+                claims["phone_number_verified"] = json!(false);
+            }
+        }
+        if has("profile") {
+            for (k, v) in &view.profile {
+                if [
+                    "name",
+                    "given_name",
+                    "family_name",
+                    "nickname",
+                    "locale",
+                    "zoneinfo",
+                    "website",
+                    "picture",
+                ]
+                .contains(&k.as_str())
+                {
+                    claims[k.as_str()] = json!(v);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `/oauth2/userinfo`: the claims of the user an access token was issued for,
+    /// by the scopes it carries.
+    pub fn userinfo(&self, access_token: &str) -> Result<Option<Value>, UserError> {
+        let Some(claims) = self.tokens.verify_access(access_token)? else {
+            return Ok(None);
+        };
+        let Some(user) = claims["sub"].as_str().and_then(|s| Uuid::parse_str(s).ok()) else {
+            return Ok(None);
+        };
+        let scopes: Vec<String> = claims["scope"]
+            .as_str()
+            .unwrap_or("")
+            .split(' ')
+            .map(str::to_string)
+            .collect();
+        if !scopes.iter().any(|s| s == "openid")
+            || self.users.credentials_of(&user)? == Credentials::Inactive
+        {
+            return Ok(None);
+        }
+        let mut out = json!({"sub": user.to_string()});
+        match self.add_claims(&user, &scopes, &mut out) {
+            Ok(()) => Ok(Some(out)),
+            Err(UserError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A session cookie's id and secret.
+fn parse_session(cookie: &str) -> Option<([u8; 16], [u8; 32])> {
+    let mut parts = cookie.split('.');
+    if parts.next()? != "bs1" {
+        return None;
+    }
+    let id = B64.decode(parts.next()?).ok()?.try_into().ok()?;
+    let secret = B64.decode(parts.next()?).ok()?.try_into().ok()?;
+    parts.next().is_none().then_some((id, secret))
+}

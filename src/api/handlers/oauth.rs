@@ -1,0 +1,862 @@
+//! The OpenID Connect provider's endpoints: discovery, `/oauth2/authorize` (the
+//! hosted sign-in page, server-rendered, no JavaScript), `/oauth2/token`,
+//! `/oauth2/userinfo`, and the admin API of clients (`/v1/admin/oauth-clients`).
+//!
+//! The sign-in form is protected against cross-site posts by a double-submit token:
+//! a random value in a `SameSite=Strict` cookie and in a hidden field, which must
+//! match. It goes through the same lockout, hashing bound and failure timing as
+//! `/v1/login`, and says the same thing for an unknown account and a wrong password.
+
+use axum::extract::rejection::{FormRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::{Form, Json};
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use crate::accounts::error::UserError;
+use crate::accounts::oidc::request::{self, AuthRequest, Prompt, Refusal};
+use crate::accounts::oidc::{clients, Session};
+use crate::api::error::{oauth_error, oauth_tokens, page, redirect, ApiError, Page};
+use crate::api::extract::{blocking, hashing, JsonBody};
+use crate::api::state::AppState;
+
+const SESSION_COOKIE: &str = "authsync_session";
+const CSRF_COOKIE: &str = "authsync_csrf";
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A cookie's value from the request's `Cookie` headers.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+fn secure(s: &AppState) -> &'static str {
+    if s.oidc.issuer().starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
+/// The HTML around a page's body: readable on a phone, no script.
+fn layout(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+<title>{title}</title><style>\
+body{{font-family:system-ui,sans-serif;max-width:24rem;margin:2rem auto;padding:0 1rem;line-height:1.4}}\
+label{{display:block;margin-top:1rem;font-weight:600}}\
+input[type=text],input[type=password],input[type=email]{{width:100%;padding:.6rem;font-size:1rem;box-sizing:border-box}}\
+button{{margin-top:1.5rem;width:100%;padding:.7rem;font-size:1rem}}\
+.error{{color:#a00;border:1px solid #a00;padding:.5rem;margin-top:1rem}}\
+</style></head><body><main>{body}</main></body></html>",
+        title = escape(title),
+    )
+}
+
+fn notice(kind: Page, title: &str, text: &str) -> Response {
+    page(
+        kind,
+        layout(
+            title,
+            &format!("<h1>{}</h1><p>{}</p>", escape(title), escape(text)),
+        ),
+        &[],
+    )
+}
+
+/// A new CSRF token: its value (for the form's hidden field) and its cookie.
+fn new_csrf(s: &AppState) -> Option<(String, String)> {
+    let csrf = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(crate::crypto::primitives::random::<16>().ok()?);
+    let cookie = format!(
+        "{CSRF_COOKIE}={csrf}; Path=/oauth2; HttpOnly; SameSite=Strict{}",
+        secure(s)
+    );
+    Some((csrf, cookie))
+}
+
+/// The request's parameters as hidden fields, posted again with the form.
+fn hidden_fields(req: &AuthRequest) -> String {
+    let mut hidden = String::new();
+    for (k, v) in req.to_params() {
+        hidden.push_str(&format!(
+            "<input type=\"hidden\" name=\"{k}\" value=\"{}\">",
+            escape(&v)
+        ));
+    }
+    hidden
+}
+
+/// The sign-in form for `req`, with a new CSRF token (cookie and hidden field).
+fn sign_in_form(
+    s: &AppState,
+    kind: Page,
+    req: &AuthRequest,
+    client_name: &str,
+    error: Option<&str>,
+    login: &str,
+) -> Response {
+    let Some((csrf, cookie)) = new_csrf(s) else {
+        return notice(
+            Page::Unavailable,
+            "Try again",
+            "The sign-in page is unavailable; try again.",
+        );
+    };
+    let error = error
+        .map(|e| {
+            format!(
+                "<p class=\"error\" role=\"alert\" id=\"error\">{}</p>",
+                escape(e)
+            )
+        })
+        .unwrap_or_default();
+    let body = format!(
+        "<h1>Sign in</h1><p>to continue to {client}</p>{error}\
+<form method=\"post\" action=\"/oauth2/authorize\">{hidden}\
+<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+<label for=\"login\">Email or phone</label>\
+<input type=\"text\" id=\"login\" name=\"login\" autocomplete=\"username\" required value=\"{login}\">\
+<label for=\"password\">Password</label>\
+<input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" required>\
+<button type=\"submit\">Sign in</button></form>",
+        client = escape(client_name),
+        login = escape(login),
+        hidden = hidden_fields(req),
+    );
+    page(kind, layout("Sign in", &body), &[cookie])
+}
+
+/// `redirect_uri` with `params` added to its query.
+fn with_query(redirect_uri: &str, params: &[(&str, &str)]) -> String {
+    match url::Url::parse(redirect_uri) {
+        Ok(mut u) => {
+            {
+                let mut q = u.query_pairs_mut();
+                for (k, v) in params {
+                    q.append_pair(k, v);
+                }
+            }
+            u.to_string()
+        }
+        Err(_) => redirect_uri.to_string(),
+    }
+}
+
+fn refusal(s: &AppState, r: Refusal) -> Response {
+    match r {
+        Refusal::Page(text) => notice(
+            Page::BadRequest,
+            "This sign-in request cannot be served",
+            &text,
+        ),
+        Refusal::Redirect {
+            redirect_uri,
+            state,
+            error,
+            description,
+        } => {
+            let iss = s.oidc.issuer();
+            let mut params = vec![
+                ("error", error),
+                ("error_description", description.as_str()),
+                ("iss", iss.as_str()),
+            ];
+            if let Some(st) = &state {
+                params.push(("state", st.as_str()));
+            }
+            redirect(&with_query(&redirect_uri, &params), &[])
+        }
+    }
+}
+
+/// Redirects back to the client with a new code for `session`.
+fn grant(s: &AppState, req: &AuthRequest, session: &Session, cookies: &[String]) -> Response {
+    match s.oidc.issue_code(req, session) {
+        Ok(code) => {
+            metrics::counter!(crate::common::metrics::OIDC_CODES_ISSUED_TOTAL).increment(1);
+            let iss = s.oidc.issuer();
+            let mut params = vec![("code", code.as_str()), ("iss", iss.as_str())];
+            if let Some(st) = &req.state {
+                params.push(("state", st.as_str()));
+            }
+            redirect(&with_query(&req.redirect_uri, &params), cookies)
+        }
+        Err(_) => notice(
+            Page::Unavailable,
+            "Try again",
+            "Signing in is unavailable here for a moment; try again.",
+        ),
+    }
+}
+
+/// Checks an authorization request's parameters, looking its client up.
+async fn checked(
+    s: &AppState,
+    pairs: Vec<(String, String)>,
+) -> Result<(AuthRequest, crate::proto::OAuthClient), Response> {
+    let params = request::params(pairs).map_err(|e| {
+        notice(
+            Page::BadRequest,
+            "This sign-in request cannot be served",
+            &e,
+        )
+    })?;
+    let oidc = s.oidc.clone();
+    let id = params.get("client_id").cloned().unwrap_or_default();
+    let client = blocking(move || oidc.clients().get(&id))
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let req = request::check(&params, client.as_ref()).map_err(|r| refusal(s, r))?;
+    match client {
+        Some(client) => Ok((req, client)),
+        None => Err(notice(
+            Page::BadRequest,
+            "This sign-in request cannot be served",
+            "The request names a client that is not registered.",
+        )),
+    }
+}
+
+/// What a client asks to see, in words.
+fn scope_words(scopes: &[String]) -> Vec<&'static str> {
+    scopes
+        .iter()
+        .filter_map(|s| match s.as_str() {
+            "email" => Some("your email address"),
+            "phone" => Some("your phone number"),
+            "profile" => Some("your profile (name and the like)"),
+            "offline_access" => Some("access while you are away"),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The consent page of a client that is not one of the group's own platforms: allow
+/// or deny, through the same CSRF-protected form.
+fn consent_page(
+    s: &AppState,
+    req: &AuthRequest,
+    client: &crate::proto::OAuthClient,
+    cookies: &[String],
+) -> Response {
+    let Some((csrf, csrf_cookie)) = new_csrf(s) else {
+        return notice(
+            Page::Unavailable,
+            "Try again",
+            "The sign-in page is unavailable; try again.",
+        );
+    };
+    let mut asks = String::from("<li>that you are signed in</li>");
+    for w in scope_words(&req.scopes) {
+        asks.push_str(&format!("<li>{w}</li>"));
+    }
+    let body = format!(
+        "<h1>Allow {client}?</h1><p>{client} asks to know:</p><ul>{asks}</ul>\
+<form method=\"post\" action=\"/oauth2/authorize\">{hidden}\
+<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+<button type=\"submit\" name=\"decision\" value=\"allow\">Allow</button>\
+<button type=\"submit\" name=\"decision\" value=\"deny\">Deny</button></form>",
+        client = escape(&client.name),
+        hidden = hidden_fields(req),
+    );
+    let mut all = cookies.to_vec();
+    all.push(csrf_cookie);
+    page(Page::Shown, layout("Allow access", &body), &all)
+}
+
+/// A form's fields; a body too large or unreadable is refused (`title` heads the
+/// page that says so).
+fn read_form(
+    pairs: Result<Form<Vec<(String, String)>>, FormRejection>,
+    title: &str,
+) -> Result<Vec<(String, String)>, Box<Response>> {
+    match pairs {
+        Ok(Form(p)) => Ok(p),
+        Err(FormRejection::BytesRejection(e)) => Err(Box::new(ApiError::from(e).into_response())),
+        Err(_) => Err(Box::new(notice(
+            Page::BadRequest,
+            title,
+            "The form cannot be read.",
+        ))),
+    }
+}
+
+/// Whether a form's `presented` CSRF token matches the request's CSRF cookie: a
+/// post from another site carries no cookie (`SameSite=Strict`), or another value.
+fn csrf_matches(headers: &HeaderMap, presented: Option<&String>) -> bool {
+    let expected = cookie(headers, CSRF_COOKIE);
+    matches!((presented, &expected), (Some(a), Some(b)) if !b.is_empty()
+        && crate::crypto::primitives::ct_eq(a.as_bytes(), b.as_bytes()))
+}
+
+/// The live session of the request's cookie, if any.
+async fn current_session(s: &AppState, headers: &HeaderMap) -> Result<Option<Session>, Response> {
+    let Some(value) = cookie(headers, SESSION_COOKIE) else {
+        return Ok(None);
+    };
+    let oidc = s.oidc.clone();
+    blocking(move || oidc.session(&value))
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
+#[utoipa::path(get, path = "/oauth2/authorize", tag = "oidc", params(("client_id" = Option<String>, Query, description = "a registered client"), ("redirect_uri" = Option<String>, Query, description = "one registered for it, exactly"), ("response_type" = Option<String>, Query, description = "code"), ("scope" = Option<String>, Query, description = "openid and others allowed to the client"), ("state" = Option<String>, Query, description = "returned as is"), ("nonce" = Option<String>, Query, description = "put in the ID token"), ("code_challenge" = Option<String>, Query, description = "PKCE S256"), ("code_challenge_method" = Option<String>, Query, description = "S256"), ("prompt" = Option<String>, Query, description = "none, login, consent or select_account"), ("max_age" = Option<u64>, Query, description = "seconds")), responses((status = 303, description = "back to the client's redirect URI, with a code or an error"), (status = 200, description = "the sign-in page", content_type = "text/html", body = String), (status = 400, description = "an unknown client or a redirect URI not registered: a page, never redirected", content_type = "text/html", body = String), (status = 503, description = "unavailable here for a moment", content_type = "text/html", body = String)))]
+pub async fn authorize(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    pairs: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Response {
+    let Ok(Query(pairs)) = pairs else {
+        return notice(
+            Page::BadRequest,
+            "This sign-in request cannot be served",
+            "Its parameters cannot be read.",
+        );
+    };
+    let (req, client) = match checked(&s, pairs).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let session = match current_session(&s, &headers).await {
+        Ok(session) => session,
+        Err(resp) => return resp,
+    };
+    let now_s = s.users.clock_now_ms() / 1000;
+    let fresh = |session: &Session| {
+        req.max_age
+            .is_none_or(|max| now_s.saturating_sub(session.auth_time_ms / 1000) <= max)
+    };
+    match (req.prompt, session) {
+        (Prompt::Default, Some(session)) | (Prompt::None, Some(session))
+            if fresh(&session) && client.first_party =>
+        {
+            grant(&s, &req, &session, &[])
+        }
+        (Prompt::None, Some(session)) if fresh(&session) => refusal(
+            &s,
+            Refusal::Redirect {
+                redirect_uri: req.redirect_uri.clone(),
+                state: req.state.clone(),
+                error: "consent_required",
+                description: "this client needs the customer's consent, asked on a page".into(),
+            },
+        ),
+        (Prompt::Default, Some(session)) if fresh(&session) => consent_page(&s, &req, &client, &[]),
+        (Prompt::None, _) => refusal(
+            &s,
+            Refusal::Redirect {
+                redirect_uri: req.redirect_uri.clone(),
+                state: req.state.clone(),
+                error: "login_required",
+                description: "no session here, or one older than max_age".into(),
+            },
+        ),
+        _ => sign_in_form(&s, Page::Shown, &req, &client.name, None, ""),
+    }
+}
+
+#[utoipa::path(post, path = "/oauth2/authorize", tag = "oidc", request_body(content = crate::api::schema::SignInForm, content_type = "application/x-www-form-urlencoded"), responses((status = 303, description = "signed in: back to the client with a code"), (status = 400, description = "a request that cannot be served", content_type = "text/html", body = String), (status = 401, description = "the sign-in page again: a wrong email, phone or password, or an expired form", content_type = "text/html", body = String), (status = 429, description = "too many attempts (the page says when to retry), or too many requests from this address", content_type = "text/html", body = String), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 503, description = "unavailable here for a moment", content_type = "text/html", body = String)))]
+pub async fn sign_in(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    pairs: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let pairs = match read_form(pairs, "This sign-in request cannot be served") {
+        Ok(p) => p,
+        Err(resp) => return *resp,
+    };
+    let mut rest = Vec::new();
+    let (mut login, mut password, mut csrf, mut decision) = (None, None, None, None);
+    for (k, v) in pairs {
+        match k.as_str() {
+            "decision" if decision.is_none() => decision = Some(v),
+            "login" if login.is_none() => login = Some(v),
+            "password" if password.is_none() => password = Some(v),
+            "csrf" if csrf.is_none() => csrf = Some(v),
+            _ => rest.push((k, v)),
+        }
+    }
+    let (req, client) = match checked(&s, rest).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let client_name = client.name.clone();
+    if !csrf_matches(&headers, csrf.as_ref()) {
+        metrics::counter!(crate::common::metrics::OIDC_SIGN_INS_TOTAL, "outcome" => "csrf")
+            .increment(1);
+        return sign_in_form(
+            &s,
+            Page::Refused,
+            &req,
+            &client_name,
+            Some("The form expired. Please sign in again."),
+            "",
+        );
+    }
+    if let Some(decision) = decision {
+        // The consent page's answer: only with a live session.
+        let session = match current_session(&s, &headers).await {
+            Ok(Some(session)) => session,
+            Ok(None) => return sign_in_form(&s, Page::Shown, &req, &client_name, None, ""),
+            Err(resp) => return resp,
+        };
+        if decision != "allow" {
+            return refusal(
+                &s,
+                Refusal::Redirect {
+                    redirect_uri: req.redirect_uri.clone(),
+                    state: req.state.clone(),
+                    error: "access_denied",
+                    description: "the customer did not allow it".into(),
+                },
+            );
+        }
+        return grant(&s, &req, &session, &[]);
+    }
+    let login = login.unwrap_or_default();
+    let password = password.unwrap_or_default();
+    if login.is_empty() || password.is_empty() || login.len() > 320 || password.len() > 1024 {
+        return sign_in_form(
+            &s,
+            Page::Refused,
+            &req,
+            &client_name,
+            Some("Enter your email or phone and your password."),
+            &login,
+        );
+    }
+    let users = s.users.clone();
+    let oidc = s.oidc.clone();
+    let who = login.clone();
+    let outcome = hashing(&s.hashing, move || {
+        let (result, hold) = users.login_held(&who, &password);
+        let started = result.and_then(|(id, credentials)| {
+            let cookie = oidc.start_session(id, credentials)?;
+            Ok((id, credentials, cookie))
+        });
+        Ok::<_, ApiError>((started, hold))
+    })
+    .await;
+    let (started, hold) = match outcome {
+        Ok(o) => o,
+        Err(_) => {
+            return notice(
+                Page::Unavailable,
+                "Try again",
+                "Too many sign-ins at once; try again in a moment.",
+            )
+        }
+    };
+    tokio::time::sleep(hold).await;
+    match started {
+        Ok((user, credentials, value)) => {
+            metrics::counter!(crate::common::metrics::OIDC_SIGN_INS_TOTAL, "outcome" => "ok")
+                .increment(1);
+            let session = Session {
+                id: [0; 16],
+                user,
+                auth_time_ms: s.users.clock_now_ms(),
+                credentials_ms: credentials,
+            };
+            let cookies = [
+                format!(
+                    "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
+                    s.oidc.session_ttl_s(),
+                    secure(&s)
+                ),
+                format!(
+                    "{CSRF_COOKIE}=; Path=/oauth2; HttpOnly; SameSite=Strict; Max-Age=0{}",
+                    secure(&s)
+                ),
+            ];
+            if client.first_party {
+                grant(&s, &req, &session, &cookies)
+            } else {
+                consent_page(&s, &req, &client, &cookies[..1])
+            }
+        }
+        Err(UserError::TooManyAttempts { retry_after_ms }) => {
+            metrics::counter!(crate::common::metrics::OIDC_SIGN_INS_TOTAL, "outcome" => "too_many_attempts").increment(1);
+            let minutes = retry_after_ms.div_ceil(60_000);
+            let text = format!(
+                "Too many attempts. Try again in {minutes} minute{}.",
+                if minutes == 1 { "" } else { "s" }
+            );
+            sign_in_form(&s, Page::TooMany, &req, &client_name, Some(&text), &login)
+        }
+        Err(UserError::LoginFailed { .. }) => {
+            metrics::counter!(crate::common::metrics::OIDC_SIGN_INS_TOTAL, "outcome" => "wrong_credentials").increment(1);
+            sign_in_form(
+                &s,
+                Page::Refused,
+                &req,
+                &client_name,
+                Some("The email, phone or password is wrong."),
+                &login,
+            )
+        }
+        Err(_) => notice(
+            Page::Unavailable,
+            "Try again",
+            "Signing in is unavailable here for a moment; try again.",
+        ),
+    }
+}
+
+/// The client a token request authenticates as: HTTP Basic (`client_secret_basic`),
+/// `client_id` and `client_secret` in the form (`client_secret_post`), or a public
+/// client's bare `client_id`.
+async fn token_client(
+    s: &AppState,
+    headers: &HeaderMap,
+    form: &std::collections::BTreeMap<String, String>,
+) -> Result<crate::proto::OAuthClient, Response> {
+    let refuse = || oauth_error("invalid_client", "client authentication failed");
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|b| {
+            let (id, secret) = b.split_once(':')?;
+            let decode = |x: &str| {
+                url::form_urlencoded::parse(format!("x={x}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+            };
+            Some((decode(id)?, decode(secret)?))
+        });
+    let (id, secret) = match (basic, form.get("client_id"), form.get("client_secret")) {
+        (Some((id, secret)), None | Some(_), None) => {
+            if form.get("client_id").is_some_and(|f| *f != id) {
+                return Err(refuse());
+            }
+            (id, Some(secret))
+        }
+        (None, Some(id), secret) => (id.clone(), secret.cloned()),
+        _ => return Err(refuse()),
+    };
+    let oidc = s.oidc.clone();
+    let client = blocking(move || oidc.clients().get(&id))
+        .await
+        .map_err(|_| oauth_error("server_error", "the client registry is unavailable"))?
+        .ok_or_else(refuse)?;
+    let ok = match (&secret, client.secret_hash.is_empty()) {
+        (None, true) => true,
+        (Some(secret), false) => clients::secret_matches(&client, secret),
+        _ => false,
+    };
+    if ok {
+        Ok(client)
+    } else {
+        Err(refuse())
+    }
+}
+
+#[utoipa::path(post, path = "/oauth2/token", tag = "oidc", request_body(content = crate::api::schema::TokenRequest, content_type = "application/x-www-form-urlencoded"), responses((status = 200, description = "tokens: access, refresh and (for a code) ID token", body = crate::api::schema::OAuthTokens), (status = 400, description = "`{error, error_description}` as RFC 6749 names them", body = crate::api::schema::OAuthError), (status = 401, description = "invalid_client", body = crate::api::schema::OAuthError), (status = 500, description = "server_error", body = crate::api::schema::OAuthError), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
+pub async fn token(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    pairs: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let pairs = match pairs {
+        Ok(Form(p)) => p,
+        Err(FormRejection::BytesRejection(e)) => return ApiError::from(e).into_response(),
+        Err(_) => {
+            return oauth_error(
+                "invalid_request",
+                "the body must be application/x-www-form-urlencoded",
+            )
+        }
+    };
+    let form = match request::params(pairs) {
+        Ok(f) => f,
+        Err(e) => return oauth_error("invalid_request", &e),
+    };
+    let client = match token_client(&s, &headers, &form).await {
+        Ok(c) => c,
+        Err(resp) => {
+            metrics::counter!(crate::common::metrics::OIDC_TOKEN_REFUSED_TOTAL, "reason" => "invalid_client").increment(1);
+            return resp;
+        }
+    };
+    let grant_type = form.get("grant_type").cloned().unwrap_or_default();
+    let oidc = s.oidc.clone();
+    let result = match grant_type.as_str() {
+        "authorization_code" => {
+            let Some(code) = form.get("code").cloned() else {
+                return oauth_error("invalid_request", "code is required");
+            };
+            let (redirect_uri, verifier) = (
+                form.get("redirect_uri").cloned(),
+                form.get("code_verifier").cloned(),
+            );
+            blocking(move || {
+                Ok::<_, UserError>(oidc.exchange_code(
+                    &client,
+                    &code,
+                    redirect_uri.as_deref(),
+                    verifier.as_deref(),
+                ))
+            })
+            .await
+        }
+        "refresh_token" => {
+            let Some(token) = form.get("refresh_token").cloned() else {
+                return oauth_error("invalid_request", "refresh_token is required");
+            };
+            blocking(move || Ok::<_, UserError>(oidc.refresh(&client, &token))).await
+        }
+        "" => return oauth_error("invalid_request", "grant_type is required"),
+        _ => {
+            return oauth_error(
+                "unsupported_grant_type",
+                "authorization_code and refresh_token are supported",
+            )
+        }
+    };
+    match result {
+        Ok(Ok(granted)) => {
+            metrics::counter!(crate::common::metrics::OIDC_TOKENS_GRANTED_TOTAL, "grant" => if grant_type == "refresh_token" { "refresh_token" } else { "authorization_code" }).increment(1);
+            oauth_tokens(granted.json())
+        }
+        Ok(Err(e)) => {
+            metrics::counter!(crate::common::metrics::OIDC_TOKEN_REFUSED_TOTAL, "reason" => e.error).increment(1);
+            oauth_error(e.error, &e.description)
+        }
+        Err(_) => oauth_error("server_error", "try again"),
+    }
+}
+
+#[utoipa::path(get, path = "/oauth2/userinfo", tag = "oidc", security(("access_token" = [])), responses((status = 200, description = "the claims the access token's scopes release", body = crate::api::schema::UserInfo), (status = 401, description = "no valid access token", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
+pub async fn userinfo(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string());
+    let invalid = || {
+        let mut resp = ApiError::unauthorized(crate::accounts::error::Problem::new(
+            "authorization",
+            "a valid access token is required (Bearer)",
+        ))
+        .into_response();
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        );
+        resp
+    };
+    let Some(token) = token else {
+        return invalid();
+    };
+    let oidc = s.oidc.clone();
+    match blocking(move || oidc.userinfo(&token)).await {
+        Ok(Some(claims)) => oauth_tokens(claims),
+        Ok(None) => invalid(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[utoipa::path(post, path = "/oauth2/userinfo", tag = "oidc", security(("access_token" = [])), responses((status = 200, description = "the claims the access token's scopes release", body = crate::api::schema::UserInfo), (status = 401, description = "no valid access token", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
+pub async fn userinfo_post(state: State<AppState>, headers: HeaderMap) -> Response {
+    userinfo(state, headers).await
+}
+
+#[utoipa::path(get, path = "/.well-known/openid-configuration", tag = "oidc", responses((status = 200, description = "the provider's discovery document", body = crate::api::schema::Discovery), (status = 503, description = "timed out: retry", body = crate::api::schema::ErrorBody)))]
+pub async fn discovery(State(s): State<AppState>) -> Json<Value> {
+    Json(s.oidc.discovery())
+}
+
+#[utoipa::path(post, path = "/v1/admin/oauth-clients", tag = "admin", security(("api_key" = [])), request_body = crate::api::schema::NewOAuthClient, responses((status = 201, description = "the client, with its secret shown this once", body = crate::api::schema::OAuthClient), (status = 400, description = "invalid request: every problem, by field", body = crate::api::schema::ErrorBody), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 415, description = "not application/json", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
+pub async fn add_client(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let new = clients::new_client(&body).map_err(ApiError::invalid)?;
+    let oidc = s.oidc.clone();
+    let now = s.users.clock_now_ms();
+    let (client, secret) = blocking(move || oidc.clients().register(new, now)).await?;
+    let mut out = clients::client_json(&client);
+    if let Some(secret) = secret {
+        out["client_secret"] = json!(secret);
+    }
+    Ok(crate::api::error::created(Json(out)))
+}
+
+#[utoipa::path(get, path = "/v1/admin/oauth-clients", tag = "admin", security(("api_key" = [])), responses((status = 200, description = "every client, without secrets", body = crate::api::schema::OAuthClients), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
+pub async fn list_clients(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let oidc = s.oidc.clone();
+    let list = blocking(move || oidc.clients().list()).await?;
+    Ok(Json(
+        json!({"clients": list.iter().map(clients::client_json).collect::<Vec<_>>()}),
+    ))
+}
+
+#[utoipa::path(delete, path = "/v1/admin/oauth-clients/{id}", tag = "admin", security(("api_key" = [])), params(("id" = String, Path, description = "the client id")), responses((status = 200, description = "removed, in every region", body = crate::api::schema::OAuthClient), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 404, description = "no such client", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
+pub async fn remove_client(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let oidc = s.oidc.clone();
+    let now = s.users.clock_now_ms();
+    match blocking(move || oidc.clients().remove(&id, now)).await? {
+        Some(c) => Ok(Json(clients::client_json(&c))),
+        None => Err(ApiError::not_found()),
+    }
+}
+
+/// Where a sign-out goes back to: a `post_logout_redirect_uri` registered for the
+/// named client, exactly, with its `state`; `Ok(None)` for none asked; `Err` for one
+/// not registered (shown a page, never followed).
+async fn logout_target(
+    s: &AppState,
+    params: &std::collections::BTreeMap<String, String>,
+) -> Result<Option<String>, Response> {
+    let Some(uri) = params.get("post_logout_redirect_uri") else {
+        return Ok(None);
+    };
+    let oidc = s.oidc.clone();
+    let id = params.get("client_id").cloned().unwrap_or_default();
+    let client = blocking(move || oidc.clients().get(&id))
+        .await
+        .map_err(IntoResponse::into_response)?;
+    if !client.is_some_and(|c| c.post_logout_redirect_uris.iter().any(|u| u == uri)) {
+        return Err(notice(
+            Page::BadRequest,
+            "This sign-out request cannot be served",
+            "Its post_logout_redirect_uri is not one registered for the client it names (client_id).",
+        ));
+    }
+    let mut back = vec![];
+    if let Some(st) = params.get("state") {
+        back.push(("state", st.as_str()));
+    }
+    Ok(Some(with_query(uri, &back)))
+}
+
+#[utoipa::path(get, path = "/oauth2/logout", tag = "oidc", params(("client_id" = Option<String>, Query, description = "the client asking"), ("post_logout_redirect_uri" = Option<String>, Query, description = "one registered for it, exactly"), ("state" = Option<String>, Query, description = "returned as is")), responses((status = 200, description = "asks to confirm the sign-out", content_type = "text/html", body = String), (status = 400, description = "a return URI not registered for the client", content_type = "text/html", body = String), (status = 503, description = "unavailable here for a moment", content_type = "text/html", body = String)))]
+pub async fn logout(
+    State(s): State<AppState>,
+    pairs: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Response {
+    let Ok(params) = pairs
+        .map_err(|_| ())
+        .and_then(|Query(p)| request::params(p).map_err(|_| ()))
+    else {
+        return notice(
+            Page::BadRequest,
+            "This sign-out request cannot be served",
+            "Its parameters cannot be read.",
+        );
+    };
+    if let Err(resp) = logout_target(&s, &params).await {
+        return resp;
+    }
+    let Some((csrf, cookie)) = new_csrf(&s) else {
+        return notice(
+            Page::Unavailable,
+            "Try again",
+            "The page is unavailable; try again.",
+        );
+    };
+    let mut hidden = String::new();
+    for k in ["client_id", "post_logout_redirect_uri", "state"] {
+        if let Some(v) = params.get(k) {
+            hidden.push_str(&format!(
+                "<input type=\"hidden\" name=\"{k}\" value=\"{}\">",
+                escape(v)
+            ));
+        }
+    }
+    let body = format!(
+        "<h1>Sign out</h1><p>Sign out of every platform of the group, in every region?</p>\
+<form method=\"post\" action=\"/oauth2/logout\">{hidden}<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+<button type=\"submit\">Sign out</button></form>"
+    );
+    page(Page::Shown, layout("Sign out", &body), &[cookie])
+}
+
+#[utoipa::path(post, path = "/oauth2/logout", tag = "oidc", request_body(content = crate::api::schema::LogoutForm, content_type = "application/x-www-form-urlencoded"), responses((status = 303, description = "signed out: back to the client's post_logout_redirect_uri"), (status = 200, description = "signed out", content_type = "text/html", body = String), (status = 400, description = "a return URI not registered for the client", content_type = "text/html", body = String), (status = 401, description = "a form without its CSRF token: nothing ended", content_type = "text/html", body = String), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 503, description = "unavailable here for a moment", content_type = "text/html", body = String)))]
+pub async fn end_session(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    pairs: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let pairs = match read_form(pairs, "This sign-out request cannot be served") {
+        Ok(p) => p,
+        Err(resp) => return *resp,
+    };
+    let Ok(params) = request::params(pairs) else {
+        return notice(
+            Page::BadRequest,
+            "This sign-out request cannot be served",
+            "A field is given twice.",
+        );
+    };
+    let target = match logout_target(&s, &params).await {
+        Ok(t) => t,
+        Err(resp) => return resp,
+    };
+    if !csrf_matches(&headers, params.get("csrf")) {
+        return notice(
+            Page::Refused,
+            "Not signed out",
+            "The form expired: open the sign-out page again.",
+        );
+    }
+    if let Some(value) = cookie(&headers, SESSION_COOKIE) {
+        let oidc = s.oidc.clone();
+        if blocking(move || oidc.end_session(&value)).await.is_err() {
+            return notice(
+                Page::Unavailable,
+                "Try again",
+                "Signing out is unavailable here for a moment; try again.",
+            );
+        }
+    }
+    let cleared = [format!(
+        "{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{}",
+        secure(&s)
+    )];
+    match target {
+        Some(uri) => redirect(&uri, &cleared),
+        None => page(
+            Page::Shown,
+            layout(
+                "Signed out",
+                "<h1>Signed out</h1><p>You are signed out of every platform.</p>",
+            ),
+            &cleared,
+        ),
+    }
+}

@@ -1,0 +1,819 @@
+//! The OpenID Connect provider from the outside, as a platform's back end and a
+//! customer's browser use it: a client registered by the admin API, the hosted
+//! sign-in page (its CSRF token and cookies), the code exchange with PKCE, the ID
+//! token checked against the JWKS, userinfo, refresh, and the refusals a relying
+//! party and an attacker would run into. Across regions: a session made in one is
+//! honoured in another with `prompt=none`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
+use common::{Cluster, TestNode};
+use serde_json::{json, Value};
+
+const PW: &str = "correct horse battery";
+const REDIRECT: &str = "http://127.0.0.1:9/callback";
+
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// A registered client: (id, secret).
+async fn register(url: &str, body: Value) -> (String, Option<String>) {
+    let (status, c) = common::call_as(
+        url,
+        common::API_KEY,
+        "POST",
+        "/v1/admin/oauth-clients",
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 201, "{c}");
+    (
+        c["client_id"].as_str().unwrap().to_string(),
+        c["client_secret"].as_str().map(str::to_string),
+    )
+}
+
+async fn shop(url: &str) -> (String, String) {
+    let (id, secret) = register(
+        url,
+        json!({"name": "Shop", "redirect_uris": [REDIRECT], "scopes": ["openid", "email", "profile"], "first_party": true}),
+    )
+    .await;
+    (id, secret.unwrap())
+}
+
+/// A PKCE pair: (verifier, S256 challenge).
+fn pkce(seed: u8) -> (String, String) {
+    let verifier = B64.encode([seed; 40]);
+    let challenge = B64.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        verifier.as_bytes(),
+    ));
+    (verifier, challenge)
+}
+
+fn authorize_url(base: &str, client_id: &str, challenge: &str, extra: &[(&str, &str)]) -> String {
+    let mut u = url::Url::parse(&format!("{base}/oauth2/authorize")).unwrap();
+    {
+        let mut q = u.query_pairs_mut();
+        for (k, v) in [
+            ("client_id", client_id),
+            ("redirect_uri", REDIRECT),
+            ("response_type", "code"),
+            ("scope", "openid email"),
+            ("state", "st-1"),
+            ("nonce", "n-1"),
+            ("code_challenge", challenge),
+            ("code_challenge_method", "S256"),
+        ] {
+            q.append_pair(k, v);
+        }
+        for (k, v) in extra {
+            q.append_pair(k, v);
+        }
+    }
+    u.to_string()
+}
+
+/// The value of `name` among a response's `Set-Cookie` headers.
+fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+/// The hidden fields of the sign-in form in `html`.
+fn hidden_fields(html: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for part in html.split("<input type=\"hidden\" ").skip(1) {
+        let attr = |name: &str| {
+            part.split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .map(|v| {
+                    v.replace("&amp;", "&")
+                        .replace("&quot;", "\"")
+                        .replace("&lt;", "<")
+                        .replace("&gt;", ">")
+                        .replace("&#39;", "'")
+                })
+        };
+        if let (Some(n), Some(v)) = (attr("name"), attr("value")) {
+            out.insert(n, v);
+        }
+    }
+    out
+}
+
+/// `/oauth2/authorize` with `prompt`, from a browser holding `session`.
+async fn with_session(
+    base: &str,
+    client_id: &str,
+    challenge: &str,
+    prompt: &str,
+    session: &str,
+) -> reqwest::Response {
+    browser()
+        .get(authorize_url(
+            base,
+            client_id,
+            challenge,
+            &[("prompt", prompt)],
+        ))
+        .header("cookie", format!("authsync_session={session}"))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The query parameters of a redirect's `Location`.
+fn location_params(resp: &reqwest::Response) -> BTreeMap<String, String> {
+    let loc = resp
+        .headers()
+        .get("location")
+        .expect("a Location")
+        .to_str()
+        .unwrap();
+    assert!(loc.starts_with(REDIRECT), "{loc}");
+    url::Url::parse(loc)
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect()
+}
+
+struct SignedIn {
+    code: String,
+    session: String,
+}
+
+/// Opens the sign-in page and posts the form; returns the redirect's code and the
+/// session cookie.
+async fn sign_in(
+    base: &str,
+    client_id: &str,
+    challenge: &str,
+    login: &str,
+    password: &str,
+) -> Result<SignedIn, (u16, String)> {
+    let b = browser();
+    let page = b
+        .get(authorize_url(base, client_id, challenge, &[]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let csrf_cookie = set_cookie(&page, "authsync_csrf").expect("a CSRF cookie");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("<label for=\"login\">") && html.contains("<label for=\"password\">"));
+    let mut form = hidden_fields(&html);
+    form.insert("login".into(), login.into());
+    form.insert("password".into(), password.into());
+    let resp = b
+        .post(format!("{base}/oauth2/authorize"))
+        .header("cookie", format!("authsync_csrf={csrf_cookie}"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    if resp.status() != 303 {
+        let status = resp.status().as_u16();
+        return Err((status, resp.text().await.unwrap()));
+    }
+    let session = set_cookie(&resp, "authsync_session").expect("a session cookie");
+    let params = location_params(&resp);
+    assert_eq!(params["state"], "st-1");
+    assert_eq!(params["iss"], base);
+    Ok(SignedIn {
+        code: params["code"].clone(),
+        session,
+    })
+}
+
+async fn token(base: &str, id: &str, secret: &str, form: &[(&str, &str)]) -> (u16, Value) {
+    let resp = browser()
+        .post(format!("{base}/oauth2/token"))
+        .basic_auth(id, Some(secret))
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    assert_eq!(resp.headers().get("cache-control").unwrap(), "no-store");
+    (status, resp.json().await.unwrap())
+}
+
+async fn exchange(base: &str, id: &str, secret: &str, code: &str, verifier: &str) -> (u16, Value) {
+    token(
+        base,
+        id,
+        secret,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", verifier),
+        ],
+    )
+    .await
+}
+
+/// The claims of `jwt`, once its EdDSA signature verifies against a key of the JWKS
+/// at `base`.
+async fn verified_claims(base: &str, jwt: &str) -> Value {
+    let jwks: Value = reqwest::get(format!("{base}/.well-known/jwks.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let parts: Vec<&str> = jwt.split('.').collect();
+    assert_eq!(parts.len(), 3);
+    let header: Value = serde_json::from_slice(&B64.decode(parts[0]).unwrap()).unwrap();
+    assert_eq!(header["alg"], "EdDSA");
+    let key = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == header["kid"])
+        .expect("the kid is published");
+    let x = B64.decode(key["x"].as_str().unwrap()).unwrap();
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &x)
+        .verify(
+            format!("{}.{}", parts[0], parts[1]).as_bytes(),
+            &B64.decode(parts[2]).unwrap(),
+        )
+        .expect("the signature verifies");
+    serde_json::from_slice(&B64.decode(parts[1]).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn a_platform_signs_a_customer_in_with_a_code_and_pkce() {
+    let node = TestNode::start();
+    let user = node.client().create("ada@example.com", PW).await;
+    let (id, secret) = shop(&node.url).await;
+    let discovery: Value = reqwest::get(format!("{}/.well-known/openid-configuration", node.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(discovery["issuer"], node.url.as_str());
+    assert_eq!(
+        discovery["token_endpoint"],
+        format!("{}/oauth2/token", node.url)
+    );
+    assert_eq!(
+        discovery["code_challenge_methods_supported"],
+        json!(["S256"])
+    );
+
+    let (verifier, challenge) = pkce(1);
+    let signed = sign_in(&node.url, &id, &challenge, "ada@example.com", PW)
+        .await
+        .unwrap();
+    let (status, tokens) = exchange(&node.url, &id, &secret, &signed.code, &verifier).await;
+    assert_eq!(status, 200, "{tokens}");
+    assert_eq!(tokens["token_type"], "Bearer");
+    let claims = verified_claims(&node.url, tokens["id_token"].as_str().unwrap()).await;
+    assert_eq!(claims["iss"], node.url.as_str());
+    assert_eq!(claims["aud"], id.as_str());
+    assert_eq!(claims["sub"], user.as_str());
+    assert_eq!(claims["nonce"], "n-1");
+    assert_eq!(claims["email"], "ada@example.com");
+    assert!(claims["auth_time"].as_u64().unwrap() <= claims["iat"].as_u64().unwrap());
+
+    let info = browser()
+        .get(format!("{}/oauth2/userinfo", node.url))
+        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(info.status(), 200);
+    let info: Value = info.json().await.unwrap();
+    assert_eq!(info["sub"], user.as_str());
+    assert_eq!(info["email"], "ada@example.com");
+    let bad = browser()
+        .get(format!("{}/oauth2/userinfo", node.url))
+        .bearer_auth("not.a.token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+
+    // Refresh rotates; the old refresh token is then reuse.
+    let first = tokens["refresh_token"].as_str().unwrap().to_string();
+    let (status, refreshed) = token(
+        &node.url,
+        &id,
+        &secret,
+        &[("grant_type", "refresh_token"), ("refresh_token", &first)],
+    )
+    .await;
+    assert_eq!(status, 200, "{refreshed}");
+    assert!(refreshed["id_token"].is_null());
+    let (status, again) = token(
+        &node.url,
+        &id,
+        &secret,
+        &[("grant_type", "refresh_token"), ("refresh_token", &first)],
+    )
+    .await;
+    assert_eq!(
+        (status, again["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+
+    // The session signs the customer in again without a page, and prompt=login asks.
+    let (_, challenge2) = pkce(2);
+    let again = with_session(&node.url, &id, &challenge2, "none", &signed.session).await;
+    assert_eq!(again.status(), 303);
+    assert!(location_params(&again).contains_key("code"));
+    let login = with_session(&node.url, &id, &challenge2, "login", &signed.session).await;
+    assert_eq!(login.status(), 200, "prompt=login shows the form");
+}
+
+/// The attacks on the code: replayed, exchanged without or with the wrong verifier,
+/// by another client, to a redirect URI one character off; each refused, and a
+/// replayed code revokes what its first exchange produced.
+#[tokio::test]
+async fn codes_are_single_use_bound_to_their_client_redirect_uri_and_verifier() {
+    let node = TestNode::start();
+    node.client().create("bob@example.com", PW).await;
+    let (id, secret) = shop(&node.url).await;
+    let (other_id, other_secret) = shop(&node.url).await;
+    let (verifier, challenge) = pkce(3);
+
+    let code = sign_in(&node.url, &id, &challenge, "bob@example.com", PW)
+        .await
+        .unwrap()
+        .code;
+    let refused = |(status, body): (u16, Value)| {
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"], "invalid_grant", "{body}");
+    };
+    // Wrong and missing verifiers, another client, another redirect URI: each
+    // refused, and (the checks come before the code is spent) the code still works.
+    let (wrong, _) = pkce(4);
+    refused(exchange(&node.url, &id, &secret, &code, &wrong).await);
+    refused(
+        token(
+            &node.url,
+            &id,
+            &secret,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+            ],
+        )
+        .await,
+    );
+    refused(exchange(&node.url, &other_id, &other_secret, &code, &verifier).await);
+    refused(
+        token(
+            &node.url,
+            &id,
+            &secret,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", "http://127.0.0.1:9/callbacK"),
+                ("code_verifier", &verifier),
+            ],
+        )
+        .await,
+    );
+    // A wrong client secret is invalid_client, 401.
+    let (status, body) = exchange(&node.url, &id, "cs_wrong", &code, &verifier).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+
+    let (status, tokens) = exchange(&node.url, &id, &secret, &code, &verifier).await;
+    assert_eq!(status, 200, "{tokens}");
+    // Replayed: refused, and the refresh token of the first exchange is revoked.
+    refused(exchange(&node.url, &id, &secret, &code, &verifier).await);
+    let rt = tokens["refresh_token"].as_str().unwrap();
+    refused(
+        token(
+            &node.url,
+            &id,
+            &secret,
+            &[("grant_type", "refresh_token"), ("refresh_token", rt)],
+        )
+        .await,
+    );
+    // A made-up code.
+    refused(exchange(&node.url, &id, &secret, "ac1.af-south.AAAA", &verifier).await);
+    // Another client cannot refresh this client's tokens.
+    let code = sign_in(&node.url, &id, &challenge, "bob@example.com", PW)
+        .await
+        .unwrap()
+        .code;
+    let (_, tokens) = exchange(&node.url, &id, &secret, &code, &verifier).await;
+    let rt = tokens["refresh_token"].as_str().unwrap();
+    refused(
+        token(
+            &node.url,
+            &other_id,
+            &other_secret,
+            &[("grant_type", "refresh_token"), ("refresh_token", rt)],
+        )
+        .await,
+    );
+    let (status, _) = token(
+        &node.url,
+        &id,
+        &secret,
+        &[("grant_type", "refresh_token"), ("refresh_token", rt)],
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "the owner still can: the other client's try changed nothing"
+    );
+    // Nor through /v1/token/refresh with an API key.
+    let r = node
+        .client()
+        .post("/v1/token/refresh", json!({"refresh_token": rt}))
+        .await;
+    assert_eq!(r.status, 401, "{}", r.text);
+}
+
+/// The page: a wrong password and an unknown account get the same answer; a form
+/// without its CSRF cookie (a post from another site) is refused and signs no one
+/// in; requests naming an unknown client or a redirect URI one character off are
+/// shown an error, never redirected; `prompt=none` without a session is
+/// `login_required`.
+#[tokio::test]
+async fn the_sign_in_page_refuses_what_it_should_and_redirects_only_to_registered_uris() {
+    let node = TestNode::start();
+    node.client().create("cy@example.com", PW).await;
+    let (id, _) = shop(&node.url).await;
+    let (_, challenge) = pkce(5);
+
+    let (status, wrong) = sign_in(
+        &node.url,
+        &id,
+        &challenge,
+        "cy@example.com",
+        "not the password",
+    )
+    .await
+    .err()
+    .unwrap();
+    let (status2, unknown) = sign_in(
+        &node.url,
+        &id,
+        &challenge,
+        "nobody@example.com",
+        "not the password",
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!((status, status2), (401, 401));
+    let error = |html: &str| {
+        html.split("role=\"alert\" id=\"error\">")
+            .nth(1)
+            .and_then(|r| r.split('<').next())
+            .map(str::to_string)
+    };
+    assert_eq!(
+        error(&wrong).as_deref(),
+        Some("The email, phone or password is wrong.")
+    );
+    assert_eq!(error(&wrong), error(&unknown));
+
+    // Cross-site: the form posted without the CSRF cookie, or with another one.
+    let b = browser();
+    let page = b
+        .get(authorize_url(&node.url, &id, &challenge, &[]))
+        .send()
+        .await
+        .unwrap();
+    let mut form = hidden_fields(&page.text().await.unwrap());
+    form.insert("login".into(), "cy@example.com".into());
+    form.insert("password".into(), PW.into());
+    for cookie in ["", "authsync_csrf=forged"] {
+        let resp = b
+            .post(format!("{}/oauth2/authorize", node.url))
+            .header("cookie", cookie)
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "cookie {cookie:?}");
+        assert!(set_cookie(&resp, "authsync_session").is_none());
+    }
+
+    for (name, uri) in [
+        ("unknown client", None),
+        ("one character off", Some("http://127.0.0.1:9/callback/")),
+    ] {
+        let mut u = authorize_url(
+            &node.url,
+            if uri.is_none() { "c_nobody" } else { &id },
+            &challenge,
+            &[],
+        );
+        if let Some(uri) = uri {
+            u = u.replace(
+                &url::form_urlencoded::byte_serialize(REDIRECT.as_bytes()).collect::<String>(),
+                &url::form_urlencoded::byte_serialize(uri.as_bytes()).collect::<String>(),
+            );
+        }
+        let resp = b.get(&u).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{name}");
+        assert!(
+            resp.headers().get("location").is_none(),
+            "{name}: never redirected"
+        );
+    }
+
+    let none = b
+        .get(authorize_url(
+            &node.url,
+            &id,
+            &challenge,
+            &[("prompt", "none")],
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(none.status(), 303);
+    let params = location_params(&none);
+    assert_eq!(params["error"], "login_required");
+    assert_eq!(params["state"], "st-1");
+    // Without PKCE: back to the client with invalid_request.
+    let plain = b
+        .get(
+            authorize_url(&node.url, &id, &challenge, &[])
+                .replace("code_challenge_method=S256", "code_challenge_method=plain"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(location_params(&plain)["error"], "invalid_request");
+}
+
+/// Single sign-on across regions: a customer signs in at af-south for one platform;
+/// once the session has replicated, a sign-in request of another platform at
+/// eu-west completes with `prompt=none`, no password asked, and its code exchanges
+/// there.
+#[tokio::test]
+async fn a_session_made_in_one_region_signs_the_customer_in_at_another() {
+    let cluster = Cluster::start();
+    cluster.warm_up().await;
+    let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url.clone()).collect();
+    cluster.clients()[0].create("dee@example.com", PW).await;
+    let (shop_id, _) = shop(&urls[0]).await;
+    let (news_id, news_secret) = register(
+        &urls[0],
+        json!({"name": "News", "redirect_uris": [REDIRECT], "first_party": true}),
+    )
+    .await;
+    let (_, challenge) = pkce(6);
+    // The account and the clients reach eu-west.
+    cluster.converged(4, Duration::from_secs(60)).await;
+    let signed = sign_in(&urls[0], &shop_id, &challenge, "dee@example.com", PW)
+        .await
+        .unwrap();
+
+    let (verifier, challenge) = pkce(7);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        let resp = with_session(&urls[1], &news_id, &challenge, "none", &signed.session).await;
+        if resp.status() == 303 {
+            let params = location_params(&resp);
+            if let Some(code) = params.get("code") {
+                break code.clone();
+            }
+            assert_eq!(params["error"], "login_required", "{params:?}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session never reached eu-west"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (status, tokens) = exchange(
+        &urls[1],
+        &news_id,
+        news_secret.as_deref().unwrap(),
+        &code,
+        &verifier,
+    )
+    .await;
+    assert_eq!(status, 200, "{tokens}");
+    let claims = verified_claims(&urls[0], tokens["id_token"].as_str().unwrap()).await;
+    assert_eq!(claims["aud"], news_id.as_str());
+    // A code is exchanged where it was sent: af-south does not know eu-west's.
+    let (_, challenge) = pkce(8);
+    let code = sign_in(&urls[1], &news_id, &challenge, "dee@example.com", PW)
+        .await
+        .unwrap()
+        .code;
+    let (status, body) = exchange(
+        &urls[0],
+        &news_id,
+        news_secret.as_deref().unwrap(),
+        &code,
+        "x".repeat(43).as_str(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+
+    // Signing out at eu-west ends the session at af-south too, once it has arrived.
+    let out = sign_out(&urls[1], &signed.session, "").await;
+    assert_eq!(out.status(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let resp = with_session(&urls[0], &shop_id, &challenge, "none", &signed.session).await;
+        if location_params(&resp).get("error").map(String::as_str) == Some("login_required") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sign-out never reached af-south"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Posts the consent page's form in `html` with `decision`, as the browser holding
+/// `cookies` would.
+async fn decide(
+    base: &str,
+    html: &str,
+    csrf_cookie: &str,
+    session: &str,
+    decision: &str,
+) -> reqwest::Response {
+    let mut form = hidden_fields(html);
+    form.insert("decision".into(), decision.into());
+    browser()
+        .post(format!("{base}/oauth2/authorize"))
+        .header(
+            "cookie",
+            format!("authsync_csrf={csrf_cookie}; authsync_session={session}"),
+        )
+        .form(&form)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Signs out through the logout page, as the browser holding `session` would.
+async fn sign_out(base: &str, session: &str, query: &str) -> reqwest::Response {
+    let b = browser();
+    let page = b
+        .get(format!("{base}/oauth2/logout?{query}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let csrf = set_cookie(&page, "authsync_csrf").unwrap();
+    let form = hidden_fields(&page.text().await.unwrap());
+    b.post(format!("{base}/oauth2/logout"))
+        .header(
+            "cookie",
+            format!("authsync_csrf={csrf}; authsync_session={session}"),
+        )
+        .form(&form)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A platform from outside the group (not first party) gets a code only once the
+/// customer allows it; `prompt=none` is then `consent_required`, a denial
+/// `access_denied`. A sign-out goes back only to a registered URI, and ends the
+/// session: `prompt=none` is `login_required` after it.
+#[tokio::test]
+async fn a_third_party_client_asks_consent_and_a_sign_out_ends_the_session() {
+    let node = TestNode::start();
+    node.client().create("eve@example.com", PW).await;
+    let back = "http://127.0.0.1:9/signed-out";
+    let (id, secret) = register(
+        &node.url,
+        json!({"name": "Partner & Co", "redirect_uris": [REDIRECT], "post_logout_redirect_uris": [back]}),
+    )
+    .await;
+    let secret = secret.unwrap();
+    let (verifier, challenge) = pkce(9);
+    let (status, consent) = sign_in(&node.url, &id, &challenge, "eve@example.com", PW)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status, 200, "a consent page, not a redirect");
+    assert!(consent.contains("Allow Partner &amp; Co?"), "{consent}");
+
+    // The session exists now: get it by signing in through the page again.
+    let b = browser();
+    let page = b
+        .get(authorize_url(&node.url, &id, &challenge, &[]))
+        .send()
+        .await
+        .unwrap();
+    let csrf = set_cookie(&page, "authsync_csrf").unwrap();
+    let mut form = hidden_fields(&page.text().await.unwrap());
+    form.insert("login".into(), "eve@example.com".into());
+    form.insert("password".into(), PW.into());
+    let resp = b
+        .post(format!("{}/oauth2/authorize", node.url))
+        .header("cookie", format!("authsync_csrf={csrf}"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let session = set_cookie(&resp, "authsync_session").expect("signed in");
+    let csrf = set_cookie(&resp, "authsync_csrf").expect("the consent form's token");
+    let html = resp.text().await.unwrap();
+
+    let denied = decide(&node.url, &html, &csrf, &session, "deny").await;
+    assert_eq!(location_params(&denied)["error"], "access_denied");
+    let forged = decide(&node.url, &html, "forged", &session, "allow").await;
+    assert_eq!(forged.status(), 401, "a consent posted from another site");
+    let allowed = decide(&node.url, &html, &csrf, &session, "allow").await;
+    let code = location_params(&allowed)["code"].clone();
+    let (status, tokens) = exchange(&node.url, &id, &secret, &code, &verifier).await;
+    assert_eq!(status, 200, "{tokens}");
+
+    let silent = with_session(&node.url, &id, &challenge, "none", &session).await;
+    assert_eq!(location_params(&silent)["error"], "consent_required");
+
+    let q = |uri: &str| {
+        format!(
+            "client_id={id}&post_logout_redirect_uri={}&state=bye",
+            url::form_urlencoded::byte_serialize(uri.as_bytes()).collect::<String>()
+        )
+    };
+    let elsewhere = b
+        .get(format!(
+            "{}/oauth2/logout?{}",
+            node.url,
+            q("http://127.0.0.1:9/other")
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), 400, "never sent to an unregistered URI");
+    let out = sign_out(&node.url, &session, &q(back)).await;
+    assert_eq!(out.status(), 303);
+    assert_eq!(
+        out.headers()["location"].to_str().unwrap(),
+        format!("{back}?state=bye")
+    );
+    let after = with_session(&node.url, &id, &challenge, "none", &session).await;
+    assert_eq!(location_params(&after)["error"], "login_required");
+}
+
+/// The attack: a signed-in customer (or a script with their cookie) asks for codes
+/// in a loop, to fill the node's memory and refuse everyone else's sign-ins. Each
+/// account holds at most 16 waiting codes: its own oldest are pushed out.
+#[tokio::test]
+async fn an_account_asking_codes_in_a_loop_pushes_out_only_its_own() {
+    let node = TestNode::start();
+    node.client().create("fay@example.com", PW).await;
+    node.client().create("gus@example.com", PW).await;
+    let (id, secret) = shop(&node.url).await;
+    let (verifier, challenge) = pkce(10);
+    let other = sign_in(&node.url, &id, &challenge, "gus@example.com", PW)
+        .await
+        .unwrap();
+    let signed = sign_in(&node.url, &id, &challenge, "fay@example.com", PW)
+        .await
+        .unwrap();
+    let mut codes = vec![signed.code];
+    for _ in 0..40 {
+        let resp = with_session(&node.url, &id, &challenge, "none", &signed.session).await;
+        codes.push(location_params(&resp)["code"].clone());
+    }
+    let (status, _) = exchange(&node.url, &id, &secret, &codes[0], &verifier).await;
+    assert_eq!(status, 400, "the oldest was pushed out");
+    let (status, body) = exchange(&node.url, &id, &secret, codes.last().unwrap(), &verifier).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = exchange(&node.url, &id, &secret, &other.code, &verifier).await;
+    assert_eq!(status, 200, "another account's code is untouched: {body}");
+}
