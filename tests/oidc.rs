@@ -817,3 +817,193 @@ async fn an_account_asking_codes_in_a_loop_pushes_out_only_its_own() {
     let (status, body) = exchange(&node.url, &id, &secret, &other.code, &verifier).await;
     assert_eq!(status, 200, "another account's code is untouched: {body}");
 }
+
+async fn form_post(
+    base: &str,
+    path: &str,
+    id: &str,
+    secret: &str,
+    form: &[(&str, &str)],
+) -> (u16, Value) {
+    let resp = browser()
+        .post(format!("{base}{path}"))
+        .basic_auth(id, Some(secret))
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// RFC 7662 and 7009 as a platform's back end uses them: a client learns about its
+/// own tokens only (another client's are `active: false`, and its revocation of them
+/// changes nothing); revoking a refresh token ends its family. The client
+/// credentials grant gives a confidential client a token of its own, within its
+/// scopes, and nothing to a public one.
+#[tokio::test]
+async fn introspection_revocation_and_client_credentials_serve_a_client_its_own_tokens() {
+    let node = TestNode::start();
+    let user = node.client().create("hal@example.com", PW).await;
+    let (id, secret) = shop(&node.url).await;
+    let (other_id, other_secret) = shop(&node.url).await;
+    let (verifier, challenge) = pkce(11);
+    let code = sign_in(&node.url, &id, &challenge, "hal@example.com", PW)
+        .await
+        .unwrap()
+        .code;
+    let (_, tokens) = exchange(&node.url, &id, &secret, &code, &verifier).await;
+    let (at, rt) = (
+        tokens["access_token"].as_str().unwrap(),
+        tokens["refresh_token"].as_str().unwrap(),
+    );
+
+    let (status, own) = form_post(
+        &node.url,
+        "/oauth2/introspect",
+        &id,
+        &secret,
+        &[("token", at)],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (
+            own["active"].as_bool(),
+            own["sub"].as_str(),
+            own["client_id"].as_str()
+        ),
+        (Some(true), Some(user.as_str()), Some(id.as_str()))
+    );
+    let (_, own_rt) = form_post(
+        &node.url,
+        "/oauth2/introspect",
+        &id,
+        &secret,
+        &[("token", rt)],
+    )
+    .await;
+    assert_eq!(
+        (own_rt["active"].as_bool(), own_rt["token_type"].as_str()),
+        (Some(true), Some("refresh_token"))
+    );
+    for token in [at, rt, "garbage"] {
+        let (status, theirs) = form_post(
+            &node.url,
+            "/oauth2/introspect",
+            &other_id,
+            &other_secret,
+            &[("token", token)],
+        )
+        .await;
+        assert_eq!((status, theirs), (200, json!({"active": false})));
+    }
+    let (status, _) = form_post(
+        &node.url,
+        "/oauth2/introspect",
+        &id,
+        "cs_wrong",
+        &[("token", at)],
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    let (status, _) = form_post(
+        &node.url,
+        "/oauth2/revoke",
+        &other_id,
+        &other_secret,
+        &[("token", rt)],
+    )
+    .await;
+    assert_eq!(status, 200, "not an error (RFC 7009), and nothing revoked:");
+    let (_, still) = form_post(
+        &node.url,
+        "/oauth2/introspect",
+        &id,
+        &secret,
+        &[("token", rt)],
+    )
+    .await;
+    assert_eq!(still["active"], true);
+    let (status, _) = form_post(
+        &node.url,
+        "/oauth2/revoke",
+        &id,
+        &secret,
+        &[("token", rt), ("token_type_hint", "refresh_token")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, gone) = form_post(
+        &node.url,
+        "/oauth2/introspect",
+        &id,
+        &secret,
+        &[("token", rt)],
+    )
+    .await;
+    assert_eq!(gone, json!({"active": false}));
+    let (status, body) = token(
+        &node.url,
+        &id,
+        &secret,
+        &[("grant_type", "refresh_token"), ("refresh_token", rt)],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+
+    let (status, own) = token(
+        &node.url,
+        &id,
+        &secret,
+        &[("grant_type", "client_credentials")],
+    )
+    .await;
+    assert_eq!(status, 200, "{own}");
+    assert!(own["refresh_token"].is_null() && own["id_token"].is_null());
+    assert_eq!(own["scope"], "email profile");
+    let (_, seen) = form_post(
+        &node.url,
+        "/oauth2/introspect",
+        &id,
+        &secret,
+        &[("token", own["access_token"].as_str().unwrap())],
+    )
+    .await;
+    assert_eq!(
+        (seen["active"].as_bool(), seen["sub"].as_str()),
+        (Some(true), Some(id.as_str()))
+    );
+    let (status, body) = token(
+        &node.url,
+        &id,
+        &secret,
+        &[("grant_type", "client_credentials"), ("scope", "phone")],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_scope"))
+    );
+    let (public, _) = register(
+        &node.url,
+        json!({"name": "App", "redirect_uris": [REDIRECT], "public": true}),
+    )
+    .await;
+    let resp = browser()
+        .post(format!("{}/oauth2/token", node.url))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", public.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "unauthorized_client");
+}

@@ -46,6 +46,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/oauth2/authorize"),
     ("post", "/oauth2/authorize"),
     ("post", "/oauth2/token"),
+    ("post", "/oauth2/revoke"),
+    ("post", "/oauth2/introspect"),
     ("get", "/oauth2/logout"),
     ("post", "/oauth2/logout"),
     ("get", "/oauth2/userinfo"),

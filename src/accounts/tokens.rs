@@ -658,6 +658,92 @@ impl Tokens {
         self.revoke_family(&family, "logout")?;
         Ok(())
     }
+
+    /// The family of a refresh token issued to OAuth client `client`, if the token is
+    /// one of its secrets (current or earlier): its id and what it holds.
+    fn family_of(
+        &self,
+        token: &str,
+        client: &str,
+    ) -> Result<Option<([u8; 16], proto::TokenFamily, bool)>, UserError> {
+        let Some((family, _, secret)) = parse_refresh(token) else {
+            return Ok(None);
+        };
+        let hash = sha256(&secret);
+        Ok(self
+            .users
+            .entries()
+            .get(EntryKind::TokenFamily, &family)?
+            .and_then(|e| decode::<proto::TokenFamily>(&e))
+            .filter(|f| !client.is_empty() && f.client_id == client)
+            .and_then(|f| {
+                let current = crate::crypto::primitives::ct_eq(&f.current_hash, &hash);
+                let earlier = f
+                    .previous_hashes
+                    .iter()
+                    .any(|h| crate::crypto::primitives::ct_eq(h, &hash));
+                (current || earlier).then_some((family, f, current))
+            }))
+    }
+
+    /// RFC 7009: revokes the family of a refresh token issued to `client`, in every
+    /// region. Anything else (an access token, which expires on its own; another
+    /// client's token; garbage) changes nothing, and is not an error.
+    pub fn revoke_for(&self, token: &str, client: &str) -> Result<(), UserError> {
+        if let Some((family, _, _)) = self.family_of(token, client)? {
+            self.revoke_family(&family, "revoked")?;
+        }
+        Ok(())
+    }
+
+    /// RFC 7662: what a token issued to `client` is, if it is live: an access token
+    /// (its claims) or the current refresh token of a live family. `None` for
+    /// anything else, another client's tokens included.
+    pub fn introspect_for(&self, token: &str, client: &str) -> Result<Option<Value>, UserError> {
+        if let Some(claims) = self.verify_access(token)? {
+            if claims["client_id"] == client {
+                let mut out = claims;
+                out["active"] = json!(true);
+                out["token_type"] = json!("access_token");
+                return Ok(Some(out));
+            }
+            return Ok(None);
+        }
+        let now = self.now_ms();
+        Ok(self
+            .family_of(token, client)?
+            .filter(|(_, f, current)| *current && f.revoked_ms == 0 && now < f.expires_ms)
+            .and_then(|(_, f, _)| {
+                let user = Uuid::from_slice(&f.user_id).ok()?;
+                Some(json!({
+                    "active": true,
+                    "token_type": "refresh_token",
+                    "client_id": client,
+                    "scope": f.scope,
+                    "sub": user.to_string(),
+                    "iat": f.created_ms / 1000,
+                    "exp": f.expires_ms / 1000,
+                    "iss": self.config.issuer,
+                }))
+            }))
+    }
+
+    /// An access token for a client acting on its own behalf (the client credentials
+    /// grant): `sub` is the client id; no refresh token.
+    pub fn client_token(&self, client: &str, scope: &str) -> Result<(String, u64), UserError> {
+        let now_s = self.now_ms() / 1000;
+        let claims = json!({
+            "iss": self.config.issuer,
+            "aud": self.config.audience,
+            "sub": client,
+            "client_id": client,
+            "scope": scope,
+            "iat": now_s,
+            "exp": now_s + self.config.access_ttl_s,
+            "jti": B64.encode(random::<16>()?),
+        });
+        Ok((self.sign_jwt(&claims)?, self.config.access_ttl_s))
+    }
 }
 
 impl TokenConfig {

@@ -132,6 +132,8 @@ pub fn router(state: AppState, max_body_bytes: usize, metrics_apart: bool) -> Ro
                 )),
         )
         .route("/oauth2/token", post(oauth::token))
+        .route("/oauth2/revoke", post(oauth::revoke))
+        .route("/oauth2/introspect", post(oauth::introspect))
         .route(
             "/oauth2/logout",
             get(oauth::logout).post(oauth::end_session),

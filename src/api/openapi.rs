@@ -53,6 +53,8 @@ use crate::api::schema;
         oauth::authorize,
         oauth::sign_in,
         oauth::token,
+        oauth::revoke,
+        oauth::introspect,
         oauth::userinfo,
         oauth::userinfo_post,
         oauth::logout,

@@ -534,3 +534,41 @@ pub struct LogoutForm {
     #[schema(required = false)]
     state: Option<String>,
 }
+
+/// A revocation or introspection request (`application/x-www-form-urlencoded`), with
+/// the client's authentication as at the token endpoint.
+#[derive(ToSchema)]
+pub struct TokenOnly {
+    token: String,
+    /// access_token or refresh_token; only a hint.
+    #[schema(required = false)]
+    token_type_hint: Option<String>,
+    #[schema(required = false)]
+    client_id: Option<String>,
+    #[schema(required = false)]
+    client_secret: Option<String>,
+}
+
+/// RFC 7662's answer: `active`, and for a live token what it is.
+#[derive(ToSchema)]
+pub struct Introspection {
+    active: bool,
+    #[schema(required = false)]
+    token_type: Option<String>,
+    #[schema(required = false)]
+    client_id: Option<String>,
+    #[schema(required = false)]
+    scope: Option<String>,
+    #[schema(required = false)]
+    sub: Option<String>,
+    #[schema(required = false)]
+    exp: Option<u64>,
+    #[schema(required = false)]
+    iat: Option<u64>,
+    #[schema(required = false)]
+    iss: Option<String>,
+    #[schema(required = false)]
+    aud: Option<String>,
+    #[schema(required = false)]
+    jti: Option<String>,
+}

@@ -154,7 +154,7 @@ fn describe() {
     describe_counter!(
         OIDC_TOKENS_GRANTED_TOTAL,
         Unit::Count,
-        "Token endpoint grants, by grant type (authorization_code, refresh_token)."
+        "Token endpoint grants, by grant type (authorization_code, refresh_token, client_credentials)."
     );
     describe_counter!(
         OIDC_TOKEN_REFUSED_TOTAL,
@@ -491,7 +491,7 @@ pub fn zero_series(sources: &[String], compared: &[String]) {
         counter!(OIDC_SIGN_INS_TOTAL, "outcome" => outcome).absolute(0);
     }
     counter!(OIDC_CODES_ISSUED_TOTAL).absolute(0);
-    for grant in ["authorization_code", "refresh_token"] {
+    for grant in ["authorization_code", "refresh_token", "client_credentials"] {
         counter!(OIDC_TOKENS_GRANTED_TOTAL, "grant" => grant).absolute(0);
     }
     for reason in ["invalid_client", "invalid_grant"] {

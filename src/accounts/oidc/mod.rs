@@ -229,7 +229,9 @@ impl Oidc {
             "end_session_endpoint": format!("{base}/oauth2/logout"),
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
-            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+            "revocation_endpoint": format!("{base}/oauth2/revoke"),
+            "introspection_endpoint": format!("{base}/oauth2/introspect"),
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["EdDSA"],
             "scopes_supported": clients::SCOPES,
@@ -476,6 +478,50 @@ impl Oidc {
         }
     }
 
+    /// The client credentials grant: a confidential client's own access token, for
+    /// the scopes it asks among those it is allowed (all of them when it asks none),
+    /// `openid` aside (no user is signed in).
+    pub fn client_credentials(
+        &self,
+        client: &proto::OAuthClient,
+        scope: Option<&str>,
+    ) -> Result<Granted, GrantError> {
+        if client.secret_hash.is_empty() {
+            return Err(GrantError::new(
+                "unauthorized_client",
+                "a public client cannot use the client credentials grant",
+            ));
+        }
+        let allowed: Vec<&str> = client
+            .scopes
+            .iter()
+            .map(String::as_str)
+            .filter(|s| *s != "openid" && *s != "offline_access")
+            .collect();
+        let asked: Vec<&str> = match scope {
+            Some(s) => s.split(' ').filter(|s| !s.is_empty()).collect(),
+            None => allowed.clone(),
+        };
+        if asked.iter().any(|s| !allowed.contains(s)) {
+            return Err(GrantError::new(
+                "invalid_scope",
+                "a scope asked for is not allowed to this client",
+            ));
+        }
+        let scope = asked.join(" ");
+        let (access_token, expires_in) = self
+            .tokens
+            .client_token(&client.client_id, &scope)
+            .map_err(|e| GrantError::new("server_error", e.to_string()))?;
+        Ok(Granted {
+            access_token,
+            expires_in,
+            refresh_token: None,
+            id_token: None,
+            scope,
+        })
+    }
+
     /// The ID token of a code exchange: who signed in, when, for which client, with
     /// the claims its scopes release.
     fn id_token(
@@ -540,6 +586,19 @@ impl Oidc {
             }
         }
         Ok(())
+    }
+
+    /// RFC 7009 for `client`.
+    pub fn revoke(&self, client: &proto::OAuthClient, token: &str) -> Result<(), UserError> {
+        self.tokens.revoke_for(token, &client.client_id)
+    }
+
+    /// RFC 7662 for `client`: `{active: false}` for anything not live or not its own.
+    pub fn introspect(&self, client: &proto::OAuthClient, token: &str) -> Result<Value, UserError> {
+        Ok(self
+            .tokens
+            .introspect_for(token, &client.client_id)?
+            .unwrap_or_else(|| json!({"active": false})))
     }
 
     /// `/oauth2/userinfo`: the claims of the user an access token was issued for,

@@ -636,17 +636,28 @@ pub async fn token(
             };
             blocking(move || Ok::<_, UserError>(oidc.refresh(&client, &token))).await
         }
+        "client_credentials" => {
+            let scope = form.get("scope").cloned();
+            blocking(move || Ok::<_, UserError>(oidc.client_credentials(&client, scope.as_deref())))
+                .await
+        }
         "" => return oauth_error("invalid_request", "grant_type is required"),
         _ => {
             return oauth_error(
                 "unsupported_grant_type",
-                "authorization_code and refresh_token are supported",
+                "authorization_code, refresh_token and client_credentials are supported",
             )
         }
     };
+    let grant: &'static str = match grant_type.as_str() {
+        "refresh_token" => "refresh_token",
+        "client_credentials" => "client_credentials",
+        _ => "authorization_code",
+    };
     match result {
         Ok(Ok(granted)) => {
-            metrics::counter!(crate::common::metrics::OIDC_TOKENS_GRANTED_TOTAL, "grant" => if grant_type == "refresh_token" { "refresh_token" } else { "authorization_code" }).increment(1);
+            metrics::counter!(crate::common::metrics::OIDC_TOKENS_GRANTED_TOTAL, "grant" => grant)
+                .increment(1);
             oauth_tokens(granted.json())
         }
         Ok(Err(e)) => {
@@ -654,6 +665,67 @@ pub async fn token(
             oauth_error(e.error, &e.description)
         }
         Err(_) => oauth_error("server_error", "try again"),
+    }
+}
+
+/// The `token` field of a revocation or introspection request from an authenticated
+/// client.
+async fn client_and_token(
+    s: &AppState,
+    headers: &HeaderMap,
+    pairs: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Result<(crate::proto::OAuthClient, String), Response> {
+    let pairs = match pairs {
+        Ok(Form(p)) => p,
+        Err(FormRejection::BytesRejection(e)) => return Err(ApiError::from(e).into_response()),
+        Err(_) => {
+            return Err(oauth_error(
+                "invalid_request",
+                "the body must be application/x-www-form-urlencoded",
+            ))
+        }
+    };
+    let form = request::params(pairs).map_err(|e| oauth_error("invalid_request", &e))?;
+    let client = token_client(s, headers, &form).await?;
+    let token = form
+        .get("token")
+        .filter(|t| !t.is_empty() && t.len() <= 4096)
+        .cloned()
+        .ok_or_else(|| oauth_error("invalid_request", "token is required"))?;
+    Ok((client, token))
+}
+
+#[utoipa::path(post, path = "/oauth2/revoke", tag = "oidc", request_body(content = crate::api::schema::TokenOnly, content_type = "application/x-www-form-urlencoded"), responses((status = 200, description = "revoked, or nothing to revoke (RFC 7009: not an error): a refresh token's whole family, in every region"), (status = 400, description = "no token", body = crate::api::schema::OAuthError), (status = 401, description = "invalid_client", body = crate::api::schema::OAuthError), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
+pub async fn revoke(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    pairs: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let (client, token) = match client_and_token(&s, &headers, pairs).await {
+        Ok(t) => t,
+        Err(resp) => return resp,
+    };
+    let oidc = s.oidc.clone();
+    match blocking(move || oidc.revoke(&client, &token)).await {
+        Ok(()) => oauth_tokens(json!({})),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[utoipa::path(post, path = "/oauth2/introspect", tag = "oidc", request_body(content = crate::api::schema::TokenOnly, content_type = "application/x-www-form-urlencoded"), responses((status = 200, description = "`{active, ...}` (RFC 7662): active only for a live token issued to the asking client", body = crate::api::schema::Introspection), (status = 400, description = "no token", body = crate::api::schema::OAuthError), (status = 401, description = "invalid_client", body = crate::api::schema::OAuthError), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
+pub async fn introspect(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    pairs: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let (client, token) = match client_and_token(&s, &headers, pairs).await {
+        Ok(t) => t,
+        Err(resp) => return resp,
+    };
+    let oidc = s.oidc.clone();
+    match blocking(move || oidc.introspect(&client, &token)).await {
+        Ok(answer) => oauth_tokens(answer),
+        Err(e) => e.into_response(),
     }
 }
 
