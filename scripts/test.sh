@@ -55,6 +55,9 @@ cargo test --locked -p authsync-chaos
 stage "schemathesis: the API fuzzed from its /openapi.json on a demo, 50 cases per operation"
 scripts/schemathesis.sh 50
 
+stage "relying parties nobody here wrote (authlib, openid-client) through the OpenID Connect flows"
+scripts/relying-parties.sh
+
 # One Apache Kafka broker (KRaft, one process on loopback) for the next stage's tests,
 # which share it on their own topic prefixes, one test at a time: the outage tests kill
 # it with SIGKILL and start it again on the same log dirs.
