@@ -45,7 +45,7 @@ async fn register(url: &str, body: Value) -> (String, Option<String>) {
 async fn shop(url: &str) -> (String, String) {
     let (id, secret) = register(
         url,
-        json!({"name": "Shop", "redirect_uris": [REDIRECT], "scopes": ["openid", "email", "profile"], "first_party": true}),
+        json!({"name": "Shop", "redirect_uris": [REDIRECT], "scopes": ["openid", "email", "profile", "offline_access"], "first_party": true}),
     )
     .await;
     (id, secret.unwrap())
@@ -69,13 +69,16 @@ fn authorize_url(base: &str, client_id: &str, challenge: &str, extra: &[(&str, &
             ("client_id", client_id),
             ("redirect_uri", REDIRECT),
             ("response_type", "code"),
-            ("scope", "openid email"),
+            ("scope", "openid email offline_access"),
             ("state", "st-1"),
             ("nonce", "n-1"),
             ("code_challenge", challenge),
             ("code_challenge_method", "S256"),
         ] {
-            q.append_pair(k, v);
+            // An extra parameter of the same name replaces the default.
+            if !extra.iter().any(|(e, _)| *e == k) {
+                q.append_pair(k, v);
+            }
         }
         for (k, v) in extra {
             q.append_pair(k, v);
@@ -295,6 +298,29 @@ async fn a_platform_signs_a_customer_in_with_a_code_and_pkce() {
     assert_eq!(claims["sub"], user.as_str());
     assert_eq!(claims["nonce"], "n-1");
     assert_eq!(claims["email"], "ada@example.com");
+    // The access token is audience-restricted to this client: a platform's API that
+    // checks for the deployment's audience ("authsync") refuses it.
+    let access = verified_claims(&node.url, tokens["access_token"].as_str().unwrap()).await;
+    assert_eq!(access["aud"], id.as_str());
+    assert_eq!(access["client_id"], id.as_str());
+    // Without offline_access, no refresh token.
+    let (v2, c2) = pkce(12);
+    let b = browser();
+    let online = b
+        .get(authorize_url(
+            &node.url,
+            &id,
+            &c2,
+            &[("scope", "openid email"), ("prompt", "none")],
+        ))
+        .header("cookie", format!("authsync_session={}", signed.session))
+        .send()
+        .await
+        .unwrap();
+    let code = location_params(&online)["code"].clone();
+    let (status, online) = exchange(&node.url, &id, &secret, &code, &v2).await;
+    assert_eq!(status, 200, "{online}");
+    assert!(online["refresh_token"].is_null(), "{online}");
     assert!(claims["auth_time"].as_u64().unwrap() <= claims["iat"].as_u64().unwrap());
 
     let info = browser()
@@ -407,7 +433,23 @@ async fn codes_are_single_use_bound_to_their_client_redirect_uri_and_verifier() 
 
     let (status, tokens) = exchange(&node.url, &id, &secret, &code, &verifier).await;
     assert_eq!(status, 200, "{tokens}");
-    // Replayed: refused, and the refresh token of the first exchange is revoked.
+    // Presented again by another client (anyone can name a public client): refused,
+    // and what its client got is not revoked.
+    refused(exchange(&node.url, &other_id, &other_secret, &code, &verifier).await);
+    let rt = tokens["refresh_token"].as_str().unwrap();
+    let (status, tokens) = token(
+        &node.url,
+        &id,
+        &secret,
+        &[("grant_type", "refresh_token"), ("refresh_token", rt)],
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "another client's replay revoked nothing: {tokens}"
+    );
+    // Replayed by its client: refused, and the refresh token family of the first
+    // exchange is revoked.
     refused(exchange(&node.url, &id, &secret, &code, &verifier).await);
     let rt = tokens["refresh_token"].as_str().unwrap();
     refused(
@@ -523,6 +565,53 @@ async fn the_sign_in_page_refuses_what_it_should_and_redirects_only_to_registere
         assert!(set_cookie(&resp, "authsync_session").is_none());
     }
 
+    // A browser that says the form came from another site, or a sibling subdomain
+    // (which could plant a CSRF cookie of its own): refused with the right token too.
+    let fresh = b
+        .get(authorize_url(&node.url, &id, &challenge, &[]))
+        .send()
+        .await
+        .unwrap();
+    let csrf = set_cookie(&fresh, "authsync_csrf").unwrap();
+    let mut good = hidden_fields(&fresh.text().await.unwrap());
+    good.insert("login".into(), "cy@example.com".into());
+    good.insert("password".into(), PW.into());
+    for site in ["same-site", "cross-site"] {
+        let resp = b
+            .post(format!("{}/oauth2/authorize", node.url))
+            .header("cookie", format!("authsync_csrf={csrf}"))
+            .header("sec-fetch-site", site)
+            .form(&good)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "Sec-Fetch-Site: {site}");
+    }
+    // The right password of a locked account: refused, saying so (as /v1/login does
+    // with 403), not "try again".
+    let locked = node
+        .client()
+        .get("/v1/users?email=cy@example.com")
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = node
+        .client()
+        .put(
+            &format!("/v1/users/{locked}/status"),
+            json!({"status": "locked"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let (status, html) = sign_in(&node.url, &id, &challenge, "cy@example.com", PW)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status, 401);
+    assert!(html.contains("cannot sign in now"), "{html}");
+
     for (name, uri) in [
         ("unknown client", None),
         ("one character off", Some("http://127.0.0.1:9/callback/")),
@@ -586,7 +675,7 @@ async fn a_session_made_in_one_region_signs_the_customer_in_at_another() {
     let (shop_id, _) = shop(&urls[0]).await;
     let (news_id, news_secret) = register(
         &urls[0],
-        json!({"name": "News", "redirect_uris": [REDIRECT], "first_party": true}),
+        json!({"name": "News", "redirect_uris": [REDIRECT], "first_party": true, "scopes": ["openid", "email", "offline_access"]}),
     )
     .await;
     let (_, challenge) = pkce(6);
@@ -716,7 +805,7 @@ async fn a_third_party_client_asks_consent_and_a_sign_out_ends_the_session() {
     let back = "http://127.0.0.1:9/signed-out";
     let (id, secret) = register(
         &node.url,
-        json!({"name": "Partner & Co", "redirect_uris": [REDIRECT], "post_logout_redirect_uris": [back]}),
+        json!({"name": "Partner & Co", "redirect_uris": [REDIRECT], "post_logout_redirect_uris": [back], "scopes": ["openid", "email", "offline_access"]}),
     )
     .await;
     let secret = secret.unwrap();
@@ -751,6 +840,23 @@ async fn a_third_party_client_asks_consent_and_a_sign_out_ends_the_session() {
     let csrf = set_cookie(&resp, "authsync_csrf").expect("the consent form's token");
     let html = resp.text().await.unwrap();
 
+    // The answer must come from a sign-in as fresh as the request asks (max_age), and
+    // only for a client that is asked consent.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let stale = html.replace(
+        "name=\"code_challenge_method\" value=\"S256\">",
+        "name=\"code_challenge_method\" value=\"S256\"><input type=\"hidden\" name=\"max_age\" value=\"1\">",
+    );
+    let refused = decide(&node.url, &stale, &csrf, &session, "allow").await;
+    assert_eq!(refused.status(), 200, "the sign-in form again, no code");
+    assert!(refused.headers().get("location").is_none());
+    let (shop_id, _) = shop(&node.url).await;
+    let first_party = html.replace(&id, &shop_id);
+    let refused = decide(&node.url, &first_party, &csrf, &session, "allow").await;
+    assert!(
+        refused.headers().get("location").is_none(),
+        "no consent answer for a first-party client"
+    );
     let denied = decide(&node.url, &html, &csrf, &session, "deny").await;
     assert_eq!(location_params(&denied)["error"], "access_denied");
     let forged = decide(&node.url, &html, "forged", &session, "allow").await;
@@ -816,6 +922,23 @@ async fn an_account_asking_codes_in_a_loop_pushes_out_only_its_own() {
     assert_eq!(status, 200, "{body}");
     let (status, body) = exchange(&node.url, &id, &secret, &other.code, &verifier).await;
     assert_eq!(status, 200, "another account's code is untouched: {body}");
+    // Spent codes count too (each made a token family): past 16 held, spent or not,
+    // the account waits for them to expire.
+    let mut answered = Vec::new();
+    for _ in 0..20 {
+        let resp = with_session(&node.url, &id, &challenge, "none", &signed.session).await;
+        if resp.status() != 303 {
+            answered.push(resp.status().as_u16());
+            continue;
+        }
+        let code = location_params(&resp)["code"].clone();
+        let (status, _) = exchange(&node.url, &id, &secret, &code, &verifier).await;
+        assert_eq!(status, 200);
+    }
+    assert!(
+        !answered.is_empty() && answered.iter().all(|s| *s == 503),
+        "{answered:?}"
+    );
 }
 
 async fn form_post(

@@ -35,6 +35,48 @@ pub const MAX_FAMILY_HISTORY: usize = 32;
 pub const MAX_RECORD_BYTES: usize = 256 * 1024;
 /// The most wrapped keys an envelope or user key may carry: one per region.
 pub const MAX_WRAPS: usize = 64;
+/// The scopes an OAuth client may be allowed (`crate::accounts::oidc`).
+pub const OAUTH_SCOPES: &[&str] = &["openid", "email", "phone", "profile", "offline_access"];
+/// The longest redirect URI, client id or scope string taken.
+pub const MAX_OAUTH_LEN: usize = 512;
+/// The longest browser session a node may be configured with: 30 days.
+pub const MAX_SESSION_MS: u64 = 30 * 86_400_000;
+
+/// Whether `uri` may be an OAuth client's redirect URI: absolute, `https` (or `http`
+/// to a loopback host, for native apps and development, as RFC 8252 allows), with no
+/// fragment and no credentials in it.
+pub fn redirect_uri(uri: &str) -> Result<(), &'static str> {
+    if uri.len() > MAX_OAUTH_LEN {
+        return Err("is longer than 512 characters");
+    }
+    let parsed = url::Url::parse(uri).map_err(|_| "is not an absolute URL")?;
+    if parsed.fragment().is_some() {
+        return Err("must not have a fragment (#...)");
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("must not carry credentials");
+    }
+    let loopback = matches!(
+        parsed.host(),
+        Some(url::Host::Domain("localhost"))
+            | Some(url::Host::Ipv4(std::net::Ipv4Addr::LOCALHOST))
+            | Some(url::Host::Ipv6(std::net::Ipv6Addr::LOCALHOST))
+    );
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err("must be https (http only to localhost, 127.0.0.1 or [::1])"),
+    }
+}
+
+fn oauth_scopes<'a>(mut scopes: impl Iterator<Item = &'a str>) -> Check {
+    if scopes.all(|s| OAUTH_SCOPES.contains(&s)) {
+        Ok(())
+    } else {
+        Err("a scope that is not one of openid, email, phone, profile, offline_access")
+    }
+}
+
 /// How long before signing a key may be published, at most (`tokens.publish_lead_s`).
 const MAX_PUBLISH_LEAD_MS: u64 = 7 * 24 * 60 * 60 * 1000;
 
@@ -184,6 +226,15 @@ fn check_entry(e: &proto::Entry) -> Check {
             if c.redirect_uris.len() > 10 || c.post_logout_redirect_uris.len() > 10 {
                 return Err("OAuth client has more than 10 redirect URIs");
             }
+            for uri in c.redirect_uris.iter().chain(&c.post_logout_redirect_uris) {
+                redirect_uri(uri).map_err(|_| "OAuth client redirect URI not allowed")?;
+            }
+            oauth_scopes(c.scopes.iter().map(String::as_str))?;
+            if c.name.chars().count() > 100
+                || !matches!(c.auth_method.as_str(), "client_secret_basic" | "none")
+            {
+                return Err("OAuth client name or authentication method out of range");
+            }
             time(c.created_ms, &version, true, "created_ms out of range")?;
             time(c.removed_ms, &version, true, "removed_ms out of range")
         }
@@ -201,7 +252,7 @@ fn check_entry(e: &proto::Entry) -> Check {
                 true,
                 "credentials_changed_ms out of range",
             )?;
-            if b.expires_ms < b.auth_time_ms || b.expires_ms - b.auth_time_ms > 30 * 86_400_000 {
+            if b.expires_ms < b.auth_time_ms || b.expires_ms - b.auth_time_ms > MAX_SESSION_MS {
                 return Err("browser session lasts longer than 30 days");
             }
             Ok(())
@@ -224,6 +275,10 @@ fn token_family(f: &proto::TokenFamily, version: &Version) -> Check {
     if f.generation == u32::MAX {
         return Err("token family generation out of range");
     }
+    if f.client_id.len() > MAX_OAUTH_LEN || f.scope.len() > MAX_OAUTH_LEN {
+        return Err("token family client or scope too long");
+    }
+    oauth_scopes(f.scope.split(' ').filter(|s| !s.is_empty()))?;
     time(
         f.created_ms,
         version,
@@ -398,6 +453,19 @@ mod tests {
         };
         assert!(entry(&made(EntryKind::TokenFamily, family.encode_to_vec())).is_ok());
         assert!(entry(&made(EntryKind::LoginFailures, failures.encode_to_vec())).is_ok());
+        let good_client = proto::OAuthClient {
+            client_id: "c_1".into(),
+            name: "Shop".into(),
+            redirect_uris: vec!["https://shop.example/cb".into()],
+            scopes: vec!["openid".into(), "email".into()],
+            auth_method: "client_secret_basic".into(),
+            created_ms: NOW,
+            ..Default::default()
+        };
+        let client = |c: proto::OAuthClient| proto::Entry {
+            key: b"c_1".to_vec(),
+            ..made(EntryKind::OauthClient, c.encode_to_vec())
+        };
         let bad: Vec<(&str, proto::Entry)> = vec![
             (
                 "a family that never expires",
@@ -478,7 +546,71 @@ mod tests {
                 ),
             ),
             ("junk", made(EntryKind::TokenFamily, vec![0xff; 7])),
+            // What a region could replicate to redirect every region's customers, or
+            // release more at userinfo than was granted.
+            (
+                "a client redirecting to javascript:",
+                client(proto::OAuthClient {
+                    redirect_uris: vec!["javascript:alert(1)".into()],
+                    ..good_client.clone()
+                }),
+            ),
+            (
+                "a client redirecting over plain http",
+                client(proto::OAuthClient {
+                    post_logout_redirect_uris: vec!["http://evil.example/".into()],
+                    ..good_client.clone()
+                }),
+            ),
+            (
+                "a client with a made-up scope",
+                client(proto::OAuthClient {
+                    scopes: vec!["openid".into(), "admin".into()],
+                    ..good_client.clone()
+                }),
+            ),
+            (
+                "a client under another id than its key",
+                made(
+                    EntryKind::OauthClient,
+                    proto::OAuthClient {
+                        client_id: "c_other".into(),
+                        ..good_client.clone()
+                    }
+                    .encode_to_vec(),
+                ),
+            ),
+            (
+                "a family granting a made-up scope",
+                made(
+                    EntryKind::TokenFamily,
+                    proto::TokenFamily {
+                        client_id: "c_1".into(),
+                        scope: "openid everything".into(),
+                        ..family.clone()
+                    }
+                    .encode_to_vec(),
+                ),
+            ),
+            (
+                "a browser session of a year",
+                proto::Entry {
+                    key: vec![1; 16],
+                    ..made(
+                        EntryKind::BrowserSession,
+                        proto::BrowserSession {
+                            user_id: vec![1; 16],
+                            secret_hash: vec![2; 32],
+                            auth_time_ms: NOW,
+                            expires_ms: NOW + 365 * 86_400_000,
+                            ..Default::default()
+                        }
+                        .encode_to_vec(),
+                    )
+                },
+            ),
         ];
+        assert!(entry(&client(good_client.clone())).is_ok());
         for (name, e) in bad {
             assert!(
                 matches!(entry(&e), Err(ApplyError::Malformed(_))),

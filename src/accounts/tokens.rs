@@ -380,10 +380,24 @@ impl Tokens {
             "jti": B64.encode(random::<16>()?),
         });
         if let Some((client_id, scope)) = client {
+            // Audience-restricted to the client it was issued to: a platform checking
+            // for this deployment's audience refuses another client's token.
+            claims["aud"] = json!(client_id);
             claims["client_id"] = json!(client_id);
             claims["scope"] = json!(scope);
         }
         Ok((self.sign_jwt(&claims)?, self.config.access_ttl_s))
+    }
+
+    /// An access token for `user` issued to OAuth client `client_id` with `scope`,
+    /// without a refresh token (a grant without `offline_access`).
+    pub fn access_for(
+        &self,
+        user: &Uuid,
+        client_id: &str,
+        scope: &str,
+    ) -> Result<(String, u64), UserError> {
+        self.access_token(user, Some((client_id, scope)))
     }
 
     /// The claims of an access token this deployment signed and that is still valid:
@@ -433,9 +447,15 @@ impl Tokens {
             return Ok(None);
         };
         let now_s = self.now_ms() / 1000;
+        // This deployment's audience for a `/v1/login` token, its client's for one
+        // issued to an OAuth client.
+        let audience_ok = match claims["client_id"].as_str() {
+            Some(client) => claims["aud"] == client,
+            None => claims["aud"] == self.config.audience.as_str(),
+        };
         let live = claims["exp"].as_u64().is_some_and(|exp| now_s < exp)
             && claims["iss"] == self.config.issuer.as_str()
-            && claims["aud"] == self.config.audience.as_str();
+            && audience_ok;
         Ok(live.then_some(claims))
     }
 
@@ -734,7 +754,7 @@ impl Tokens {
         let now_s = self.now_ms() / 1000;
         let claims = json!({
             "iss": self.config.issuer,
-            "aud": self.config.audience,
+            "aud": client,
             "sub": client,
             "client_id": client,
             "scope": scope,

@@ -126,12 +126,12 @@ pub fn router(state: AppState, max_body_bytes: usize, metrics_apart: bool) -> Ro
                     "/oauth2/authorize",
                     get(oauth::authorize).post(oauth::sign_in),
                 )
+                .route("/oauth2/token", post(oauth::token))
                 .route_layer(axum::middleware::from_fn_with_state(
                     state.clone(),
                     middleware::limit_rate,
                 )),
         )
-        .route("/oauth2/token", post(oauth::token))
         .route("/oauth2/revoke", post(oauth::revoke))
         .route("/oauth2/introspect", post(oauth::introspect))
         .route(

@@ -497,14 +497,14 @@ pub fn zero_series(sources: &[String], compared: &[String]) {
     for reason in ["invalid_client", "invalid_grant"] {
         counter!(OIDC_TOKEN_REFUSED_TOTAL, "reason" => reason).absolute(0);
     }
-    for route in ["login", "lookup", "sign_in"] {
+    for route in ["login", "lookup", "sign_in", "authorize", "token"] {
         counter!(RATE_LIMITED_TOTAL, "route" => route).absolute(0);
     }
     counter!(TLS_HANDSHAKE_FAILURES_TOTAL).absolute(0);
     for reason in ["missing", "rotation", "resign"] {
         counter!(USER_KEYS_REWRAPPED_TOTAL, "reason" => reason).absolute(0);
     }
-    for kind in ["login_failures", "token_family"] {
+    for kind in ["login_failures", "token_family", "browser_session"] {
         counter!(ENTRIES_SWEPT_TOTAL, "kind" => kind).absolute(0);
     }
     counter!(TOKEN_FAMILIES_FORKED_TOTAL).absolute(0);

@@ -256,6 +256,7 @@ impl Node {
         tracker.spawn(sweepers::entries(
             users.clone(),
             tokens,
+            oidc,
             Duration::from_millis(config.entries.sweep_interval_ms),
             shutdown.child_token(),
         ));

@@ -56,27 +56,32 @@ pub async fn key_recovery(
     .await
 }
 
-/// The entries sweeper: every `every`, removes dead login-failure entries and refresh
-/// token families from this region's store ([`crate::accounts::lockout::Lockout::sweep`],
-/// [`crate::accounts::tokens::Tokens::sweep`]).
+/// The entries sweeper: every `every`, removes dead login-failure entries, refresh
+/// token families and browser sessions from this region's store
+/// ([`crate::accounts::lockout::Lockout::sweep`], [`crate::accounts::tokens::Tokens::sweep`],
+/// [`crate::accounts::oidc::Oidc::sweep`]).
 pub async fn entries(
     users: Arc<Users>,
     tokens: Arc<crate::accounts::tokens::Tokens>,
+    oidc: Arc<crate::accounts::oidc::Oidc>,
     every: Duration,
     stop: CancellationToken,
 ) {
     run_every("entries", every, stop, || {
-        let (users, tokens) = (users.clone(), tokens.clone());
+        let (users, tokens, oidc) = (users.clone(), tokens.clone(), oidc.clone());
         async move {
             tokio::task::spawn_blocking(move || {
                 let failures = users.sweep_login_failures()?;
                 let families = tokens.sweep()?;
+                let sessions = oidc.sweep()?;
+                metrics::counter!(m::ENTRIES_SWEPT_TOTAL, "kind" => "browser_session")
+                    .increment(sessions as u64);
                 metrics::counter!(m::ENTRIES_SWEPT_TOTAL, "kind" => "login_failures")
                     .increment(failures as u64);
                 metrics::counter!(m::ENTRIES_SWEPT_TOTAL, "kind" => "token_family")
                     .increment(families as u64);
-                if failures + families > 0 {
-                    tracing::info!(failures, families, "entries swept");
+                if failures + families + sessions > 0 {
+                    tracing::info!(failures, families, sessions, "entries swept");
                 }
                 anyhow::Ok(())
             })

@@ -18,11 +18,11 @@ use crate::accounts::error::{Problem, UserError};
 use crate::proto::{self, EntryKind};
 
 /// The scopes a client may be allowed, and what each releases.
-pub const SCOPES: &[&str] = &["openid", "email", "phone", "profile", "offline_access"];
+pub const SCOPES: &[&str] = crate::accounts::bounds::OAUTH_SCOPES;
 /// The most redirect URIs one client may register.
 pub const MAX_REDIRECT_URIS: usize = 10;
-/// The longest redirect URI, client name or client id taken.
-pub const MAX_URI_LEN: usize = 512;
+/// The longest redirect URI or client id taken.
+pub const MAX_URI_LEN: usize = crate::accounts::bounds::MAX_OAUTH_LEN;
 const MAX_NAME_LEN: usize = 100;
 
 /// How a client authenticates at the token endpoint.
@@ -39,33 +39,6 @@ pub struct NewClient {
     pub scopes: Vec<String>,
     pub public: bool,
     pub first_party: bool,
-}
-
-/// Whether `uri` may be registered: absolute, `https` (or `http` to a loopback host,
-/// for native apps and development, as RFC 8252 allows), with no fragment and no
-/// credentials in it.
-fn check_uri(uri: &str) -> Result<(), &'static str> {
-    if uri.len() > MAX_URI_LEN {
-        return Err("is longer than 512 characters");
-    }
-    let parsed = url::Url::parse(uri).map_err(|_| "is not an absolute URL")?;
-    if parsed.fragment().is_some() {
-        return Err("must not have a fragment (#...)");
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err("must not carry credentials");
-    }
-    let loopback = matches!(
-        parsed.host(),
-        Some(url::Host::Domain("localhost"))
-            | Some(url::Host::Ipv4(std::net::Ipv4Addr::LOCALHOST))
-            | Some(url::Host::Ipv6(std::net::Ipv6Addr::LOCALHOST))
-    );
-    match parsed.scheme() {
-        "https" => Ok(()),
-        "http" if loopback => Ok(()),
-        _ => Err("must be https (http only to localhost, 127.0.0.1 or [::1])"),
-    }
 }
 
 fn string_list(
@@ -140,7 +113,7 @@ pub fn new_client(body: &Value) -> Result<NewClient, Vec<Problem>> {
             problems.push(Problem::new(field, "at most 10"));
         }
         for (i, uri) in list.iter().enumerate() {
-            if let Err(why) = check_uri(uri) {
+            if let Err(why) = crate::accounts::bounds::redirect_uri(uri) {
                 problems.push(Problem::new(format!("{field}[{i}]"), why));
             }
         }

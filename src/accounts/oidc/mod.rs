@@ -104,9 +104,9 @@ struct Grant {
     auth_time_s: u64,
     credentials_ms: u64,
     expires_ms: u64,
-    /// Set once exchanged: the refresh family it produced, revoked if the code comes
-    /// again.
-    spent: Option<[u8; 16]>,
+    /// Set once exchanged, with the refresh family it produced (when it asked for
+    /// `offline_access`), revoked if the code comes again.
+    spent: Option<Option<[u8; 16]>>,
 }
 
 /// Why a token request is refused, as RFC 6749 §5.2 names it.
@@ -282,10 +282,15 @@ impl Oidc {
         };
         let now = self.now_ms();
         let secret_ok = crate::crypto::primitives::ct_eq(&s.secret_hash, &sha256(&secret));
+        // No longer than this node would make one, whatever the entry says.
+        let expires_ms = s.expires_ms.min(
+            s.auth_time_ms
+                .saturating_add(self.config.session_ttl_s * 1000),
+        );
         let Ok(user) = Uuid::from_slice(&s.user_id) else {
             return Ok(None);
         };
-        if !secret_ok || s.ended_ms != 0 || now >= s.expires_ms {
+        if !secret_ok || s.ended_ms != 0 || now >= expires_ms {
             return Ok(None);
         }
         match self.users.credentials_of(&user)? {
@@ -300,23 +305,64 @@ impl Oidc {
     }
 
     /// Ends the session a cookie names, in every region. A cookie of no live session
-    /// is not an error.
+    /// is not an error. Where the session has not arrived yet, an ended one is written
+    /// in its place: newer, it wins over the sign-in when that arrives, here and in
+    /// every region.
     pub fn end_session(&self, cookie: &str) -> Result<(), UserError> {
         let Some((id, secret)) = parse_session(cookie) else {
             return Ok(());
         };
         let now = self.now_ms();
+        let hash = sha256(&secret);
         self.users
             .entries()
             .update(EntryKind::BrowserSession, &id, |stored| {
-                let mut s = proto::BrowserSession::decode(stored?.value.as_slice()).ok()?;
-                let ours = crate::crypto::primitives::ct_eq(&s.secret_hash, &sha256(&secret));
+                let Some(stored) = stored else {
+                    return Some(
+                        proto::BrowserSession {
+                            user_id: vec![0; 16],
+                            secret_hash: hash.to_vec(),
+                            auth_time_ms: now,
+                            expires_ms: now.saturating_add(self.config.session_ttl_s * 1000),
+                            ended_ms: now,
+                            credentials_changed_ms: 0,
+                        }
+                        .encode_to_vec(),
+                    );
+                };
+                let mut s = proto::BrowserSession::decode(stored.value.as_slice()).ok()?;
+                let ours = crate::crypto::primitives::ct_eq(&s.secret_hash, &hash);
                 (ours && s.ended_ms == 0).then(|| {
                     s.ended_ms = now;
                     s.encode_to_vec()
                 })
             })?;
         Ok(())
+    }
+
+    /// Removes the browser sessions that can no longer be used: past their end (an
+    /// ended one is kept until then, so that a late copy of its sign-in cannot revive
+    /// it), or of an erased account. Returns how many.
+    pub fn sweep(&self) -> Result<usize, UserError> {
+        let now = self.now_ms();
+        let dead = |e: &proto::Entry| {
+            proto::BrowserSession::decode(e.value.as_slice()).is_ok_and(|s| {
+                now >= s.expires_ms
+                    || Uuid::from_slice(&s.user_id).is_ok_and(|u| self.users.is_erased(&u))
+            })
+        };
+        let mut removed = 0;
+        for e in self.users.entries().all(EntryKind::BrowserSession)? {
+            if dead(&e)
+                && self
+                    .users
+                    .entries()
+                    .remove_if(EntryKind::BrowserSession, &e.key, dead)?
+            {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     // ---- codes
@@ -333,14 +379,23 @@ impl Oidc {
         codes.retain(|_, g| g.expires_ms > now);
         // One account holds at most a few codes waiting: a signed-in customer
         // requesting codes in a loop pushes out its own oldest, not everyone's.
-        let waiting: Vec<([u8; 32], u64)> = codes
+        // (Spent ones included: they stay until they expire, to catch a second use;
+        // once all it holds are spent, the account waits for them to expire.)
+        let held: Vec<([u8; 32], u64, bool)> = codes
             .iter()
-            .filter(|(_, g)| g.user == session.user && g.spent.is_none())
-            .map(|(k, g)| (*k, g.expires_ms))
+            .filter(|(_, g)| g.user == session.user)
+            .map(|(k, g)| (*k, g.expires_ms, g.spent.is_some()))
             .collect();
-        if waiting.len() >= MAX_CODES_PER_ACCOUNT {
-            if let Some((oldest, _)) = waiting.iter().min_by_key(|(_, e)| *e) {
-                codes.remove(oldest);
+        if held.len() >= MAX_CODES_PER_ACCOUNT {
+            match held
+                .iter()
+                .filter(|(_, _, spent)| !spent)
+                .min_by_key(|(_, e, _)| *e)
+            {
+                Some((oldest, _, _)) => {
+                    codes.remove(oldest);
+                }
+                None => return Err(UserError::KeyUnavailable("authorization codes".into())),
             }
         }
         if codes.len() >= MAX_CODES {
@@ -395,18 +450,20 @@ impl Oidc {
             let Some(grant) = codes.get_mut(&hash) else {
                 return Err(invalid("the code is unknown or expired"));
             };
+            if grant.request.client_id != client.client_id {
+                return Err(invalid("the code was issued to another client"));
+            }
             if let Some(family) = grant.spent {
-                // A second use: someone else has the code. What the first produced is
-                // revoked, and the code stays spent.
+                // A second use by its client: someone else has the code. What the
+                // first produced is revoked, and the code stays spent.
                 drop(codes);
-                let _ = self.tokens.revoke_family(&family, "code_reused");
+                if let Some(family) = family {
+                    let _ = self.tokens.revoke_family(&family, "code_reused");
+                }
                 return Err(invalid("the code was used already: its tokens are revoked"));
             }
             if now >= grant.expires_ms {
                 return Err(invalid("the code is unknown or expired"));
-            }
-            if grant.request.client_id != client.client_id {
-                return Err(invalid("the code was issued to another client"));
             }
             if redirect_uri != Some(grant.request.redirect_uri.as_str()) {
                 return Err(invalid(
@@ -421,8 +478,13 @@ impl Oidc {
                 ));
             }
             // Spent now, before any token exists: a concurrent second use is caught.
-            let family =
-                random::<16>().map_err(|_| GrantError::new("server_error", "no randomness"))?;
+            // A refresh token only for offline access, asked for and allowed.
+            let family = match grant.request.scopes.iter().any(|s| s == "offline_access") {
+                true => Some(
+                    random::<16>().map_err(|_| GrantError::new("server_error", "no randomness"))?,
+                ),
+                false => None,
+            };
             grant.spent = Some(family);
             (grant.clone(), family)
         };
@@ -432,23 +494,40 @@ impl Oidc {
             _ => return Err(invalid("the account is no longer signed in")),
         }
         let scope = grant.request.scopes.join(" ");
-        let issued = self
-            .tokens
-            .issue_family(
-                grant.user,
-                grant.credentials_ms,
-                family,
-                &client.client_id,
-                &scope,
-            )
-            .map_err(|e| GrantError::new("server_error", e.to_string()))?;
+        let server = |e: UserError| GrantError::new("server_error", e.to_string());
+        let (access_token, expires_in, refresh_token) = match family {
+            Some(family) => {
+                let issued = self
+                    .tokens
+                    .issue_family(
+                        grant.user,
+                        grant.credentials_ms,
+                        family,
+                        &client.client_id,
+                        &scope,
+                    )
+                    .map_err(server)?;
+                (
+                    issued.access_token,
+                    issued.expires_in,
+                    Some(issued.refresh_token),
+                )
+            }
+            None => {
+                let (at, ttl) = self
+                    .tokens
+                    .access_for(&grant.user, &client.client_id, &scope)
+                    .map_err(server)?;
+                (at, ttl, None)
+            }
+        };
         let id_token = self
             .id_token(&grant.user, client, &grant.request, grant.auth_time_s)
             .map_err(|e| GrantError::new("server_error", e.to_string()))?;
         Ok(Granted {
-            access_token: issued.access_token,
-            expires_in: issued.expires_in,
-            refresh_token: Some(issued.refresh_token),
+            access_token,
+            expires_in,
+            refresh_token,
             id_token: Some(id_token),
             scope,
         })
@@ -639,4 +718,90 @@ fn parse_session(cookie: &str) -> Option<([u8; 16], [u8; 32])> {
     let id = B64.decode(parts.next()?).ok()?.try_into().ok()?;
     let secret = B64.decode(parts.next()?).ok()?.try_into().ok()?;
     parts.next().is_none().then_some((id, secret))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::common::hlc::{Hlc, SystemClock};
+    use crate::crypto::password::{PasswordAlgorithm, Passwords};
+    use crate::storage::store::{Store, StoreOptions};
+
+    fn oidc(dir: &std::path::Path) -> Oidc {
+        let ring = crate::crypto::keyring::init(&["af-south".into(), "eu-west".into()])
+            .unwrap()
+            .remove(0);
+        let passwords = Passwords::new(PasswordAlgorithm::Argon2id, ring.pepper()).unwrap();
+        let store = Arc::new(Store::open(dir, &StoreOptions::default()).unwrap());
+        let hlc = Arc::new(Hlc::new("af-south", 500, Box::new(SystemClock)));
+        let users = Arc::new(Users::new(store, ring, passwords, hlc, 8));
+        let tokens = Arc::new(Tokens::new(users.clone(), Default::default()));
+        Oidc::new(users, tokens, OidcConfig::default())
+    }
+
+    fn sessions(o: &Oidc) -> Vec<proto::BrowserSession> {
+        o.users
+            .entries()
+            .all(EntryKind::BrowserSession)
+            .unwrap()
+            .iter()
+            .map(|e| proto::BrowserSession::decode(e.value.as_slice()).unwrap())
+            .collect()
+    }
+
+    /// Every sign-in writes a session entry, replicated to every region: without a
+    /// sweep, a loop of sign-ins would grow every region's store for good. Expired
+    /// ones go; live ones, and ended ones until their end, stay.
+    #[test]
+    fn the_sweep_removes_expired_sessions_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = oidc(dir.path());
+        let user = Uuid::new_v4();
+        let live = o.start_session(user, 0).unwrap();
+        let ended = o.start_session(user, 0).unwrap();
+        o.end_session(&ended).unwrap();
+        let now = o.now_ms();
+        let expired = proto::BrowserSession {
+            user_id: user.as_bytes().to_vec(),
+            secret_hash: vec![1; 32],
+            auth_time_ms: now - 7_200_000,
+            expires_ms: now - 3_600_000,
+            ..Default::default()
+        };
+        o.users
+            .entries()
+            .put(EntryKind::BrowserSession, &[9; 16], expired.encode_to_vec())
+            .unwrap();
+        assert_eq!(sessions(&o).len(), 3);
+        assert_eq!(o.sweep().unwrap(), 1);
+        assert_eq!(sessions(&o).len(), 2);
+        assert!(parse_session(&live).is_some());
+        assert_eq!(o.sweep().unwrap(), 0);
+    }
+
+    /// A sign-out where the session has not arrived yet (a lagging region) used to
+    /// end nothing, and the session then went on working everywhere. It now writes
+    /// an ended session in its place, which is newer than the sign-in.
+    #[test]
+    fn a_sign_out_before_the_session_arrives_ends_it_all_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = oidc(dir.path());
+        let cookie = format!("bs1.{}.{}", B64.encode([4u8; 16]), B64.encode([5u8; 32]));
+        o.end_session(&cookie).unwrap();
+        let held = sessions(&o);
+        assert_eq!(held.len(), 1);
+        assert!(held[0].ended_ms != 0);
+        assert_eq!(held[0].secret_hash, sha256(&[5u8; 32]).to_vec());
+        let stored = o
+            .users
+            .entries()
+            .get(EntryKind::BrowserSession, &[4; 16])
+            .unwrap()
+            .unwrap();
+        assert!(
+            crate::accounts::bounds::entry(&stored).is_ok(),
+            "it replicates"
+        );
+        assert_eq!(o.session(&cookie).unwrap(), None);
+    }
 }

@@ -254,6 +254,9 @@ impl AuthRequest {
         if let Some(m) = self.max_age {
             out.push(("max_age", m.to_string()));
         }
+        if self.prompt == Prompt::Login {
+            out.push(("prompt", "login".to_string()));
+        }
         out
     }
 }

@@ -22,8 +22,33 @@ use crate::api::error::{oauth_error, oauth_tokens, page, redirect, ApiError, Pag
 use crate::api::extract::{blocking, hashing, JsonBody};
 use crate::api::state::AppState;
 
+/// The cookies' names. Over https they carry the `__Host-` prefix: a browser then
+/// takes them only from this host, with `Secure` and `Path=/`, so a sibling subdomain
+/// (another platform of the group, or a script on one) cannot plant its own.
 const SESSION_COOKIE: &str = "authsync_session";
 const CSRF_COOKIE: &str = "authsync_csrf";
+
+/// How recent a sign-in a consent answer to a `prompt=login` request needs: the one
+/// that showed the consent page.
+const FRESH_SIGN_IN_S: u64 = 300;
+
+fn cookie_name(s: &AppState, name: &'static str) -> String {
+    if s.oidc.issuer().starts_with("https://") {
+        format!("__Host-{name}")
+    } else {
+        name.to_string()
+    }
+}
+
+/// Whether a browser says the request came from another site or a sibling one
+/// (`Sec-Fetch-Site`): a form of this page is posted from this origin. Clients that
+/// send no such header are judged by the CSRF token alone.
+fn cross_origin(headers: &HeaderMap) -> bool {
+    headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == "cross-site" || v == "same-site")
+}
 
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -92,7 +117,8 @@ fn new_csrf(s: &AppState) -> Option<(String, String)> {
     let csrf = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(crate::crypto::primitives::random::<16>().ok()?);
     let cookie = format!(
-        "{CSRF_COOKIE}={csrf}; Path=/oauth2; HttpOnly; SameSite=Strict{}",
+        "{}={csrf}; Path=/; HttpOnly; SameSite=Strict{}",
+        cookie_name(s, CSRF_COOKIE),
         secure(s)
     );
     Some((csrf, cookie))
@@ -307,15 +333,18 @@ fn read_form(
 
 /// Whether a form's `presented` CSRF token matches the request's CSRF cookie: a
 /// post from another site carries no cookie (`SameSite=Strict`), or another value.
-fn csrf_matches(headers: &HeaderMap, presented: Option<&String>) -> bool {
-    let expected = cookie(headers, CSRF_COOKIE);
+fn csrf_matches(s: &AppState, headers: &HeaderMap, presented: Option<&String>) -> bool {
+    if cross_origin(headers) {
+        return false;
+    }
+    let expected = cookie(headers, &cookie_name(s, CSRF_COOKIE));
     matches!((presented, &expected), (Some(a), Some(b)) if !b.is_empty()
         && crate::crypto::primitives::ct_eq(a.as_bytes(), b.as_bytes()))
 }
 
 /// The live session of the request's cookie, if any.
 async fn current_session(s: &AppState, headers: &HeaderMap) -> Result<Option<Session>, Response> {
-    let Some(value) = cookie(headers, SESSION_COOKIE) else {
+    let Some(value) = cookie(headers, &cookie_name(s, SESSION_COOKIE)) else {
         return Ok(None);
     };
     let oidc = s.oidc.clone();
@@ -405,7 +434,7 @@ pub async fn sign_in(
         Err(resp) => return resp,
     };
     let client_name = client.name.clone();
-    if !csrf_matches(&headers, csrf.as_ref()) {
+    if !csrf_matches(&s, &headers, csrf.as_ref()) {
         metrics::counter!(crate::common::metrics::OIDC_SIGN_INS_TOTAL, "outcome" => "csrf")
             .increment(1);
         return sign_in_form(
@@ -424,6 +453,15 @@ pub async fn sign_in(
             Ok(None) => return sign_in_form(&s, Page::Shown, &req, &client_name, None, ""),
             Err(resp) => return resp,
         };
+        // Only a client that is asked consent takes an answer, and only from a sign-in
+        // as fresh as the request wants: max_age, or for prompt=login the sign-in that
+        // just showed this page.
+        let age_s = s.users.clock_now_ms().saturating_sub(session.auth_time_ms) / 1000;
+        let stale = req.max_age.is_some_and(|max| age_s > max)
+            || (req.prompt == Prompt::Login && age_s > FRESH_SIGN_IN_S);
+        if client.first_party || stale {
+            return sign_in_form(&s, Page::Shown, &req, &client_name, None, "");
+        }
         if decision != "allow" {
             return refusal(
                 &s,
@@ -484,12 +522,14 @@ pub async fn sign_in(
             };
             let cookies = [
                 format!(
-                    "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
+                    "{}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
+                    cookie_name(&s, SESSION_COOKIE),
                     s.oidc.session_ttl_s(),
                     secure(&s)
                 ),
                 format!(
-                    "{CSRF_COOKIE}=; Path=/oauth2; HttpOnly; SameSite=Strict; Max-Age=0{}",
+                    "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+                    cookie_name(&s, CSRF_COOKIE),
                     secure(&s)
                 ),
             ];
@@ -507,6 +547,17 @@ pub async fn sign_in(
                 if minutes == 1 { "" } else { "s" }
             );
             sign_in_form(&s, Page::TooMany, &req, &client_name, Some(&text), &login)
+        }
+        Err(UserError::Forbidden(_)) => {
+            // As /v1/login answers 403 for a locked or disabled account.
+            sign_in_form(
+                &s,
+                Page::Refused,
+                &req,
+                &client_name,
+                Some("This account cannot sign in now. Contact the platform's support."),
+                &login,
+            )
         }
         Err(UserError::LoginFailed { .. }) => {
             metrics::counter!(crate::common::metrics::OIDC_SIGN_INS_TOTAL, "outcome" => "wrong_credentials").increment(1);
@@ -899,14 +950,14 @@ pub async fn end_session(
         Ok(t) => t,
         Err(resp) => return resp,
     };
-    if !csrf_matches(&headers, params.get("csrf")) {
+    if !csrf_matches(&s, &headers, params.get("csrf")) {
         return notice(
             Page::Refused,
             "Not signed out",
             "The form expired: open the sign-out page again.",
         );
     }
-    if let Some(value) = cookie(&headers, SESSION_COOKIE) {
+    if let Some(value) = cookie(&headers, &cookie_name(&s, SESSION_COOKIE)) {
         let oidc = s.oidc.clone();
         if blocking(move || oidc.end_session(&value)).await.is_err() {
             return notice(
@@ -917,7 +968,8 @@ pub async fn end_session(
         }
     }
     let cleared = [format!(
-        "{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{}",
+        "{}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{}",
+        cookie_name(&s, SESSION_COOKIE),
         secure(&s)
     )];
     match target {

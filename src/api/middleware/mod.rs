@@ -116,6 +116,8 @@ pub async fn limit_rate(State(s): State<AppState>, req: Request, next: Next) -> 
         (&axum::http::Method::POST, "/v1/login") => "login",
         (&axum::http::Method::GET, "/v1/users") => "lookup",
         (&axum::http::Method::POST, "/oauth2/authorize") => "sign_in",
+        (&axum::http::Method::GET, "/oauth2/authorize") => "authorize",
+        (&axum::http::Method::POST, "/oauth2/token") => "token",
         _ => return next.run(req).await,
     };
     let Some(limiter) = &s.rate_limit else {
