@@ -14,7 +14,7 @@ use authsync::node::process;
 
 mod cli;
 
-use cli::{admin_client, api_keys, dlq};
+use cli::{admin_client, api_keys, dlq, oauth_clients};
 
 #[derive(Parser)]
 #[command(
@@ -77,6 +77,14 @@ enum Command {
         #[command(subcommand)]
         action: ApiKeysCommand,
     },
+    /// Register, list and remove the platforms that sign customers in through the
+    /// OpenID Connect provider (OAuth clients; no restart needed).
+    OauthClients {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[command(subcommand)]
+        action: OauthClientsCommand,
+    },
 }
 
 /// How a command reaches a running node.
@@ -136,6 +144,37 @@ enum ApiKeysCommand {
     /// Publish a new access token signing key for the node's region; it signs after
     /// `tokens.publish_lead_s`, and the current key stops signing then.
     RotateSigningKey,
+}
+
+#[derive(Subcommand)]
+enum OauthClientsCommand {
+    /// List every live client (id, name, kind, scopes, redirect URIs).
+    List,
+    /// Register a client, live at once in every region; a confidential client's
+    /// secret is printed once.
+    Add {
+        #[arg(long)]
+        name: String,
+        /// Exact redirect URIs, comma-separated (https, or http to a loopback address).
+        #[arg(long, value_delimiter = ',', required = true)]
+        redirect_uris: Vec<String>,
+        /// Where a sign-out may return to, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        post_logout_redirect_uris: Vec<String>,
+        /// Comma-separated, from openid, email, phone, profile, offline_access
+        /// (default openid, email, profile).
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// No secret: an app that cannot keep one (PKCE alone).
+        #[arg(long)]
+        public: bool,
+        /// One of the group's own platforms: no consent asked.
+        #[arg(long)]
+        first_party: bool,
+    },
+    /// Remove a client by its id, in every region: its secret, codes and refresh
+    /// tokens stop working.
+    Remove { id: String },
 }
 
 #[derive(Subcommand)]
@@ -355,6 +394,29 @@ async fn run() -> anyhow::Result<()> {
                 ApiKeysCommand::RotateSigningKey => api_keys::KeysAction::RotateSigningKey,
             };
             api_keys::run(&node, action).await?;
+        }
+        Command::OauthClients { node, action } => {
+            let node = node.checked()?;
+            let action = match action {
+                OauthClientsCommand::List => oauth_clients::ClientsAction::List,
+                OauthClientsCommand::Add {
+                    name,
+                    redirect_uris,
+                    post_logout_redirect_uris,
+                    scopes,
+                    public,
+                    first_party,
+                } => oauth_clients::ClientsAction::Add {
+                    name,
+                    redirect_uris,
+                    post_logout_redirect_uris,
+                    scopes,
+                    public,
+                    first_party,
+                },
+                OauthClientsCommand::Remove { id } => oauth_clients::ClientsAction::Remove { id },
+            };
+            oauth_clients::run(&node, action).await?;
         }
         Command::Keys(KeysCommand::ApiKey { name }) => {
             let key = new_api_key()?;

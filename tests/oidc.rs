@@ -1130,3 +1130,87 @@ async fn introspection_revocation_and_client_credentials_serve_a_client_its_own_
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "unauthorized_client");
 }
+
+fn clients_cli(url: &str, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_authsync"))
+        .arg("oauth-clients")
+        .args(args)
+        .args(["--url", url, "--api-key", common::API_KEY])
+        .output()
+        .expect("run authsync oauth-clients");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// An operator registers a platform from the command line, sees it listed, and
+/// removes it: its secret then stops working at the token endpoint. A registration
+/// with a redirect URI that is not allowed fails and says why.
+#[tokio::test]
+async fn the_cli_registers_lists_and_removes_clients() {
+    let node = TestNode::start();
+    let (ok, out) = clients_cli(
+        &node.url,
+        &[
+            "add",
+            "--name",
+            "Cli Shop",
+            "--redirect-uris",
+            REDIRECT,
+            "--first-party",
+            "--scopes",
+            "openid,email",
+        ],
+    );
+    assert!(ok, "{out}");
+    let id = out.split_whitespace().nth(1).unwrap().to_string();
+    let secret = out
+        .split("shown once, give it to the platform): ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(id.starts_with("c_") && secret.starts_with("cs_"), "{out}");
+    let (ok, listed) = clients_cli(&node.url, &["list"]);
+    assert!(
+        ok && listed.contains(&id) && listed.contains("confidential, first party"),
+        "{listed}"
+    );
+    let (status, _) = token(
+        &node.url,
+        &id,
+        &secret,
+        &[("grant_type", "client_credentials")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (ok, out) = clients_cli(&node.url, &["remove", &id]);
+    assert!(ok && out.contains("removed in every region"), "{out}");
+    let (status, body) = token(
+        &node.url,
+        &id,
+        &secret,
+        &[("grant_type", "client_credentials")],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+    let (ok, out) = clients_cli(
+        &node.url,
+        &[
+            "add",
+            "--name",
+            "Bad",
+            "--redirect-uris",
+            "http://evil.example/cb",
+        ],
+    );
+    assert!(!ok && out.contains("must be https"), "{out}");
+    let (ok, listed) = clients_cli(&node.url, &["list"]);
+    assert!(ok && !listed.contains(&id), "{listed}");
+}

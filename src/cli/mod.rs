@@ -7,3 +7,4 @@ pub mod bench;
 pub mod demo;
 pub mod dlq;
 pub mod keys;
+pub mod oauth_clients;
