@@ -2,15 +2,16 @@
 # Runs relying parties that nobody here wrote against a running `authsync demo`: a
 # platform's back end with authlib (PyPI) and one with openid-client (npm), each
 # through the code flow with PKCE, ID token checks with its own code, userinfo,
-# refresh, introspection, revocation, and single sign-on at a second region
-# (tests/rp/). Installs Python's venv, Node.js and npm from Debian when missing, and
-# the libraries once, under ~/.cache/authsync-tools.
+# refresh, introspection, revocation, and single sign-on at a second region; then a
+# real browser (Debian's Chromium driven by playwright-core) on the hosted page, with
+# screenshots (tests/rp/). Installs Python's venv, Node.js, npm and Chromium from
+# Debian when missing, and the libraries once, under ~/.cache/authsync-tools.
 #
 # Usage: scripts/relying-parties.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/packages.sh
-install_packages python3-venv
+install_packages python3-venv chromium
 # Node.js and npm from Debian unless some are installed already (another packaging of
 # Node.js brings its own npm, which Debian's npm package would conflict with).
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
@@ -31,8 +32,8 @@ if [ ! -d "$node_dir/node_modules/openid-client" ]; then
     cp tests/rp/package.json tests/rp/package-lock.json "$node_dir/"
     (cd "$node_dir" && npm ci --no-audit --no-fund --silent)
 fi
-# Run from beside its node_modules, so that its imports resolve there.
-cp tests/rp/openid_client_rp.mjs "$node_dir/"
+# Run from beside their node_modules, so that their imports resolve there.
+cp tests/rp/openid_client_rp.mjs tests/rp/browser.mjs "$node_dir/"
 
 target="${CARGO_TARGET_DIR:-$HOME/.cache/authsync-target}"
 bin="$target/debug/authsync"
@@ -54,6 +55,8 @@ done
 
 "$py/bin/python" tests/rp/authlib_rp.py "$first" "$second" "$key"
 node "$node_dir/openid_client_rp.mjs" "$first" "$second" "$key"
+shots="${TMPDIR:-/tmp}/authsync-browser-shots"
+node "$node_dir/browser.mjs" "$first" "$second" "$key" "$shots"
 
 if grep -q "panicked" "$work/demo.log"; then
     echo "the demo logged a panic:" >&2
