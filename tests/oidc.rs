@@ -1214,3 +1214,42 @@ async fn the_cli_registers_lists_and_removes_clients() {
     let (ok, listed) = clients_cli(&node.url, &["list"]);
     assert!(ok && !listed.contains(&id), "{listed}");
 }
+
+/// The attack: a stolen code raced against the real exchange, many requests at once.
+/// Exactly one gets tokens; every other is `invalid_grant`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_code_exchanged_many_times_at_once_gives_tokens_once() {
+    let node = TestNode::start();
+    node.client().create("ivy@example.com", PW).await;
+    let (id, secret) = shop(&node.url).await;
+    let (verifier, challenge) = pkce(13);
+    let code = sign_in(&node.url, &id, &challenge, "ivy@example.com", PW)
+        .await
+        .unwrap()
+        .code;
+    let tries: Vec<_> = (0..20)
+        .map(|_| {
+            let (url, id, secret, code, verifier) = (
+                node.url.clone(),
+                id.clone(),
+                secret.clone(),
+                code.clone(),
+                verifier.clone(),
+            );
+            tokio::spawn(async move { exchange(&url, &id, &secret, &code, &verifier).await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tries {
+        let (status, body) = t.await.unwrap();
+        if status != 200 {
+            assert_eq!(body["error"], "invalid_grant", "{body}");
+        }
+        statuses.push(status);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+}

@@ -236,6 +236,22 @@ impl Entries {
     }
 
     /// The entry under (kind, key). One that fails its MAC is reported as unreadable.
+    /// Removes every entry of `kind` that `dead` says can go, each checked again under
+    /// its lock ([`Entries::remove_if`]); returns how many went.
+    pub fn sweep(
+        &self,
+        kind: EntryKind,
+        dead: impl Fn(&proto::Entry) -> bool,
+    ) -> Result<usize, UserError> {
+        let mut removed = 0;
+        for e in self.all(kind)? {
+            if dead(&e) && self.remove_if(kind, &e.key, &dead)? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     pub fn get(&self, kind: EntryKind, key: &[u8]) -> Result<Option<proto::Entry>, UserError> {
         let Some(entry) = self.store.get_entry(kind as u32, key)? else {
             return Ok(None);

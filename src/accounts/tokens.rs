@@ -212,18 +212,7 @@ impl Tokens {
                     || Uuid::from_slice(&f.user_id).is_ok_and(|u| self.users.is_erased(&u))
             })
         };
-        let mut removed = 0;
-        for e in self.users.entries().all(EntryKind::TokenFamily)? {
-            if dead(&e)
-                && self
-                    .users
-                    .entries()
-                    .remove_if(EntryKind::TokenFamily, &e.key, dead)?
-            {
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        self.users.entries().sweep(EntryKind::TokenFamily, dead)
     }
 
     fn signing_keys(&self) -> Result<Vec<(String, proto::SigningKey)>, UserError> {

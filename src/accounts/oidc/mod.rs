@@ -156,7 +156,6 @@ impl Granted {
 /// A browser session, found from its cookie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Session {
-    pub id: [u8; 16],
     pub user: Uuid,
     pub auth_time_ms: u64,
     pub credentials_ms: u64,
@@ -295,7 +294,6 @@ impl Oidc {
         }
         match self.users.credentials_of(&user)? {
             Credentials::Active(c) if c <= s.credentials_changed_ms => Ok(Some(Session {
-                id,
                 user,
                 auth_time_ms: s.auth_time_ms,
                 credentials_ms: s.credentials_changed_ms,
@@ -345,24 +343,14 @@ impl Oidc {
     /// it), or of an erased account. Returns how many.
     pub fn sweep(&self) -> Result<usize, UserError> {
         let now = self.now_ms();
-        let dead = |e: &proto::Entry| {
-            proto::BrowserSession::decode(e.value.as_slice()).is_ok_and(|s| {
-                now >= s.expires_ms
-                    || Uuid::from_slice(&s.user_id).is_ok_and(|u| self.users.is_erased(&u))
+        self.users
+            .entries()
+            .sweep(EntryKind::BrowserSession, |e: &proto::Entry| {
+                proto::BrowserSession::decode(e.value.as_slice()).is_ok_and(|s| {
+                    now >= s.expires_ms
+                        || Uuid::from_slice(&s.user_id).is_ok_and(|u| self.users.is_erased(&u))
+                })
             })
-        };
-        let mut removed = 0;
-        for e in self.users.entries().all(EntryKind::BrowserSession)? {
-            if dead(&e)
-                && self
-                    .users
-                    .entries()
-                    .remove_if(EntryKind::BrowserSession, &e.key, dead)?
-            {
-                removed += 1;
-            }
-        }
-        Ok(removed)
     }
 
     // ---- codes

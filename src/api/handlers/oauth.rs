@@ -515,7 +515,6 @@ pub async fn sign_in(
             metrics::counter!(crate::common::metrics::OIDC_SIGN_INS_TOTAL, "outcome" => "ok")
                 .increment(1);
             let session = Session {
-                id: [0; 16],
                 user,
                 auth_time_ms: s.users.clock_now_ms(),
                 credentials_ms: credentials,
@@ -575,6 +574,23 @@ pub async fn sign_in(
             "Try again",
             "Signing in is unavailable here for a moment; try again.",
         ),
+    }
+}
+
+/// The fields of a request to the token, revocation or introspection endpoint, each
+/// at most once; anything else is refused as RFC 6749 says (`invalid_request`), a
+/// body too large as every other one.
+#[allow(clippy::result_large_err)] // the refusal is the response itself, built once
+fn oauth_form(
+    pairs: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Result<std::collections::BTreeMap<String, String>, Response> {
+    match pairs {
+        Ok(Form(p)) => request::params(p).map_err(|e| oauth_error("invalid_request", &e)),
+        Err(FormRejection::BytesRejection(e)) => Err(ApiError::from(e).into_response()),
+        Err(_) => Err(oauth_error(
+            "invalid_request",
+            "the body must be application/x-www-form-urlencoded",
+        )),
     }
 }
 
@@ -639,19 +655,9 @@ pub async fn token(
     headers: HeaderMap,
     pairs: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Response {
-    let pairs = match pairs {
-        Ok(Form(p)) => p,
-        Err(FormRejection::BytesRejection(e)) => return ApiError::from(e).into_response(),
-        Err(_) => {
-            return oauth_error(
-                "invalid_request",
-                "the body must be application/x-www-form-urlencoded",
-            )
-        }
-    };
-    let form = match request::params(pairs) {
+    let form = match oauth_form(pairs) {
         Ok(f) => f,
-        Err(e) => return oauth_error("invalid_request", &e),
+        Err(resp) => return resp,
     };
     let client = match token_client(&s, &headers, &form).await {
         Ok(c) => c,
@@ -726,17 +732,7 @@ async fn client_and_token(
     headers: &HeaderMap,
     pairs: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Result<(crate::proto::OAuthClient, String), Response> {
-    let pairs = match pairs {
-        Ok(Form(p)) => p,
-        Err(FormRejection::BytesRejection(e)) => return Err(ApiError::from(e).into_response()),
-        Err(_) => {
-            return Err(oauth_error(
-                "invalid_request",
-                "the body must be application/x-www-form-urlencoded",
-            ))
-        }
-    };
-    let form = request::params(pairs).map_err(|e| oauth_error("invalid_request", &e))?;
+    let form = oauth_form(pairs)?;
     let client = token_client(s, headers, &form).await?;
     let token = form
         .get("token")
