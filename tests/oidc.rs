@@ -235,9 +235,8 @@ async fn exchange(base: &str, id: &str, secret: &str, code: &str, verifier: &str
     .await
 }
 
-/// The claims of `jwt`, once its EdDSA signature verifies against a key of the JWKS
-/// at `base`.
-async fn verified_claims(base: &str, jwt: &str) -> Value {
+/// The `alg` of `jwt` and the JWK the JWKS at `base` publishes under its kid.
+async fn published_key(base: &str, jwt: &str) -> (String, Value) {
     let jwks: Value = reqwest::get(format!("{base}/.well-known/jwks.json"))
         .await
         .unwrap()
@@ -247,21 +246,38 @@ async fn verified_claims(base: &str, jwt: &str) -> Value {
     let parts: Vec<&str> = jwt.split('.').collect();
     assert_eq!(parts.len(), 3);
     let header: Value = serde_json::from_slice(&B64.decode(parts[0]).unwrap()).unwrap();
-    assert_eq!(header["alg"], "EdDSA");
     let key = jwks["keys"]
         .as_array()
         .unwrap()
         .iter()
         .find(|k| k["kid"] == header["kid"])
         .expect("the kid is published");
-    let x = B64.decode(key["x"].as_str().unwrap()).unwrap();
-    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &x)
+    (header["alg"].as_str().unwrap().to_string(), key.clone())
+}
+
+/// The claims of `jwt`, once its signature verifies with `alg` and `public_key`.
+fn claims_verified(
+    jwt: &str,
+    alg: &'static dyn ring::signature::VerificationAlgorithm,
+    public_key: &[u8],
+) -> Value {
+    let parts: Vec<&str> = jwt.split('.').collect();
+    ring::signature::UnparsedPublicKey::new(alg, public_key)
         .verify(
             format!("{}.{}", parts[0], parts[1]).as_bytes(),
             &B64.decode(parts[2]).unwrap(),
         )
         .expect("the signature verifies");
     serde_json::from_slice(&B64.decode(parts[1]).unwrap()).unwrap()
+}
+
+/// The claims of `jwt`, once its EdDSA signature verifies against a key of the JWKS
+/// at `base`.
+async fn verified_claims(base: &str, jwt: &str) -> Value {
+    let (alg, key) = published_key(base, jwt).await;
+    assert_eq!(alg, "EdDSA");
+    let x = B64.decode(key["x"].as_str().unwrap()).unwrap();
+    claims_verified(jwt, &ring::signature::ED25519, &x)
 }
 
 #[tokio::test]
@@ -1252,4 +1268,254 @@ async fn a_code_exchanged_many_times_at_once_gives_tokens_once() {
         1,
         "{statuses:?}"
     );
+}
+
+/// An Ed25519 key of a platform's own, and its public JWK under `kid`.
+fn platform_key(seed: u8, kid: &str) -> (ring::signature::Ed25519KeyPair, Value) {
+    use ring::signature::KeyPair as _;
+    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap();
+    let jwk = json!({"kty": "OKP", "crv": "Ed25519", "kid": kid,
+        "x": B64.encode(pair.public_key().as_ref())});
+    (pair, jwk)
+}
+
+/// A client assertion (RFC 7523) signed with `pair`: `claims` over the defaults for
+/// client `id` at `aud`, a minute long, a fresh jti.
+fn assertion(
+    pair: &ring::signature::Ed25519KeyPair,
+    kid: &str,
+    id: &str,
+    aud: &str,
+    claims: Value,
+) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut c = json!({"iss": id, "sub": id, "aud": aud, "iat": now, "exp": now + 60,
+        "jti": B64.encode(rand::random::<[u8; 16]>())});
+    for (k, v) in claims.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    let input = format!(
+        "{}.{}",
+        B64.encode(json!({"alg": "EdDSA", "kid": kid}).to_string()),
+        B64.encode(c.to_string())
+    );
+    format!(
+        "{input}.{}",
+        B64.encode(pair.sign(input.as_bytes()).as_ref())
+    )
+}
+
+/// `/oauth2/token` authenticated by `assertion` alone.
+async fn token_by_assertion(base: &str, assertion: &str, form: &[(&str, &str)]) -> (u16, Value) {
+    let mut body: Vec<(&str, &str)> = form.to_vec();
+    body.push((
+        "client_assertion_type",
+        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+    ));
+    body.push(("client_assertion", assertion));
+    let resp = browser()
+        .post(format!("{base}/oauth2/token"))
+        .form(&body)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+/// The claims of `jwt`, once its ES256 signature verifies against the P-256 key the
+/// JWKS at `base` publishes under its kid.
+async fn es256_claims(base: &str, jwt: &str) -> Value {
+    let (alg, key) = published_key(base, jwt).await;
+    assert_eq!(alg, "ES256");
+    assert_eq!(
+        (key["kty"].as_str(), key["crv"].as_str()),
+        (Some("EC"), Some("P-256"))
+    );
+    let point = [
+        &[4u8][..],
+        &B64.decode(key["x"].as_str().unwrap()).unwrap(),
+        &B64.decode(key["y"].as_str().unwrap()).unwrap(),
+    ]
+    .concat();
+    claims_verified(jwt, &ring::signature::ECDSA_P256_SHA256_FIXED, &point)
+}
+
+/// The attacks on a platform that signs its requests instead of holding a secret:
+/// its bare client id, another key, an assertion for another region or another
+/// client, one that lives too long, one replayed. Each is `invalid_client`, and the
+/// code survives them for the real exchange. Its ID tokens are ES256, as registered.
+#[tokio::test]
+async fn a_platform_with_keys_authenticates_once_per_assertion_and_gets_es256_id_tokens() {
+    let cluster = Cluster::start();
+    cluster.warm_up().await;
+    let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url.clone()).collect();
+    let user = cluster.clients()[0].create("kim@example.com", PW).await;
+    let (pair, jwk) = platform_key(41, "shop-1");
+    let (id, secret) = register(
+        &urls[0],
+        json!({"name": "Keyed shop", "redirect_uris": [REDIRECT], "first_party": true,
+            "scopes": ["openid", "email", "offline_access"],
+            "token_endpoint_auth_method": "private_key_jwt", "id_token_signed_response_alg": "ES256",
+            "jwks": {"keys": [jwk]}}),
+    )
+    .await;
+    assert_eq!(secret, None, "a client with keys is given no secret");
+    let discovery: Value = reqwest::get(format!("{}/.well-known/openid-configuration", urls[0]))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(discovery["token_endpoint_auth_methods_supported"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("private_key_jwt")));
+    assert!(discovery["id_token_signing_alg_values_supported"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("ES256")));
+
+    let (verifier, challenge) = pkce(41);
+    let code = sign_in(&urls[0], &id, &challenge, "kim@example.com", PW)
+        .await
+        .unwrap()
+        .code;
+    let endpoint = format!("{}/oauth2/token", urls[0]);
+    let exchange_form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", verifier.as_str()),
+    ];
+    // Its bare id, as a public client would send it.
+    let mut bare = exchange_form.to_vec();
+    bare.push(("client_id", id.as_str()));
+    let resp = browser().post(&endpoint).form(&bare).send().await.unwrap();
+    assert_eq!(
+        resp.status(),
+        401,
+        "a client with keys cannot pass as public"
+    );
+    let (other_pair, _) = platform_key(42, "shop-1");
+    let (other_id, other_secret) = shop(&urls[0]).await;
+    let refused = [
+        (
+            "another key",
+            assertion(&other_pair, "shop-1", &id, &endpoint, json!({})),
+        ),
+        (
+            "another region's endpoint",
+            assertion(
+                &pair,
+                "shop-1",
+                &id,
+                &format!("{}/oauth2/token", urls[1]),
+                json!({}),
+            ),
+        ),
+        (
+            "another client as issuer",
+            assertion(&pair, "shop-1", &id, &endpoint, json!({"iss": other_id})),
+        ),
+        (
+            "a lifetime of two hours",
+            assertion(
+                &pair,
+                "shop-1",
+                &id,
+                &endpoint,
+                json!({"exp": 4_000_000_000u64}),
+            ),
+        ),
+        (
+            "an expired one",
+            assertion(
+                &pair,
+                "shop-1",
+                &id,
+                &endpoint,
+                json!({"exp": 1_000_000_000u64}),
+            ),
+        ),
+        (
+            "one without a jti",
+            assertion(&pair, "shop-1", &id, &endpoint, json!({"jti": null})),
+        ),
+        (
+            "one under an unknown kid",
+            assertion(&pair, "shop-2", &id, &endpoint, json!({})),
+        ),
+    ];
+    for (what, a) in &refused {
+        let (status, body) = token_by_assertion(&urls[0], a, &exchange_form).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_client")),
+            "{what}: {body}"
+        );
+    }
+    // An assertion and a secret at once: one way only.
+    let good = assertion(&pair, "shop-1", &id, &endpoint, json!({}));
+    let resp = browser()
+        .post(&endpoint)
+        .basic_auth(&other_id, Some(other_secret))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", good.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+
+    let (status, tokens) = token_by_assertion(&urls[0], &good, &exchange_form).await;
+    assert_eq!(status, 200, "{tokens}");
+    let claims = es256_claims(&urls[0], tokens["id_token"].as_str().unwrap()).await;
+    assert_eq!(
+        (claims["sub"].as_str(), claims["aud"].as_str()),
+        (Some(user.as_str()), Some(id.as_str()))
+    );
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    let refresh_form = [("grant_type", "refresh_token"), ("refresh_token", refresh)];
+    let (status, body) = token_by_assertion(&urls[0], &good, &refresh_form).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client")),
+        "a replayed assertion: {body}"
+    );
+    let fresh = assertion(&pair, "shop-1", &id, &endpoint, json!({}));
+    let (status, body) = token_by_assertion(&urls[0], &fresh, &refresh_form).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Registered at af-south, the client and its keys work at eu-west once arrived,
+    // with an assertion made out to eu-west.
+    cluster.converged(4, Duration::from_secs(60)).await;
+    let there = format!("{}/oauth2/token", urls[1]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let a = assertion(&pair, "shop-1", &id, &there, json!({}));
+        let (status, body) = token_by_assertion(
+            &urls[1],
+            &a,
+            &[("grant_type", "client_credentials"), ("scope", "email")],
+        )
+        .await;
+        if status == 200 {
+            assert_eq!(body["scope"], "email");
+            break;
+        }
+        assert_eq!(body["error"], "invalid_client", "{body}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the client never reached eu-west"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

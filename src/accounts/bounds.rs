@@ -213,15 +213,37 @@ fn check_entry(e: &proto::Entry) -> Check {
             };
             time(k.published_ms, &version, true, "published_ms out of range")?;
             time(k.signs_from_ms, &lead, true, "signs_from_ms out of range")?;
-            time(k.retired_ms, &lead, true, "retired_ms out of range")
+            time(k.retired_ms, &lead, true, "retired_ms out of range")?;
+            match k.es256_public_key.as_slice() {
+                [] => Ok(()),
+                [4, ..] if k.es256_public_key.len() == 65 => Ok(()),
+                _ => Err("signing key's ES256 public key is not an uncompressed P-256 point"),
+            }
         }
         Ok(EntryKind::OauthClient) => {
             let c = proto::OAuthClient::decode(v).map_err(|_| "OAuth client does not decode")?;
             if c.client_id.as_bytes() != e.key.as_slice() || c.client_id.len() > 512 {
                 return Err("OAuth client id differs from its key");
             }
-            if !(c.secret_hash.is_empty() || c.secret_hash.len() == 32) {
-                return Err("OAuth client secret hash is not 32 bytes");
+            // How it authenticates decides what it holds: a secret's hash, keys, or
+            // neither; never a public client that a made-up hash or key would let in.
+            let (hash, keys) = (c.secret_hash.len(), !c.jwks.is_empty());
+            let held = match c.auth_method.as_str() {
+                "client_secret_basic" | "client_secret_post" => hash == 32 && !keys,
+                "private_key_jwt" => {
+                    hash == 0
+                        && c.jwks.len() <= crate::crypto::jws::MAX_KEY_SET_LEN
+                        && serde_json::from_str(&c.jwks)
+                            .is_ok_and(|set| crate::crypto::jws::public_key_set(&set).is_ok())
+                }
+                "none" => hash == 0 && !keys,
+                _ => false,
+            };
+            if !held {
+                return Err("OAuth client's authentication method and credentials disagree");
+            }
+            if !matches!(c.id_token_alg.as_str(), "" | "EdDSA" | "ES256") {
+                return Err("OAuth client's ID token alg is not EdDSA or ES256");
             }
             if c.redirect_uris.len() > 10 || c.post_logout_redirect_uris.len() > 10 {
                 return Err("OAuth client has more than 10 redirect URIs");
@@ -230,10 +252,8 @@ fn check_entry(e: &proto::Entry) -> Check {
                 redirect_uri(uri).map_err(|_| "OAuth client redirect URI not allowed")?;
             }
             oauth_scopes(c.scopes.iter().map(String::as_str))?;
-            if c.name.chars().count() > 100
-                || !matches!(c.auth_method.as_str(), "client_secret_basic" | "none")
-            {
-                return Err("OAuth client name or authentication method out of range");
+            if c.name.chars().count() > 100 {
+                return Err("OAuth client name out of range");
             }
             time(c.created_ms, &version, true, "created_ms out of range")?;
             time(c.removed_ms, &version, true, "removed_ms out of range")
@@ -459,6 +479,7 @@ mod tests {
             redirect_uris: vec!["https://shop.example/cb".into()],
             scopes: vec!["openid".into(), "email".into()],
             auth_method: "client_secret_basic".into(),
+            secret_hash: vec![7; 32],
             created_ms: NOW,
             ..Default::default()
         };
@@ -535,6 +556,17 @@ mod tests {
                 ),
             ),
             (
+                "a signing key whose ES256 half is not a P-256 point",
+                made(
+                    EntryKind::SigningKey,
+                    proto::SigningKey {
+                        es256_public_key: vec![2; 33],
+                        ..Default::default()
+                    }
+                    .encode_to_vec(),
+                ),
+            ),
+            (
                 "a signing key retired at the end of time",
                 made(
                     EntryKind::SigningKey,
@@ -559,6 +591,39 @@ mod tests {
                 "a client redirecting over plain http",
                 client(proto::OAuthClient {
                     post_logout_redirect_uris: vec!["http://evil.example/".into()],
+                    ..good_client.clone()
+                }),
+            ),
+            (
+                "a private_key_jwt client without keys, that would pass as public",
+                client(proto::OAuthClient {
+                    auth_method: "private_key_jwt".into(),
+                    secret_hash: Vec::new(),
+                    ..good_client.clone()
+                }),
+            ),
+            (
+                "a private_key_jwt client whose key is private",
+                client(proto::OAuthClient {
+                    auth_method: "private_key_jwt".into(),
+                    secret_hash: Vec::new(),
+                    jwks: r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI","d":"AQ"}]}"#.into(),
+                    ..good_client.clone()
+                }),
+            ),
+            (
+                "a public client with keys",
+                client(proto::OAuthClient {
+                    auth_method: "none".into(),
+                    secret_hash: Vec::new(),
+                    jwks: r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI"}]}"#.into(),
+                    ..good_client.clone()
+                }),
+            ),
+            (
+                "a client signing ID tokens with none",
+                client(proto::OAuthClient {
+                    id_token_alg: "none".into(),
                     ..good_client.clone()
                 }),
             ),
@@ -611,6 +676,14 @@ mod tests {
             ),
         ];
         assert!(entry(&client(good_client.clone())).is_ok());
+        let keyed = proto::OAuthClient {
+            auth_method: "private_key_jwt".into(),
+            secret_hash: Vec::new(),
+            id_token_alg: "ES256".into(),
+            jwks: r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI"}]}"#.into(),
+            ..good_client.clone()
+        };
+        assert!(entry(&client(keyed)).is_ok());
         for (name, e) in bad {
             assert!(
                 matches!(entry(&e), Err(ApplyError::Malformed(_))),

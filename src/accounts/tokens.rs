@@ -10,6 +10,10 @@
 //! [`crate::accounts::entries`]: the public key in clear, the private seed sealed under the
 //! region's master key. So `/.well-known/jwks.json` serves every region's public keys,
 //! and any region can check any token.
+//! - Each key also has an ES256 (P-256) half, derived from the same seed
+//!   ([`Es256Key::derive`]) and published beside it under kid `<kid>.es256`: ID tokens
+//!   for a client that cannot check EdDSA are signed with it. Access tokens are always
+//!   EdDSA.
 //! - A node without a key makes one at start.
 //! - A rotation (`POST /v1/admin/signing-keys/rotate`) publishes the new key at once,
 //!   but it signs only `tokens.publish_lead_s` later. Verifiers that cache the JWKS
@@ -52,6 +56,7 @@ use uuid::Uuid;
 use crate::accounts::error::UserError;
 use crate::accounts::users::{Credentials, Users};
 use crate::common::config::{invalid, Invalid};
+use crate::crypto::jws::{self, Es256Key};
 use crate::proto::{self, EntryKind};
 
 /// How many earlier secrets a family remembers, to tell reuse from a forgery.
@@ -142,7 +147,36 @@ pub struct Tokens {
     users: Arc<Users>,
     config: TokenConfig,
     /// Unsealed signing keys by kid.
-    signers: Mutex<HashMap<String, Arc<Ed25519KeyPair>>>,
+    signers: Mutex<HashMap<String, Arc<Signer>>>,
+}
+
+/// A signing key unsealed: the Ed25519 pair and the P-256 key derived from its seed.
+struct Signer {
+    ed25519: Ed25519KeyPair,
+    es256: Es256Key,
+}
+
+/// How a JWT is signed: EdDSA (the default), or ES256 for a client that asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alg {
+    EdDSA,
+    ES256,
+}
+
+impl Alg {
+    /// `id_token_signed_response_alg` as a client registers it; empty is EdDSA.
+    pub fn named(name: &str) -> Option<Alg> {
+        match name {
+            "" | "EdDSA" => Some(Alg::EdDSA),
+            "ES256" => Some(Alg::ES256),
+            _ => None,
+        }
+    }
+}
+
+/// The kid of the ES256 key derived from signing key `kid`.
+fn es256_kid(kid: &str) -> String {
+    format!("{kid}.es256")
 }
 
 fn decode<M: Message + Default>(e: &proto::Entry) -> Option<M> {
@@ -228,14 +262,33 @@ impl Tokens {
             .collect())
     }
 
-    /// Makes this region's first signing key, signing at once, when it has none.
+    /// Makes this region's first signing key, signing at once, when it has none, and
+    /// publishes the ES256 key of each of its keys that signs now or will, if a key
+    /// made before ES256 lacks it.
     pub fn ensure_signing_key(&self) -> Result<(), UserError> {
         let region = self.users.region().to_string();
-        if self.signing_keys()?.iter().any(|(_, k)| k.region == region) {
+        let keys = self.signing_keys()?;
+        if !keys.iter().any(|(_, k)| k.region == region) {
+            self.add_signing_key(self.now_ms())?;
             return Ok(());
         }
         let now = self.now_ms();
-        self.add_signing_key(now)?;
+        for (kid, key) in keys {
+            let live = key.retired_ms == 0 || now < key.retired_ms;
+            if key.region != region || !live || !key.es256_public_key.is_empty() {
+                continue;
+            }
+            let public = self.unseal(&kid, &key)?.es256.public_key();
+            self.users
+                .entries()
+                .update(EntryKind::SigningKey, kid.as_bytes(), |stored| {
+                    let mut k: proto::SigningKey = decode(stored?)?;
+                    k.es256_public_key.is_empty().then(|| {
+                        k.es256_public_key = public.clone();
+                        k.encode_to_vec()
+                    })
+                })?;
+        }
         Ok(())
     }
 
@@ -246,6 +299,9 @@ impl Tokens {
         let seed = zeroize::Zeroizing::new(random::<32>()?);
         let pair = Ed25519KeyPair::from_seed_unchecked(seed.as_ref())
             .map_err(|_| UserError::Crypto(crate::crypto::primitives::CryptoError::Random))?;
+        let es256 = Es256Key::derive(&seed).ok_or(UserError::Crypto(
+            crate::crypto::primitives::CryptoError::Random,
+        ))?;
         let sealed =
             crate::crypto::envelope::seal_secret(&self.users.keyring(), kid.as_bytes(), &seed)
                 .map_err(UserError::Crypto)?;
@@ -256,6 +312,7 @@ impl Tokens {
             published_ms: now,
             signs_from_ms,
             retired_ms: 0,
+            es256_public_key: es256.public_key(),
         };
         self.users
             .entries()
@@ -286,7 +343,7 @@ impl Tokens {
     }
 
     /// The key this region signs with now: the latest whose time has come, not retired.
-    fn signer(&self) -> Result<(String, Arc<Ed25519KeyPair>), UserError> {
+    fn signer(&self) -> Result<(String, proto::SigningKey, Arc<Signer>), UserError> {
         let now = self.now_ms();
         let region = self.users.region().to_string();
         let (kid, key) = self
@@ -299,22 +356,30 @@ impl Tokens {
             })
             .max_by_key(|(_, k)| k.signs_from_ms)
             .ok_or(UserError::KeyUnavailable(region))?;
-        if let Some(pair) = self.signers.lock().get(&kid) {
-            return Ok((kid, pair.clone()));
+        let signer = self.unseal(&kid, &key)?;
+        Ok((kid, key, signer))
+    }
+
+    /// Signing key `kid` unsealed, from the cache once it has been.
+    fn unseal(&self, kid: &str, key: &proto::SigningKey) -> Result<Arc<Signer>, UserError> {
+        if let Some(signer) = self.signers.lock().get(kid) {
+            return Ok(signer.clone());
         }
         let sealed = key.sealed_seed.as_ref().ok_or(UserError::Unreadable)?;
         let seed =
             crate::crypto::envelope::open_secret(&self.users.keyring(), kid.as_bytes(), sealed)
                 .map_err(|_| UserError::Unreadable)?;
-        let pair = Arc::new(
-            Ed25519KeyPair::from_seed_and_public_key(seed.as_ref(), &key.public_key)
+        let signer = Arc::new(Signer {
+            ed25519: Ed25519KeyPair::from_seed_and_public_key(seed.as_ref(), &key.public_key)
                 .map_err(|_| UserError::Unreadable)?,
-        );
-        self.signers.lock().insert(kid.clone(), pair.clone());
-        Ok((kid, pair))
+            es256: Es256Key::derive(&seed).ok_or(UserError::Unreadable)?,
+        });
+        self.signers.lock().insert(kid.to_string(), signer.clone());
+        Ok(signer)
     }
 
-    /// Every region's published keys whose tokens may still be valid, as a JWK set.
+    /// Every region's published keys whose tokens may still be valid, as a JWK set:
+    /// each key's Ed25519 half, and its P-256 half once published.
     pub fn jwks(&self) -> Result<Value, UserError> {
         let now = self.now_ms();
         let ttl_ms = self.config.access_ttl_s * 1000;
@@ -324,27 +389,47 @@ impl Tokens {
             .filter(|(_, k)| k.retired_ms == 0 || now < k.retired_ms.saturating_add(ttl_ms))
             .collect();
         keys.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(json!({"keys": keys.iter().map(|(kid, k)| json!({
-            "kty": "OKP",
-            "crv": "Ed25519",
-            "x": B64.encode(&k.public_key),
-            "kid": kid,
-            "use": "sig",
-            "alg": "EdDSA",
-        })).collect::<Vec<_>>()}))
+        let mut out = Vec::new();
+        for (kid, k) in &keys {
+            out.push(json!({
+                "kty": "OKP",
+                "crv": "Ed25519",
+                "x": B64.encode(&k.public_key),
+                "kid": kid,
+                "use": "sig",
+                "alg": "EdDSA",
+            }));
+            out.extend(jws::p256_jwk(&k.es256_public_key, &es256_kid(kid)));
+        }
+        Ok(json!({ "keys": out }))
     }
 
     /// Signs `claims` as a JWT with this region's current key (`alg` EdDSA).
     pub fn sign_jwt(&self, claims: &Value) -> Result<String, UserError> {
-        let (kid, pair) = self.signer()?;
-        let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": kid});
-        let signing_input = format!(
-            "{}.{}",
-            B64.encode(header.to_string()),
-            B64.encode(claims.to_string())
-        );
-        let sig = pair.sign(signing_input.as_bytes());
-        Ok(format!("{signing_input}.{}", B64.encode(sig.as_ref())))
+        self.sign_jwt_as(claims, Alg::EdDSA)
+    }
+
+    /// Signs `claims` as a JWT with this region's current key, in `alg`. ES256 waits
+    /// until the key's P-256 half is published, so that every region can check it.
+    pub fn sign_jwt_as(&self, claims: &Value, alg: Alg) -> Result<String, UserError> {
+        let (kid, key, signer) = self.signer()?;
+        Ok(match alg {
+            Alg::EdDSA => jws::encode(
+                &json!({"alg": "EdDSA", "typ": "JWT", "kid": kid}),
+                claims,
+                |m| signer.ed25519.sign(m).as_ref().to_vec(),
+            ),
+            Alg::ES256 => {
+                if key.es256_public_key.is_empty() {
+                    return Err(UserError::KeyUnavailable(key.region));
+                }
+                jws::encode(
+                    &json!({"alg": "ES256", "typ": "JWT", "kid": es256_kid(&kid)}),
+                    claims,
+                    |m| signer.es256.sign(m),
+                )
+            }
+        })
     }
 
     /// Lifetime of an access token, in seconds.
@@ -393,21 +478,11 @@ impl Tokens {
     /// a published key of any region, `iss` and `aud` this deployment's, not expired.
     /// `None` for anything else.
     pub fn verify_access(&self, token: &str) -> Result<Option<Value>, UserError> {
-        let mut parts = token.split('.');
-        let (Some(h), Some(c), Some(sig), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        // Access tokens are signed EdDSA only: an ES256 one was never issued.
+        let Some(jwt) = jws::parse(token).filter(|t| t.alg() == "EdDSA") else {
             return Ok(None);
         };
-        let header: Option<Value> = B64
-            .decode(h)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        let Some(kid) = header
-            .as_ref()
-            .filter(|h| h["alg"] == "EdDSA")
-            .and_then(|h| h["kid"].as_str().map(str::to_string))
-        else {
+        let Some(kid) = jwt.kid() else {
             return Ok(None);
         };
         let Some(key) = self
@@ -418,23 +493,10 @@ impl Tokens {
         else {
             return Ok(None);
         };
-        let Ok(sig) = B64.decode(sig) else {
-            return Ok(None);
-        };
-        let signed = format!("{h}.{c}");
-        if ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &key.public_key)
-            .verify(signed.as_bytes(), &sig)
-            .is_err()
-        {
+        if !jwt.verifies(&jws::PublicKey::Ed25519(key.public_key)) {
             return Ok(None);
         }
-        let Some(claims) = B64
-            .decode(c)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        else {
-            return Ok(None);
-        };
+        let claims = jwt.claims;
         let now_s = self.now_ms() / 1000;
         // This deployment's audience for a `/v1/login` token, its client's for one
         // issued to an OAuth client.
@@ -835,6 +897,49 @@ mod tests {
         let tokens = Tokens::new(users.clone(), TokenConfig::default());
         tokens.ensure_signing_key().unwrap();
         (users, tokens, now)
+    }
+
+    /// A key made before ES256 has no P-256 half published: ES256 waits for it, and
+    /// the next start publishes it, the same key every time (derived, not stored).
+    #[test]
+    fn a_key_from_before_es256_gets_its_p256_half_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (users, tokens, _) = region(dir.path());
+        let (kid, mut key) = tokens.signing_keys().unwrap().remove(0);
+        let published = key.es256_public_key.clone();
+        assert_eq!(published.len(), 65);
+        key.es256_public_key.clear();
+        users
+            .entries()
+            .put(EntryKind::SigningKey, kid.as_bytes(), key.encode_to_vec())
+            .unwrap();
+        let fresh = Tokens::new(users.clone(), TokenConfig::default());
+        assert!(matches!(
+            fresh.sign_jwt_as(&json!({"sub": "x"}), Alg::ES256),
+            Err(UserError::KeyUnavailable(_))
+        ));
+        assert!(
+            fresh.sign_jwt(&json!({"sub": "x"})).is_ok(),
+            "EdDSA signs on"
+        );
+        assert!(!fresh.jwks().unwrap()["keys"].to_string().contains("P-256"));
+        fresh.ensure_signing_key().unwrap();
+        assert_eq!(
+            fresh.signing_keys().unwrap()[0].1.es256_public_key,
+            published
+        );
+        let jwt = fresh.sign_jwt_as(&json!({"sub": "x"}), Alg::ES256).unwrap();
+        let jwks = fresh.jwks().unwrap();
+        let ec = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kid"] == format!("{kid}.es256"))
+            .unwrap();
+        let key = jws::PublicKey::from_jwk(ec).unwrap();
+        assert!(jws::parse(&jwt).unwrap().verifies(&key));
+        // An ES256 token is not an access token here, whatever it claims.
+        assert_eq!(fresh.verify_access(&jwt).unwrap(), None);
     }
 
     /// An account to log in as.

@@ -394,6 +394,18 @@ pub struct NewOAuthClient {
     /// The group's own platform: no consent asked.
     #[schema(required = false)]
     first_party: Option<bool>,
+    /// client_secret_basic (the default), client_secret_post, private_key_jwt, or
+    /// none (the same as `public`).
+    #[schema(required = false)]
+    token_endpoint_auth_method: Option<String>,
+    /// EdDSA (the default) or ES256.
+    #[schema(required = false)]
+    id_token_signed_response_alg: Option<String>,
+    /// For private_key_jwt, and only for it: the client's public keys, a JWK set of 1
+    /// to 4 Ed25519, P-256 or RSA (2048 bits or more) keys, each with a unique kid
+    /// when there are several.
+    #[schema(required = false, value_type = Option<Object>)]
+    jwks: Option<serde_json::Value>,
 }
 
 /// A registered client, never with its secret except in the answer to its
@@ -407,8 +419,14 @@ pub struct OAuthClient {
     scopes: Vec<String>,
     public: bool,
     first_party: bool,
-    /// client_secret_basic (client_secret_post is taken too) or none.
+    /// client_secret_basic or client_secret_post (either is taken), private_key_jwt,
+    /// or none.
     token_endpoint_auth_method: String,
+    /// EdDSA or ES256.
+    id_token_signed_response_alg: String,
+    /// private_key_jwt: the client's public keys; null otherwise.
+    #[schema(value_type = Option<Object>)]
+    jwks: Option<serde_json::Value>,
     created_ms: u64,
     /// In the answer to the registration only, shown this once.
     #[schema(required = false)]
@@ -437,6 +455,14 @@ pub struct TokenRequest {
     /// With client_secret_post, or alone for a public client.
     #[schema(required = false)]
     client_id: Option<String>,
+    /// private_key_jwt: urn:ietf:params:oauth:client-assertion-type:jwt-bearer.
+    #[schema(required = false)]
+    client_assertion_type: Option<String>,
+    /// private_key_jwt: a JWT signed with one of the client's keys (iss and sub the
+    /// client id, aud this issuer or its endpoint, exp at most an hour ahead, jti
+    /// used once).
+    #[schema(required = false)]
+    client_assertion: Option<String>,
     #[schema(required = false)]
     client_secret: Option<String>,
 }
@@ -451,7 +477,8 @@ pub struct OAuthTokens {
     scope: String,
     #[schema(required = false)]
     refresh_token: Option<String>,
-    /// For a code exchange: signed with EdDSA, verified with the JWKS.
+    /// For a code exchange: signed with EdDSA (or ES256, as the client registered),
+    /// verified with the JWKS.
     #[schema(required = false)]
     id_token: Option<String>,
 }
@@ -496,6 +523,9 @@ pub struct Discovery {
     id_token_signing_alg_values_supported: Vec<String>,
     scopes_supported: Vec<String>,
     token_endpoint_auth_methods_supported: Vec<String>,
+    token_endpoint_auth_signing_alg_values_supported: Vec<String>,
+    revocation_endpoint_auth_methods_supported: Vec<String>,
+    introspection_endpoint_auth_methods_supported: Vec<String>,
     code_challenge_methods_supported: Vec<String>,
     claims_supported: Vec<String>,
     prompt_values_supported: Vec<String>,
@@ -547,6 +577,11 @@ pub struct TokenOnly {
     client_id: Option<String>,
     #[schema(required = false)]
     client_secret: Option<String>,
+    /// private_key_jwt, as at the token endpoint.
+    #[schema(required = false)]
+    client_assertion_type: Option<String>,
+    #[schema(required = false)]
+    client_assertion: Option<String>,
 }
 
 /// RFC 7662's answer: `active`, and for a live token what it is.

@@ -5,6 +5,7 @@
 
 pub mod blind_index;
 pub mod envelope;
+pub mod jws;
 pub mod keyring;
 pub mod password;
 pub mod primitives;

@@ -7,6 +7,11 @@
 //! secret is 32 random bytes, so a fast hash is enough). A public client (an app that
 //! cannot keep a secret) has none and relies on PKCE alone. Redirect URIs are matched
 //! exactly, character for character.
+//!
+//! A client that would rather hold no shared secret registers its public keys
+//! (`token_endpoint_auth_method` `private_key_jwt`, `jwks` inline: authsync fetches
+//! nothing from a client's URL) and signs a short-lived assertion (RFC 7523) for each
+//! request instead; see [`crate::accounts::oidc::Oidc::assertion_client`].
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
@@ -29,6 +34,16 @@ const MAX_NAME_LEN: usize = 100;
 pub const AUTH_SECRET_BASIC: &str = "client_secret_basic";
 pub const AUTH_SECRET_POST: &str = "client_secret_post";
 pub const AUTH_NONE: &str = "none";
+pub const AUTH_PRIVATE_KEY_JWT: &str = "private_key_jwt";
+/// The methods a client may register.
+pub const AUTH_METHODS: &[&str] = &[
+    AUTH_SECRET_BASIC,
+    AUTH_SECRET_POST,
+    AUTH_PRIVATE_KEY_JWT,
+    AUTH_NONE,
+];
+/// The `alg`s an ID token may be signed with.
+pub const ID_TOKEN_ALGS: &[&str] = &["EdDSA", "ES256"];
 
 /// A registration as an operator asks for it, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +54,17 @@ pub struct NewClient {
     pub scopes: Vec<String>,
     pub public: bool,
     pub first_party: bool,
+    /// One of [`AUTH_METHODS`]: `none` exactly when public.
+    pub auth_method: String,
+    /// One of [`ID_TOKEN_ALGS`].
+    pub id_token_alg: String,
+    /// For `private_key_jwt`: its public keys, as JSON text.
+    pub jwks: String,
+}
+
+/// Whether `client` is public: no secret and no key, PKCE alone.
+pub fn is_public(client: &proto::OAuthClient) -> bool {
+    client.auth_method == AUTH_NONE
 }
 
 fn string_list(
@@ -68,7 +94,8 @@ fn string_list(
 }
 
 /// Checks a registration request: `{name, redirect_uris, post_logout_redirect_uris?,
-/// scopes?, public?, first_party?}`. Every problem is named by its field.
+/// scopes?, public?, first_party?, token_endpoint_auth_method?,
+/// id_token_signed_response_alg?, jwks?}`. Every problem is named by its field.
 pub fn new_client(body: &Value) -> Result<NewClient, Vec<Problem>> {
     let Some(fields) = body.as_object() else {
         return Err(vec![Problem::new("body", "must be a JSON object")]);
@@ -81,6 +108,9 @@ pub fn new_client(body: &Value) -> Result<NewClient, Vec<Problem>> {
         "scopes",
         "public",
         "first_party",
+        "token_endpoint_auth_method",
+        "id_token_signed_response_alg",
+        "jwks",
     ];
     for k in fields.keys().filter(|k| !KNOWN.contains(&k.as_str())) {
         problems.push(Problem::new(
@@ -152,8 +182,67 @@ pub fn new_client(body: &Value) -> Result<NewClient, Vec<Problem>> {
             false
         }
     };
-    let public = flag("public", &mut problems);
     let first_party = flag("first_party", &mut problems);
+    let public_flag = flag("public", &mut problems);
+    let one_of =
+        |field: &str, default: &str, allowed: &[&str], problems: &mut Vec<Problem>| match fields
+            .get(field)
+        {
+            None | Some(Value::Null) => default.to_string(),
+            Some(Value::String(v)) if allowed.contains(&v.as_str()) => v.clone(),
+            Some(_) => {
+                problems.push(Problem::new(
+                    field,
+                    format!("is not one of {}", allowed.join(", ")),
+                ));
+                String::new()
+            }
+        };
+    let default_method = if public_flag {
+        AUTH_NONE
+    } else {
+        AUTH_SECRET_BASIC
+    };
+    let auth_method = one_of(
+        "token_endpoint_auth_method",
+        default_method,
+        AUTH_METHODS,
+        &mut problems,
+    );
+    let public = auth_method == AUTH_NONE;
+    if public_flag && !public && !auth_method.is_empty() {
+        problems.push(Problem::new(
+            "token_endpoint_auth_method",
+            "a public client authenticates with none",
+        ));
+    }
+    let jwks = match (fields.get("jwks"), auth_method == AUTH_PRIVATE_KEY_JWT) {
+        (None | Some(Value::Null), false) => String::new(),
+        (None | Some(Value::Null), true) => {
+            problems.push(Problem::new(
+                "jwks",
+                "is required for private_key_jwt: the client's public keys",
+            ));
+            String::new()
+        }
+        (Some(_), false) => {
+            problems.push(Problem::new("jwks", "is only for private_key_jwt"));
+            String::new()
+        }
+        (Some(set), true) => match crate::crypto::jws::public_key_set(set) {
+            Ok(_) => set.to_string(),
+            Err(why) => {
+                problems.push(Problem::new("jwks", why));
+                String::new()
+            }
+        },
+    };
+    let id_token_alg = one_of(
+        "id_token_signed_response_alg",
+        "EdDSA",
+        ID_TOKEN_ALGS,
+        &mut problems,
+    );
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -164,6 +253,9 @@ pub fn new_client(body: &Value) -> Result<NewClient, Vec<Problem>> {
         scopes,
         public,
         first_party,
+        auth_method,
+        id_token_alg,
+        jwks,
     })
 }
 
@@ -180,9 +272,11 @@ pub fn client_json(c: &proto::OAuthClient) -> Value {
         "redirect_uris": c.redirect_uris,
         "post_logout_redirect_uris": c.post_logout_redirect_uris,
         "scopes": c.scopes,
-        "public": c.secret_hash.is_empty(),
+        "public": is_public(c),
         "first_party": c.first_party,
         "token_endpoint_auth_method": c.auth_method,
+        "id_token_signed_response_alg": if c.id_token_alg.is_empty() { "EdDSA" } else { &c.id_token_alg },
+        "jwks": serde_json::from_str::<Value>(&c.jwks).ok(),
         "created_ms": c.created_ms,
     })
 }
@@ -192,8 +286,8 @@ impl<'a> Clients<'a> {
         Clients { entries }
     }
 
-    /// Registers a client; returns it and, for a confidential one, its secret (shown
-    /// this once).
+    /// Registers a client; returns it and, for one that authenticates with a secret,
+    /// the secret (shown this once).
     pub fn register(
         &self,
         new: NewClient,
@@ -203,7 +297,7 @@ impl<'a> Clients<'a> {
             "c_{}",
             hex::encode(crate::crypto::primitives::random::<12>().map_err(UserError::Crypto)?)
         );
-        let secret = if new.public {
+        let secret = if new.public || new.auth_method == AUTH_PRIVATE_KEY_JWT {
             None
         } else {
             Some(format!(
@@ -224,11 +318,9 @@ impl<'a> Clients<'a> {
             first_party: new.first_party,
             created_ms: now_ms,
             removed_ms: 0,
-            auth_method: if new.public {
-                AUTH_NONE.into()
-            } else {
-                AUTH_SECRET_BASIC.into()
-            },
+            auth_method: new.auth_method,
+            id_token_alg: new.id_token_alg,
+            jwks: new.jwks,
         };
         self.entries.put(
             EntryKind::OauthClient,
@@ -296,6 +388,75 @@ pub fn secret_matches(client: &proto::OAuthClient, presented: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ED_KEY: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI";
+
+    /// What would let a client in without a credential, or sign its tokens with
+    /// nothing, is refused at registration, naming the field.
+    #[test]
+    fn a_keyed_registration_needs_public_keys_and_nothing_else() {
+        let base = json!({"name": "Shop", "redirect_uris": ["https://shop.example/cb"]});
+        let with = |extra: Value| {
+            let mut b = base.clone();
+            b.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            new_client(&b)
+        };
+        let ok = with(json!({"token_endpoint_auth_method": "private_key_jwt",
+            "id_token_signed_response_alg": "ES256",
+            "jwks": {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": ED_KEY, "kid": "k1"}]}}))
+        .unwrap();
+        assert_eq!(
+            (ok.auth_method.as_str(), ok.id_token_alg.as_str(), ok.public),
+            ("private_key_jwt", "ES256", false)
+        );
+        assert!(ok.jwks.contains("k1"));
+        let plain = new_client(&base).unwrap();
+        assert_eq!(
+            (plain.auth_method.as_str(), plain.id_token_alg.as_str()),
+            ("client_secret_basic", "EdDSA")
+        );
+        assert_eq!(with(json!({"public": true})).unwrap().auth_method, "none");
+        for (extra, field) in [
+            (
+                json!({"token_endpoint_auth_method": "private_key_jwt"}),
+                "jwks",
+            ),
+            (
+                json!({"token_endpoint_auth_method": "private_key_jwt",
+                "jwks": {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": ED_KEY, "d": ED_KEY}]}}),
+                "jwks",
+            ),
+            (
+                json!({"jwks": {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": ED_KEY}]}}),
+                "jwks",
+            ),
+            (
+                json!({"public": true, "token_endpoint_auth_method": "private_key_jwt",
+                "jwks": {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": ED_KEY}]}}),
+                "token_endpoint_auth_method",
+            ),
+            (
+                json!({"token_endpoint_auth_method": "client_secret_jwt"}),
+                "token_endpoint_auth_method",
+            ),
+            (
+                json!({"id_token_signed_response_alg": "none"}),
+                "id_token_signed_response_alg",
+            ),
+            (
+                json!({"id_token_signed_response_alg": "HS256"}),
+                "id_token_signed_response_alg",
+            ),
+        ] {
+            let problems = with(extra.clone()).unwrap_err();
+            assert!(
+                problems.iter().any(|p| p.field == field),
+                "{extra}: {problems:?}"
+            );
+        }
+    }
 
     #[test]
     fn a_registration_is_checked_field_by_field() {

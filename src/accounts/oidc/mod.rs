@@ -15,8 +15,12 @@
 //!   region it was sent to: a code from another region is refused as `invalid_grant`.
 //! - **Tokens**: the access and refresh tokens of [`crate::accounts::tokens`], the
 //!   refresh family bound to the client, and an ID token signed with the same Ed25519
-//!   keys (`alg` EdDSA), verified with `/.well-known/jwks.json`.
+//!   keys (`alg` EdDSA), or their P-256 halves (ES256) for a client that registers
+//!   for it, verified with `/.well-known/jwks.json`.
+//! - **Client authentication**: a secret (basic or post), none (a public client, PKCE
+//!   alone), or a signed assertion ([`assertion`], `private_key_jwt`).
 
+pub mod assertion;
 pub mod clients;
 pub mod request;
 
@@ -168,6 +172,8 @@ pub struct Oidc {
     /// `config.issuer`, or the node's own address when that is empty.
     issuer: parking_lot::RwLock<String>,
     codes: Mutex<HashMap<[u8; 32], Grant>>,
+    /// The `jti`s of `private_key_jwt` assertions taken.
+    assertions: crate::common::replay::Seen,
 }
 
 fn random<const N: usize>() -> Result<[u8; N], UserError> {
@@ -188,6 +194,7 @@ impl Oidc {
             issuer: parking_lot::RwLock::new(config.issuer.clone()),
             config,
             codes: Mutex::new(HashMap::new()),
+            assertions: crate::common::replay::Seen::new(assertion::MAX_REMEMBERED),
         }
     }
 
@@ -232,10 +239,12 @@ impl Oidc {
             "revocation_endpoint": format!("{base}/oauth2/revoke"),
             "introspection_endpoint": format!("{base}/oauth2/introspect"),
             "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": ["EdDSA"],
+            "id_token_signing_alg_values_supported": clients::ID_TOKEN_ALGS,
             "scopes_supported": clients::SCOPES,
-            "token_endpoint_auth_methods_supported":
-                [clients::AUTH_SECRET_BASIC, clients::AUTH_SECRET_POST, clients::AUTH_NONE],
+            "token_endpoint_auth_methods_supported": clients::AUTH_METHODS,
+            "token_endpoint_auth_signing_alg_values_supported": ["EdDSA", "ES256", "RS256"],
+            "revocation_endpoint_auth_methods_supported": clients::AUTH_METHODS,
+            "introspection_endpoint_auth_methods_supported": clients::AUTH_METHODS,
             "code_challenge_methods_supported": ["S256"],
             "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce",
                 "email", "email_verified", "phone_number", "phone_number_verified", "name",
@@ -553,7 +562,7 @@ impl Oidc {
         client: &proto::OAuthClient,
         scope: Option<&str>,
     ) -> Result<Granted, GrantError> {
-        if client.secret_hash.is_empty() {
+        if clients::is_public(client) {
             return Err(GrantError::new(
                 "unauthorized_client",
                 "a public client cannot use the client credentials grant",
@@ -611,7 +620,9 @@ impl Oidc {
             claims["nonce"] = json!(n);
         }
         self.add_claims(user, &request.scopes, &mut claims)?;
-        self.tokens.sign_jwt(&claims)
+        let alg = crate::accounts::tokens::Alg::named(&client.id_token_alg)
+            .unwrap_or(crate::accounts::tokens::Alg::EdDSA);
+        self.tokens.sign_jwt_as(&claims, alg)
     }
 
     /// The claims `scopes` release about `user`, added to `claims`.

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use crate::accounts::error::UserError;
 use crate::accounts::oidc::request::{self, AuthRequest, Prompt, Refusal};
-use crate::accounts::oidc::{clients, Session};
+use crate::accounts::oidc::{assertion, clients, Session};
 use crate::api::error::{oauth_error, oauth_tokens, page, redirect, ApiError, Page};
 use crate::api::extract::{blocking, hashing, JsonBody};
 use crate::api::state::AppState;
@@ -595,14 +595,39 @@ fn oauth_form(
 }
 
 /// The client a token request authenticates as: HTTP Basic (`client_secret_basic`),
-/// `client_id` and `client_secret` in the form (`client_secret_post`), or a public
-/// client's bare `client_id`.
+/// `client_id` and `client_secret` in the form (`client_secret_post`), a signed
+/// `client_assertion` (`private_key_jwt`), or a public client's bare `client_id`.
+/// Exactly one way: a request that mixes them is refused.
 async fn token_client(
     s: &AppState,
     headers: &HeaderMap,
     form: &std::collections::BTreeMap<String, String>,
 ) -> Result<crate::proto::OAuthClient, Response> {
     let refuse = || oauth_error("invalid_client", "client authentication failed");
+    if form.contains_key("client_assertion") || form.contains_key("client_assertion_type") {
+        let (Some(assertion), Some(assertion::ASSERTION_TYPE)) = (
+            form.get("client_assertion").cloned(),
+            form.get("client_assertion_type").map(String::as_str),
+        ) else {
+            return Err(oauth_error(
+                "invalid_client",
+                "client_assertion_type must be jwt-bearer, with a client_assertion",
+            ));
+        };
+        if headers.contains_key(header::AUTHORIZATION) || form.contains_key("client_secret") {
+            return Err(oauth_error(
+                "invalid_request",
+                "a request authenticates one way: an assertion, or a secret",
+            ));
+        }
+        let (oidc, client_id) = (s.oidc.clone(), form.get("client_id").cloned());
+        return blocking(move || {
+            Ok::<_, UserError>(oidc.assertion_client(&assertion, client_id.as_deref()))
+        })
+        .await
+        .map_err(|_| oauth_error("server_error", "the client registry is unavailable"))?
+        .map_err(|why| oauth_error("invalid_client", why));
+    }
     let basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -637,10 +662,11 @@ async fn token_client(
         .await
         .map_err(|_| oauth_error("server_error", "the client registry is unavailable"))?
         .ok_or_else(refuse)?;
-    let ok = match (&secret, client.secret_hash.is_empty()) {
-        (None, true) => true,
-        (Some(secret), false) => clients::secret_matches(&client, secret),
-        _ => false,
+    // A bare id is a public client's alone: a client registered for a secret or for
+    // keys must present it.
+    let ok = match &secret {
+        None => clients::is_public(&client),
+        Some(secret) => clients::secret_matches(&client, secret),
     };
     if ok {
         Ok(client)

@@ -20,14 +20,15 @@
 //! The `jti` cache is per node: a replay sent to another region within the window is
 //! not caught there. Keep `max_age_s` short.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::HashMap;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
-use parking_lot::Mutex;
-use ring::{hmac, signature};
+use ring::hmac;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+
+use crate::common::replay::{Replay, Seen};
+use crate::crypto::jws::{self, PublicKey};
 
 /// The header that carries the JWT.
 pub const HEADER: &str = "x-authsync-signature";
@@ -59,11 +60,6 @@ pub struct SigningClient {
     pub public_key: Option<String>,
 }
 
-enum Key {
-    Hs256(hmac::Key),
-    Ed25519(Vec<u8>),
-}
-
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
@@ -82,17 +78,8 @@ pub struct Verifier {
     required: bool,
     max_age_s: u64,
     max_skew_s: u64,
-    keys: HashMap<String, Key>,
-    seen: Mutex<Seen>,
-}
-
-/// The `jti`s seen within their windows, ordered by when each window ends, so that
-/// every expired one is forgotten whatever order they came in.
-#[derive(Default)]
-struct Seen {
-    keys: HashSet<String>,
-    /// (until, key), earliest end first.
-    by_end: BTreeSet<(u64, String)>,
+    keys: HashMap<String, PublicKey>,
+    seen: Seen,
 }
 
 /// At most this many `jti`s are remembered; past it, new signatures are refused
@@ -110,7 +97,7 @@ impl Verifier {
                         .ok()
                         .filter(|s| s.len() >= 32)
                         .ok_or(format!("clients[{i}].secret_hex must be at least 32 bytes of hex"))?;
-                    Key::Hs256(hmac::Key::new(hmac::HMAC_SHA256, &secret))
+                    PublicKey::Hs256(hmac::Key::new(hmac::HMAC_SHA256, &secret))
                 }
                 ("EdDSA", None, Some(pk)) => {
                     let pk = B64
@@ -118,7 +105,7 @@ impl Verifier {
                         .ok()
                         .filter(|p| p.len() == 32)
                         .ok_or(format!("clients[{i}].public_key must be 32 bytes, base64url"))?;
-                    Key::Ed25519(pk)
+                    PublicKey::Ed25519(pk)
                 }
                 _ => {
                     return Err(format!(
@@ -138,7 +125,7 @@ impl Verifier {
             max_age_s: config.max_age_s.unwrap_or(300).clamp(1, 3600),
             max_skew_s: config.max_skew_s.unwrap_or(30).min(600),
             keys,
-            seen: Mutex::new(Seen::default()),
+            seen: Seen::new(MAX_SEEN),
         })
     }
 
@@ -157,40 +144,17 @@ impl Verifier {
         now_s: u64,
     ) -> Result<(), Refusal> {
         let invalid = |why: &str| refuse("signature_invalid", why);
-        let mut parts = jwt.trim().split('.');
-        let (Some(h), Some(c), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(invalid("not a JWT (header.claims.signature)"));
-        };
-        let header: Value = B64
-            .decode(h)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| invalid("the header is not base64url JSON"))?;
-        let claims: Value = B64
-            .decode(c)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| invalid("the claims are not base64url JSON"))?;
-        let sig = B64
-            .decode(s)
-            .map_err(|_| invalid("the signature is not base64url"))?;
-        let kid = header["kid"].as_str().unwrap_or_default();
+        let token = jws::parse(jwt)
+            .ok_or_else(|| invalid("not a JWT (base64url JSON header.claims.signature)"))?;
+        let kid = token.kid().unwrap_or_default();
         let key = self.keys.get(kid).ok_or_else(|| invalid("unknown kid"))?;
-        let signed = &jwt.trim().as_bytes()[..h.len() + 1 + c.len()];
-        let ok = match (key, header["alg"].as_str()) {
-            (Key::Hs256(k), Some("HS256")) => hmac::verify(k, signed, &sig).is_ok(),
-            (Key::Ed25519(pk), Some("EdDSA")) => {
-                signature::UnparsedPublicKey::new(&signature::ED25519, pk)
-                    .verify(signed, &sig)
-                    .is_ok()
-            }
-            _ => return Err(invalid("alg does not match the client's key")),
-        };
-        if !ok {
+        if token.alg() != key.alg() {
+            return Err(invalid("alg does not match the client's key"));
+        }
+        if !token.verifies(key) {
             return Err(invalid("the signature does not verify"));
         }
+        let claims = &token.claims;
         let (Some(iat), Some(exp)) = (claims["iat"].as_u64(), claims["exp"].as_u64()) else {
             return Err(invalid("iat and exp are required"));
         };
@@ -220,26 +184,22 @@ impl Verifier {
         let Some(jti) = jti else {
             return Err(invalid("jti is required (8 to 128 characters)"));
         };
-        let mut guard = self.seen.lock();
-        let Seen { keys: set, by_end } = &mut *guard;
-        while by_end.first().is_some_and(|(until, _)| *until < now_s) {
-            if let Some((_, old)) = by_end.pop_first() {
-                set.remove(&old);
+        let until = exp.saturating_add(self.max_skew_s);
+        match self
+            .seen
+            .first_use(format!("{kid}\u{0}{jti}"), until, now_s)
+        {
+            Ok(()) => {}
+            Err(Replay::Seen) => {
+                return Err(refuse("signature_replayed", "this jti was already used"))
+            }
+            Err(Replay::Full) => {
+                return Err(refuse(
+                    "signature_invalid",
+                    "too many signatures in the window; retry",
+                ))
             }
         }
-        let key = format!("{kid}\u{0}{jti}");
-        if set.contains(&key) {
-            return Err(refuse("signature_replayed", "this jti was already used"));
-        }
-        if set.len() >= MAX_SEEN {
-            return Err(refuse(
-                "signature_invalid",
-                "too many signatures in the window; retry",
-            ));
-        }
-        let until = exp.saturating_add(self.max_skew_s);
-        set.insert(key.clone());
-        by_end.insert((until, key));
         Ok(())
     }
 }
@@ -247,7 +207,7 @@ impl Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn hs_config() -> SigningConfig {
         SigningConfig {
@@ -341,11 +301,7 @@ mod tests {
         }
         let later = signed("jti-later-one".into(), 1200, 1260);
         assert_eq!(v.verify(&later, "POST", "/v1/users", body, 1200), Ok(()));
-        assert_eq!(
-            v.seen.lock().keys.len(),
-            2,
-            "the long one and the latest remain"
-        );
+        assert_eq!(v.seen.len(), 2, "the long one and the latest remain");
         // The long one is still remembered.
         assert_eq!(
             v.verify(&long, "POST", "/v1/users", body, 1200)
