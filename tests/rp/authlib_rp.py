@@ -7,7 +7,8 @@ flow with PKCE, and checks with authlib's own code what a platform relies on: th
 ID token's signature against the JWKS, its issuer, audience and nonce; then
 userinfo, refresh with rotation, introspection, revocation and the sign-out.
 A second platform at another region then signs the same customer in with
-prompt=none, from the session the first sign-in made.
+prompt=none, from the session the first sign-in made; it authenticates with an
+RS256 private_key_jwt assertion and takes ES256 ID tokens.
 
 Usage: authlib_rp.py BASE_URL SECOND_REGION_URL API_KEY
 """
@@ -21,6 +22,7 @@ import requests
 from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
 from authlib.jose import JsonWebKey, jwt
+from authlib.oauth2.rfc7523 import PrivateKeyJWT
 
 BASE, SECOND, API_KEY = sys.argv[1], sys.argv[2], sys.argv[3]
 REDIRECT = "http://127.0.0.1:9/authlib/callback"
@@ -59,13 +61,13 @@ def browse_sign_in(browser, url, login, password):
     return done.headers["Location"]
 
 
-def register(base, name):
+def register(base, name, **extra):
     status, c = admin("POST", "/v1/admin/oauth-clients", base=base, body={"name": name, "redirect_uris": [REDIRECT], "first_party": True,
                                                           "scopes": ["openid", "email", "profile", "offline_access"],
-                                                          "post_logout_redirect_uris": [REDIRECT + "/out"]})
+                                                          "post_logout_redirect_uris": [REDIRECT + "/out"], **extra})
     # Registered at one region, taken by every region once the entry has arrived.
     check(status == 201, f"{name} registered")
-    return c["client_id"], c["client_secret"]
+    return c["client_id"], c.get("client_secret")
 
 
 def main():
@@ -115,11 +117,18 @@ def main():
     gone = client.introspect_token(meta["introspection_endpoint"], token=refreshed["refresh_token"]).json()
     check(gone == {"active": False}, "introspection: the revoked refresh token is inactive")
 
-    # Single sign-on: another platform, at another region, with the same browser.
-    second_id, second_secret = register(BASE, "authlib news")
+    # Single sign-on: another platform, at another region, with the same browser. It
+    # holds no secret: it signs an RS256 assertion (private_key_jwt, authlib's default
+    # alg) with a key whose public half it registered, and asks for ES256 ID tokens.
+    rsa = JsonWebKey.generate_key("RSA", 2048, is_private=True)
+    public_jwk = {**rsa.as_dict(is_private=False), "kid": "news-1"}
+    second_id, second_secret = register(BASE, "authlib news", token_endpoint_auth_method="private_key_jwt",
+                                        id_token_signed_response_alg="ES256", jwks={"keys": [public_jwk]})
+    check(second_secret is None, "a client with keys is given no secret")
     second_meta = requests.get(SECOND + "/.well-known/openid-configuration", timeout=30).json()
-    news = OAuth2Session(second_id, second_secret, scope="openid email", redirect_uri=REDIRECT,
-                         code_challenge_method="S256")
+    news = OAuth2Session(second_id, rsa.as_pem(is_private=True), scope="openid email", redirect_uri=REDIRECT,
+                         code_challenge_method="S256", token_endpoint_auth_method="private_key_jwt")
+    news.register_client_auth_method(PrivateKeyJWT(second_meta["token_endpoint"], headers={"kid": "news-1"}))
     verifier2 = generate_token(48)
     deadline = time.time() + 30
     while True:
@@ -140,6 +149,7 @@ def main():
                                          "aud": {"essential": True, "value": second_id}})
     claims2.validate(now=int(time.time()), leeway=5)
     check(claims2["sub"] == claims["sub"], "signed in at the second region without a password (prompt=none)")
+    check(claims2.header["alg"] == "ES256", "with a private_key_jwt assertion, and an ES256 ID token authlib verified")
 
     # The sign-out, as RP-initiated logout sends the browser.
     out = meta["end_session_endpoint"] + "?" + urllib.parse.urlencode(

@@ -7,7 +7,8 @@
 // response, the ID token's signature against the JWKS (non-repudiation checks on),
 // its issuer, audience and nonce. Then userinfo, refresh with rotation,
 // introspection, revocation, and a second platform at another region signing the
-// customer in with prompt=none from the same session.
+// customer in with prompt=none from the same session, authenticating with an ES256
+// private_key_jwt assertion and taking ES256 ID tokens.
 //
 // Usage: node openid_client_rp.mjs BASE_URL SECOND_REGION_URL API_KEY
 
@@ -68,16 +69,19 @@ async function signIn(url, login, password) {
   return done.headers.get('location');
 }
 
-async function register(name) {
+async function register(name, extra = {}) {
   const [status, c] = await admin('POST', '/v1/admin/oauth-clients', {
-    name, redirect_uris: [REDIRECT], first_party: true, scopes: ['openid', 'email', 'profile', 'offline_access'],
+    name, redirect_uris: [REDIRECT], first_party: true, scopes: ['openid', 'email', 'profile', 'offline_access'], ...extra,
   });
   check(status === 201, `${name} registered`);
   return c;
 }
 
-async function configure(issuer, c) {
-  const config = await client.discovery(new URL(issuer), c.client_id, c.client_secret, undefined, {
+// A client with a secret, or (given `auth`) one that authenticates with a signed
+// assertion and asks for ES256 ID tokens.
+async function configure(issuer, c, auth) {
+  const metadata = auth ? { id_token_signed_response_alg: 'ES256' } : c.client_secret;
+  const config = await client.discovery(new URL(issuer), c.client_id, metadata, auth, {
     execute: [client.allowInsecureRequests],
   });
   // Verify ID token signatures against the JWKS too, not only trust the TLS channel.
@@ -122,18 +126,28 @@ await client.tokenRevocation(config, refreshed.refresh_token);
 const gone = await client.tokenIntrospection(config, refreshed.refresh_token);
 check(gone.active === false, 'introspection: the revoked refresh token is inactive');
 
-// Single sign-on: another platform at another region, the same browser.
-const news = await register('openid-client news');
+// Single sign-on: another platform at another region, the same browser. This one
+// holds no secret: it signs an ES256 assertion (private_key_jwt) with a key whose
+// public half it registered, and asks for ES256 ID tokens.
+const keys = await crypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, false, ['sign', 'verify']);
+const publicJwk = { ...(await crypto.subtle.exportKey('jwk', keys.publicKey)), kid: 'news-1', alg: 'ES256' };
+delete publicJwk.key_ops;
+delete publicJwk.ext;
+const news = await register('openid-client news', {
+  token_endpoint_auth_method: 'private_key_jwt', id_token_signed_response_alg: 'ES256', jwks: { keys: [publicJwk] },
+});
+check(!news.client_secret, 'a client with keys is given no secret');
+const assertionAuth = client.PrivateKeyJwt({ key: keys.privateKey, kid: 'news-1' });
 let newsConfig;
 const deadline = Date.now() + 30_000;
 for (;;) {
   try {
-    newsConfig = await configure(SECOND, news);
+    newsConfig = await configure(SECOND, news, assertionAuth);
     const v2 = client.randomPKCECodeVerifier();
     const s2 = client.randomState();
     const n2 = client.randomNonce();
     const url2 = client.buildAuthorizationUrl(newsConfig, {
-      redirect_uri: REDIRECT, scope: 'openid email', nonce: n2, state: s2, prompt: 'none',
+      redirect_uri: REDIRECT, scope: 'openid email offline_access', nonce: n2, state: s2, prompt: 'none',
       code_challenge: await client.calculatePKCECodeChallenge(v2), code_challenge_method: 'S256',
     });
     const back = await browse(url2);
@@ -143,6 +157,10 @@ for (;;) {
         pkceCodeVerifier: v2, expectedNonce: n2, expectedState: s2, idTokenExpected: true,
       });
       check(t2.claims().sub === claims.sub, 'signed in at the second region without a password (prompt=none)');
+      const header = JSON.parse(Buffer.from(t2.id_token.split('.')[0], 'base64url'));
+      check(header.alg === 'ES256', 'with a private_key_jwt assertion, and an ES256 ID token openid-client verified');
+      const again = await client.refreshTokenGrant(newsConfig, t2.refresh_token);
+      check(again.refresh_token && again.refresh_token !== t2.refresh_token, 'the keyed client refreshes with a fresh assertion');
       break;
     }
   } catch (e) {
