@@ -171,6 +171,14 @@ enum OauthClientsCommand {
         /// One of the group's own platforms: no consent asked.
         #[arg(long)]
         first_party: bool,
+        /// A JSON file with the client's public keys (a JWK set of 1 to 4 Ed25519,
+        /// P-256 or RSA keys): it then authenticates with private_key_jwt
+        /// assertions signed by them, and gets no secret.
+        #[arg(long)]
+        jwks: Option<std::path::PathBuf>,
+        /// The alg of its ID tokens: EdDSA (default) or ES256.
+        #[arg(long)]
+        id_token_alg: Option<String>,
     },
     /// Remove a client by its id, in every region: its secret, codes and refresh
     /// tokens stop working.
@@ -406,6 +414,8 @@ async fn run() -> anyhow::Result<()> {
                     scopes,
                     public,
                     first_party,
+                    jwks,
+                    id_token_alg,
                 } => oauth_clients::ClientsAction::Add {
                     name,
                     redirect_uris,
@@ -413,6 +423,8 @@ async fn run() -> anyhow::Result<()> {
                     scopes,
                     public,
                     first_party,
+                    jwks_file: jwks,
+                    id_token_alg,
                 },
                 OauthClientsCommand::Remove { id } => oauth_clients::ClientsAction::Remove { id },
             };

@@ -1229,6 +1229,62 @@ async fn the_cli_registers_lists_and_removes_clients() {
     assert!(!ok && out.contains("must be https"), "{out}");
     let (ok, listed) = clients_cli(&node.url, &["list"]);
     assert!(ok && !listed.contains(&id), "{listed}");
+
+    // A client with keys, from a file of its public JWKs; a private key is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let (pair, jwk) = platform_key(51, "cli-1");
+    let file = dir.path().join("jwks.json");
+    let add_keyed = |jwks: &Value| {
+        std::fs::write(&file, jwks.to_string()).unwrap();
+        let file = file.to_str().unwrap().to_string();
+        clients_cli(
+            &node.url,
+            &[
+                "add",
+                "--name",
+                "Keyed",
+                "--redirect-uris",
+                REDIRECT,
+                "--scopes",
+                "openid,email",
+                "--jwks",
+                &file,
+                "--id-token-alg",
+                "ES256",
+            ],
+        )
+    };
+    let mut private = jwk.clone();
+    private["d"] = json!(B64.encode([51u8; 32]));
+    let (ok, out) = add_keyed(&json!({"keys": [private]}));
+    assert!(!ok && out.contains("private key material"), "{out}");
+    let (ok, out) = add_keyed(&json!({"keys": [jwk]}));
+    assert!(
+        ok && out.contains("no secret; it signs private_key_jwt assertions"),
+        "{out}"
+    );
+    let keyed = out.split_whitespace().nth(1).unwrap().to_string();
+    let (ok, listed) = clients_cli(&node.url, &["list"]);
+    assert!(
+        ok && listed
+            .lines()
+            .any(|l| l.contains(&keyed) && l.contains("keys")),
+        "{listed}"
+    );
+    let a = assertion(
+        &pair,
+        "cli-1",
+        &keyed,
+        &format!("{}/oauth2/token", node.url),
+        json!({}),
+    );
+    let (status, body) =
+        token_by_assertion(&node.url, &a, &[("grant_type", "client_credentials")]).await;
+    assert_eq!(
+        (status, body["scope"].as_str()),
+        (200, Some("email")),
+        "{body}"
+    );
 }
 
 /// The attack: a stolen code raced against the real exchange, many requests at once.

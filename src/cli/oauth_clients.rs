@@ -18,6 +18,11 @@ pub enum ClientsAction {
         scopes: Vec<String>,
         public: bool,
         first_party: bool,
+        /// A file holding the client's public JWK set: it authenticates with
+        /// private_key_jwt assertions signed by those keys instead of a secret.
+        jwks_file: Option<std::path::PathBuf>,
+        /// EdDSA (the default) or ES256.
+        id_token_alg: Option<String>,
     },
     /// Remove the client with this id, in every region.
     Remove { id: String },
@@ -47,10 +52,13 @@ pub async fn run(node: &NodeAddress, action: ClientsAction) -> anyhow::Result<()
                 "client id", "name", "kind", "scopes"
             );
             for c in body["clients"].as_array().into_iter().flatten() {
-                let kind = match (c["public"].as_bool(), c["first_party"].as_bool()) {
-                    (Some(true), Some(true)) => "public, first party",
-                    (Some(true), _) => "public",
-                    (_, Some(true)) => "confidential, first party",
+                let keyed = c["token_endpoint_auth_method"] == "private_key_jwt";
+                let kind = match (c["public"].as_bool(), keyed, c["first_party"].as_bool()) {
+                    (Some(true), _, Some(true)) => "public, first party",
+                    (Some(true), _, _) => "public",
+                    (_, true, Some(true)) => "keys, first party",
+                    (_, true, _) => "keys",
+                    (_, _, Some(true)) => "confidential, first party",
                     _ => "confidential",
                 };
                 println!(
@@ -70,7 +78,20 @@ pub async fn run(node: &NodeAddress, action: ClientsAction) -> anyhow::Result<()
             scopes,
             public,
             first_party,
+            jwks_file,
+            id_token_alg,
         } => {
+            let jwks = match &jwks_file {
+                None => None,
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).map_err(|e| {
+                        anyhow::anyhow!("cannot read the key set {}: {e}", path.display())
+                    })?;
+                    Some(serde_json::from_str::<Value>(&text).map_err(|e| {
+                        anyhow::anyhow!("the key set {} is not JSON: {e}", path.display())
+                    })?)
+                }
+            };
             let mut body = json!({
                 "name": name,
                 "redirect_uris": redirect_uris,
@@ -80,6 +101,13 @@ pub async fn run(node: &NodeAddress, action: ClientsAction) -> anyhow::Result<()
             });
             if !scopes.is_empty() {
                 body["scopes"] = json!(scopes);
+            }
+            if let Some(set) = jwks {
+                body["token_endpoint_auth_method"] = json!("private_key_jwt");
+                body["jwks"] = set;
+            }
+            if let Some(alg) = id_token_alg {
+                body["id_token_signed_response_alg"] = json!(alg);
             }
             let c = admin
                 .expect(
@@ -99,6 +127,9 @@ pub async fn run(node: &NodeAddress, action: ClientsAction) -> anyhow::Result<()
                 Some(secret) => {
                     println!("client secret (shown once, give it to the platform): {secret}")
                 }
+                None if c["token_endpoint_auth_method"] == "private_key_jwt" => println!(
+                    "client with keys: no secret; it signs private_key_jwt assertions with them"
+                ),
                 None => println!("public client: no secret; it must use PKCE"),
             }
         }
