@@ -1575,3 +1575,96 @@ async fn a_platform_with_keys_authenticates_once_per_assertion_and_gets_es256_id
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Twin accounts made in two regions before either saw the other: a platform that
+/// signed the customer in as the one that later loses the merge keeps working through
+/// `merged_into`. After the merge the customer signs in with either password as the
+/// winner, the platform finds its old `sub` merged into that one, and the loser's
+/// refresh token (its credentials changed by the merge) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_signed_in_as_an_account_merged_later_signs_in_as_the_winner() {
+    let mut cluster = Cluster::start();
+    let clients = cluster.clients();
+    let warm = cluster.warm_up().await.len() as u64;
+    let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url.clone()).collect();
+    let (id, secret) = shop(&urls[0]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while browser()
+        .get(authorize_url(&urls[1], &id, &pkce(60).1, &[]))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the client never reached eu-west"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let cut = cluster.broker.down();
+    let winner = clients[0].create("twin-sso@example.com", PW).await;
+    let other_pw = "another good passphrase";
+    let loser = clients[1].create("twin-sso@example.com", other_pw).await;
+    let (verifier, challenge) = pkce(61);
+    let first = sign_in(&urls[1], &id, &challenge, "twin-sso@example.com", other_pw)
+        .await
+        .unwrap();
+    let (status, tokens) = exchange(&urls[1], &id, &secret, &first.code, &verifier).await;
+    assert_eq!(status, 200, "{tokens}");
+    let claims = verified_claims(&urls[1], tokens["id_token"].as_str().unwrap()).await;
+    assert_eq!(
+        claims["sub"],
+        loser.as_str(),
+        "before the merge: the account made here"
+    );
+    if cut {
+        assert!(cluster.broker.up());
+    }
+    cluster.converged(warm + 2, Duration::from_secs(90)).await;
+
+    // The platform looks its customer up by the sub it knows.
+    let (status, known) = common::call_as(
+        &urls[1],
+        common::API_KEY,
+        "GET",
+        &format!("/v1/users/{loser}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (known["status"].as_str(), known["merged_into"].as_str()),
+        (Some("merged"), Some(winner.as_str()))
+    );
+    let (status, body) = token(
+        &urls[1],
+        &id,
+        &secret,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    for (i, pw) in [PW, other_pw].into_iter().enumerate() {
+        let (verifier, challenge) = pkce(62 + i as u8);
+        let again = sign_in(&urls[1], &id, &challenge, "twin-sso@example.com", pw)
+            .await
+            .unwrap();
+        let (status, tokens) = exchange(&urls[1], &id, &secret, &again.code, &verifier).await;
+        assert_eq!(status, 200, "{tokens}");
+        let claims = verified_claims(&urls[1], tokens["id_token"].as_str().unwrap()).await;
+        assert_eq!(
+            claims["sub"],
+            winner.as_str(),
+            "after the merge, with password {i}: the winner"
+        );
+    }
+}
