@@ -1668,3 +1668,111 @@ async fn a_customer_signed_in_as_an_account_merged_later_signs_in_as_the_winner(
         );
     }
 }
+
+/// Waits up to 60 s for `check` to hold, polling.
+async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// With one issuer name for every region, a platform's back end may reach another
+/// region than its customer's browser did. The code is sent on to the region that
+/// issued it and spent there, once: a second presentation, at either region, is
+/// refused and revokes what the first produced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_brought_to_another_region_is_exchanged_where_it_was_issued_once() {
+    let cluster = Cluster::start_with(common::ClusterOptions {
+        anti_entropy: true,
+        ..Default::default()
+    });
+    cluster.warm_up().await;
+    let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url.clone()).collect();
+    let user = cluster.clients()[0].create("fay@example.com", PW).await;
+    let (id, secret) = shop(&urls[0]).await;
+    let (verifier, challenge) = pkce(71);
+    let code = sign_in(&urls[0], &id, &challenge, "fay@example.com", PW)
+        .await
+        .unwrap()
+        .code;
+    // The client reaches eu-west, which authenticates it there.
+    eventually("the client reaches eu-west", || async {
+        let form = [("grant_type", "client_credentials")];
+        token(&urls[1], &id, &secret, &form).await.0 == 200
+    })
+    .await;
+    // Straight to the peer route, with an API key but no region's signature: refused,
+    // and the code survives it.
+    let (status, _) = common::call_as(
+        &urls[0],
+        common::API_KEY,
+        "POST",
+        "/v1/internal/oauth/exchange",
+        Some(json!({"client_id": id, "code": code, "redirect_uri": REDIRECT, "code_verifier": verifier})),
+    )
+    .await;
+    assert_eq!(status, 401);
+    // A wrong verifier, sent on and refused there: the code survives it.
+    let (status, body) = exchange(&urls[1], &id, &secret, &code, &pkce(72).0).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    let (status, tokens) = exchange(&urls[1], &id, &secret, &code, &verifier).await;
+    assert_eq!(status, 200, "{tokens}");
+    let claims = verified_claims(&urls[1], tokens["id_token"].as_str().unwrap()).await;
+    assert_eq!(
+        (claims["sub"].as_str(), claims["aud"].as_str()),
+        (Some(user.as_str()), Some(id.as_str()))
+    );
+    for url in [&urls[1], &urls[0]] {
+        let (status, body) = exchange(url, &id, &secret, &code, &verifier).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_grant")),
+            "again at {url}: {body}"
+        );
+    }
+    // The replay revoked the family the exchange produced: at once where the code was
+    // spent, and in eu-west once the revocation has arrived.
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    let form = [("grant_type", "refresh_token"), ("refresh_token", refresh)];
+    assert_eq!(token(&urls[0], &id, &secret, &form).await.0, 400);
+    eventually("the revocation reaches eu-west", || async {
+        let (_, seen) = form_post(
+            &urls[1],
+            "/oauth2/introspect",
+            &id,
+            &secret,
+            &[("token", refresh)],
+        )
+        .await;
+        seen == json!({"active": false})
+    })
+    .await;
+    let metrics = reqwest::get(format!("{}/metrics", urls[1]))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let forwarded = |outcome| {
+        common::metric_value(
+            &metrics,
+            "authsync_oidc_codes_forwarded_total",
+            &[("outcome", outcome)],
+        )
+    };
+    assert_eq!(
+        (forwarded("ok"), forwarded("refused")),
+        (Some(1.0), Some(2.0)),
+        "one exchange sent on and taken; the wrong verifier and the replay refused there"
+    );
+}

@@ -42,6 +42,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/internal/digests"),
     ("get", "/v1/internal/buckets/{bucket}"),
     ("post", "/v1/internal/records"),
+    ("post", "/v1/internal/oauth/exchange"),
     ("get", "/.well-known/openid-configuration"),
     ("get", "/oauth2/authorize"),
     ("post", "/oauth2/authorize"),

@@ -84,6 +84,10 @@ pub fn router(state: AppState, max_body_bytes: usize, metrics_apart: bool) -> Ro
         .route("/v1/internal/digests", get(peers::internal_digests))
         .route("/v1/internal/buckets/{bucket}", get(peers::internal_bucket))
         .route("/v1/internal/records", post(peers::internal_records))
+        .route(
+            "/v1/internal/oauth/exchange",
+            post(peers::internal_exchange),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::require_peer,

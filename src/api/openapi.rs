@@ -49,6 +49,7 @@ use crate::api::schema;
         peers::internal_digests,
         peers::internal_bucket,
         peers::internal_records,
+        peers::internal_exchange,
         oauth::discovery,
         oauth::authorize,
         oauth::sign_in,

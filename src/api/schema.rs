@@ -467,6 +467,19 @@ pub struct TokenRequest {
     client_secret: Option<String>,
 }
 
+/// A code exchange a peer region sends on to the region that issued the code, for the
+/// client it authenticated.
+#[derive(ToSchema)]
+pub struct ForwardedExchange {
+    client_id: String,
+    /// `ac1.<this region>.<secret>`.
+    code: String,
+    #[schema(required = false)]
+    redirect_uri: Option<String>,
+    #[schema(required = false)]
+    code_verifier: Option<String>,
+}
+
 /// Tokens from `/oauth2/token`.
 #[derive(ToSchema)]
 pub struct OAuthTokens {

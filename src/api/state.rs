@@ -41,4 +41,6 @@ pub struct AppState {
     pub request_timeout: std::time::Duration,
     /// Nonces of the peer requests taken within their window.
     pub peer_nonces: Arc<crate::replication::anti_entropy::Nonces>,
+    /// Sends a code exchange to the region that issued the code.
+    pub forwarder: Arc<crate::replication::forward::Forwarder>,
 }

@@ -21,6 +21,7 @@ pub const OIDC_SIGN_INS_TOTAL: &str = "authsync_oidc_sign_ins_total";
 pub const OIDC_CODES_ISSUED_TOTAL: &str = "authsync_oidc_codes_issued_total";
 pub const OIDC_TOKENS_GRANTED_TOTAL: &str = "authsync_oidc_tokens_granted_total";
 pub const OIDC_TOKEN_REFUSED_TOTAL: &str = "authsync_oidc_token_refused_total";
+pub const OIDC_CODES_FORWARDED_TOTAL: &str = "authsync_oidc_codes_forwarded_total";
 pub const LOGINS_TOTAL: &str = "authsync_logins_total";
 pub const LOGIN_LOCKOUTS_TOTAL: &str = "authsync_login_lockouts_total";
 pub const RATE_LIMITED_TOTAL: &str = "authsync_rate_limited_total";
@@ -155,6 +156,11 @@ fn describe() {
         OIDC_TOKENS_GRANTED_TOTAL,
         Unit::Count,
         "Token endpoint grants, by grant type (authorization_code, refresh_token, client_credentials)."
+    );
+    describe_counter!(
+        OIDC_CODES_FORWARDED_TOTAL,
+        Unit::Count,
+        "Codes brought here that another region issued, sent there to be exchanged, by outcome (ok, refused, unreachable)."
     );
     describe_counter!(
         OIDC_TOKEN_REFUSED_TOTAL,
@@ -491,6 +497,9 @@ pub fn zero_series(sources: &[String], compared: &[String]) {
         counter!(OIDC_SIGN_INS_TOTAL, "outcome" => outcome).absolute(0);
     }
     counter!(OIDC_CODES_ISSUED_TOTAL).absolute(0);
+    for outcome in ["ok", "refused", "unreachable"] {
+        counter!(OIDC_CODES_FORWARDED_TOTAL, "outcome" => outcome).absolute(0);
+    }
     for grant in ["authorization_code", "refresh_token", "client_credentials"] {
         counter!(OIDC_TOKENS_GRANTED_TOTAL, "grant" => grant).absolute(0);
     }

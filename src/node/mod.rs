@@ -167,6 +167,14 @@ impl Node {
             hashing: Arc::new(tokio::sync::Semaphore::new(config.max_hashing_in_flight)),
             peer_nonces: Default::default(),
             request_timeout: config.request_timeout,
+            forwarder: Arc::new(
+                crate::replication::forward::Forwarder::new(
+                    users.clone(),
+                    &config.anti_entropy_peers,
+                    config.anti_entropy.ca_cert.as_deref(),
+                )
+                .context("the HTTP client for peers")?,
+            ),
         };
         if config.faults.enabled {
             tracing::warn!("fault injection is enabled: /v1/admin/faults can break this node");

@@ -378,26 +378,41 @@ impl PeerClient<'_> {
         &self,
         req: reqwest::RequestBuilder,
     ) -> anyhow::Result<T> {
-        let mut resp = req.send().await.context("request")?;
+        let resp = req.send().await.context("request")?;
         let status = resp.status();
         if !status.is_success() {
             bail!("peer answered {status}");
         }
-        if resp
-            .content_length()
-            .is_some_and(|n| n > MAX_PEER_RESPONSE as u64)
-        {
-            bail!("peer answer larger than {MAX_PEER_RESPONSE} bytes");
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.context("read peer answer")? {
-            if body.len() + chunk.len() > MAX_PEER_RESPONSE {
-                bail!("peer answer larger than {MAX_PEER_RESPONSE} bytes");
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = read_bounded(resp).await?;
         serde_json::from_slice(&body).context("decode peer answer")
     }
+}
+
+/// A peer's answer, read up to [`MAX_PEER_RESPONSE`] bytes and refused past it.
+pub async fn read_bounded(mut resp: reqwest::Response) -> anyhow::Result<Vec<u8>> {
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_PEER_RESPONSE as u64)
+    {
+        bail!("peer answer larger than {MAX_PEER_RESPONSE} bytes");
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.context("read peer answer")? {
+        if body.len() + chunk.len() > MAX_PEER_RESPONSE {
+            bail!("peer answer larger than {MAX_PEER_RESPONSE} bytes");
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The HTTP client for requests to peers: bounded in time, trusting `ca_cert` (or the
+/// system's roots) for https peers.
+pub fn peer_http(ca_cert: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
+    let builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(5));
+    Ok(crate::common::tls::trusting(builder, ca_cert)?.build()?)
 }
 
 /// One anti-entropy round against `peer`.
@@ -572,13 +587,7 @@ pub async fn sweeper(
     every: Duration,
     stop: CancellationToken,
 ) {
-    let builder = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .connect_timeout(Duration::from_secs(5));
-    let http = match crate::common::tls::trusting(builder, ca_cert.as_deref())
-        .map_err(anyhow::Error::from)
-        .and_then(|b| Ok(b.build()?))
-    {
+    let http = match peer_http(ca_cert.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "anti-entropy HTTP client; sweeper not started");

@@ -21,12 +21,14 @@
 
 //!
 //! Files, lowest first: `config` (the sections and what they resolve to), `topics`,
-//! `retry_queue`, `publisher`, `consumer`, `anti_entropy`. Replication uses common,
+//! `retry_queue`, `publisher`, `consumer`, `anti_entropy`, `forward` (requests to a
+//! peer on a caller's behalf). Replication uses common,
 //! crypto, storage and accounts; the API and the node use it.
 
 pub mod anti_entropy;
 pub mod config;
 pub mod consumer;
+pub mod forward;
 pub mod publisher;
 pub mod retry_queue;
 pub mod topics;

@@ -11,8 +11,9 @@
 //!   [`OidcConfig::code_ttl_s`] (60 s): short-lived and single use, they need no
 //!   replication, and a code that never leaves one node cannot be spent twice in two
 //!   regions within the replication lag. A code presented again revokes the refresh
-//!   token family it produced (RFC 6749 §4.1.2). A platform exchanges its code at the
-//!   region it was sent to: a code from another region is refused as `invalid_grant`.
+//!   token family it produced (RFC 6749 §4.1.2). A code brought to another region is
+//!   sent on to the one that issued it ([`crate::replication::forward`]), when that
+//!   region's `http` address is configured; else it is refused as `invalid_grant`.
 //! - **Tokens**: the access and refresh tokens of [`crate::accounts::tokens`], the
 //!   refresh family bound to the client, and an ID token signed with the same Ed25519
 //!   keys (`alg` EdDSA), or their P-256 halves (ES256) for a client that registers
@@ -426,10 +427,7 @@ impl Oidc {
         verifier: Option<&str>,
     ) -> Result<Granted, GrantError> {
         let invalid = |d: &str| GrantError::new("invalid_grant", d);
-        let mut parts = code.split('.');
-        let (Some("ac1"), Some(region), Some(secret), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let Some((region, secret)) = code_parts(code) else {
             return Err(invalid("the code is not one this provider issued"));
         };
         if region != self.users.region() {
@@ -706,6 +704,20 @@ impl Oidc {
             Err(e) => Err(e),
         }
     }
+}
+
+/// A code's region and secret part: `ac1.<region>.<secret>`.
+fn code_parts(code: &str) -> Option<(&str, &str)> {
+    let mut parts = code.split('.');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("ac1"), Some(region), Some(secret), None) => Some((region, secret)),
+        _ => None,
+    }
+}
+
+/// The region that issued `code`, which alone can exchange it.
+pub fn code_region(code: &str) -> Option<&str> {
+    code_parts(code).map(|(region, _)| region)
 }
 
 /// A session cookie's id and secret.

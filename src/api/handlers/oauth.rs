@@ -21,6 +21,7 @@ use crate::accounts::oidc::{assertion, clients, Session};
 use crate::api::error::{oauth_error, oauth_tokens, page, redirect, ApiError, Page};
 use crate::api::extract::{blocking, hashing, JsonBody};
 use crate::api::state::AppState;
+use crate::replication::forward::ExchangeRequest;
 
 /// The cookies' names. Over https they carry the `__Host-` prefix: a browser then
 /// takes them only from this host, with `Secure` and `Path=/`, so a sibling subdomain
@@ -703,6 +704,17 @@ pub async fn token(
                 form.get("redirect_uri").cloned(),
                 form.get("code_verifier").cloned(),
             );
+            if let Some(region) = crate::accounts::oidc::code_region(&code)
+                .filter(|r| *r != s.users.region() && s.forwarder.reaches(r))
+            {
+                let req = ExchangeRequest {
+                    client_id: client.client_id.clone(),
+                    code: code.clone(),
+                    redirect_uri,
+                    code_verifier: verifier,
+                };
+                return forward_exchange(&s, region, &req).await;
+            }
             blocking(move || {
                 Ok::<_, UserError>(oidc.exchange_code(
                     &client,
@@ -748,6 +760,75 @@ pub async fn token(
             oauth_error(e.error, &e.description)
         }
         Err(_) => oauth_error("server_error", "try again"),
+    }
+}
+
+/// The errors a peer may answer a forwarded exchange with, relayed as they are.
+const RELAYED_ERRORS: &[&str] = &[
+    "invalid_grant",
+    "invalid_request",
+    "invalid_client",
+    "unauthorized_client",
+    "invalid_scope",
+    "server_error",
+];
+
+/// A code exchange sent to `region`, which issued the code; its answer relayed, read
+/// field by field: nothing else of what the peer sent reaches the client.
+async fn forward_exchange(s: &AppState, region: &str, req: &ExchangeRequest) -> Response {
+    let count = |outcome: &'static str| {
+        metrics::counter!(crate::common::metrics::OIDC_CODES_FORWARDED_TOTAL, "outcome" => outcome)
+            .increment(1)
+    };
+    let unreachable = |e: String| {
+        count("unreachable");
+        tracing::warn!(region, error = %e, "forward a code exchange");
+        oauth_error(
+            "server_error",
+            "the region that issued the code cannot be reached: sign in again",
+        )
+    };
+    let (status, body) = match s.forwarder.exchange(region, req).await {
+        Ok(answer) => answer,
+        Err(e) => return unreachable(format!("{e:#}")),
+    };
+    let text = |field: &str, max: usize| {
+        body[field]
+            .as_str()
+            .filter(|v| !v.is_empty() && v.len() <= max)
+            .map(str::to_string)
+    };
+    match status {
+        200 => {
+            let (Some(access_token), Some(expires_in), Some(scope)) = (
+                text("access_token", 16 * 1024),
+                body["expires_in"].as_u64(),
+                body["scope"].as_str().filter(|v| v.len() <= 1024),
+            ) else {
+                return unreachable("an answer without its tokens".into());
+            };
+            count("ok");
+            let mut out = json!({"access_token": access_token, "token_type": "Bearer",
+                "expires_in": expires_in, "scope": scope});
+            for field in ["refresh_token", "id_token"] {
+                if let Some(v) = text(field, 16 * 1024) {
+                    out[field] = json!(v);
+                }
+            }
+            oauth_tokens(out)
+        }
+        _ => match RELAYED_ERRORS
+            .iter()
+            .find(|e| body["error"].as_str() == Some(**e))
+        {
+            Some(error) => {
+                count("refused");
+                metrics::counter!(crate::common::metrics::OIDC_TOKEN_REFUSED_TOTAL, "reason" => *error).increment(1);
+                let description = text("error_description", 300).unwrap_or_default();
+                oauth_error(error, &description)
+            }
+            None => unreachable(format!("answered {status}")),
+        },
     }
 }
 
