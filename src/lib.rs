@@ -8,15 +8,17 @@
 //! - [`proto`]: the protobuf formats (`proto/authsync.proto`) of records, events and
 //!   entries; generated, usable by every layer.
 //! - [`common`] (layer 0): the hybrid logical clock and record versions, metric
-//!   names, fault switches, TLS, region names, config problems, the job schedule.
-//! - [`crypto`] (layer 1): primitives, keyrings, the envelope with user keys and
-//!   MACs, blind indexes, password hashing.
+//!   names, fault switches, the replay window of single-use ids, TLS, region names,
+//!   config problems, the job schedule.
+//! - [`crypto`] (layer 1): primitives, compact JWS, keyrings, the envelope with user
+//!   keys and MACs, blind indexes, password hashing.
 //! - [`storage`] (layer 1): RocksDB, its column families, the one-batch write path
 //!   and the outbox.
 //! - [`accounts`] (layer 2): errors, request validation, replicated entries, lockout,
-//!   API keys, the user service (`accounts/users/`, one file per operation), tokens.
+//!   API keys, the user service (`accounts/users/`, one file per operation), tokens,
+//!   the OpenID Connect provider (`accounts/oidc/`).
 //! - [`replication`] (layer 3): its config, topics, publisher, consumers, the retry
-//!   queue and anti-entropy.
+//!   queue, anti-entropy, and requests sent to a peer on a caller's behalf.
 //! - [`api`] (layer 4): the router, its state, the one file where errors become
 //!   HTTP statuses (`api/error.rs`), extractors, middleware, handlers by area.
 //! - [`node`] (layer 5): start-up and ordered shutdown, the config that gathers every

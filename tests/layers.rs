@@ -29,6 +29,7 @@ const UNITS: &[(&str, &[(&str, u32)])] = &[
             ("config", 0),
             ("region", 0),
             ("metrics", 0),
+            ("replay", 0),
             ("hlc", 1),
             ("faults", 2),
             ("schedule", 2),
@@ -41,6 +42,7 @@ const UNITS: &[(&str, &[(&str, u32)])] = &[
         "crypto",
         &[
             ("primitives", 0),
+            ("jws", 0),
             ("keyring", 1),
             ("wraps", 1),
             ("envelope", 2),
@@ -75,7 +77,8 @@ const UNITS: &[(&str, &[(&str, u32)])] = &[
             ("publisher", 3),
             ("consumer", 3),
             ("anti_entropy", 3),
-            ("", 4),
+            ("forward", 4),
+            ("", 5),
         ],
     ),
     (
