@@ -214,10 +214,15 @@ fn check_entry(e: &proto::Entry) -> Check {
             time(k.published_ms, &version, true, "published_ms out of range")?;
             time(k.signs_from_ms, &lead, true, "signs_from_ms out of range")?;
             time(k.retired_ms, &lead, true, "retired_ms out of range")?;
-            match k.es256_public_key.as_slice() {
-                [] => Ok(()),
-                [4, ..] if k.es256_public_key.len() == 65 => Ok(()),
-                _ => Err("signing key's ES256 public key is not an uncompressed P-256 point"),
+            time(k.es256_from_ms, &lead, true, "es256_from_ms out of range")?;
+            // A point off the curve would sit in every region's JWKS, where a platform's
+            // library may refuse the whole set.
+            if k.es256_public_key.is_empty()
+                || crate::crypto::jws::p256_point_valid(&k.es256_public_key)
+            {
+                Ok(())
+            } else {
+                Err("signing key's ES256 public key is not a P-256 point")
             }
         }
         Ok(EntryKind::OauthClient) => {
@@ -556,11 +561,11 @@ mod tests {
                 ),
             ),
             (
-                "a signing key whose ES256 half is not a P-256 point",
+                "a signing key whose ES256 half is off the curve",
                 made(
                     EntryKind::SigningKey,
                     proto::SigningKey {
-                        es256_public_key: vec![2; 33],
+                        es256_public_key: [vec![4], vec![1; 64]].concat(),
                         ..Default::default()
                     }
                     .encode_to_vec(),
@@ -607,7 +612,7 @@ mod tests {
                 client(proto::OAuthClient {
                     auth_method: "private_key_jwt".into(),
                     secret_hash: Vec::new(),
-                    jwks: r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI","d":"AQ"}]}"#.into(),
+                    jwks: r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"gTl3Dqh9F19Wo1Rmw0x-zMuNipG07jeiXfYPW4_Js5Q","d":"AQ"}]}"#.into(),
                     ..good_client.clone()
                 }),
             ),
@@ -616,7 +621,7 @@ mod tests {
                 client(proto::OAuthClient {
                     auth_method: "none".into(),
                     secret_hash: Vec::new(),
-                    jwks: r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI"}]}"#.into(),
+                    jwks: r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"gTl3Dqh9F19Wo1Rmw0x-zMuNipG07jeiXfYPW4_Js5Q"}]}"#.into(),
                     ..good_client.clone()
                 }),
             ),
@@ -680,7 +685,7 @@ mod tests {
             auth_method: "private_key_jwt".into(),
             secret_hash: Vec::new(),
             id_token_alg: "ES256".into(),
-            jwks: r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI"}]}"#.into(),
+            jwks: r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"gTl3Dqh9F19Wo1Rmw0x-zMuNipG07jeiXfYPW4_Js5Q"}]}"#.into(),
             ..good_client.clone()
         };
         assert!(entry(&client(keyed)).is_ok());

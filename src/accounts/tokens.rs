@@ -273,18 +273,30 @@ impl Tokens {
             return Ok(());
         }
         let now = self.now_ms();
+        // It signs only a publish lead from now, so that verifiers caching the JWKS
+        // see it first, as for a rotation.
+        let from = now + self.config.publish_lead_s * 1000;
         for (kid, key) in keys {
             let live = key.retired_ms == 0 || now < key.retired_ms;
             if key.region != region || !live || !key.es256_public_key.is_empty() {
                 continue;
             }
-            let public = self.unseal(&kid, &key)?.es256.public_key();
+            // A key this node cannot open now (its master key retired here, say) stays
+            // EdDSA only: no reason to refuse to start.
+            let public = match self.unseal(&kid, &key) {
+                Ok(signer) => signer.es256.public_key(),
+                Err(e) => {
+                    tracing::warn!(kid, error = %e, "cannot derive the ES256 half of a signing key");
+                    continue;
+                }
+            };
             self.users
                 .entries()
                 .update(EntryKind::SigningKey, kid.as_bytes(), |stored| {
                     let mut k: proto::SigningKey = decode(stored?)?;
                     k.es256_public_key.is_empty().then(|| {
                         k.es256_public_key = public.clone();
+                        k.es256_from_ms = from;
                         k.encode_to_vec()
                     })
                 })?;
@@ -313,6 +325,7 @@ impl Tokens {
             signs_from_ms,
             retired_ms: 0,
             es256_public_key: es256.public_key(),
+            es256_from_ms: signs_from_ms,
         };
         self.users
             .entries()
@@ -410,7 +423,8 @@ impl Tokens {
     }
 
     /// Signs `claims` as a JWT with this region's current key, in `alg`. ES256 waits
-    /// until the key's P-256 half is published, so that every region can check it.
+    /// until the key's P-256 half is published and its time has come
+    /// (`es256_from_ms`), so that every verifier can check it.
     pub fn sign_jwt_as(&self, claims: &Value, alg: Alg) -> Result<String, UserError> {
         let (kid, key, signer) = self.signer()?;
         Ok(match alg {
@@ -420,7 +434,7 @@ impl Tokens {
                 |m| signer.ed25519.sign(m).as_ref().to_vec(),
             ),
             Alg::ES256 => {
-                if key.es256_public_key.is_empty() {
+                if key.es256_public_key.is_empty() || self.now_ms() < key.es256_from_ms {
                     return Err(UserError::KeyUnavailable(key.region));
                 }
                 jws::encode(
@@ -900,11 +914,12 @@ mod tests {
     }
 
     /// A key made before ES256 has no P-256 half published: ES256 waits for it, and
-    /// the next start publishes it, the same key every time (derived, not stored).
+    /// the next start publishes it, the same key every time (derived, not stored), to
+    /// sign a publish lead later.
     #[test]
     fn a_key_from_before_es256_gets_its_p256_half_at_the_next_start() {
         let dir = tempfile::tempdir().unwrap();
-        let (users, tokens, _) = region(dir.path());
+        let (users, tokens, now) = region(dir.path());
         let (kid, mut key) = tokens.signing_keys().unwrap().remove(0);
         let published = key.es256_public_key.clone();
         assert_eq!(published.len(), 65);
@@ -927,6 +942,16 @@ mod tests {
         assert_eq!(
             fresh.signing_keys().unwrap()[0].1.es256_public_key,
             published
+        );
+        // Published now, it signs a publish lead later, as a rotated key does.
+        assert!(fresh.jwks().unwrap()["keys"].to_string().contains("P-256"));
+        assert!(matches!(
+            fresh.sign_jwt_as(&json!({"sub": "x"}), Alg::ES256),
+            Err(UserError::KeyUnavailable(_))
+        ));
+        now.fetch_add(
+            TokenConfig::default().publish_lead_s * 1000,
+            std::sync::atomic::Ordering::SeqCst,
         );
         let jwt = fresh.sign_jwt_as(&json!({"sub": "x"}), Alg::ES256).unwrap();
         let jwks = fresh.jwks().unwrap();

@@ -131,14 +131,19 @@ impl PublicKey {
             fields.get("crv").and_then(Value::as_str),
         ) {
             (Some("OKP"), Some("Ed25519")) => match part("x") {
-                Some(x) if x.len() == 32 => PublicKey::Ed25519(x),
+                Some(x) if x.len() == 32 => {
+                    if !ed25519_strong(&x) {
+                        return Err("an Ed25519 key's point is not on the curve or of small order");
+                    }
+                    PublicKey::Ed25519(x)
+                }
                 _ => return Err("an Ed25519 key's x must be 32 bytes"),
             },
             (Some("EC"), Some("P-256")) => match (part("x"), part("y")) {
                 (Some(x), Some(y)) if x.len() == 32 && y.len() == 32 => {
                     let point = [&[4u8][..], &x, &y].concat();
                     // The point must be on the curve: checked now, not at first use.
-                    if p256::PublicKey::from_sec1_bytes(&point).is_err() {
+                    if !p256_point_valid(&point) {
                         return Err("an EC key's point is not on P-256");
                     }
                     PublicKey::P256(point)
@@ -167,6 +172,23 @@ impl PublicKey {
             Some(_) => Err("a key's alg must be EdDSA, ES256 or RS256, as its type says"),
         }
     }
+}
+
+/// Whether `x` is an Ed25519 point of the large prime order subgroup's kind: on the
+/// curve and not of small order. A small-order key (the identity, say) would let
+/// anyone make signatures that verify under it.
+fn ed25519_strong(x: &[u8]) -> bool {
+    let Ok(bytes) = <[u8; 32]>::try_from(x) else {
+        return false;
+    };
+    curve25519_dalek::edwards::CompressedEdwardsY(bytes)
+        .decompress()
+        .is_some_and(|p| !p.is_small_order())
+}
+
+/// A P-256 point as the SEC1 uncompressed encoding, on the curve.
+pub fn p256_point_valid(point: &[u8]) -> bool {
+    point.len() == 65 && point[0] == 4 && p256::PublicKey::from_sec1_bytes(point).is_ok()
 }
 
 /// The most keys a client may register.
@@ -277,6 +299,9 @@ pub fn p256_jwk(point: &[u8], kid: &str) -> Option<Value> {
 mod tests {
     use super::*;
 
+    /// A real Ed25519 public key (of seed 2).
+    const ED_KEY: &str = "gTl3Dqh9F19Wo1Rmw0x-zMuNipG07jeiXfYPW4_Js5Q";
+
     fn es256_token(key: &Es256Key, claims: &Value) -> String {
         encode(&json!({"alg": "ES256"}), claims, |m| key.sign(m))
     }
@@ -327,21 +352,29 @@ mod tests {
         assert_eq!(PublicKey::from_jwk(&rsa).unwrap().alg(), "RS256");
         let oct = json!({"kty": "oct", "k": "c2VjcmV0"});
         assert!(PublicKey::from_jwk(&oct).is_err());
-        let ed = json!({"kty": "OKP", "crv": "Ed25519", "x": B64.encode([2u8; 32])});
+        let ed = json!({"kty": "OKP", "crv": "Ed25519", "x": ED_KEY});
         assert_eq!(PublicKey::from_jwk(&ed).unwrap().alg(), "EdDSA");
+        // The identity point: under it, a signature of R = identity, S = 0 verifies for
+        // every message.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let weak = json!({"kty": "OKP", "crv": "Ed25519", "x": B64.encode(identity)});
+        assert!(PublicKey::from_jwk(&weak)
+            .unwrap_err()
+            .contains("small order"));
         assert!(PublicKey::from_jwk(&json!("a string")).is_err());
     }
 
     #[test]
     fn a_key_set_is_small_its_keys_public_and_their_kids_unique() {
-        let ed = |kid: &str| json!({"kty": "OKP", "crv": "Ed25519", "x": B64.encode([2u8; 32]), "kid": kid});
+        let ed = |kid: &str| json!({"kty": "OKP", "crv": "Ed25519", "x": ED_KEY, "kid": kid});
         assert_eq!(
             public_key_set(&json!({"keys": [ed("a"), ed("b")]}))
                 .unwrap()
                 .len(),
             2
         );
-        let no_kid = json!({"kty": "OKP", "crv": "Ed25519", "x": B64.encode([2u8; 32])});
+        let no_kid = json!({"kty": "OKP", "crv": "Ed25519", "x": ED_KEY});
         assert!(public_key_set(&json!({"keys": [no_kid.clone()]})).is_ok());
         for (bad, why) in [
             (json!({"keys": []}), "1 to"),

@@ -192,6 +192,13 @@ impl Node {
         } else {
             "http"
         };
+        if config.oidc.issuer.is_empty() && addr.ip().is_unspecified() {
+            tracing::warn!(
+                %addr,
+                "oidc.issuer is not set and the node listens on every address: its issuer \
+                 names no address a platform can reach; set oidc.issuer"
+            );
+        }
         oidc.default_issuer(format!("{scheme}://{addr}"));
 
         let tracker = TaskTracker::new();

@@ -30,13 +30,17 @@ pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jw
 pub const MAX_LIFETIME_S: u64 = 3600;
 /// The clock difference tolerated.
 pub const SKEW_S: u64 = 30;
-/// The most assertions remembered at once; past it, new ones are refused (retry)
-/// rather than a replay let through.
+/// The most assertions remembered at once, and for one client; past either, new
+/// ones are refused (retry) rather than a replay let through, so that one client
+/// cannot crowd out the others.
 pub const MAX_REMEMBERED: usize = 1_000_000;
+pub const MAX_REMEMBERED_PER_CLIENT: usize = 100_000;
 
 impl Oidc {
     /// The client that signed `assertion`, if it counts (see the module); else why not.
-    /// `client_id`, when the request also names one, must be the same.
+    /// `client_id`, when the request also names one, must be the same. The claims are
+    /// checked before the signature, and a JWT names its key when the client has
+    /// several, so that a stranger's junk costs at most one verification.
     pub fn assertion_client(
         &self,
         assertion: &str,
@@ -49,22 +53,6 @@ impl Oidc {
         };
         if client_id.is_some_and(|c| c != id) {
             return Err("client_id is not the assertion's");
-        }
-        let client = self
-            .clients()
-            .get(id)
-            .map_err(|_| "the client registry is unavailable")?
-            .filter(|c| c.auth_method == AUTH_PRIVATE_KEY_JWT)
-            .ok_or("no client registered for private_key_jwt has this id")?;
-        let set: Value =
-            serde_json::from_str(&client.jwks).map_err(|_| "the client has no keys")?;
-        let keys = jws::public_key_set(&set).map_err(|_| "the client has no usable keys")?;
-        let signed = keys
-            .iter()
-            .filter(|(kid, _)| jwt.kid().is_none() || kid.as_deref() == jwt.kid())
-            .any(|(_, key)| jwt.verifies(key));
-        if !signed {
-            return Err("the assertion does not verify with the client's keys");
         }
         let base = self.issuer();
         let ours = |aud: &str| {
@@ -102,14 +90,42 @@ impl Oidc {
         else {
             return Err("the assertion needs a jti of 1 to 256 characters");
         };
-        match self.assertions.first_use(
-            format!("{}\u{0}{jti}", client.client_id),
-            exp.saturating_add(SKEW_S),
-            now,
-        ) {
+        let client = self
+            .clients()
+            .get(id)
+            .map_err(|_| "the client registry is unavailable")?
+            .filter(|c| c.auth_method == AUTH_PRIVATE_KEY_JWT)
+            .ok_or("no client registered for private_key_jwt has this id")?;
+        let set: Value =
+            serde_json::from_str(&client.jwks).map_err(|_| "the client has no keys")?;
+        let keys = jws::public_key_set(&set).map_err(|_| "the client has no usable keys")?;
+        // The key the JWT names; a JWT without a kid, or a key registered without one,
+        // names the client's only key. So at most one verification is ever made.
+        let named = |kid: &Option<String>| {
+            jwt.kid().is_none() || kid.is_none() || kid.as_deref() == jwt.kid()
+        };
+        let candidates: Vec<&jws::PublicKey> = keys
+            .iter()
+            .filter(|(kid, _)| named(kid))
+            .map(|(_, key)| key)
+            .collect();
+        let key = match candidates.as_slice() {
+            [key] => *key,
+            [] => return Err("the assertion's kid is none of the client's keys"),
+            _ => return Err("the client has several keys: the assertion must name one (kid)"),
+        };
+        if !jwt.verifies(key) {
+            return Err("the assertion does not verify with the client's keys");
+        }
+        match self
+            .assertions
+            .first_use(&client.client_id, jti, exp.saturating_add(SKEW_S), now)
+        {
             Ok(()) => Ok(client),
             Err(Replay::Seen) => Err("this assertion was already used"),
-            Err(Replay::Full) => Err("too many assertions in their lifetimes: retry"),
+            Err(Replay::Full) => {
+                Err("too many assertions of this client in their lifetimes: retry")
+            }
         }
     }
 }

@@ -62,9 +62,10 @@ pub struct NewClient {
     pub jwks: String,
 }
 
-/// Whether `client` is public: no secret and no key, PKCE alone.
+/// Whether `client` is public: no secret and no key, PKCE alone. All three must say
+/// so, whatever an entry from before the method was checked holds.
 pub fn is_public(client: &proto::OAuthClient) -> bool {
-    client.auth_method == AUTH_NONE
+    client.auth_method == AUTH_NONE && client.secret_hash.is_empty() && client.jwks.is_empty()
 }
 
 fn string_list(
@@ -378,7 +379,8 @@ impl<'a> Clients<'a> {
 
 /// Whether `presented` is `client`'s secret (constant time). A public client has none.
 pub fn secret_matches(client: &proto::OAuthClient, presented: &str) -> bool {
-    !client.secret_hash.is_empty()
+    [AUTH_SECRET_BASIC, AUTH_SECRET_POST].contains(&client.auth_method.as_str())
+        && !client.secret_hash.is_empty()
         && crate::crypto::primitives::ct_eq(
             &client.secret_hash,
             &crate::crypto::primitives::sha256(presented.as_bytes()),
@@ -389,7 +391,36 @@ pub fn secret_matches(client: &proto::OAuthClient, presented: &str) -> bool {
 mod tests {
     use super::*;
 
-    const ED_KEY: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI";
+    const ED_KEY: &str = "gTl3Dqh9F19Wo1Rmw0x-zMuNipG07jeiXfYPW4_Js5Q";
+
+    /// The attack: a client entry that says `none` but holds a secret or keys (written
+    /// before the method was checked, or by a peer) passing as public with its bare id;
+    /// a keyed one passing with a secret.
+    #[test]
+    fn only_a_client_with_neither_secret_nor_keys_is_public() {
+        let hash = crate::crypto::primitives::sha256(b"s").to_vec();
+        let none = |secret_hash: Vec<u8>, jwks: &str| proto::OAuthClient {
+            auth_method: AUTH_NONE.into(),
+            secret_hash,
+            jwks: jwks.into(),
+            ..Default::default()
+        };
+        assert!(is_public(&none(Vec::new(), "")));
+        assert!(!is_public(&none(hash.clone(), "")));
+        assert!(!is_public(&none(Vec::new(), "{}")));
+        let keyed = proto::OAuthClient {
+            auth_method: AUTH_PRIVATE_KEY_JWT.into(),
+            secret_hash: hash.clone(),
+            ..Default::default()
+        };
+        assert!(!secret_matches(&keyed, "s") && !is_public(&keyed));
+        let basic = proto::OAuthClient {
+            auth_method: AUTH_SECRET_BASIC.into(),
+            secret_hash: hash,
+            ..Default::default()
+        };
+        assert!(secret_matches(&basic, "s") && !secret_matches(&basic, "t"));
+    }
 
     /// What would let a client in without a credential, or sign its tokens with
     /// nothing, is refused at registration, naming the field.

@@ -195,7 +195,10 @@ impl Oidc {
             issuer: parking_lot::RwLock::new(config.issuer.clone()),
             config,
             codes: Mutex::new(HashMap::new()),
-            assertions: crate::common::replay::Seen::new(assertion::MAX_REMEMBERED),
+            assertions: crate::common::replay::Seen::new(
+                assertion::MAX_REMEMBERED,
+                assertion::MAX_REMEMBERED_PER_CLIENT,
+            ),
         }
     }
 
@@ -748,6 +751,71 @@ mod tests {
         let users = Arc::new(Users::new(store, ring, passwords, hlc, 8));
         let tokens = Arc::new(Tokens::new(users.clone(), Default::default()));
         Oidc::new(users, tokens, OidcConfig::default())
+    }
+
+    /// An Ed25519 key of a client's own and its public JWK under `kid`.
+    fn client_key(seed: u8, kid: &str) -> (ring::signature::Ed25519KeyPair, Value) {
+        use ring::signature::KeyPair as _;
+        let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap();
+        let jwk = json!({"kty": "OKP", "crv": "Ed25519", "kid": kid,
+            "x": B64.encode(pair.public_key().as_ref())});
+        (pair, jwk)
+    }
+
+    /// The attack: junk assertions for a client with several keys, each to be checked
+    /// against every key. A JWT must name the one key it is checked with.
+    #[test]
+    fn an_assertion_for_a_client_with_several_keys_must_name_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = oidc(dir.path());
+        o.default_issuer("https://af.example".into());
+        let (first, first_jwk) = client_key(1, "k1");
+        let (_, second_jwk) = client_key(2, "k2");
+        let body = json!({"name": "Keyed", "redirect_uris": ["https://shop.example/cb"],
+            "token_endpoint_auth_method": "private_key_jwt",
+            "jwks": {"keys": [first_jwk, second_jwk]}});
+        let (client, secret) = o
+            .clients()
+            .register(clients::new_client(&body).unwrap(), o.now_ms())
+            .unwrap();
+        assert_eq!(secret, None);
+        let id = client.client_id.as_str();
+        let signed = |header: Value, jti: &str| {
+            let now = o.now_ms() / 1000;
+            let claims = json!({"iss": id, "sub": id, "aud": "https://af.example/oauth2/token",
+                "exp": now + 60, "jti": jti});
+            crate::crypto::jws::encode(&header, &claims, |m| first.sign(m).as_ref().to_vec())
+        };
+        let no_kid = signed(json!({"alg": "EdDSA"}), "j1");
+        assert!(o
+            .assertion_client(&no_kid, None)
+            .unwrap_err()
+            .contains("must name one"));
+        let other_kid = signed(json!({"alg": "EdDSA", "kid": "k2"}), "j2");
+        assert!(o
+            .assertion_client(&other_kid, None)
+            .unwrap_err()
+            .contains("does not verify"));
+        let named = signed(json!({"alg": "EdDSA", "kid": "k1"}), "j3");
+        assert_eq!(o.assertion_client(&named, Some(id)).unwrap().client_id, id);
+        assert!(o
+            .assertion_client(&named, None)
+            .unwrap_err()
+            .contains("already used"));
+        // A client with a secret, or a public one, never passes with an assertion.
+        let plain = json!({"name": "Plain", "redirect_uris": ["https://shop.example/cb"]});
+        let (plain, _) = o
+            .clients()
+            .register(clients::new_client(&plain).unwrap(), o.now_ms())
+            .unwrap();
+        let now = o.now_ms() / 1000;
+        let theirs = crate::crypto::jws::encode(
+            &json!({"alg": "EdDSA", "kid": "k1"}),
+            &json!({"iss": plain.client_id, "sub": plain.client_id,
+                "aud": "https://af.example", "exp": now + 60, "jti": "j4"}),
+            |m| first.sign(m).as_ref().to_vec(),
+        );
+        assert!(o.assertion_client(&theirs, None).is_err());
     }
 
     fn sessions(o: &Oidc) -> Vec<proto::BrowserSession> {

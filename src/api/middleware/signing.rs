@@ -125,7 +125,7 @@ impl Verifier {
             max_age_s: config.max_age_s.unwrap_or(300).clamp(1, 3600),
             max_skew_s: config.max_skew_s.unwrap_or(30).min(600),
             keys,
-            seen: Seen::new(MAX_SEEN),
+            seen: Seen::new(MAX_SEEN, MAX_SEEN),
         })
     }
 
@@ -185,10 +185,7 @@ impl Verifier {
             return Err(invalid("jti is required (8 to 128 characters)"));
         };
         let until = exp.saturating_add(self.max_skew_s);
-        match self
-            .seen
-            .first_use(format!("{kid}\u{0}{jti}"), until, now_s)
-        {
+        match self.seen.first_use(kid, jti, until, now_s) {
             Ok(()) => {}
             Err(Replay::Seen) => {
                 return Err(refuse("signature_replayed", "this jti was already used"))
