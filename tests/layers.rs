@@ -44,6 +44,7 @@ const UNITS: &[(&str, &[(&str, u32)])] = &[
             ("primitives", 0),
             ("jws", 0),
             ("keyring", 1),
+            ("totp", 1),
             ("wraps", 1),
             ("envelope", 2),
             ("signatures", 2),

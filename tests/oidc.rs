@@ -1669,19 +1669,6 @@ async fn a_customer_signed_in_as_an_account_merged_later_signs_in_as_the_winner(
     }
 }
 
-/// Waits up to 60 s for `check` to hold, polling.
-async fn eventually<F, Fut>(what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !check().await {
-        assert!(std::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// With one issuer name for every region, a platform's back end may reach another
 /// region than its customer's browser did. The code is sent on to the region that
 /// issued it and spent there, once: a second presentation, at either region, is
@@ -1702,7 +1689,7 @@ async fn a_code_brought_to_another_region_is_exchanged_where_it_was_issued_once(
         .unwrap()
         .code;
     // The client reaches eu-west, which authenticates it there.
-    eventually("the client reaches eu-west", || async {
+    common::eventually("the client reaches eu-west", || async {
         let form = [("grant_type", "client_credentials")];
         token(&urls[1], &id, &secret, &form).await.0 == 200
     })
@@ -1745,7 +1732,7 @@ async fn a_code_brought_to_another_region_is_exchanged_where_it_was_issued_once(
     let refresh = tokens["refresh_token"].as_str().unwrap();
     let form = [("grant_type", "refresh_token"), ("refresh_token", refresh)];
     assert_eq!(token(&urls[0], &id, &secret, &form).await.0, 400);
-    eventually("the revocation reaches eu-west", || async {
+    common::eventually("the revocation reaches eu-west", || async {
         let (_, seen) = form_post(
             &urls[1],
             "/oauth2/introspect",
@@ -1775,4 +1762,90 @@ async fn a_code_brought_to_another_region_is_exchanged_where_it_was_issued_once(
         (Some(1.0), Some(2.0)),
         "one exchange sent on and taken; the wrong verifier and the replay refused there"
     );
+}
+
+/// The hosted page of an account with an authenticator: the right password leads to
+/// a second page asking the code, not to a session; a wrong code asks again; a code
+/// without the pending sign-in, or with a made-up one, starts over; the right code
+/// signs in and sends the code back to the platform.
+#[tokio::test]
+async fn an_account_with_an_authenticator_is_asked_its_code_on_a_second_page() {
+    let node = TestNode::start();
+    let client = node.client();
+    let id = client.create("ivy@example.com", PW).await;
+    let (secret, _) = common::enrol_totp(&client, &id).await;
+    let (shop_id, shop_secret) = shop(&node.url).await;
+    let (verifier, challenge) = pkce(81);
+    let b = browser();
+    let page = b
+        .get(authorize_url(&node.url, &shop_id, &challenge, &[]))
+        .send()
+        .await
+        .unwrap();
+    let csrf = set_cookie(&page, "authsync_csrf").unwrap();
+    let mut form = hidden_fields(&page.text().await.unwrap());
+    form.insert("login".into(), "ivy@example.com".into());
+    form.insert("password".into(), PW.into());
+    let post = |form: BTreeMap<String, String>, csrf: String| {
+        let b = b.clone();
+        let url = format!("{}/oauth2/authorize", node.url);
+        async move {
+            b.post(url)
+                .header("cookie", format!("authsync_csrf={csrf}"))
+                .form(&form)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let second = post(form, csrf).await;
+    assert_eq!(second.status(), 200);
+    assert!(
+        set_cookie(&second, "authsync_session").is_none(),
+        "no session before the code"
+    );
+    let csrf = set_cookie(&second, "authsync_csrf").unwrap();
+    let html = second.text().await.unwrap();
+    assert!(html.contains("<label for=\"code\">"), "{html}");
+    let mut form = hidden_fields(&html);
+    assert!(form["pending"].starts_with("sf1."));
+    assert!(
+        !form.contains_key("password"),
+        "the password is not carried"
+    );
+
+    form.insert("code".into(), "000000".into());
+    let wrong = post(form.clone(), csrf).await;
+    assert_eq!(wrong.status(), 401);
+    let csrf = set_cookie(&wrong, "authsync_csrf").unwrap();
+    let html = wrong.text().await.unwrap();
+    assert!(html.contains("The code is wrong"), "{html}");
+    // Each page has a CSRF token of its own.
+    form.insert("csrf".into(), hidden_fields(&html)["csrf"].clone());
+
+    let mut made_up = form.clone();
+    made_up.insert("pending".into(), format!("sf1.{}", B64.encode([9u8; 32])));
+    made_up.insert(
+        "code".into(),
+        common::code_at(&secret, common::now_step() + 1),
+    );
+    let refused = post(made_up, csrf).await;
+    assert_eq!(refused.status(), 401);
+    let csrf = set_cookie(&refused, "authsync_csrf").unwrap();
+    let html = refused.text().await.unwrap();
+    assert!(html.contains("sign in again"), "{html}");
+    form.insert("csrf".into(), hidden_fields(&html)["csrf"].clone());
+
+    form.insert(
+        "code".into(),
+        common::code_at(&secret, common::now_step() + 1),
+    );
+    let done = post(form, csrf).await;
+    assert_eq!(done.status(), 303);
+    assert!(set_cookie(&done, "authsync_session").is_some());
+    let code = location_params(&done)["code"].clone();
+    let (status, tokens) = exchange(&node.url, &shop_id, &shop_secret, &code, &verifier).await;
+    assert_eq!(status, 200, "{tokens}");
+    let claims = verified_claims(&node.url, tokens["id_token"].as_str().unwrap()).await;
+    assert_eq!(claims["sub"], id.as_str());
 }

@@ -39,6 +39,8 @@ pub const MAX_WRAPS: usize = 64;
 pub const OAUTH_SCOPES: &[&str] = &["openid", "email", "phone", "profile", "offline_access"];
 /// The longest redirect URI, client id or scope string taken.
 pub const MAX_OAUTH_LEN: usize = 512;
+/// The most spent recovery codes remembered per account (several sets' worth).
+pub const MAX_SPENT_CODES: usize = 64;
 /// The longest browser session a node may be configured with: 30 days.
 pub const MAX_SESSION_MS: u64 = 30 * 86_400_000;
 
@@ -262,6 +264,24 @@ fn check_entry(e: &proto::Entry) -> Check {
             }
             time(c.created_ms, &version, true, "created_ms out of range")?;
             time(c.removed_ms, &version, true, "removed_ms out of range")
+        }
+        Ok(EntryKind::FactorUses) => {
+            let u = proto::FactorUses::decode(v).map_err(|_| "factor uses do not decode")?;
+            if e.key.len() != 16 {
+                return Err("factor uses: the key is not a user id");
+            }
+            // A step past its writer's time would refuse the account's authenticator
+            // until then.
+            let latest = version.physical_ms.saturating_add(MAX_AHEAD_MS) / 1000 / 30 + 1;
+            if u.totp_step > latest {
+                return Err("factor uses: a TOTP step ahead of its writer's time");
+            }
+            if u.recovery_used.len() > MAX_SPENT_CODES
+                || u.recovery_used.iter().any(|h| h.len() != 32)
+            {
+                return Err("factor uses: spent codes out of bounds");
+            }
+            Ok(())
         }
         Ok(EntryKind::BrowserSession) => {
             let b =

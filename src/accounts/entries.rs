@@ -50,6 +50,9 @@ enum Merged {
     /// it arrived, and of two revocations the earlier is kept, so every region ends
     /// with the same value whatever order the changes came in.
     Revocation(Vec<u8>),
+    /// Two copies' uses of an account's second factors, joined
+    /// ([`merge_uses`]): stored as `Revocation` is.
+    Union(Vec<u8>),
     /// A refresh token family rotated twice from one generation (two regions each took
     /// the same token within the replication lag, so one holder had a copy): revoked
     /// here, as a reuse seen in one region is, by a change of this region's own that
@@ -100,8 +103,33 @@ fn merge(
             }
             return Some(Merged::Fork(w.encode_to_vec()));
         }
+    } else if kind == EntryKind::FactorUses as u32 {
+        let w = proto::FactorUses::decode(winner).ok()?;
+        let l = proto::FactorUses::decode(loser).ok()?;
+        let joined = merge_uses(&w, &l);
+        if joined != w {
+            return Some(Merged::Union(joined.encode_to_vec()));
+        }
     }
     None
+}
+
+/// `a` and `b` merged: the later TOTP step, and every spent recovery code (the latest
+/// [`crate::accounts::bounds::MAX_SPENT_CODES`]), so that nothing used in one region is taken in another.
+pub fn merge_uses(a: &proto::FactorUses, b: &proto::FactorUses) -> proto::FactorUses {
+    let mut out = a.clone();
+    out.totp_step = a.totp_step.max(b.totp_step);
+    for h in &b.recovery_used {
+        if !out.recovery_used.contains(h) {
+            out.recovery_used.push(h.clone());
+        }
+    }
+    let excess = out
+        .recovery_used
+        .len()
+        .saturating_sub(crate::accounts::bounds::MAX_SPENT_CODES);
+    out.recovery_used.drain(..excess);
+    out
 }
 
 /// Whether two copies of one refresh token family went separate ways: the later
@@ -355,7 +383,7 @@ impl Entries {
             let mut outbox = false;
             let changed = merged.is_some();
             match merged {
-                Some(Merged::Revocation(value)) => {
+                Some(Merged::Revocation(value) | Merged::Union(value)) => {
                     // Kept here only, at the writer's version: its signature no longer
                     // covers the value, so none is kept.
                     winner.value = value;
@@ -420,6 +448,32 @@ impl EntriesConfig {
 mod tests {
     use super::*;
     use parking_lot::Mutex;
+
+    #[test]
+    fn merged_uses_keep_the_later_step_and_every_spent_code() {
+        let a = proto::FactorUses {
+            totp_step: 9,
+            recovery_used: vec![vec![1], vec![2]],
+        };
+        let b = proto::FactorUses {
+            totp_step: 7,
+            recovery_used: vec![vec![2], vec![3]],
+        };
+        let m = merge_uses(&a, &b);
+        assert_eq!(m.totp_step, 9);
+        assert_eq!(m.recovery_used, vec![vec![1], vec![2], vec![3]]);
+        assert_eq!(merge_uses(&b, &a).totp_step, 9);
+        let many = proto::FactorUses {
+            totp_step: 0,
+            recovery_used: (0..100u8).map(|i| vec![i]).collect(),
+        };
+        let m = merge_uses(&proto::FactorUses::default(), &many);
+        assert_eq!(
+            m.recovery_used.len(),
+            crate::accounts::bounds::MAX_SPENT_CODES
+        );
+        assert_eq!(m.recovery_used.last(), Some(&vec![99]));
+    }
 
     fn entries(dir: &std::path::Path, region: &str) -> Entries {
         let store = Arc::new(Store::open(dir, &Default::default()).unwrap());

@@ -46,6 +46,17 @@ pub enum UserError {
     TooManyAttempts { retry_after_ms: u64 },
     #[error("account is {0}")]
     Forbidden(&'static str),
+    /// The password was right at credentials `credentials_ms`; the account has a
+    /// second factor and none was given.
+    #[error("a second factor is required")]
+    SecondFactorRequired { user: Uuid, credentials_ms: u64 },
+    /// A second factor that is wrong, or used already (inside the user service).
+    #[error("invalid second factor")]
+    InvalidSecondFactor,
+    /// A wrong second factor, counted as a failed login: the next attempt must wait
+    /// `retry_after_ms` (0: none).
+    #[error("invalid second factor")]
+    SecondFactorFailed { retry_after_ms: u64 },
     /// Integrity failure: deliberately says nothing more.
     #[error("record is unreadable")]
     Unreadable,

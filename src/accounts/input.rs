@@ -443,31 +443,65 @@ pub fn new_status(body: &Value) -> Result<SettableStatus, Vec<Problem>> {
 pub struct LoginRequest {
     pub login: String,
     pub password: String,
+    /// The second factor, for an account that has one.
+    pub factor: Option<SecondFactor>,
 }
 
+/// What a login presents beside the password, for an account with a second factor
+/// ([`crate::accounts::users::factors`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecondFactor {
+    /// The authenticator's current six-digit code.
+    Totp(String),
+    /// One of the account's recovery codes.
+    RecoveryCode(String),
+}
+
+/// The longest second factor taken (a recovery code with dashes is 14 characters).
+const MAX_FACTOR_LEN: usize = 32;
+
+/// `{login, password, totp?, recovery_code?}`: at most one second factor.
 pub fn login(body: &Value) -> Result<LoginRequest, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut c = Checker::new("", &mut problems);
-    let out = c.object(body, &["login", "password"]).and_then(|m| {
-        let login = c.string(m, "login", true);
-        let password = c.string(m, "password", true);
-        if password.is_some_and(|p| p.chars().count() > MAX_PASSWORD_LEN) {
-            c.problem(
-                "password",
-                format!("must be at most {MAX_PASSWORD_LEN} characters"),
-            );
-        }
-        if login.is_some_and(|l| l.len() > MAX_EMAIL_LEN) {
-            c.problem(
-                "login",
-                format!("must be at most {MAX_EMAIL_LEN} characters"),
-            );
-        }
-        Some(LoginRequest {
-            login: login?.to_string(),
-            password: password?.to_string(),
-        })
-    });
+    let out = c
+        .object(body, &["login", "password", "totp", "recovery_code"])
+        .and_then(|m| {
+            let login = c.string(m, "login", true);
+            let password = c.string(m, "password", true);
+            if password.is_some_and(|p| p.chars().count() > MAX_PASSWORD_LEN) {
+                c.problem(
+                    "password",
+                    format!("must be at most {MAX_PASSWORD_LEN} characters"),
+                );
+            }
+            if login.is_some_and(|l| l.len() > MAX_EMAIL_LEN) {
+                c.problem(
+                    "login",
+                    format!("must be at most {MAX_EMAIL_LEN} characters"),
+                );
+            }
+            let mut factor = None;
+            for field in ["totp", "recovery_code"] {
+                let Some(v) = c.string(m, field, false) else {
+                    continue;
+                };
+                if v.is_empty() || v.len() > MAX_FACTOR_LEN {
+                    c.problem(field, format!("must be 1 to {MAX_FACTOR_LEN} characters"));
+                } else if factor.is_some() {
+                    c.problem(field, "give one second factor: totp or recovery_code");
+                } else if field == "totp" {
+                    factor = Some(SecondFactor::Totp(v.to_string()));
+                } else {
+                    factor = Some(SecondFactor::RecoveryCode(v.to_string()));
+                }
+            }
+            Some(LoginRequest {
+                login: login?.to_string(),
+                password: password?.to_string(),
+                factor,
+            })
+        });
     finish(out, problems)
 }
 

@@ -214,6 +214,28 @@ impl From<UserError> for ApiError {
                 ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", vec![])
                     .retry_after_ms(retry_after_ms)
             }
+            UserError::SecondFactorRequired { .. } => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "second_factor_required",
+                vec![Problem::new(
+                    "totp",
+                    "this account needs its authenticator's code (totp) or a recovery code (recovery_code)",
+                )],
+            ),
+            UserError::SecondFactorFailed { retry_after_ms } => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_second_factor",
+                vec![Problem::new(
+                    "totp",
+                    "is wrong, or used already: each code is taken once",
+                )],
+            )
+            .retry_after_ms(retry_after_ms),
+            UserError::InvalidSecondFactor => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_second_factor",
+                vec![],
+            ),
             UserError::TooManyAttempts { retry_after_ms } => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_attempts",

@@ -23,7 +23,7 @@ use axum::routing::{delete, get, post, put};
 use axum::Router;
 
 use crate::api::error::ApiError;
-use crate::api::handlers::{admin, health, oauth, peers, sessions, users};
+use crate::api::handlers::{admin, factors, health, oauth, peers, sessions, users};
 use crate::api::state::AppState;
 
 async fn not_found() -> ApiError {
@@ -103,6 +103,19 @@ pub fn router(state: AppState, max_body_bytes: usize, metrics_apart: bool) -> Ro
         )
         .route("/v1/users/{id}/password", put(users::put_password))
         .route("/v1/users/{id}/status", put(users::put_status))
+        .route("/v1/users/{id}/factors", get(factors::get_factors))
+        .route(
+            "/v1/users/{id}/factors/totp",
+            post(factors::enrol_totp).delete(factors::remove_totp),
+        )
+        .route(
+            "/v1/users/{id}/factors/totp/confirm",
+            post(factors::confirm_totp),
+        )
+        .route(
+            "/v1/users/{id}/factors/recovery-codes",
+            post(factors::new_recovery_codes),
+        )
         .route("/v1/login", post(sessions::login))
         .route("/v1/token/refresh", post(sessions::refresh))
         .route("/v1/logout", post(sessions::logout))

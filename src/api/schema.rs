@@ -167,6 +167,45 @@ pub struct Login {
     login: String,
     #[schema(min_length = 1, max_length = 1024)]
     password: String,
+    /// For an account with a second factor: its authenticator's current code...
+    #[schema(required = false, max_length = 32)]
+    totp: Option<String>,
+    /// ...or one of its recovery codes (one of the two).
+    #[schema(required = false, max_length = 32)]
+    recovery_code: Option<String>,
+}
+
+/// An account's second factors (never a secret).
+#[derive(ToSchema)]
+pub struct FactorsView {
+    totp: bool,
+    /// Enrolled, not confirmed yet.
+    totp_pending: bool,
+    recovery_codes_left: u64,
+}
+
+/// A TOTP enrolment: the seed for the authenticator app.
+#[derive(ToSchema)]
+pub struct TotpEnrolment {
+    /// Base32, as apps take it typed in.
+    secret: String,
+    /// `otpauth://totp/...`: what a QR code carries to the app.
+    otpauth_uri: String,
+    digits: u32,
+    period_s: u64,
+}
+
+/// `{code}`: the authenticator's current six-digit code.
+#[derive(ToSchema)]
+pub struct TotpCode {
+    #[schema(max_length = 16)]
+    code: String,
+}
+
+/// Recovery codes, shown this once: each signs in once in place of a TOTP code.
+#[derive(ToSchema)]
+pub struct RecoveryCodes {
+    recovery_codes: Vec<String>,
 }
 
 #[derive(ToSchema)]

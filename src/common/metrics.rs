@@ -486,6 +486,8 @@ pub fn zero_series(sources: &[String], compared: &[String]) {
         "invalid_credentials",
         "forbidden",
         "locked_out",
+        "second_factor_required",
+        "invalid_second_factor",
         "error",
     ] {
         counter!(LOGINS_TOTAL, "outcome" => outcome).absolute(0);
@@ -493,7 +495,14 @@ pub fn zero_series(sources: &[String], compared: &[String]) {
     counter!(LOGIN_LOCKOUTS_TOTAL).absolute(0);
     counter!(SIGNATURES_REFUSED_TOTAL).absolute(0);
     counter!(UNSIGNED_ACCEPTED_TOTAL).absolute(0);
-    for outcome in ["ok", "wrong_credentials", "too_many_attempts", "csrf"] {
+    for outcome in [
+        "ok",
+        "wrong_credentials",
+        "too_many_attempts",
+        "csrf",
+        "second_factor_asked",
+        "wrong_second_factor",
+    ] {
         counter!(OIDC_SIGN_INS_TOTAL, "outcome" => outcome).absolute(0);
     }
     counter!(OIDC_CODES_ISSUED_TOTAL).absolute(0);
@@ -513,7 +522,12 @@ pub fn zero_series(sources: &[String], compared: &[String]) {
     for reason in ["missing", "rotation", "resign"] {
         counter!(USER_KEYS_REWRAPPED_TOTAL, "reason" => reason).absolute(0);
     }
-    for kind in ["login_failures", "token_family", "browser_session"] {
+    for kind in [
+        "login_failures",
+        "token_family",
+        "browser_session",
+        "factor_uses",
+    ] {
         counter!(ENTRIES_SWEPT_TOTAL, "kind" => kind).absolute(0);
     }
     counter!(TOKEN_FAMILIES_FORKED_TOTAL).absolute(0);

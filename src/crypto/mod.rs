@@ -10,4 +10,5 @@ pub mod keyring;
 pub mod password;
 pub mod primitives;
 pub mod signatures;
+pub mod totp;
 pub mod wraps;

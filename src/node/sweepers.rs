@@ -74,14 +74,17 @@ pub async fn entries(
                 let failures = users.sweep_login_failures()?;
                 let families = tokens.sweep()?;
                 let sessions = oidc.sweep()?;
+                let uses = users.sweep_factor_uses()?;
+                metrics::counter!(m::ENTRIES_SWEPT_TOTAL, "kind" => "factor_uses")
+                    .increment(uses as u64);
                 metrics::counter!(m::ENTRIES_SWEPT_TOTAL, "kind" => "browser_session")
                     .increment(sessions as u64);
                 metrics::counter!(m::ENTRIES_SWEPT_TOTAL, "kind" => "login_failures")
                     .increment(failures as u64);
                 metrics::counter!(m::ENTRIES_SWEPT_TOTAL, "kind" => "token_family")
                     .increment(families as u64);
-                if failures + families + sessions > 0 {
-                    tracing::info!(failures, families, sessions, "entries swept");
+                if failures + families + sessions + uses > 0 {
+                    tracing::info!(failures, families, sessions, uses, "entries swept");
                 }
                 anyhow::Ok(())
             })

@@ -198,6 +198,97 @@ pub fn init_keys(keys: &Path) {
     assert!(status.success(), "keys init failed");
 }
 
+/// Waits for `check` to hold, polling, at most 60 s; fails naming `what`.
+pub async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+// ---- second factors: what an authenticator app computes
+
+/// RFC 4648 base32, as an authenticator app reads the secret.
+pub fn base32_decode(s: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let (mut out, mut buffer, mut bits) = (Vec::new(), 0u32, 0u32);
+    for c in s.bytes() {
+        let v = ALPHABET.iter().position(|a| *a == c).expect("base32") as u32;
+        buffer = (buffer << 5) | v;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+        }
+    }
+    out
+}
+
+/// The six-digit code an authenticator app shows for `secret` at `step` (RFC 6238).
+pub fn code_at(secret: &[u8], step: u64) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret);
+    let mac = ring::hmac::sign(&key, &step.to_be_bytes());
+    let mac = mac.as_ref();
+    let o = (mac[19] & 0x0f) as usize;
+    let bin = u32::from_be_bytes([mac[o] & 0x7f, mac[o + 1], mac[o + 2], mac[o + 3]]);
+    format!("{:06}", bin % 1_000_000)
+}
+
+pub fn now_step() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 30
+}
+
+/// Enrols and confirms an authenticator for account `id` at `client`; its secret and
+/// recovery codes.
+pub async fn enrol_totp(client: &Client, id: &str) -> (Vec<u8>, Vec<String>) {
+    let r = client
+        .post(
+            &format!("/v1/users/{id}/factors/totp"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let secret = base32_decode(r.body["secret"].as_str().unwrap());
+    assert_eq!(secret.len(), 20);
+    let uri = r.body["otpauth_uri"].as_str().unwrap();
+    assert!(
+        uri.starts_with("otpauth://totp/") && uri.contains(r.body["secret"].as_str().unwrap()),
+        "{uri}"
+    );
+    // A wrong first code turns nothing on.
+    let wrong = client
+        .post(
+            &format!("/v1/users/{id}/factors/totp/confirm"),
+            serde_json::json!({"code": "000000"}),
+        )
+        .await;
+    assert_eq!(wrong.status, 400, "{}", wrong.text);
+    let r = client
+        .post(
+            &format!("/v1/users/{id}/factors/totp/confirm"),
+            serde_json::json!({"code": code_at(&secret, now_step())}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let codes: Vec<String> = r.body["recovery_codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(codes.len(), 10);
+    (secret, codes)
+}
+
 /// One request with `key` as the API key: the status and the JSON body (null when
 /// there is none).
 pub async fn call_as(

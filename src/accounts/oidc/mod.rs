@@ -24,6 +24,7 @@
 pub mod assertion;
 pub mod clients;
 pub mod request;
+pub mod second_factor;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -173,6 +174,8 @@ pub struct Oidc {
     /// `config.issuer`, or the node's own address when that is empty.
     issuer: parking_lot::RwLock<String>,
     codes: Mutex<HashMap<[u8; 32], Grant>>,
+    /// Sign-ins waiting for their second factor, by the SHA-256 of their secret.
+    pending: Mutex<HashMap<[u8; 32], second_factor::Pending>>,
     /// The `jti`s of `private_key_jwt` assertions taken.
     assertions: crate::common::replay::Seen,
 }
@@ -195,6 +198,7 @@ impl Oidc {
             issuer: parking_lot::RwLock::new(config.issuer.clone()),
             config,
             codes: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
             assertions: crate::common::replay::Seen::new(
                 assertion::MAX_REMEMBERED,
                 assertion::MAX_REMEMBERED_PER_CLIENT,
@@ -741,7 +745,7 @@ mod tests {
     use crate::crypto::password::{PasswordAlgorithm, Passwords};
     use crate::storage::store::{Store, StoreOptions};
 
-    fn oidc(dir: &std::path::Path) -> Oidc {
+    pub(super) fn oidc(dir: &std::path::Path) -> Oidc {
         let ring = crate::crypto::keyring::init(&["af-south".into(), "eu-west".into()])
             .unwrap()
             .remove(0);

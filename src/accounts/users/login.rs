@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
+use super::factors::SecondFactor;
 use super::{Users, CURRENT_HASH};
 use crate::accounts::error::UserError;
 use crate::accounts::input::{normalize_email, normalize_phone};
@@ -31,15 +32,22 @@ impl Users {
     /// [`UserError::TooManyAttempts`] before any hashing; a wrong password is counted
     /// and answered with [`UserError::LoginFailed`], saying how long the next attempt
     /// must wait. Unknown logins go through the same steps.
+    ///
+    /// An account with a second factor ([`super::factors`]) also needs `factor`.
     pub fn login(&self, login: &str, password: &str) -> Result<Uuid, UserError> {
-        self.login_session(login, password).map(|(id, _)| id)
+        self.login_session(login, password, None).map(|(id, _)| id)
     }
 
     /// [`Users::login`], with the account's `credentials_changed_ms` as the password
     /// was checked against it: what a refresh token family issued now must carry
     /// ([`crate::accounts::tokens::Tokens::issue`]).
-    pub fn login_session(&self, login: &str, password: &str) -> Result<(Uuid, u64), UserError> {
-        let (result, hold) = self.login_held(login, password);
+    pub fn login_session(
+        &self,
+        login: &str,
+        password: &str,
+        factor: Option<&SecondFactor>,
+    ) -> Result<(Uuid, u64), UserError> {
+        let (result, hold) = self.login_held(login, password, factor);
         std::thread::sleep(hold);
         result
     }
@@ -57,9 +65,10 @@ impl Users {
         &self,
         login: &str,
         password: &str,
+        factor: Option<&SecondFactor>,
     ) -> (Result<(Uuid, u64), UserError>, Duration) {
         let before = password::spent();
-        let result = self.login_guarded(login, password);
+        let result = self.login_guarded(login, password, factor);
         let spent = password::spent() - before;
         let hold = match &result {
             Err(UserError::LoginFailed { .. }) => self.hold_failure(spent.hashed),
@@ -75,10 +84,68 @@ impl Users {
             Err(UserError::LoginFailed { .. }) => "invalid_credentials",
             Err(UserError::Forbidden(_)) => "forbidden",
             Err(UserError::TooManyAttempts { .. }) => "locked_out",
+            Err(UserError::SecondFactorRequired { .. }) => "second_factor_required",
+            Err(UserError::SecondFactorFailed { .. }) => "invalid_second_factor",
             Err(_) => "error",
         };
         metrics::counter!(m::LOGINS_TOTAL, "outcome" => outcome).increment(1);
         (result, hold)
+    }
+
+    /// The second step of a login whose password was right at credentials
+    /// `credentials_ms` (the hosted page asks the code on a page of its own): the
+    /// account's second `factor`, behind the same lockout. An account whose
+    /// credentials changed since is refused as a wrong password would be.
+    pub fn login_second_factor(
+        &self,
+        id: &Uuid,
+        credentials_ms: u64,
+        factor: &SecondFactor,
+    ) -> Result<(Uuid, u64), UserError> {
+        let now = self.clock_now_ms();
+        let attempt = self.lockout.begin(id.as_bytes(), now)?;
+        let standing = *attempt.standing();
+        let record = match self.load_changeable(id) {
+            Ok(r)
+                if r.credentials_changed_ms == credentials_ms
+                    && r.status == Status::Active as i32 =>
+            {
+                r
+            }
+            Ok(_) | Err(UserError::NotFound | UserError::Merged(_)) => {
+                return Err(UserError::InvalidCredentials)
+            }
+            Err(e) => return Err(e),
+        };
+        let checked = self.check_second_factor(&record, Some(factor));
+        self.second_factor_outcome(id.as_bytes(), now, &standing, checked)?;
+        Ok((*id, credentials_ms))
+    }
+
+    /// Counts a second-factor check in the lockout: the right factor resets the count,
+    /// a wrong one is a failure; the right password alone is neither (the attempt ends
+    /// uncounted), so it cannot undo the count that wrong codes built.
+    fn second_factor_outcome(
+        &self,
+        subject: &[u8],
+        now: u64,
+        standing: &crate::accounts::lockout::Standing,
+        checked: Result<(), UserError>,
+    ) -> Result<(), UserError> {
+        match checked {
+            Ok(()) => self.lockout.succeeded(subject, now, standing),
+            Err(UserError::InvalidSecondFactor) => {
+                let failed_at = self.clock_now_ms().max(now);
+                let standing = self.lockout.failed(subject, failed_at)?;
+                if standing.failures == crate::accounts::lockout::FREE_FAILURES {
+                    metrics::counter!(m::LOGIN_LOCKOUTS_TOTAL).increment(1);
+                }
+                Err(UserError::SecondFactorFailed {
+                    retry_after_ms: standing.retry_after_ms(failed_at),
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// How long to hold back a failed login that hashed for `hashed`, raising the floor
@@ -94,7 +161,12 @@ impl Users {
         Duration::from_micros(floor).saturating_sub(hashed)
     }
 
-    fn login_guarded(&self, login: &str, password: &str) -> Result<(Uuid, u64), UserError> {
+    fn login_guarded(
+        &self,
+        login: &str,
+        password: &str,
+        factor: Option<&SecondFactor>,
+    ) -> Result<(Uuid, u64), UserError> {
         let (record, subject) = if login.contains('@') {
             match normalize_email(login) {
                 Ok(e) => {
@@ -122,6 +194,7 @@ impl Users {
         let attempt = self.lockout.begin(&subject, now)?;
         let standing = *attempt.standing();
         let credentials = record.as_ref().map_or(0, |r| r.credentials_changed_ms);
+        let found = record.clone();
         match self.login_inner(record, password) {
             Err(UserError::InvalidCredentials) => {
                 // Counted when the failure is known: time spent hashing or queued
@@ -135,9 +208,14 @@ impl Users {
                     retry_after_ms: standing.retry_after_ms(failed_at),
                 })
             }
-            // The right password: the count starts again.
+            // The right password: the count starts again, once the second factor, if
+            // the account has one, is right too.
             Ok(id) => {
-                self.lockout.succeeded(&subject, now, &standing)?;
+                let checked = match &found {
+                    Some(r) => self.check_second_factor(r, factor),
+                    None => Ok(()),
+                };
+                self.second_factor_outcome(&subject, now, &standing, checked)?;
                 Ok((id, credentials))
             }
             Err(e @ UserError::Forbidden(_)) => {
@@ -439,7 +517,7 @@ mod tests {
         u.import(import_items("legacy@example.com", &slow)).unwrap();
         let answered_after = |login: &str| {
             let before = crate::crypto::password::spent();
-            let (result, hold) = u.login_held(login, "not the password");
+            let (result, hold) = u.login_held(login, "not the password", None);
             assert!(
                 matches!(result, Err(UserError::LoginFailed { .. })),
                 "{result:?}"

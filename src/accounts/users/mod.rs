@@ -25,6 +25,7 @@
 //! - `write`: create, update, set_password, set_status;
 //! - `erase`: delete (crypto-shredding, cascading to merged accounts);
 //! - `login`: login behind the lockout, legacy hashes, the login-failure sweep;
+//! - `factors`: second factors (TOTP, recovery codes), their enrolment and use;
 //! - `import`: legacy accounts, created or merged;
 //! - `apply`: change events replicated from other regions;
 //! - `merge`: duplicate accounts found while applying;
@@ -51,6 +52,7 @@ use crate::storage::store::Store;
 mod apply;
 mod commit;
 mod erase;
+pub mod factors;
 mod import;
 mod key_recovery;
 mod login;

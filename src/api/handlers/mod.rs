@@ -2,6 +2,7 @@
 //! `extract` of the API layer; `api/mod.rs` routes to them.
 
 pub mod admin;
+pub mod factors;
 pub mod health;
 pub mod oauth;
 pub mod peers;

@@ -16,6 +16,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use crate::accounts::error::UserError;
+use crate::accounts::input::SecondFactor;
 use crate::accounts::oidc::request::{self, AuthRequest, Prompt, Refusal};
 use crate::accounts::oidc::{assertion, clients, Session};
 use crate::api::error::{oauth_error, oauth_tokens, page, redirect, ApiError, Page};
@@ -137,14 +138,17 @@ fn hidden_fields(req: &AuthRequest) -> String {
     hidden
 }
 
-/// The sign-in form for `req`, with a new CSRF token (cookie and hidden field).
-fn sign_in_form(
+/// A form page of the sign-in for `req`: `title`, the client it continues to, an
+/// error if any, and `fields` inside a form that posts the request again with a new
+/// CSRF token (cookie and hidden field).
+fn form_page(
     s: &AppState,
     kind: Page,
+    title: &str,
     req: &AuthRequest,
     client_name: &str,
     error: Option<&str>,
-    login: &str,
+    fields: &str,
 ) -> Response {
     let Some((csrf, cookie)) = new_csrf(s) else {
         return notice(
@@ -162,19 +166,62 @@ fn sign_in_form(
         })
         .unwrap_or_default();
     let body = format!(
-        "<h1>Sign in</h1><p>to continue to {client}</p>{error}\
+        "<h1>{title}</h1><p>to continue to {client}</p>{error}\
 <form method=\"post\" action=\"/oauth2/authorize\">{hidden}\
-<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-<label for=\"login\">Email or phone</label>\
+<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">{fields}</form>",
+        title = escape(title),
+        client = escape(client_name),
+        hidden = hidden_fields(req),
+    );
+    page(kind, layout(title, &body), &[cookie])
+}
+
+/// The sign-in form for `req`.
+fn sign_in_form(
+    s: &AppState,
+    kind: Page,
+    req: &AuthRequest,
+    client_name: &str,
+    error: Option<&str>,
+    login: &str,
+) -> Response {
+    let fields = format!(
+        "<label for=\"login\">Email or phone</label>\
 <input type=\"text\" id=\"login\" name=\"login\" autocomplete=\"username\" required value=\"{login}\">\
 <label for=\"password\">Password</label>\
 <input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" required>\
-<button type=\"submit\">Sign in</button></form>",
-        client = escape(client_name),
+<button type=\"submit\">Sign in</button>",
         login = escape(login),
-        hidden = hidden_fields(req),
     );
-    page(kind, layout("Sign in", &body), &[cookie])
+    form_page(s, kind, "Sign in", req, client_name, error, &fields)
+}
+
+/// The second step's form: the code of the account's authenticator, or a recovery
+/// code, for the pending sign-in `pending`.
+fn second_factor_form(
+    s: &AppState,
+    kind: Page,
+    req: &AuthRequest,
+    client_name: &str,
+    pending: &str,
+    error: Option<&str>,
+) -> Response {
+    let fields = format!(
+        "<input type=\"hidden\" name=\"pending\" value=\"{pending}\">\
+<label for=\"code\">Code from your authenticator app, or a recovery code</label>\
+<input type=\"text\" id=\"code\" name=\"code\" autocomplete=\"one-time-code\" inputmode=\"numeric\" required autofocus>\
+<button type=\"submit\">Continue</button>",
+        pending = escape(pending),
+    );
+    form_page(
+        s,
+        kind,
+        "Two-step sign-in",
+        req,
+        client_name,
+        error,
+        &fields,
+    )
 }
 
 /// `redirect_uri` with `params` added to its query.
@@ -421,9 +468,12 @@ pub async fn sign_in(
     };
     let mut rest = Vec::new();
     let (mut login, mut password, mut csrf, mut decision) = (None, None, None, None);
+    let (mut pending, mut code) = (None, None);
     for (k, v) in pairs {
         match k.as_str() {
             "decision" if decision.is_none() => decision = Some(v),
+            "pending" if pending.is_none() => pending = Some(v),
+            "code" if code.is_none() => code = Some(v),
             "login" if login.is_none() => login = Some(v),
             "password" if password.is_none() => password = Some(v),
             "csrf" if csrf.is_none() => csrf = Some(v),
@@ -476,6 +526,9 @@ pub async fn sign_in(
         }
         return grant(&s, &req, &session, &[]);
     }
+    if let Some(pending) = pending {
+        return second_step(&s, &req, &client, &pending, code.unwrap_or_default()).await;
+    }
     let login = login.unwrap_or_default();
     let password = password.unwrap_or_default();
     if login.is_empty() || password.is_empty() || login.len() > 320 || password.len() > 1024 {
@@ -492,7 +545,7 @@ pub async fn sign_in(
     let oidc = s.oidc.clone();
     let who = login.clone();
     let outcome = hashing(&s.hashing, move || {
-        let (result, hold) = users.login_held(&who, &password);
+        let (result, hold) = users.login_held(&who, &password, None);
         let started = result.and_then(|(id, credentials)| {
             let cookie = oidc.start_session(id, credentials)?;
             Ok((id, credentials, cookie))
@@ -512,31 +565,19 @@ pub async fn sign_in(
     };
     tokio::time::sleep(hold).await;
     match started {
-        Ok((user, credentials, value)) => {
-            metrics::counter!(crate::common::metrics::OIDC_SIGN_INS_TOTAL, "outcome" => "ok")
-                .increment(1);
-            let session = Session {
-                user,
-                auth_time_ms: s.users.clock_now_ms(),
-                credentials_ms: credentials,
-            };
-            let cookies = [
-                format!(
-                    "{}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
-                    cookie_name(&s, SESSION_COOKIE),
-                    s.oidc.session_ttl_s(),
-                    secure(&s)
+        Ok((user, credentials, value)) => signed_in(&s, &req, &client, user, credentials, &value),
+        Err(UserError::SecondFactorRequired {
+            user,
+            credentials_ms,
+        }) => {
+            metrics::counter!(crate::common::metrics::OIDC_SIGN_INS_TOTAL, "outcome" => "second_factor_asked").increment(1);
+            match s.oidc.begin_second_factor(user, credentials_ms) {
+                Ok(token) => second_factor_form(&s, Page::Shown, &req, &client_name, &token, None),
+                Err(_) => notice(
+                    Page::Unavailable,
+                    "Try again",
+                    "Signing in is unavailable here for a moment; try again.",
                 ),
-                format!(
-                    "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
-                    cookie_name(&s, CSRF_COOKIE),
-                    secure(&s)
-                ),
-            ];
-            if client.first_party {
-                grant(&s, &req, &session, &cookies)
-            } else {
-                consent_page(&s, &req, &client, &cookies[..1])
             }
         }
         Err(UserError::TooManyAttempts { retry_after_ms }) => {
@@ -571,6 +612,119 @@ pub async fn sign_in(
             )
         }
         Err(_) => notice(
+            Page::Unavailable,
+            "Try again",
+            "Signing in is unavailable here for a moment; try again.",
+        ),
+    }
+}
+
+/// A customer signed in (password, and second factor if any): the session cookie
+/// `value` set, then the code sent back, or the consent page of a client that asks.
+fn signed_in(
+    s: &AppState,
+    req: &AuthRequest,
+    client: &crate::proto::OAuthClient,
+    user: uuid::Uuid,
+    credentials: u64,
+    value: &str,
+) -> Response {
+    metrics::counter!(crate::common::metrics::OIDC_SIGN_INS_TOTAL, "outcome" => "ok").increment(1);
+    let session = Session {
+        user,
+        auth_time_ms: s.users.clock_now_ms(),
+        credentials_ms: credentials,
+    };
+    let cookies = [
+        format!(
+            "{}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
+            cookie_name(s, SESSION_COOKIE),
+            s.oidc.session_ttl_s(),
+            secure(s)
+        ),
+        format!(
+            "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+            cookie_name(s, CSRF_COOKIE),
+            secure(s)
+        ),
+    ];
+    if client.first_party {
+        grant(s, req, &session, &cookies)
+    } else {
+        consent_page(s, req, client, &cookies[..1])
+    }
+}
+
+/// The second step of a sign-in: the code for the pending sign-in `pending`, behind
+/// the account's lockout. A wrong code asks again (up to the pending sign-in's tries);
+/// an expired one, or an account changed since the password, starts over.
+async fn second_step(
+    s: &AppState,
+    req: &AuthRequest,
+    client: &crate::proto::OAuthClient,
+    pending: &str,
+    code: String,
+) -> Response {
+    let again = |text: &str| sign_in_form(s, Page::Refused, req, &client.name, Some(text), "");
+    let Some(waiting) = s.oidc.second_factor_try(pending) else {
+        return again("The sign-in expired. Please sign in again.");
+    };
+    let code = code.trim().to_string();
+    if code.is_empty() || code.len() > 32 {
+        return second_factor_form(
+            s,
+            Page::Refused,
+            req,
+            &client.name,
+            pending,
+            Some("Enter the code from your authenticator app, or a recovery code."),
+        );
+    }
+    let factor = if code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()) {
+        SecondFactor::Totp(code)
+    } else {
+        SecondFactor::RecoveryCode(code)
+    };
+    let (users, oidc) = (s.users.clone(), s.oidc.clone());
+    let outcome = blocking(move || {
+        Ok::<_, UserError>(
+            users
+                .login_second_factor(&waiting.user, waiting.credentials_ms, &factor)
+                .and_then(|(user, credentials)| {
+                    let cookie = oidc.start_session(user, credentials)?;
+                    Ok((user, credentials, cookie))
+                }),
+        )
+    })
+    .await;
+    let ask = |kind: Page, text: &str| {
+        second_factor_form(s, kind, req, &client.name, pending, Some(text))
+    };
+    match outcome {
+        Ok(Ok((user, credentials, value))) => {
+            s.oidc.end_second_factor(pending);
+            signed_in(s, req, client, user, credentials, &value)
+        }
+        Ok(Err(UserError::SecondFactorFailed { .. })) => {
+            metrics::counter!(crate::common::metrics::OIDC_SIGN_INS_TOTAL, "outcome" => "wrong_second_factor").increment(1);
+            ask(Page::Refused, "The code is wrong, or was used already.")
+        }
+        Ok(Err(UserError::TooManyAttempts { retry_after_ms })) => {
+            metrics::counter!(crate::common::metrics::OIDC_SIGN_INS_TOTAL, "outcome" => "too_many_attempts").increment(1);
+            let minutes = retry_after_ms.div_ceil(60_000);
+            ask(
+                Page::TooMany,
+                &format!(
+                    "Too many attempts. Try again in {minutes} minute{}.",
+                    if minutes == 1 { "" } else { "s" }
+                ),
+            )
+        }
+        Ok(Err(UserError::InvalidCredentials)) => {
+            s.oidc.end_second_factor(pending);
+            again("The account changed since. Please sign in again.")
+        }
+        Ok(Err(_)) | Err(_) => notice(
             Page::Unavailable,
             "Try again",
             "Signing in is unavailable here for a moment; try again.",

@@ -65,7 +65,7 @@ pub async fn internal_records(
     Ok(Json(answer))
 }
 
-#[utoipa::path(post, path = "/v1/internal/oauth/exchange", tag = "internal", security(("peer" = [])), request_body = crate::api::schema::ForwardedExchange, responses((status = 200, description = "the tokens of a code this region issued, exchanged for the client the asking region authenticated", body = crate::api::schema::OAuthTokens), (status = 400, description = "`{error, error_description}` as RFC 6749 names them: the code is spent, expired, another client's, or its verifier or redirect URI differ", body = crate::api::schema::OAuthError), (status = 401, description = "no valid peer signature, or the client is not known here", body = crate::api::schema::OAuthError), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 415, description = "not application/json", body = crate::api::schema::ErrorBody), (status = 500, description = "server_error", body = crate::api::schema::OAuthError), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/internal/oauth/exchange", tag = "internal", security(("peer" = [])), request_body = crate::api::schema::ForwardedExchange, responses((status = 200, description = "the tokens of a code this region issued, exchanged for the client the asking region authenticated", body = crate::api::schema::OAuthTokens), (status = 400, description = "`{error, error_description}` as RFC 6749 names them: the code is spent, expired, another client's (or its client was removed), or its verifier or redirect URI differ", body = crate::api::schema::OAuthError), (status = 401, description = "no valid peer signature", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 415, description = "not application/json", body = crate::api::schema::ErrorBody), (status = 500, description = "server_error", body = crate::api::schema::OAuthError), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
 pub async fn internal_exchange(State(s): State<AppState>, JsonBody(body): JsonBody) -> Response {
     let req: ExchangeRequest = match serde_json::from_value(body) {
         Ok(r) => r,
@@ -97,10 +97,8 @@ pub async fn internal_exchange(State(s): State<AppState>, JsonBody(body): JsonBo
             oauth_tokens(granted.json())
         }
         Ok(Some(Err(e))) => oauth_error(e.error, &e.description),
-        Ok(None) => oauth_error(
-            "invalid_client",
-            "the client is not known yet at the region that issued the code",
-        ),
+        // The client this region issued the code to is gone (removed since).
+        Ok(None) => oauth_error("invalid_grant", "the code's client is not registered"),
         Err(_) => oauth_error("server_error", "try again"),
     }
 }

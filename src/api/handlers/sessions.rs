@@ -13,7 +13,7 @@ use crate::api::error::{no_content, ApiError};
 use crate::api::extract::{blocking, hashing, JsonBody};
 use crate::api::state::AppState;
 
-#[utoipa::path(post, path = "/v1/login", tag = "sessions", security(("api_key" = [])), request_body = crate::api::schema::Login, responses((status = 200, description = "logged in", body = crate::api::schema::Tokens), (status = 400, description = "invalid request: every problem, by field", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 415, description = "not application/json", body = crate::api::schema::ErrorBody), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody), (status = 429, description = "too many attempts or requests: retry after `retry_after_s`", body = crate::api::schema::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/login", tag = "sessions", security(("api_key" = [])), request_body = crate::api::schema::Login, responses((status = 200, description = "logged in", body = crate::api::schema::Tokens), (status = 400, description = "invalid request: every problem, by field", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 415, description = "not application/json", body = crate::api::schema::ErrorBody), (status = 401, description = "no valid API key; invalid_credentials; second_factor_required (the password was right: send it again with totp or recovery_code); invalid_second_factor (counted like a wrong password)", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody), (status = 429, description = "too many attempts or requests: retry after `retry_after_s`", body = crate::api::schema::ErrorBody)))]
 pub async fn login(
     State(s): State<AppState>,
     JsonBody(body): JsonBody,
@@ -22,7 +22,7 @@ pub async fn login(
     let users = s.users.clone();
     let tokens = s.tokens.clone();
     let (issued, hold) = hashing(&s.hashing, move || {
-        let (result, hold) = users.login_held(&req.login, &req.password);
+        let (result, hold) = users.login_held(&req.login, &req.password, req.factor.as_ref());
         let issued = result.and_then(|(id, credentials)| tokens.issue(id, credentials));
         Ok::<_, ApiError>((issued, hold))
     })
