@@ -212,7 +212,18 @@ async fn removing_the_authenticator_ends_the_sessions_and_bad_requests_change_no
         let r = client.post(&path, body).await;
         assert!(matches!(r.status, 400 | 409), "{path}: {}", r.text);
     }
+    // A session from before the authenticator ends when it is turned on.
+    let before = login(&client, email, json!({})).await;
+    let before = before.body["refresh_token"].as_str().unwrap().to_string();
     let (secret, _) = enrol_totp(&client, &id).await;
+    let r = client
+        .post("/v1/token/refresh", json!({"refresh_token": before}))
+        .await;
+    assert_eq!(
+        r.status, 401,
+        "a session opened with the password alone: {}",
+        r.text
+    );
     assert_eq!(
         client
             .post(&format!("/v1/users/{id}/factors/totp"), json!({}))
@@ -221,6 +232,14 @@ async fn removing_the_authenticator_ends_the_sessions_and_bad_requests_change_no
         409,
         "one at a time"
     );
+    // Secrets are never cached on the way.
+    let fresh = reqwest::Client::new()
+        .post(format!("{}/v1/users/{id}/factors/recovery-codes", node.url))
+        .bearer_auth(common::API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fresh.headers()["cache-control"], "no-store");
     for bad in [
         json!({"code": 123456}),
         json!({"code": "1", "extra": 1}),
@@ -280,4 +299,45 @@ async fn removing_the_authenticator_ends_the_sessions_and_bad_requests_change_no
         .get("/v1/users/00000000-0000-0000-0000-000000000000/factors")
         .await;
     assert_eq!(missing.status, 404);
+}
+
+/// With the region's key service down, an account without a second factor still
+/// logs in (its record says it needs nothing sealed), and one with a factor is not let
+/// in without it: its login waits for the key (503), whatever it presents.
+#[tokio::test]
+async fn with_the_key_service_down_logins_without_a_factor_go_on_and_none_skips_one() {
+    let node = TestNode::start_with("[faults]\nenabled = true\n");
+    let client = node.client();
+    client.create("plain@example.com", PW).await;
+    let id = client.create("guarded@example.com", PW).await;
+    let (secret, _) = enrol_totp(&client, &id).await;
+    let r = client
+        .put(
+            "/v1/admin/faults",
+            json!({"keys_unavailable": ["af-south"]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        login(&client, "plain@example.com", json!({})).await.status,
+        200
+    );
+    for extra in [json!({}), json!({"totp": code_at(&secret, now_step() + 1)})] {
+        let r = login(&client, "guarded@example.com", extra.clone()).await;
+        assert_eq!(
+            (r.status, r.body["error"].as_str()),
+            (503, Some("key_unavailable")),
+            "{extra}: {}",
+            r.text
+        );
+    }
+    client
+        .put("/v1/admin/faults", json!({"keys_unavailable": []}))
+        .await;
+    assert_eq!(
+        login_next_code(&client, "guarded@example.com", &secret)
+            .await
+            .status,
+        200
+    );
 }

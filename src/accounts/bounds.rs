@@ -271,11 +271,31 @@ fn check_entry(e: &proto::Entry) -> Check {
                 return Err("factor uses: the key is not a user id");
             }
             // A step past its writer's time would refuse the account's authenticator
-            // until then.
-            let latest = version.physical_ms.saturating_add(MAX_AHEAD_MS) / 1000 / 30 + 1;
+            // until then: no honest writer takes one past its now and the window.
+            let latest = version.physical_ms / 1000 / crate::crypto::totp::STEP_S
+                + crate::crypto::totp::WINDOW;
             if u.totp_step > latest {
                 return Err("factor uses: a TOTP step ahead of its writer's time");
             }
+            // Turned on or removed in the future would stand over every later change:
+            // a minute past the writer's version at most (one change after another
+            // may run a little ahead of the clock).
+            let now_ish = Version {
+                physical_ms: version.physical_ms.saturating_sub(MAX_AHEAD_MS - 60_000),
+                ..version.clone()
+            };
+            time(
+                u.enabled_ms,
+                &now_ish,
+                true,
+                "factor uses: enabled_ms out of range",
+            )?;
+            time(
+                u.removed_ms,
+                &now_ish,
+                true,
+                "factor uses: removed_ms out of range",
+            )?;
             if u.recovery_used.len() > MAX_SPENT_CODES
                 || u.recovery_used.iter().any(|h| h.len() != 32)
             {
@@ -508,6 +528,10 @@ mod tests {
             created_ms: NOW,
             ..Default::default()
         };
+        let uses = |u: proto::FactorUses| proto::Entry {
+            key: vec![1; 16],
+            ..made(EntryKind::FactorUses, u.encode_to_vec())
+        };
         let client = |c: proto::OAuthClient| proto::Entry {
             key: b"c_1".to_vec(),
             ..made(EntryKind::OauthClient, c.encode_to_vec())
@@ -645,6 +669,45 @@ mod tests {
                     ..good_client.clone()
                 }),
             ),
+            // What a region could replicate to refuse an account's authenticator
+            // for good, or to grow the entry without bound.
+            (
+                "second-factor uses at a step an hour past the writer's time",
+                uses(proto::FactorUses {
+                    totp_step: (NOW + 3_600_000) / 30_000,
+                    ..Default::default()
+                }),
+            ),
+            (
+                "second-factor uses removed a day after the writer's time",
+                uses(proto::FactorUses {
+                    removed_ms: NOW + 86_400_000,
+                    ..Default::default()
+                }),
+            ),
+            (
+                "second-factor uses with a spent code not a hash",
+                uses(proto::FactorUses {
+                    totp_step: 1,
+                    recovery_used: vec![vec![1; 5]],
+                    ..Default::default()
+                }),
+            ),
+            (
+                "second-factor uses with more spent codes than any account has",
+                uses(proto::FactorUses {
+                    totp_step: 1,
+                    recovery_used: (0..=MAX_SPENT_CODES as u8).map(|i| vec![i; 32]).collect(),
+                    ..Default::default()
+                }),
+            ),
+            (
+                "second-factor uses under a key that is no user id",
+                made(
+                    EntryKind::FactorUses,
+                    proto::FactorUses::default().encode_to_vec(),
+                ),
+            ),
             (
                 "a client signing ID tokens with none",
                 client(proto::OAuthClient {
@@ -701,6 +764,13 @@ mod tests {
             ),
         ];
         assert!(entry(&client(good_client.clone())).is_ok());
+        assert!(entry(&uses(proto::FactorUses {
+            totp_step: NOW / 30_000 + 1,
+            recovery_used: vec![vec![1; 32]],
+            enabled_ms: NOW,
+            removed_ms: NOW - 1,
+        }))
+        .is_ok());
         let keyed = proto::OAuthClient {
             auth_method: "private_key_jwt".into(),
             secret_hash: Vec::new(),

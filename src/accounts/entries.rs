@@ -62,12 +62,14 @@ enum Merged {
 
 /// `winner` (the newer entry's value) merged with `loser`'s for the kinds where last
 /// writer wins alone would lose something; `None` when the winner stands as it is.
+/// `incoming_wins`: whether the winner is the copy that came in (else the one stored).
 fn merge(
     kind: u32,
     winner: &[u8],
     loser: &[u8],
     regions_differ: bool,
     now_ms: u64,
+    incoming_wins: bool,
 ) -> Option<Merged> {
     use prost::Message as _;
     if kind == EntryKind::ApiKey as u32 {
@@ -106,7 +108,10 @@ fn merge(
     } else if kind == EntryKind::FactorUses as u32 {
         let w = proto::FactorUses::decode(winner).ok()?;
         let l = proto::FactorUses::decode(loser).ok()?;
-        let joined = merge_uses(&w, &l);
+        // What is stored first: a copy that comes in, whatever its version, adds to the
+        // spent codes held here and never pushes one out.
+        let (stored, incoming) = if incoming_wins { (&l, &w) } else { (&w, &l) };
+        let joined = merge_uses(stored, incoming);
         if joined != w {
             return Some(Merged::Union(joined.encode_to_vec()));
         }
@@ -114,21 +119,22 @@ fn merge(
     None
 }
 
-/// `a` and `b` merged: the later TOTP step, and every spent recovery code (the latest
-/// [`crate::accounts::bounds::MAX_SPENT_CODES`]), so that nothing used in one region is taken in another.
+/// `a` and `b` merged: the later TOTP step, turn-on and removal, and every spent
+/// recovery code of `a` with those of `b` added while there is room (at most
+/// [`crate::accounts::bounds::MAX_SPENT_CODES`]): `a`'s are never pushed out.
 pub fn merge_uses(a: &proto::FactorUses, b: &proto::FactorUses) -> proto::FactorUses {
     let mut out = a.clone();
     out.totp_step = a.totp_step.max(b.totp_step);
+    out.enabled_ms = a.enabled_ms.max(b.enabled_ms);
+    out.removed_ms = a.removed_ms.max(b.removed_ms);
     for h in &b.recovery_used {
+        if out.recovery_used.len() >= crate::accounts::bounds::MAX_SPENT_CODES {
+            break;
+        }
         if !out.recovery_used.contains(h) {
             out.recovery_used.push(h.clone());
         }
     }
-    let excess = out
-        .recovery_used
-        .len()
-        .saturating_sub(crate::accounts::bounds::MAX_SPENT_CODES);
-    out.recovery_used.drain(..excess);
     out
 }
 
@@ -378,6 +384,7 @@ impl Entries {
                     &loser.value,
                     entry_version(&winner).region != entry_version(&loser).region,
                     self.hlc.physical_now(),
+                    incoming_wins,
                 )
             });
             let mut outbox = false;
@@ -454,25 +461,59 @@ mod tests {
         let a = proto::FactorUses {
             totp_step: 9,
             recovery_used: vec![vec![1], vec![2]],
+            enabled_ms: 5,
+            removed_ms: 0,
         };
         let b = proto::FactorUses {
             totp_step: 7,
             recovery_used: vec![vec![2], vec![3]],
+            enabled_ms: 3,
+            removed_ms: 4,
         };
         let m = merge_uses(&a, &b);
-        assert_eq!(m.totp_step, 9);
+        assert_eq!((m.totp_step, m.enabled_ms, m.removed_ms), (9, 5, 4));
         assert_eq!(m.recovery_used, vec![vec![1], vec![2], vec![3]]);
         assert_eq!(merge_uses(&b, &a).totp_step, 9);
-        let many = proto::FactorUses {
-            totp_step: 0,
-            recovery_used: (0..100u8).map(|i| vec![i]).collect(),
+    }
+
+    /// The attack: a peer sends a copy full of made-up spent codes, at an old version
+    /// or a new one, to push the real ones out and make them usable again here.
+    #[test]
+    fn a_copy_that_comes_in_never_pushes_out_a_spent_code_held_here() {
+        use prost::Message as _;
+        let dir = tempfile::tempdir().unwrap();
+        let here = entries(dir.path(), "af-south");
+        let peer_dir = tempfile::tempdir().unwrap();
+        let peer = entries(peer_dir.path(), "eu-west");
+        let real = proto::FactorUses {
+            totp_step: 1,
+            recovery_used: vec![vec![7; 32]],
+            enabled_ms: 1,
+            removed_ms: 0,
         };
-        let m = merge_uses(&proto::FactorUses::default(), &many);
+        here.put(EntryKind::FactorUses, &[1; 16], real.encode_to_vec())
+            .unwrap();
+        let junk = proto::FactorUses {
+            totp_step: 1,
+            recovery_used: (0..crate::accounts::bounds::MAX_SPENT_CODES as u8)
+                .map(|i| vec![i; 32])
+                .collect(),
+            ..Default::default()
+        };
+        let sent = peer
+            .put(EntryKind::FactorUses, &[1; 16], junk.encode_to_vec())
+            .unwrap();
+        here.apply(&sent, false).unwrap();
+        let held = here.get(EntryKind::FactorUses, &[1; 16]).unwrap().unwrap();
+        let held = proto::FactorUses::decode(held.value.as_slice()).unwrap();
+        assert!(
+            held.recovery_used.contains(&vec![7; 32]),
+            "the real spent code stays"
+        );
         assert_eq!(
-            m.recovery_used.len(),
+            held.recovery_used.len(),
             crate::accounts::bounds::MAX_SPENT_CODES
         );
-        assert_eq!(m.recovery_used.last(), Some(&vec![99]));
     }
 
     fn entries(dir: &std::path::Path, region: &str) -> Entries {

@@ -427,6 +427,11 @@ pub fn oauth_error(error: &'static str, description: &str) -> Response {
 
 /// A token endpoint's answer: 200, never cached (RFC 6749 §5.1).
 pub fn oauth_tokens(body: Value) -> Response {
+    no_store(body)
+}
+
+/// A 200 that carries a secret (tokens, a TOTP seed, recovery codes): never cached.
+pub fn no_store(body: Value) -> Response {
     let mut resp = Json(body).into_response();
     resp.headers_mut().insert(
         header::CACHE_CONTROL,

@@ -175,7 +175,7 @@ pub struct Oidc {
     issuer: parking_lot::RwLock<String>,
     codes: Mutex<HashMap<[u8; 32], Grant>>,
     /// Sign-ins waiting for their second factor, by the SHA-256 of their secret.
-    pending: Mutex<HashMap<[u8; 32], second_factor::Pending>>,
+    pending: Mutex<second_factor::PendingSet>,
     /// The `jti`s of `private_key_jwt` assertions taken.
     assertions: crate::common::replay::Seen,
 }
@@ -198,7 +198,7 @@ impl Oidc {
             issuer: parking_lot::RwLock::new(config.issuer.clone()),
             config,
             codes: Mutex::new(HashMap::new()),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Default::default()),
             assertions: crate::common::replay::Seen::new(
                 assertion::MAX_REMEMBERED,
                 assertion::MAX_REMEMBERED_PER_CLIENT,

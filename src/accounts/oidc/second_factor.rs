@@ -5,6 +5,8 @@
 //! [`MAX_TRIES`] codes; each code goes through the account's lockout as a login does
 //! ([`crate::accounts::users::Users::login_second_factor`]).
 
+use std::collections::HashMap;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use uuid::Uuid;
@@ -18,12 +20,26 @@ pub const PENDING_TTL_MS: u64 = 5 * 60 * 1000;
 pub const MAX_TRIES: u32 = 5;
 /// The most pending sign-ins a node holds; past it, the oldest expire first.
 const MAX_PENDING: usize = 10_000;
+/// The most one account has pending at once; past it, its own oldest goes (so that
+/// the password of one account cannot push out everyone else's).
+const MAX_PENDING_PER_ACCOUNT: usize = 4;
+
+/// The sign-ins waiting on this node, by the SHA-256 of their secret.
+#[derive(Debug, Default)]
+pub struct PendingSet {
+    by_key: HashMap<[u8; 32], Pending>,
+    /// The order they came in, for the oldest to go first.
+    next: u64,
+}
 
 /// A sign-in waiting for its second factor.
 #[derive(Debug, Clone)]
 pub struct Pending {
+    order: u64,
     pub user: Uuid,
     pub credentials_ms: u64,
+    /// The client the sign-in is for: the code must come with its request.
+    client_id: String,
     expires_ms: u64,
     tries: u32,
 }
@@ -35,25 +51,37 @@ impl Oidc {
         &self,
         user: Uuid,
         credentials_ms: u64,
+        client_id: &str,
     ) -> Result<String, UserError> {
         let secret = random::<32>()?;
         let now = self.now_ms();
-        let mut pending = self.pending.lock();
+        let mut set = self.pending.lock();
+        let order = set.next;
+        set.next += 1;
+        let pending = &mut set.by_key;
         pending.retain(|_, p| p.expires_ms > now);
+        let mut own: Vec<([u8; 32], u64)> = pending
+            .iter()
+            .filter(|(_, p)| p.user == user)
+            .map(|(k, p)| (*k, p.order))
+            .collect();
+        own.sort_by_key(|(_, order)| *order);
+        let excess = (own.len() + 1).saturating_sub(MAX_PENDING_PER_ACCOUNT);
+        for (k, _) in own.iter().take(excess) {
+            pending.remove(k);
+        }
         if pending.len() >= MAX_PENDING {
-            if let Some(oldest) = pending
-                .iter()
-                .min_by_key(|(_, p)| p.expires_ms)
-                .map(|(k, _)| *k)
-            {
+            if let Some(oldest) = pending.iter().min_by_key(|(_, p)| p.order).map(|(k, _)| *k) {
                 pending.remove(&oldest);
             }
         }
         pending.insert(
             sha256(&secret),
             Pending {
+                order,
                 user,
                 credentials_ms,
+                client_id: client_id.to_string(),
                 expires_ms: now + PENDING_TTL_MS,
                 tries: 0,
             },
@@ -61,13 +89,17 @@ impl Oidc {
         Ok(format!("sf1.{}", B64.encode(secret)))
     }
 
-    /// The pending sign-in `token` names, counting one try; `None` once it expired,
-    /// used up its tries, or never was.
-    pub fn second_factor_try(&self, token: &str) -> Option<Pending> {
+    /// The pending sign-in `token` names for `client_id`, counting one try; `None`
+    /// once it expired, used up its tries, is another client's, or never was.
+    pub fn second_factor_try(&self, token: &str, client_id: &str) -> Option<Pending> {
         let key = pending_key(token)?;
         let now = self.now_ms();
-        let mut pending = self.pending.lock();
+        let mut set = self.pending.lock();
+        let pending = &mut set.by_key;
         let p = pending.get_mut(&key)?;
+        if p.client_id != client_id {
+            return None;
+        }
         if p.expires_ms <= now || p.tries >= MAX_TRIES {
             pending.remove(&key);
             return None;
@@ -80,7 +112,7 @@ impl Oidc {
     /// changed).
     pub fn end_second_factor(&self, token: &str) {
         if let Some(key) = pending_key(token) {
-            self.pending.lock().remove(&key);
+            self.pending.lock().by_key.remove(&key);
         }
     }
 }
@@ -99,17 +131,48 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let o = crate::accounts::oidc::tests::oidc(dir.path());
         let user = Uuid::from_bytes([3; 16]);
-        let token = o.begin_second_factor(user, 7).unwrap();
+        let token = o.begin_second_factor(user, 7, "c_shop").unwrap();
+        assert!(
+            o.second_factor_try(&token, "c_other").is_none(),
+            "another client's"
+        );
         for _ in 0..MAX_TRIES {
-            let p = o.second_factor_try(&token).unwrap();
+            let p = o.second_factor_try(&token, "c_shop").unwrap();
             assert_eq!((p.user, p.credentials_ms), (user, 7));
         }
-        assert!(o.second_factor_try(&token).is_none(), "tries used up");
+        assert!(
+            o.second_factor_try(&token, "c_shop").is_none(),
+            "tries used up"
+        );
         for bad in ["", "sf1.", "sf1.AAAA", &token.replace("sf1.", "sf2.")] {
-            assert!(o.second_factor_try(bad).is_none(), "{bad}");
+            assert!(o.second_factor_try(bad, "c_shop").is_none(), "{bad}");
         }
-        let other = o.begin_second_factor(user, 7).unwrap();
+        let other = o.begin_second_factor(user, 7, "c_shop").unwrap();
         o.end_second_factor(&other);
-        assert!(o.second_factor_try(&other).is_none(), "ended");
+        assert!(o.second_factor_try(&other, "c_shop").is_none(), "ended");
+    }
+
+    /// The attack: the password of one's own account, signed in over and over, to
+    /// push everyone else's pending sign-ins out. Only one's own go.
+    #[test]
+    fn one_account_keeps_only_a_few_sign_ins_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = crate::accounts::oidc::tests::oidc(dir.path());
+        let victim = o
+            .begin_second_factor(Uuid::from_bytes([1; 16]), 0, "c")
+            .unwrap();
+        let mine: Vec<String> = (0..50)
+            .map(|_| {
+                o.begin_second_factor(Uuid::from_bytes([2; 16]), 0, "c")
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(o.pending.lock().by_key.len(), 1 + MAX_PENDING_PER_ACCOUNT);
+        assert!(o.second_factor_try(&victim, "c").is_some());
+        assert!(
+            o.second_factor_try(&mine[0], "c").is_none(),
+            "its own oldest went"
+        );
+        assert!(o.second_factor_try(&mine[49], "c").is_some());
     }
 }

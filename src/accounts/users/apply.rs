@@ -172,7 +172,11 @@ impl Users {
                 commit(current.as_ref(), incoming)?;
                 return Ok(Applied::Applied);
             }
-            self.merge_duplicates(current.as_ref(), incoming.clone(), found)?;
+            let inherited = self.merge_duplicates(current.as_ref(), incoming.clone(), found)?;
+            drop(_locked);
+            if let Some((winner, loser)) = inherited {
+                self.inherit_factor(&winner, &loser)?;
+            }
             return Ok(Applied::Merged);
         }
         Err(ApplyError::User(UserError::Conflict(vec![Problem::new(

@@ -6,12 +6,16 @@
 //! [`Users::confirm_totp`] turns it on with a first code and returns ten recovery
 //! codes, shown that once.
 //!
-//! What has been used is kept apart, in a replicated entry per account
-//! (`FactorUses`): the last TOTP step taken and the recovery codes spent. Copies from
-//! two regions merge by the later step and the union of spent codes, so a code used in
+//! Whether a factor is on, and what has been used, is kept apart, in a replicated entry
+//! per account (`FactorUses`): when an authenticator was last turned on and last
+//! removed, the last TOTP step taken and the recovery codes spent. Copies from two
+//! regions merge by the later of each and the union of spent codes, so a code used in
 //! one region is refused in every other as soon as the use has arrived (within the
-//! replication lag, two regions can each take the same code once). Nothing of it is a
-//! secret; a login never writes the record.
+//! replication lag, two regions can each take the same code once), and a record written
+//! concurrently elsewhere without the seed cannot turn the factor off: the login is
+//! refused, never let through, until a new enrolment. Nothing of it is a secret; a
+//! login never writes the record, and opens its envelope only for an account whose
+//! factor is on.
 //!
 //! A login of an account with a second factor needs one of them after the right
 //! password ([`UserError::SecondFactorRequired`] without); a wrong one counts as a
@@ -82,34 +86,56 @@ impl Users {
             .unwrap_or_default())
     }
 
-    /// Records a use, unless one as late (a step) or the same (a code) is there by
-    /// now: `false` then, and the use is refused. Checked and written under the
-    /// entry's lock, so two logins here cannot both take one code.
-    fn take_use(
+    /// Whether account `id`'s second factor is on: turned on after its last removal.
+    pub(super) fn factor_on(&self, id: &Uuid) -> Result<bool, UserError> {
+        let u = self.factor_uses(id)?;
+        Ok(u.enabled_ms > u.removed_ms)
+    }
+
+    /// Changes account `id`'s uses entry with `change` (`None`: nothing to write),
+    /// under the entry's lock, so two logins here cannot both take one code.
+    fn change_uses(
         &self,
         id: &Uuid,
-        step: Option<u64>,
-        code: Option<&[u8]>,
+        change: impl FnOnce(proto::FactorUses) -> Option<proto::FactorUses>,
     ) -> Result<bool, UserError> {
-        let mut taken = false;
+        let mut changed = false;
         self.entries
             .update(EntryKind::FactorUses, id.as_bytes(), |stored| {
                 let uses = stored
                     .and_then(|e| proto::FactorUses::decode(e.value.as_slice()).ok())
                     .unwrap_or_default();
-                let fresh_step = step.is_none_or(|s| s > uses.totp_step);
-                let fresh_code = code.is_none_or(|c| !uses.recovery_used.iter().any(|u| u == c));
-                if !(fresh_step && fresh_code) {
-                    return None;
-                }
-                taken = true;
-                let used = proto::FactorUses {
-                    totp_step: step.unwrap_or(0),
-                    recovery_used: code.map(|c| vec![c.to_vec()]).unwrap_or_default(),
-                };
-                Some(merge_uses(&uses, &used).encode_to_vec())
+                let next = change(uses)?;
+                changed = true;
+                Some(next.encode_to_vec())
             })?;
-        Ok(taken)
+        Ok(changed)
+    }
+
+    /// Records a use, unless one as late (a step) or the same (a code) is there by
+    /// now: `false` then, and the use is refused. Spent codes not of `current` (the
+    /// account's set) are dropped, so the list holds only what can still matter.
+    fn take_use(
+        &self,
+        id: &Uuid,
+        step: Option<u64>,
+        code: Option<&[u8]>,
+        current: &[Vec<u8>],
+    ) -> Result<bool, UserError> {
+        self.change_uses(id, |mut uses| {
+            let fresh_step = step.is_none_or(|s| s > uses.totp_step);
+            let fresh_code = code.is_none_or(|c| !uses.recovery_used.iter().any(|u| u == c));
+            if !(fresh_step && fresh_code) {
+                return None;
+            }
+            uses.recovery_used.retain(|h| current.contains(h));
+            let used = proto::FactorUses {
+                totp_step: step.unwrap_or(0),
+                recovery_used: code.map(|c| vec![c.to_vec()]).unwrap_or_default(),
+                ..Default::default()
+            };
+            Some(merge_uses(&uses, &used))
+        })
     }
 
     /// Removes the second-factor uses of erased accounts (an erase removes the seeds
@@ -125,24 +151,29 @@ impl Users {
         let record = self.load_changeable(id)?;
         let info = self.open_info(&record)?;
         let uses = self.factor_uses(id)?;
+        let on = uses.enabled_ms > uses.removed_ms;
         Ok(Factors {
-            totp: !info.totp_secret.is_empty(),
+            totp: on,
             totp_pending: !info.totp_pending.is_empty(),
-            recovery_codes_left: info
-                .recovery_hashes
-                .iter()
-                .filter(|h| !uses.recovery_used.contains(h))
-                .count(),
+            recovery_codes_left: if on {
+                info.recovery_hashes
+                    .iter()
+                    .filter(|h| !uses.recovery_used.contains(h))
+                    .count()
+            } else {
+                0
+            },
         })
     }
 
     /// Starts a TOTP enrolment: a new seed, pending (replacing one pending before)
-    /// until [`Users::confirm_totp`] with a code it made. Refused while one is on.
+    /// until [`Users::confirm_totp`] with a code it made. Refused while one is on
+    /// (unless its seed is lost: the new one mends it).
     pub fn enrol_totp(&self, id: &Uuid) -> Result<Enrolment, UserError> {
         let _locked = self.store.lock(&[id.as_bytes()]);
         let previous = self.load_changeable(id)?;
         let (mut info, key) = self.opened(&previous)?;
-        if !info.totp_secret.is_empty() {
+        if self.factor_on(id)? && !info.totp_secret.is_empty() {
             return Err(UserError::Conflict(vec![Problem::new(
                 "totp",
                 "is on already: remove it first to enrol another authenticator",
@@ -165,34 +196,50 @@ impl Users {
     }
 
     /// Turns the pending TOTP seed on with a first `code` it made; returns a new set
-    /// of recovery codes, shown this once.
+    /// of recovery codes, shown this once. The account's credentials change: sessions
+    /// opened with the password alone (a thief's among them) end everywhere.
     pub fn confirm_totp(&self, id: &Uuid, code: &str) -> Result<Vec<String>, UserError> {
+        let (step, now, codes) = self.confirm_locked(id, code)?;
+        // After the record's lock is let go: an entry's lock may share its stripe.
+        // On after every removal this region has seen, and the first code spent.
+        let on = self.change_uses(id, |mut u| {
+            if step <= u.totp_step {
+                return None;
+            }
+            u.totp_step = step;
+            u.enabled_ms = now.max(u.removed_ms + 1).max(u.enabled_ms);
+            u.recovery_used.clear();
+            Some(u)
+        })?;
+        if !on {
+            return Err(invalid("code", "was used already: wait for the next one"));
+        }
+        Ok(codes)
+    }
+
+    /// The record's part of [`Users::confirm_totp`], under its lock: the step taken,
+    /// when, and the recovery codes.
+    fn confirm_locked(&self, id: &Uuid, code: &str) -> Result<(u64, u64, Vec<String>), UserError> {
         let _locked = self.store.lock(&[id.as_bytes()]);
         let previous = self.load_changeable(id)?;
         let (mut info, key) = self.opened(&previous)?;
         if info.totp_pending.is_empty() {
             return Err(invalid("code", "no TOTP enrolment is waiting: enrol first"));
         }
-        let now_s = self.clock_now_ms() / 1000;
+        let now = self.clock_now_ms();
         let uses = self.factor_uses(id)?;
-        let Some(step) = totp::verify(&info.totp_pending, code, now_s, uses.totp_step) else {
+        let Some(step) = totp::verify(&info.totp_pending, code, now / 1000, uses.totp_step) else {
             return Err(invalid(
                 "code",
                 "is not the authenticator's current six-digit code",
             ));
         };
-        if !self.take_use(id, Some(step), None)? {
-            return Err(invalid("code", "was used already: wait for the next one"));
-        }
         info.totp_secret = std::mem::take(&mut info.totp_pending);
         let codes = self.new_codes(id, &mut info)?;
-        self.commit(
-            Some((&previous, &key)),
-            previous.clone(),
-            &info,
-            "totp_confirm",
-        )?;
-        Ok(codes)
+        let mut record = previous.clone();
+        self.credentials_changed(&mut record);
+        self.commit(Some((&previous, &key)), record, &info, "totp_confirm")?;
+        Ok((step, now, codes))
     }
 
     fn new_codes(&self, id: &Uuid, info: &mut proto::Info) -> Result<Vec<String>, UserError> {
@@ -209,7 +256,7 @@ impl Users {
         let _locked = self.store.lock(&[id.as_bytes()]);
         let previous = self.load_changeable(id)?;
         let (mut info, key) = self.opened(&previous)?;
-        if info.totp_secret.is_empty() {
+        if !self.factor_on(id)? || info.totp_secret.is_empty() {
             return Err(UserError::Conflict(vec![Problem::new(
                 "totp",
                 "is off: recovery codes come with an authenticator",
@@ -229,10 +276,25 @@ impl Users {
     /// credentials change: every session and refresh token ends, in every region.
     /// `false` when it had none.
     pub fn remove_totp(&self, id: &Uuid) -> Result<bool, UserError> {
+        if !self.remove_locked(id)? {
+            return Ok(false);
+        }
+        // After the record's lock is let go: an entry's lock may share its stripe.
+        let now = self.clock_now_ms();
+        self.change_uses(id, |mut u| {
+            u.removed_ms = now.max(u.enabled_ms + 1).max(u.removed_ms);
+            u.recovery_used.clear();
+            Some(u)
+        })?;
+        Ok(true)
+    }
+
+    fn remove_locked(&self, id: &Uuid) -> Result<bool, UserError> {
         let _locked = self.store.lock(&[id.as_bytes()]);
         let previous = self.load_changeable(id)?;
         let (mut info, key) = self.opened(&previous)?;
-        if info.totp_secret.is_empty() && info.totp_pending.is_empty() {
+        let on = self.factor_on(id)?;
+        if !on && info.totp_secret.is_empty() && info.totp_pending.is_empty() {
             return Ok(false);
         }
         info.totp_secret.clear();
@@ -244,20 +306,37 @@ impl Users {
         Ok(true)
     }
 
+    /// After a merge took a loser's authenticator for the winner: the winner's factor
+    /// is on from now, after any removal it had, and the loser's last step goes with
+    /// it, so that the loser's latest code is not taken again. Called with no record
+    /// lock held (an entry's lock may share its stripe).
+    pub(super) fn inherit_factor(&self, winner: &Uuid, loser: &Uuid) -> Result<(), UserError> {
+        let from = self.factor_uses(loser)?;
+        let now = self.clock_now_ms();
+        self.change_uses(winner, |mut u| {
+            u.totp_step = u.totp_step.max(from.totp_step);
+            u.enabled_ms = now.max(u.removed_ms + 1).max(u.enabled_ms);
+            Some(u)
+        })?;
+        Ok(())
+    }
+
     /// The second-factor check of a login whose password was right: nothing to check
-    /// for an account without one; else `factor` must be a TOTP code later than the
-    /// last one used, or a recovery code not spent, and it is spent now.
+    /// for an account whose factor is off (its envelope is not even opened); else
+    /// `factor` must be a TOTP code later than the last one used, or a recovery code
+    /// not spent, and it is spent now. A factor on whose seed is not in the record
+    /// here is refused, never skipped.
     pub(super) fn check_second_factor(
         &self,
         record: &proto::Record,
         factor: Option<&SecondFactor>,
     ) -> Result<(), UserError> {
-        let info = self.open_info(record)?;
-        if info.totp_secret.is_empty() {
-            return Ok(());
-        }
         let id = Uuid::from_slice(&record.id).map_err(|_| UserError::Unreadable)?;
         let uses = self.factor_uses(&id)?;
+        if uses.enabled_ms <= uses.removed_ms {
+            return Ok(());
+        }
+        let info = self.open_info(record)?;
         let taken = match factor {
             None => {
                 return Err(UserError::SecondFactorRequired {
@@ -268,13 +347,16 @@ impl Users {
             Some(SecondFactor::Totp(code)) => {
                 let now_s = self.clock_now_ms() / 1000;
                 match totp::verify(&info.totp_secret, code, now_s, uses.totp_step) {
-                    Some(step) => self.take_use(&id, Some(step), None)?,
-                    None => false,
+                    Some(step) if !info.totp_secret.is_empty() => {
+                        self.take_use(&id, Some(step), None, &info.recovery_hashes)?
+                    }
+                    _ => false,
                 }
             }
             Some(SecondFactor::RecoveryCode(code)) => {
                 let h = recovery_hash(&id, code);
-                info.recovery_hashes.contains(&h) && self.take_use(&id, None, Some(&h))?
+                info.recovery_hashes.contains(&h)
+                    && self.take_use(&id, None, Some(&h), &info.recovery_hashes)?
             }
         };
         if taken {
@@ -288,6 +370,57 @@ impl Users {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::accounts::users::testkit::{drain, new_user, two_regions};
+
+    fn now_code(secret: &[u8]) -> String {
+        let now_s = crate::common::hlc::TimeSource::now_ms(&crate::common::hlc::SystemClock) / 1000;
+        format!("{:06}", totp::hotp(secret, totp::step(now_s)))
+    }
+
+    /// The attack: a write to the account in another region, made before the
+    /// authenticator's confirmation arrived there (a profile change; or, by someone who
+    /// has the password, a login that rehashes it), wins as the newer record and holds
+    /// no seed. The factor stays on: the login is refused, never let through, until a
+    /// new enrolment mends it.
+    #[test]
+    fn a_newer_record_without_the_seed_does_not_turn_the_factor_off() {
+        let (_dirs, a, b) = two_regions();
+        let (id, _) = a.create(new_user("ada@example.com")).unwrap();
+        for e in drain(&a) {
+            b.apply(&e).unwrap();
+        }
+        let enrolment = a.enrol_totp(&id).unwrap();
+        a.confirm_totp(&id, &now_code(&enrolment.secret)).unwrap();
+        let patch =
+            crate::accounts::input::user_patch(&serde_json::json!({"profile": {"nickname": "A"}}))
+                .unwrap();
+        b.update(&id, patch).unwrap();
+        // a's changes reach b, then b's newer record reaches a, and wins there.
+        for e in drain(&a) {
+            b.apply(&e).unwrap();
+        }
+        for e in drain(&b) {
+            a.apply(&e).unwrap();
+        }
+        for users in [&a, &b] {
+            assert!(users.factor_on(&id).unwrap());
+            let r = users.login_session("ada@example.com", "correct horse battery", None);
+            assert!(
+                matches!(r, Err(UserError::SecondFactorRequired { .. })),
+                "{r:?}"
+            );
+            let code = SecondFactor::Totp(now_code(&enrolment.secret));
+            let r = users.login_session("ada@example.com", "correct horse battery", Some(&code));
+            assert!(
+                matches!(r, Err(UserError::SecondFactorFailed { .. })),
+                "{r:?}"
+            );
+        }
+        // A new enrolment mends it.
+        let again = a.enrol_totp(&id).unwrap();
+        assert!(a.factors(&id).unwrap().totp_pending);
+        assert_ne!(again.secret, enrolment.secret);
+    }
 
     #[test]
     fn recovery_codes_are_compared_without_dashes_spaces_or_case() {

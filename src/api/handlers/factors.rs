@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::accounts::error::Problem;
 use crate::accounts::users::factors::Factors;
-use crate::api::error::{no_content, ApiError};
+use crate::api::error::{no_content, no_store, ApiError};
 use crate::api::extract::{blocking, parse_id, JsonBody};
 use crate::api::state::AppState;
 use crate::crypto::totp;
@@ -37,7 +37,7 @@ pub async fn get_factors(
 pub async fn enrol_totp(
     State(s): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let users = s.users.clone();
     let enrolment = blocking(move || users.enrol_totp(&id)).await?;
@@ -47,7 +47,7 @@ pub async fn enrol_totp(
         .ok()
         .and_then(|u| u.host_str().map(str::to_string))
         .unwrap_or_else(|| "authsync".into());
-    Ok(Json(json!({
+    Ok(no_store(json!({
         "secret": totp::base32(&enrolment.secret),
         "otpauth_uri": totp::otpauth_uri(&label, &enrolment.account, &enrolment.secret),
         "digits": totp::DIGITS,
@@ -86,12 +86,12 @@ pub async fn confirm_totp(
     State(s): State<AppState>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let code = code_of(&body)?;
     let users = s.users.clone();
     let codes = blocking(move || users.confirm_totp(&id, &code)).await?;
-    Ok(Json(json!({ "recovery_codes": codes })))
+    Ok(no_store(json!({ "recovery_codes": codes })))
 }
 
 #[utoipa::path(delete, path = "/v1/users/{id}/factors/totp", tag = "factors", security(("api_key" = [])), params(("id" = String, Path, description = "account id (UUID)")), responses((status = 204, description = "removed with its recovery codes; every session of the account ends"), (status = 400, description = "invalid request: every problem, by field", body = crate::api::schema::ErrorBody), (status = 404, description = "not found, or no second factor", body = crate::api::schema::ErrorBody), (status = 409, description = "the account was merged into another", body = crate::api::schema::ErrorBody), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
@@ -112,9 +112,9 @@ pub async fn remove_totp(
 pub async fn new_recovery_codes(
     State(s): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let users = s.users.clone();
     let codes = blocking(move || users.new_recovery_codes(&id)).await?;
-    Ok(Json(json!({ "recovery_codes": codes })))
+    Ok(no_store(json!({ "recovery_codes": codes })))
 }

@@ -571,7 +571,10 @@ pub async fn sign_in(
             credentials_ms,
         }) => {
             metrics::counter!(crate::common::metrics::OIDC_SIGN_INS_TOTAL, "outcome" => "second_factor_asked").increment(1);
-            match s.oidc.begin_second_factor(user, credentials_ms) {
+            match s
+                .oidc
+                .begin_second_factor(user, credentials_ms, &client.client_id)
+            {
                 Ok(token) => second_factor_form(&s, Page::Shown, &req, &client_name, &token, None),
                 Err(_) => notice(
                     Page::Unavailable,
@@ -666,7 +669,7 @@ async fn second_step(
     code: String,
 ) -> Response {
     let again = |text: &str| sign_in_form(s, Page::Refused, req, &client.name, Some(text), "");
-    let Some(waiting) = s.oidc.second_factor_try(pending) else {
+    let Some(waiting) = s.oidc.second_factor_try(pending, &client.client_id) else {
         return again("The sign-in expired. Please sign in again.");
     };
     let code = code.trim().to_string();

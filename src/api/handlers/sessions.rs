@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::accounts::error::Problem;
 use crate::accounts::input;
-use crate::api::error::{no_content, ApiError};
+use crate::api::error::{no_content, no_store, ApiError};
 use crate::api::extract::{blocking, hashing, JsonBody};
 use crate::api::state::AppState;
 
@@ -17,7 +17,7 @@ use crate::api::state::AppState;
 pub async fn login(
     State(s): State<AppState>,
     JsonBody(body): JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let req = input::login(&body).map_err(ApiError::invalid)?;
     let users = s.users.clone();
     let tokens = s.tokens.clone();
@@ -30,7 +30,7 @@ pub async fn login(
     // A failure is answered as late as the slowest one (`Users::login_held`), without
     // holding a thread or a hashing place meanwhile.
     tokio::time::sleep(hold).await;
-    Ok(Json(issued?.json()))
+    Ok(no_store(issued?.json()))
 }
 
 /// `{refresh_token}`, and nothing else.
@@ -65,11 +65,11 @@ fn refresh_token_of(body: &Value) -> Result<String, ApiError> {
 pub async fn refresh(
     State(s): State<AppState>,
     JsonBody(body): JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let token = refresh_token_of(&body)?;
     let tokens = s.tokens.clone();
     let issued = blocking(move || tokens.refresh(&token)).await?;
-    Ok(Json(issued.json()))
+    Ok(no_store(issued.json()))
 }
 
 #[utoipa::path(post, path = "/v1/logout", tag = "sessions", security(("api_key" = [])), request_body = crate::api::schema::RefreshToken, responses((status = 204, description = "the token family is revoked in every region"), (status = 400, description = "invalid request: every problem, by field", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 415, description = "not application/json", body = crate::api::schema::ErrorBody), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
