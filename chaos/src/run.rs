@@ -181,6 +181,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     );
     let urls: Vec<String> = (0..REGIONS.len()).map(|i| target.url(i)).collect();
     let hot = workload::create_hot_users(&api, &urls, 5).await?;
+    // One hot user with a second factor: its seed and recovery codes join the markers.
+    let factor_markers = workload::second_factor_markers(&api, &urls[0], &hot[0]).await?;
     let work = Workload::new(urls.clone(), api.clone(), hot);
 
     let plan = schedule::plan(opts.seed, opts.duration, &faults, REGIONS.len());
@@ -233,11 +235,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
         duplicates: check::duplicates(&api, &urls, &log).await,
         ..Default::default()
     };
-    let markers: [&[u8]; 3] = [
+    let mut markers: Vec<&[u8]> = vec![
         workload::EMAIL_MARKER.as_bytes(),
         workload::NAME_MARKER.as_bytes(),
         workload::PHONE_MARKER.as_bytes(),
     ];
+    markers.extend(factor_markers.iter().map(Vec::as_slice));
     let scan = target.scan_plaintext(&markers, temp.path()).await;
     let target_name = target.name();
     target.finish().await;

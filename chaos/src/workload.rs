@@ -11,7 +11,8 @@
 //! hot users that every client touches; deletes of accounts the client created; and
 //! creates of the same email in several regions at once, which must end as one live
 //! account. Every email, phone and name a client writes carries a marker, so the
-//! plaintext check can look for all of them at once.
+//! plaintext check can look for all of them at once; so do the secrets of the second
+//! factor one hot user turns on ([`second_factor_markers`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -190,6 +191,64 @@ impl Workload {
         self.log.lock().push(op.clone());
         op
     }
+}
+
+/// Turns a TOTP authenticator on for account `id` at `url`, as its app would (the
+/// first code made from the seed); returns what must never be found in plaintext: the
+/// seed raw and in base32, and each recovery code as shown and without its dashes.
+pub async fn second_factor_markers(api: &Api, url: &str, id: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+    let (status, enrolment) = api
+        .send(
+            reqwest::Method::POST,
+            &format!("{url}/v1/users/{id}/factors/totp"),
+            None,
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(status == 200, "enrol a second factor: {status} {enrolment}");
+    let base32 = enrolment["secret"].as_str().unwrap_or_default().to_string();
+    let seed = base32_decode(&base32);
+    anyhow::ensure!(seed.len() == 20, "a 20-byte seed, not {base32:?}");
+    let step = now_ms() / 1000 / authsync::crypto::totp::STEP_S;
+    let code = format!("{:06}", authsync::crypto::totp::hotp(&seed, step));
+    let (status, confirmed) = api
+        .send(
+            reqwest::Method::POST,
+            &format!("{url}/v1/users/{id}/factors/totp/confirm"),
+            Some(json!({"code": code})),
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        status == 200,
+        "confirm the second factor: {status} {confirmed}"
+    );
+    let mut markers = vec![seed, base32.into_bytes()];
+    for c in confirmed["recovery_codes"].as_array().into_iter().flatten() {
+        let c = c.as_str().unwrap_or_default();
+        markers.push(c.as_bytes().to_vec());
+        markers.push(c.replace('-', "").into_bytes());
+    }
+    anyhow::ensure!(markers.len() == 22, "ten recovery codes: {confirmed}");
+    Ok(markers)
+}
+
+/// RFC 4648 base32 (no padding) back to bytes.
+fn base32_decode(s: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let (mut out, mut buffer, mut bits) = (Vec::new(), 0u32, 0u32);
+    for c in s.bytes() {
+        let Some(v) = ALPHABET.iter().position(|a| *a == c) else {
+            return Vec::new();
+        };
+        buffer = (buffer << 5) | v as u32;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+        }
+    }
+    out
 }
 
 /// Creates the hot users in the first region and returns their ids once every region

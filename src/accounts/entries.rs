@@ -487,12 +487,10 @@ mod tests {
         let peer = entries(peer_dir.path(), "eu-west");
         let real = proto::FactorUses {
             totp_step: 1,
-            recovery_used: vec![vec![7; 32]],
+            recovery_used: vec![vec![200; 32]],
             enabled_ms: 1,
             removed_ms: 0,
         };
-        here.put(EntryKind::FactorUses, &[1; 16], real.encode_to_vec())
-            .unwrap();
         let junk = proto::FactorUses {
             totp_step: 1,
             recovery_used: (0..crate::accounts::bounds::MAX_SPENT_CODES as u8)
@@ -500,20 +498,33 @@ mod tests {
                 .collect(),
             ..Default::default()
         };
-        let sent = peer
+        let pause = || std::thread::sleep(std::time::Duration::from_millis(5));
+        // The made-up copy older than the one held, and newer.
+        let older = peer
             .put(EntryKind::FactorUses, &[1; 16], junk.encode_to_vec())
             .unwrap();
-        here.apply(&sent, false).unwrap();
-        let held = here.get(EntryKind::FactorUses, &[1; 16]).unwrap().unwrap();
-        let held = proto::FactorUses::decode(held.value.as_slice()).unwrap();
-        assert!(
-            held.recovery_used.contains(&vec![7; 32]),
-            "the real spent code stays"
-        );
-        assert_eq!(
-            held.recovery_used.len(),
-            crate::accounts::bounds::MAX_SPENT_CODES
-        );
+        pause();
+        for key in [[1u8; 16], [2; 16]] {
+            here.put(EntryKind::FactorUses, &key, real.encode_to_vec())
+                .unwrap();
+        }
+        pause();
+        let newer = peer
+            .put(EntryKind::FactorUses, &[2; 16], junk.encode_to_vec())
+            .unwrap();
+        for (key, sent) in [([1u8; 16], older), ([2; 16], newer)] {
+            here.apply(&sent, false).unwrap();
+            let held = here.get(EntryKind::FactorUses, &key).unwrap().unwrap();
+            let held = proto::FactorUses::decode(held.value.as_slice()).unwrap();
+            assert!(
+                held.recovery_used.contains(&vec![200; 32]),
+                "the real spent code stays, under {key:?}"
+            );
+            assert_eq!(
+                held.recovery_used.len(),
+                crate::accounts::bounds::MAX_SPENT_CODES
+            );
+        }
     }
 
     fn entries(dir: &std::path::Path, region: &str) -> Entries {

@@ -370,11 +370,46 @@ impl Users {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::accounts::users::testkit::{drain, new_user, two_regions};
+    use crate::accounts::users::testkit::{drain, new_user, two_regions, users};
 
     fn now_code(secret: &[u8]) -> String {
         let now_s = crate::common::hlc::TimeSource::now_ms(&crate::common::hlc::SystemClock) / 1000;
         format!("{:06}", totp::hotp(secret, totp::step(now_s)))
+    }
+
+    /// The attack: one code sent on many connections at once, each check reading the
+    /// last step before any has written it. Taken once: the step is checked again
+    /// under the entry's lock.
+    #[test]
+    fn one_code_checked_on_many_threads_at_once_is_taken_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = std::sync::Arc::new(users(dir.path()));
+        let (id, _) = u.create(new_user("ada@example.com")).unwrap();
+        let enrolment = u.enrol_totp(&id).unwrap();
+        u.confirm_totp(&id, &now_code(&enrolment.secret)).unwrap();
+        let record = u.get_record(&id).unwrap().unwrap();
+        let now_s = crate::common::hlc::TimeSource::now_ms(&crate::common::hlc::SystemClock) / 1000;
+        let next = SecondFactor::Totp(format!(
+            "{:06}",
+            totp::hotp(&enrolment.secret, totp::step(now_s) + 1)
+        ));
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (u, record, next, barrier) =
+                    (u.clone(), record.clone(), next.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    u.check_second_factor(&record, Some(&next)).is_ok()
+                })
+            })
+            .collect();
+        let taken = threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .filter(|ok| *ok)
+            .count();
+        assert_eq!(taken, 1);
     }
 
     /// The attack: a write to the account in another region, made before the
