@@ -86,6 +86,7 @@ const UNITS: &[(&str, &[(&str, u32)])] = &[
         "api",
         &[
             ("config", 0),
+            ("delivery", 0),
             ("error", 0),
             ("middleware::rate_limit", 0),
             ("middleware::signing", 0),

@@ -265,6 +265,36 @@ fn check_entry(e: &proto::Entry) -> Check {
             time(c.created_ms, &version, true, "created_ms out of range")?;
             time(c.removed_ms, &version, true, "removed_ms out of range")
         }
+        Ok(EntryKind::AccountToken) => {
+            let t = proto::AccountToken::decode(v).map_err(|_| "account token does not decode")?;
+            if e.key.len() != 16 || t.user_id.len() != 16 || t.secret_hash.len() != 32 {
+                return Err("account token: id, user id or hash of the wrong size");
+            }
+            if !matches!(
+                t.purpose.as_str(),
+                "reset" | "verify_email" | "verify_phone"
+            ) || t.address_index.len() != 32
+            {
+                return Err("account token: purpose or address out of range");
+            }
+            time(
+                t.created_ms,
+                &version,
+                false,
+                "account token: created_ms out of range",
+            )?;
+            time(
+                t.used_ms,
+                &version,
+                true,
+                "account token: used_ms out of range",
+            )?;
+            // A day at most, as the longest purpose lives.
+            if t.expires_ms <= t.created_ms || t.expires_ms - t.created_ms > 86_400_000 {
+                return Err("account token: lives longer than a day");
+            }
+            Ok(())
+        }
         Ok(EntryKind::FactorUses) => {
             let u = proto::FactorUses::decode(v).map_err(|_| "factor uses do not decode")?;
             if e.key.len() != 16 {
@@ -528,6 +558,19 @@ mod tests {
             created_ms: NOW,
             ..Default::default()
         };
+        let good_token = proto::AccountToken {
+            user_id: vec![1; 16],
+            purpose: "reset".into(),
+            secret_hash: vec![2; 32],
+            address_index: vec![3; 32],
+            created_ms: NOW,
+            expires_ms: NOW + 1_800_000,
+            used_ms: 0,
+        };
+        let made_token = |t: proto::AccountToken| proto::Entry {
+            key: vec![4; 16],
+            ..made(EntryKind::AccountToken, t.encode_to_vec())
+        };
         let uses = |u: proto::FactorUses| proto::Entry {
             key: vec![1; 16],
             ..made(EntryKind::FactorUses, u.encode_to_vec())
@@ -669,6 +712,22 @@ mod tests {
                     ..good_client.clone()
                 }),
             ),
+            // What a region could replicate to keep a reset token good for a week, or
+            // one that proves nothing it was sent to.
+            (
+                "an account token living a week",
+                made_token(proto::AccountToken {
+                    expires_ms: NOW + 7 * 86_400_000,
+                    ..good_token.clone()
+                }),
+            ),
+            (
+                "an account token for a purpose there is not",
+                made_token(proto::AccountToken {
+                    purpose: "unlock".into(),
+                    ..good_token.clone()
+                }),
+            ),
             // What a region could replicate to refuse an account's authenticator
             // for good, or to grow the entry without bound.
             (
@@ -764,6 +823,7 @@ mod tests {
             ),
         ];
         assert!(entry(&client(good_client.clone())).is_ok());
+        assert!(entry(&made_token(good_token.clone())).is_ok());
         assert!(entry(&uses(proto::FactorUses {
             totp_step: NOW / 30_000 + 1,
             recovery_used: vec![vec![1; 32]],

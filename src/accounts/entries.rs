@@ -105,6 +105,14 @@ fn merge(
             }
             return Some(Merged::Fork(w.encode_to_vec()));
         }
+    } else if kind == EntryKind::AccountToken as u32 {
+        // A use anywhere stands, the earliest of two.
+        let mut w = proto::AccountToken::decode(winner).ok()?;
+        let l = proto::AccountToken::decode(loser).ok()?;
+        if l.used_ms != 0 && (w.used_ms == 0 || l.used_ms < w.used_ms) {
+            w.used_ms = l.used_ms;
+            return Some(Merged::Revocation(w.encode_to_vec()));
+        }
     } else if kind == EntryKind::FactorUses as u32 {
         let w = proto::FactorUses::decode(winner).ok()?;
         let l = proto::FactorUses::decode(loser).ok()?;

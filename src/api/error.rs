@@ -170,6 +170,17 @@ impl ApiError {
     pub fn internal() -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", vec![])
     }
+
+    /// 503 `region_unreachable`: the region a request must be sent on to did not
+    /// answer; retry.
+    pub fn region_unreachable() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "region_unreachable",
+            vec![],
+        )
+        .retry_after_ms(1000)
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -319,6 +330,11 @@ impl From<KeyError> for ApiError {
 /// 201 with `body`.
 pub fn created(body: impl IntoResponse) -> Response {
     (StatusCode::CREATED, body).into_response()
+}
+
+/// 202 with `body`: taken, to be done in the background.
+pub fn accepted(body: impl IntoResponse) -> Response {
+    (StatusCode::ACCEPTED, body).into_response()
 }
 
 /// 204.

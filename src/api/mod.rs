@@ -10,6 +10,7 @@
 //! `/openapi.json`. The API may use every layer below it; only the node uses it.
 
 pub mod config;
+pub mod delivery;
 pub mod error;
 pub mod extract;
 pub mod handlers;
@@ -23,7 +24,7 @@ use axum::routing::{delete, get, post, put};
 use axum::Router;
 
 use crate::api::error::ApiError;
-use crate::api::handlers::{admin, factors, health, oauth, peers, sessions, users};
+use crate::api::handlers::{account_tokens, admin, factors, health, oauth, peers, sessions, users};
 use crate::api::state::AppState;
 
 async fn not_found() -> ApiError {
@@ -88,6 +89,10 @@ pub fn router(state: AppState, max_body_bytes: usize, metrics_apart: bool) -> Ro
             "/v1/internal/oauth/exchange",
             post(peers::internal_exchange),
         )
+        .route(
+            "/v1/internal/account-tokens/redeem",
+            post(account_tokens::internal_redeem),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::require_peer,
@@ -104,6 +109,8 @@ pub fn router(state: AppState, max_body_bytes: usize, metrics_apart: bool) -> Ro
         .route("/v1/users/{id}/password", put(users::put_password))
         .route("/v1/users/{id}/status", put(users::put_status))
         .route("/v1/users/{id}/factors", get(factors::get_factors))
+        .route("/v1/users/{id}/account-tokens", post(account_tokens::mint))
+        .route("/v1/account-tokens/redeem", post(account_tokens::redeem))
         .route(
             "/v1/users/{id}/factors/totp",
             post(factors::enrol_totp).delete(factors::remove_totp),

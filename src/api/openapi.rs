@@ -8,7 +8,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::api::handlers::{admin, factors, health, oauth, peers, sessions, users};
+use crate::api::handlers::{account_tokens, admin, factors, health, oauth, peers, sessions, users};
 use crate::api::schema;
 
 #[derive(OpenApi)]
@@ -46,6 +46,9 @@ use crate::api::schema;
         admin::revoke_api_key,
         admin::rotate_signing_key,
         admin::key_usage,
+        account_tokens::mint,
+        account_tokens::redeem,
+        account_tokens::internal_redeem,
         factors::get_factors,
         factors::enrol_totp,
         factors::confirm_totp,
@@ -74,6 +77,7 @@ use crate::api::schema;
     tags(
         (name = "users", description = "Accounts: create, read, look up, change, erase, import."),
         (name = "sessions", description = "Logins, refresh tokens and the keys tokens verify with."),
+        (name = "recovery", description = "Password reset and address verification: single-use tokens sent through the delivery hook."),
         (name = "factors", description = "Second factors of an account: a TOTP authenticator and its recovery codes."),
         (name = "admin", description = "Operators: replication queues, API keys, key usage (scope admin)."),
         (name = "health", description = "Probes and metrics, without an API key."),

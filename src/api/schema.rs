@@ -103,6 +103,9 @@ pub struct User {
     /// `active`, `locked`, `disabled` or `merged`.
     status: String,
     profile: BTreeMap<String, String>,
+    /// Proven by a verification or reset token sent to it.
+    email_verified: bool,
+    phone_verified: bool,
     version: VersionJson,
     #[schema(format = DateTime)]
     created_at: String,
@@ -173,6 +176,41 @@ pub struct Login {
     /// ...or one of its recovery codes (one of the two).
     #[schema(required = false, max_length = 32)]
     recovery_code: Option<String>,
+}
+
+/// `{purpose}`: what the token is for.
+#[derive(ToSchema)]
+pub struct NewAccountToken {
+    /// reset, verify_email or verify_phone.
+    purpose: String,
+}
+
+/// A token made and handed to the delivery hook.
+#[derive(ToSchema)]
+pub struct AccountTokenSent {
+    purpose: String,
+    expires_at_ms: u64,
+    /// webhook or log.
+    delivery: String,
+}
+
+/// A token to redeem: a reset with the new password.
+#[derive(ToSchema)]
+pub struct RedeemAccountToken {
+    #[schema(max_length = 1024)]
+    token: String,
+    /// reset, verify_email or verify_phone: the token's own.
+    purpose: String,
+    /// For a reset.
+    #[schema(required = false, max_length = 1024)]
+    password: Option<String>,
+}
+
+/// What a redeemed token did.
+#[derive(ToSchema)]
+pub struct AccountTokenRedeemed {
+    user_id: String,
+    purpose: String,
 }
 
 /// An account's second factors (never a secret).

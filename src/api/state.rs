@@ -43,4 +43,6 @@ pub struct AppState {
     pub peer_nonces: Arc<crate::replication::anti_entropy::Nonces>,
     /// Sends a code exchange to the region that issued the code.
     pub forwarder: Arc<crate::replication::forward::Forwarder>,
+    /// Where reset and verification tokens go.
+    pub delivery: Arc<crate::api::delivery::Delivery>,
 }

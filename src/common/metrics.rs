@@ -22,6 +22,8 @@ pub const OIDC_CODES_ISSUED_TOTAL: &str = "authsync_oidc_codes_issued_total";
 pub const OIDC_TOKENS_GRANTED_TOTAL: &str = "authsync_oidc_tokens_granted_total";
 pub const OIDC_TOKEN_REFUSED_TOTAL: &str = "authsync_oidc_token_refused_total";
 pub const OIDC_CODES_FORWARDED_TOTAL: &str = "authsync_oidc_codes_forwarded_total";
+pub const DELIVERIES_TOTAL: &str = "authsync_deliveries_total";
+pub const ACCOUNT_TOKENS_TOTAL: &str = "authsync_account_tokens_total";
 pub const LOGINS_TOTAL: &str = "authsync_logins_total";
 pub const LOGIN_LOCKOUTS_TOTAL: &str = "authsync_login_lockouts_total";
 pub const RATE_LIMITED_TOTAL: &str = "authsync_rate_limited_total";
@@ -156,6 +158,16 @@ fn describe() {
         OIDC_TOKENS_GRANTED_TOTAL,
         Unit::Count,
         "Token endpoint grants, by grant type (authorization_code, refresh_token, client_credentials)."
+    );
+    describe_counter!(
+        DELIVERIES_TOTAL,
+        Unit::Count,
+        "Reset and verification tokens handed to the delivery hook, by outcome (ok, refused, failed, logged)."
+    );
+    describe_counter!(
+        ACCOUNT_TOKENS_TOTAL,
+        Unit::Count,
+        "Reset and verification tokens, by purpose and event (minted, redeemed, refused)."
     );
     describe_counter!(
         OIDC_CODES_FORWARDED_TOTAL,
@@ -509,6 +521,14 @@ pub fn zero_series(sources: &[String], compared: &[String]) {
     for outcome in ["ok", "refused", "unreachable"] {
         counter!(OIDC_CODES_FORWARDED_TOTAL, "outcome" => outcome).absolute(0);
     }
+    for outcome in ["ok", "refused", "failed", "logged"] {
+        counter!(DELIVERIES_TOTAL, "outcome" => outcome).absolute(0);
+    }
+    for purpose in ["reset", "verify_email", "verify_phone"] {
+        for event in ["minted", "redeemed", "refused"] {
+            counter!(ACCOUNT_TOKENS_TOTAL, "purpose" => purpose, "event" => event).absolute(0);
+        }
+    }
     for grant in ["authorization_code", "refresh_token", "client_credentials"] {
         counter!(OIDC_TOKENS_GRANTED_TOTAL, "grant" => grant).absolute(0);
     }
@@ -527,6 +547,7 @@ pub fn zero_series(sources: &[String], compared: &[String]) {
         "token_family",
         "browser_session",
         "factor_uses",
+        "account_token",
     ] {
         counter!(ENTRIES_SWEPT_TOTAL, "kind" => kind).absolute(0);
     }

@@ -85,6 +85,9 @@ pub struct RawConfig {
     pub tokens: TokenConfig,
     #[serde(default)]
     pub oidc: crate::accounts::oidc::OidcConfig,
+    /// Where reset and verification tokens are sent.
+    #[serde(default)]
+    pub delivery: crate::api::delivery::DeliveryConfig,
     /// This region's Kafka cluster, where its changes are published. Without it the
     /// node runs alone (no replication).
     #[serde(default)]
@@ -132,6 +135,7 @@ pub struct Config {
     pub keys: KeysConfig,
     pub tokens: TokenConfig,
     pub oidc: crate::accounts::oidc::OidcConfig,
+    pub delivery: crate::api::delivery::DeliveryConfig,
     /// `None`: a node on its own, no replication.
     pub replication: Option<Replication>,
     pub retry: RetryConfig,
@@ -175,6 +179,7 @@ impl RawConfig {
         Verifier::new(&self.request_signing).map_err(|e| invalid("request_signing", e))?;
         self.tokens.validate()?;
         self.oidc.validate()?;
+        self.delivery.validate()?;
         self.rate_limit.validate()?;
         self.storage.validate()?;
         self.clock.validate()?;
@@ -219,6 +224,7 @@ impl RawConfig {
             keys: self.keys,
             tokens: self.tokens,
             oidc: self.oidc,
+            delivery: self.delivery,
         })
     }
 }

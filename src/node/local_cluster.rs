@@ -106,6 +106,8 @@ create_topics = {create_topics}
     if faults {
         text.push_str("\n[faults]\nenabled = true\n");
     }
+    // No mailer in a demo: reset and verification tokens go to the log.
+    text.push_str("\n[delivery]\nlog = true\n");
     for (i, peer) in DEMO_REGIONS.iter().enumerate() {
         if *peer == region {
             continue;

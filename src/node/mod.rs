@@ -167,6 +167,10 @@ impl Node {
             hashing: Arc::new(tokio::sync::Semaphore::new(config.max_hashing_in_flight)),
             peer_nonces: Default::default(),
             request_timeout: config.request_timeout,
+            delivery: Arc::new(
+                crate::api::delivery::Delivery::new(&config.delivery)
+                    .context("the delivery hook")?,
+            ),
             forwarder: Arc::new(
                 crate::replication::forward::Forwarder::new(
                     users.clone(),

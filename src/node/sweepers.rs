@@ -75,6 +75,9 @@ pub async fn entries(
                 let families = tokens.sweep()?;
                 let sessions = oidc.sweep()?;
                 let uses = users.sweep_factor_uses()?;
+                let tokens_swept = users.sweep_account_tokens()?;
+                metrics::counter!(m::ENTRIES_SWEPT_TOTAL, "kind" => "account_token")
+                    .increment(tokens_swept as u64);
                 metrics::counter!(m::ENTRIES_SWEPT_TOTAL, "kind" => "factor_uses")
                     .increment(uses as u64);
                 metrics::counter!(m::ENTRIES_SWEPT_TOTAL, "kind" => "browser_session")

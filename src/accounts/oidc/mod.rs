@@ -641,13 +641,13 @@ impl Oidc {
         let has = |s: &str| scopes.iter().any(|k| k == s);
         if has("email") {
             claims["email"] = json!(view.email);
-            // No address is verified yet: nothing sends a verification mail.
-            claims["email_verified"] = json!(false);
+            // Proven by a verification or reset token sent to it.
+            claims["email_verified"] = json!(view.email_verified);
         }
         if has("phone") {
             if let Some(p) = &view.phone {
                 claims["phone_number"] = json!(p);
-                claims["phone_number_verified"] = json!(false);
+                claims["phone_number_verified"] = json!(view.phone_verified);
             }
         }
         if has("profile") {

@@ -26,6 +26,7 @@
 //! - `erase`: delete (crypto-shredding, cascading to merged accounts);
 //! - `login`: login behind the lockout, legacy hashes, the login-failure sweep;
 //! - `factors`: second factors (TOTP, recovery codes), their enrolment and use;
+//! - `account_tokens`: single-use reset and verification tokens;
 //! - `import`: legacy accounts, created or merged;
 //! - `apply`: change events replicated from other regions;
 //! - `merge`: duplicate accounts found while applying;
@@ -49,6 +50,7 @@ use crate::crypto::password::Passwords;
 use crate::proto::{self, Status};
 use crate::storage::store::Store;
 
+pub mod account_tokens;
 mod apply;
 mod commit;
 mod erase;
@@ -75,6 +77,9 @@ pub struct UserView {
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
     pub merged_into: Option<Uuid>,
+    /// Proven by a token sent to the address.
+    pub email_verified: bool,
+    pub phone_verified: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

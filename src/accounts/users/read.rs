@@ -162,6 +162,8 @@ impl Users {
             created_at_ms: record.created_at_ms,
             updated_at_ms: record.updated_at_ms,
             merged_into: Uuid::from_slice(&record.merged_into).ok(),
+            email_verified: info.email_verified,
+            phone_verified: info.phone_verified,
         })
     }
 

@@ -90,6 +90,10 @@ impl Users {
         }
         let mut record = previous.clone();
         if let (Some(email), Some(h)) = (patch.email, email_idx) {
+            // A new address is not proven by what proved the old one.
+            if record.email_index != h {
+                info.email_verified = false;
+            }
             info.email = email;
             record.email_index = h.to_vec();
         }
@@ -97,9 +101,13 @@ impl Users {
             Change::Keep => {}
             Change::Clear => {
                 info.phone.clear();
+                info.phone_verified = false;
                 record.phone_index.clear();
             }
             Change::Set(p) => {
+                if phone_idx.is_some_and(|h| record.phone_index != h) {
+                    info.phone_verified = false;
+                }
                 info.phone = p;
                 record.phone_index = phone_idx.expect("hashed above").to_vec();
             }

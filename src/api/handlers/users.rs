@@ -57,6 +57,8 @@ fn user_json(u: &UserView) -> Value {
         "phone": u.phone,
         "status": u.status,
         "profile": u.profile,
+        "email_verified": u.email_verified,
+        "phone_verified": u.phone_verified,
         "version": VersionJson::from(&u.version),
         "created_at": rfc3339(u.created_at_ms),
         "updated_at": rfc3339(u.updated_at_ms),
