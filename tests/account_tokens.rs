@@ -188,6 +188,20 @@ async fn a_reset_token_is_used_once_whichever_regions_it_is_brought_to() {
     assert_eq!(r.status, 401, "the reset ended the session: {}", r.text);
     let user = clients[0].get(&format!("/v1/users/{id}")).await;
     assert_eq!(user.body["email_verified"], true, "{}", user.text);
+
+    // A token made at af-south, redeemed at us-east alone: sent on, and taken.
+    let r = clients[0]
+        .post(
+            &format!("/v1/users/{id}/account-tokens"),
+            json!({"purpose": "reset"}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let second = hook.token(1, "reset", "rae@example.com").await;
+    let r = redeem(&clients[2], &second, "reset", Some("a fourth passphrase")).await;
+    assert_eq!(r.status, 200, "redeemed through another region: {}", r.text);
+    assert_eq!(r.body["user_id"], id.as_str());
+    assert_eq!(login(clients[0].clone(), "a fourth passphrase").await, 200);
 }
 
 /// A verification proves the address it went to, and not one the account moved to
