@@ -304,6 +304,50 @@ async fn a_verification_proves_only_its_address_and_bad_requests_change_nothing(
             .status,
         200
     );
+    // The attacks on a reset sent to a mailbox that is no longer the account's, or
+    // kept from before a password change: each refused, and so is a reset of an
+    // account locked since the token was made.
+    let path = format!("/v1/users/{id}/account-tokens");
+    let mint_reset = |n: usize, address: &'static str| {
+        let (client, hook, path) = (&client, &hook, &path);
+        async move {
+            let r = client.post(path, json!({"purpose": "reset"})).await;
+            assert_eq!(r.status, 202, "{}", r.text);
+            hook.token(n, "reset", address).await
+        }
+    };
+    let to_old_mailbox = mint_reset(3, "sam2@example.com").await;
+    let r = client
+        .send(
+            "PATCH",
+            &format!("/v1/users/{id}"),
+            Some(json!({"email": "sam3@example.com"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let before_change = mint_reset(4, "sam3@example.com").await;
+    let r = client
+        .put(
+            &format!("/v1/users/{id}/password"),
+            json!({"password": "changed by its owner"}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let before_lock = mint_reset(5, "sam3@example.com").await;
+    client
+        .put(
+            &format!("/v1/users/{id}/status"),
+            json!({"status": "locked"}),
+        )
+        .await;
+    for (what, token) in [
+        ("sent to an old address", &to_old_mailbox),
+        ("made before a password change", &before_change),
+        ("for an account locked since", &before_lock),
+    ] {
+        let r = redeem(&client, token, "reset", Some("an attacker's passphrase")).await;
+        assert_eq!(r.status, 400, "{what}: {}", r.text);
+    }
     // A locked account gets none.
     client
         .put(

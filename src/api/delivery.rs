@@ -137,6 +137,8 @@ impl Delivery {
                             "refused"
                         }
                         Err(e) => {
+                            // Without the URL: it may carry a secret of the hook's.
+                            let e = e.without_url();
                             tracing::warn!(%user, purpose, error = %e, "delivery failed");
                             "failed"
                         }

@@ -11,7 +11,9 @@
 //! Redeeming a reset sets the password (which ends every session and refresh token, in
 //! every region, and clears the lockout) and proves the email it was sent to; a
 //! verification token proves its address. Each proves only the address it was sent to:
-//! an address changed since is not proven by it.
+//! an address changed since is not proven by it, and a reset sent to an address the
+//! account no longer has, or made before its credentials last changed, is refused.
+//! A locked or disabled account redeems none.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
@@ -170,15 +172,43 @@ impl Users {
         }
         let hash = crate::crypto::primitives::sha256(&secret);
         let now = self.clock_now_ms();
-        // A new password the account would refuse is refused before the token is spent.
+        // Checked before it is spent, and answered as one refusal whatever fails, so
+        // that nothing is learnt of the account without the secret:
+        // - made here (written by this region: a token entry another region wrote is
+        //   never redeemed here), the secret right, live, for this purpose;
+        // - for an account that can sign in;
+        // - a reset only to the email it was sent to, and made after the account's
+        //   credentials last changed (a password change cancels the resets before it);
+        // - a new password the account would refuse is refused, the token unspent.
+        let entry = self
+            .entries
+            .get(EntryKind::AccountToken, &id)?
+            .filter(|e| e.version.as_ref().is_some_and(|v| v.region == self.region))
+            .ok_or_else(refused)?;
+        let stored = proto::AccountToken::decode(entry.value.as_slice()).map_err(|_| refused())?;
+        let live = |t: &proto::AccountToken| {
+            crate::crypto::primitives::ct_eq(&t.secret_hash, &hash)
+                && t.used_ms == 0
+                && now < t.expires_ms
+                && t.purpose == purpose.name()
+        };
+        if !live(&stored) {
+            return Err(refused());
+        }
+        let user = Uuid::from_slice(&stored.user_id).map_err(|_| refused())?;
+        let record = match self.load_changeable(&user) {
+            Ok(r) => r,
+            Err(UserError::NotFound | UserError::Merged(_)) => return Err(refused()),
+            Err(e) => return Err(e),
+        };
+        let reset_stale = purpose == Purpose::Reset
+            && (record.email_index != stored.address_index
+                || stored.created_ms < record.credentials_changed_ms);
+        if record.status != Status::Active as i32 || reset_stale {
+            return Err(refused());
+        }
         if let Some(password) = password {
-            let stored = self
-                .entries
-                .get(EntryKind::AccountToken, &id)?
-                .and_then(|e| proto::AccountToken::decode(e.value.as_slice()).ok())
-                .ok_or_else(refused)?;
-            let user = Uuid::from_slice(&stored.user_id).map_err(|_| refused())?;
-            let info = self.open_info(&self.load_changeable(&user)?)?;
+            let info = self.open_info(&record)?;
             if !info.email.is_empty() && password.to_lowercase() == info.email.to_lowercase() {
                 return Err(UserError::Invalid(vec![Problem::new(
                     "password",
@@ -192,11 +222,7 @@ impl Users {
         self.entries
             .update(EntryKind::AccountToken, &id, |stored| {
                 let mut t = proto::AccountToken::decode(stored?.value.as_slice()).ok()?;
-                let live = crate::crypto::primitives::ct_eq(&t.secret_hash, &hash)
-                    && t.used_ms == 0
-                    && now < t.expires_ms
-                    && t.purpose == purpose.name();
-                if !live {
+                if !live(&t) {
                     return None;
                 }
                 t.used_ms = now.max(1);

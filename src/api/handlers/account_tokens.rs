@@ -156,11 +156,26 @@ pub async fn redeem(
                 (200, Some(user)) if uuid::Uuid::parse_str(user).is_ok() => {
                     Ok(Json(json!({"user_id": user, "purpose": req.purpose})))
                 }
-                (400, _) => Err(UserError::Invalid(vec![Problem::new(
-                    "token",
-                    "is not a live token: unknown, used, expired, or for another purpose",
-                )])
-                .into()),
+                // Its refusal, the problems read field by field.
+                (400, _) => {
+                    let problems: Vec<Problem> = answer["details"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .take(10)
+                        .filter_map(|p| {
+                            let field = p["field"].as_str().filter(|f| f.len() <= 64)?;
+                            let problem = p["problem"].as_str().filter(|t| t.len() <= 300)?;
+                            Some(Problem::new(field, problem))
+                        })
+                        .collect();
+                    Err(UserError::Invalid(if problems.is_empty() {
+                        vec![Problem::new("token", "is not a live token")]
+                    } else {
+                        problems
+                    })
+                    .into())
+                }
                 _ => Err(ApiError::region_unreachable()),
             }
         }
