@@ -112,3 +112,48 @@ pub fn query<T: serde::de::DeserializeOwned>(raw: Option<String>) -> Result<T, A
     serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::invalid(vec![Problem::new("query", e.to_string())]))
 }
+
+/// The string fields `allowed` of a JSON object body, in that order (`None` when
+/// absent or null), each 1 to `max` bytes; any other field, or another type, is a
+/// problem named by its field.
+pub fn string_fields(
+    body: &Value,
+    allowed: &[&str],
+    max: usize,
+) -> Result<Vec<Option<String>>, ApiError> {
+    let Some(fields) = body.as_object() else {
+        return Err(ApiError::invalid(vec![Problem::new(
+            "body",
+            "must be an object",
+        )]));
+    };
+    let mut problems: Vec<Problem> = fields
+        .keys()
+        .filter(|k| !allowed.contains(&k.as_str()))
+        .map(|k| {
+            Problem::new(
+                k.chars().take(64).collect::<String>(),
+                "is not a known field",
+            )
+        })
+        .collect();
+    let mut out = Vec::new();
+    for f in allowed {
+        match fields.get(*f) {
+            None | Some(Value::Null) => out.push(None),
+            Some(Value::String(v)) if !v.is_empty() && v.len() <= max => out.push(Some(v.clone())),
+            Some(_) => {
+                problems.push(Problem::new(
+                    *f,
+                    format!("must be a string of 1 to {max} bytes"),
+                ));
+                out.push(None);
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(ApiError::invalid(problems))
+    }
+}

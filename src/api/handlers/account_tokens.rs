@@ -12,48 +12,9 @@ use crate::accounts::error::{Problem, UserError};
 use crate::accounts::input;
 use crate::accounts::users::account_tokens::{token_region, Purpose};
 use crate::api::error::{accepted, ApiError};
-use crate::api::extract::{blocking, hashing, parse_id, JsonBody};
+use crate::api::extract::{blocking, hashing, parse_id, string_fields as strings, JsonBody};
 use crate::api::state::AppState;
 use crate::replication::forward::RedeemRequest;
-
-/// `{field: string}` and nothing else but `allowed`; each at most `max` bytes.
-fn strings(body: &Value, allowed: &[&str], max: usize) -> Result<Vec<Option<String>>, ApiError> {
-    let Some(fields) = body.as_object() else {
-        return Err(ApiError::invalid(vec![Problem::new(
-            "body",
-            "must be an object",
-        )]));
-    };
-    let mut problems: Vec<Problem> = fields
-        .keys()
-        .filter(|k| !allowed.contains(&k.as_str()))
-        .map(|k| {
-            Problem::new(
-                k.chars().take(64).collect::<String>(),
-                "is not a known field",
-            )
-        })
-        .collect();
-    let mut out = Vec::new();
-    for f in allowed {
-        match fields.get(*f) {
-            None | Some(Value::Null) => out.push(None),
-            Some(Value::String(v)) if !v.is_empty() && v.len() <= max => out.push(Some(v.clone())),
-            Some(_) => {
-                problems.push(Problem::new(
-                    *f,
-                    format!("must be a string of 1 to {max} bytes"),
-                ));
-                out.push(None);
-            }
-        }
-    }
-    if problems.is_empty() {
-        Ok(out)
-    } else {
-        Err(ApiError::invalid(problems))
-    }
-}
 
 fn purpose_of(v: Option<&String>) -> Result<Purpose, ApiError> {
     v.and_then(|p| Purpose::parse(p)).ok_or_else(|| {

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::accounts::error::Problem;
 use crate::accounts::users::factors::Factors;
 use crate::api::error::{no_content, no_store, ApiError};
-use crate::api::extract::{blocking, parse_id, JsonBody};
+use crate::api::extract::{blocking, parse_id, string_fields, JsonBody};
 use crate::api::state::AppState;
 use crate::crypto::totp;
 
@@ -55,30 +55,16 @@ pub async fn enrol_totp(
     })))
 }
 
-/// `{code}`: six digits.
+/// `{code}`: the authenticator's code, at most 16 bytes.
 fn code_of(body: &Value) -> Result<String, ApiError> {
-    let fields = body
-        .as_object()
-        .ok_or_else(|| ApiError::invalid(vec![Problem::new("body", "must be an object {code}")]))?;
-    let mut problems: Vec<Problem> = fields
-        .keys()
-        .filter(|k| *k != "code")
-        .map(|k| {
-            Problem::new(
-                k.chars().take(64).collect::<String>(),
-                "is not a known field",
-            )
+    string_fields(body, &["code"], 16)?
+        .remove(0)
+        .ok_or_else(|| {
+            ApiError::invalid(vec![Problem::new(
+                "code",
+                "is required: the authenticator's six-digit code",
+            )])
         })
-        .collect();
-    match fields.get("code").and_then(Value::as_str) {
-        Some(c) if c.len() <= 16 && problems.is_empty() => return Ok(c.to_string()),
-        Some(c) if c.len() <= 16 => {}
-        _ => problems.push(Problem::new(
-            "code",
-            "is required: the authenticator's six-digit code",
-        )),
-    }
-    Err(ApiError::invalid(problems))
 }
 
 #[utoipa::path(post, path = "/v1/users/{id}/factors/totp/confirm", tag = "factors", security(("api_key" = [])), params(("id" = String, Path, description = "account id (UUID)")), request_body = crate::api::schema::TotpCode, responses((status = 200, description = "TOTP on; ten recovery codes, shown this once", body = crate::api::schema::RecoveryCodes), (status = 400, description = "no enrolment waiting, or not its current code", body = crate::api::schema::ErrorBody), (status = 404, description = "not found", body = crate::api::schema::ErrorBody), (status = 409, description = "the account was merged into another", body = crate::api::schema::ErrorBody), (status = 401, description = "no valid API key", body = crate::api::schema::ErrorBody), (status = 403, description = "the key's scopes do not allow it", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 415, description = "not application/json", body = crate::api::schema::ErrorBody), (status = 503, description = "overloaded, timed out, or a key unavailable here: retry", body = crate::api::schema::ErrorBody)))]
